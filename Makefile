@@ -1,0 +1,29 @@
+# The virtual environment lives outside the clone, keyed by a hash of pyproject.toml, so that every
+# fresh clone (CI makes one per run) reuses it instead of installing torch (5.5 GB) again.
+PYTHON ?= python3
+CACHE ?= $(HOME)/.cache/vggnet
+VENV ?= $(CACHE)/venv-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean-venv
+
+demo: venv
+	$(VENV)/bin/vgg train
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Full dependencies once per pyproject.toml hash; the project itself (editable, no deps) on every call,
+# so the `vgg` script and `import vggnet` always point at this clone.
+venv: $(STAMP)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

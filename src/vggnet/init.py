@@ -1,0 +1,85 @@
+"""Initialisation: the paper's N(0, variance 1e-2), Glorot, Kaiming, and the paper's init of deeper nets from net A."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SCHEMES = ("paper", "glorot", "kaiming")
+
+
+def init_weights(model: nn.Module, scheme: str = "paper", generator: torch.Generator | None = None) -> nn.Module:
+    """Initialise every conv and FC layer of ``model`` in place; biases are set to 0, batch norm to identity.
+
+    - ``paper``: weights from N(0, 1e-2), i.e. standard deviation 0.1 (section 3.1).
+    - ``glorot``: Glorot & Bengio's normalised init (uniform, gain 1), which the authors note trains the deep
+      nets without pre-training from net A.
+    - ``kaiming``: He et al.'s normal init for ReLU nets (fan-out), as torchvision initialises its VGG.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown init {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight
+            with torch.no_grad():
+                if scheme == "paper":
+                    w.normal_(0.0, 0.1, generator=generator)
+                elif scheme == "glorot":
+                    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
+                    a = math.sqrt(6.0 / (fan_in + fan_out))
+                    w.uniform_(-a, a, generator=generator)
+                else:
+                    _, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
+                    w.normal_(0.0, math.sqrt(2.0 / fan_out), generator=generator)
+                if m.bias is not None:
+                    m.bias.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+def init_from_net_a(model: nn.Module, net_a: nn.Module | dict[str, torch.Tensor]) -> list[str]:
+    """Copy the paper's layers of a trained net A into a deeper net (section 3.1); return the names copied.
+
+    The first four conv layers of A (block 1 conv 1, block 2 conv 1, block 3 convs 1-2) go to the layers at
+    the same block and position of the deeper net, which have the same shapes in every config of Table 1;
+    the three FC layers are copied whole. Every other layer keeps its (random) initialisation.
+    A shape mismatch raises an error naming the layer.
+    """
+    from .model import VGG
+
+    if not isinstance(model, VGG):
+        raise TypeError("init_from_net_a needs a vggnet VGG model")
+    if isinstance(net_a, dict):
+        arch = dict(model.arch, config="A", batch_norm=False)
+        source = VGG(**arch)
+        from .weights import convert_state_dict
+
+        source.load_state_dict(convert_state_dict(net_a, source), strict=False)
+    else:
+        source = net_a
+    src_convs = source.conv_layers()[:4]
+    dst_convs = {(b, p): m for b, p, m in model.conv_layers()}
+    pairs: list[tuple[str, nn.Module, nn.Module]] = []
+    names = {m: n for n, m in model.named_modules()}
+    for b, p, src in src_convs:
+        dst = dst_convs.get((b, p))
+        if dst is None:
+            raise ValueError(f"init from net A: the target net has no conv at block {b + 1}, position {p + 1}")
+        pairs.append((names[dst], src, dst))
+    for src, dst in zip(source.fc_layers(), model.fc_layers()):
+        pairs.append((names[dst], src, dst))
+    for name, src, dst in pairs:
+        if src.weight.shape != dst.weight.shape:
+            raise ValueError(
+                f"init from net A: layer {name} has shape {tuple(dst.weight.shape)} but net A's has "
+                f"{tuple(src.weight.shape)}; build both nets with the same width, fc_width, crop_size and num_classes"
+            )
+    with torch.no_grad():
+        for _, src, dst in pairs:
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+    return [name for name, _, _ in pairs]

@@ -1,0 +1,197 @@
+"""Weights on disk: our safetensors files, and torchvision / timm state dicts in and out.
+
+Our layout is torchvision's (``features.N.*``, ``classifier.{0,3,6}.*``); timm keeps the same features but
+stores FC1/FC2 as convolutions (``pre_logits.fc1``, ``pre_logits.fc2``) and FC3 as ``head.fc``; converting
+is a reshape. Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+ARCH_KEY = "vggnet.arch"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Save the model's weights as safetensors (atomically), with its architecture in the file's metadata."""
+    model = unwrap(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = dict(metadata or {})
+    if hasattr(model, "arch"):
+        meta[ARCH_KEY] = json.dumps(model.arch)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a weights file: safetensors, or a torch.save'd state dict (read with weights_only=True).
+
+    A state dict nested under "state_dict", "model" or "model_state_dict" (common checkpoint layouts) is
+    unwrapped. Returns ``(state_dict, metadata)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist; pass the path of a .safetensors or .pth file")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # zip (torch.save) or legacy pickle
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - report any unpickling refusal with the file name
+            raise ValueError(
+                f"{path}: not a plain state dict that torch.load(weights_only=True) can read ({e}); "
+                f"save it with torch.save(model.state_dict(), path) or as safetensors"
+            ) from e
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise ValueError(f"{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
+        # DDP-saved dicts prefix every key with "module."
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+        return obj, {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: neither a safetensors file nor a torch.save'd state dict ({e})") from e
+
+
+def _is_timm(sd: dict[str, torch.Tensor]) -> bool:
+    return "pre_logits.fc1.weight" in sd or "head.fc.weight" in sd
+
+
+def from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's VGG layout -> ours: FC1/FC2 convolutions flattened into Linear weights, head.fc -> classifier.6."""
+    names = {"pre_logits.fc1": "classifier.0", "pre_logits.fc2": "classifier.3", "head.fc": "classifier.6"}
+    out = {}
+    for k, v in sd.items():
+        for old, new in names.items():
+            if k.startswith(old + "."):
+                k = new + k[len(old) :]
+                if k.endswith(".weight"):
+                    v = v.reshape(v.shape[0], -1)
+                break
+        out[k] = v
+    return out
+
+
+def to_timm(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our weights in timm's VGG layout (FC1 as a p x p conv, FC2 as a 1x1 conv, FC3 as head.fc)."""
+    model = unwrap(model)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    fc1, fc2 = model.classifier[0], model.classifier[3]
+    p = model.positions
+    out = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+    out["pre_logits.fc1.weight"] = sd["classifier.0.weight"].view(fc1.out_features, model.feature_channels, p, p)
+    out["pre_logits.fc1.bias"] = sd["classifier.0.bias"]
+    out["pre_logits.fc2.weight"] = sd["classifier.3.weight"].view(fc2.out_features, fc2.in_features, 1, 1)
+    out["pre_logits.fc2.bias"] = sd["classifier.3.bias"]
+    out["head.fc.weight"] = sd["classifier.6.weight"]
+    out["head.fc.bias"] = sd["classifier.6.bias"]
+    return out
+
+
+def to_torchvision(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our weights in torchvision's VGG layout (the same keys; A-LRN and C have no torchvision counterpart)."""
+    model = unwrap(model)
+    if getattr(model, "arch", {}).get("config") in ("A-LRN", "C"):
+        raise ValueError(f"torchvision has no VGG of config {model.arch['config']}; export it with save_weights")
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "torchvision") -> Path:
+    """Write the weights for another library: ``layout`` "torchvision" or "timm" (a torch.save'd state dict)."""
+    if layout not in ("torchvision", "timm"):
+        raise ValueError(f"unknown layout {layout!r}; use 'torchvision' or 'timm'")
+    sd = to_torchvision(model) if layout == "torchvision" else to_timm(model)
+    return atomic_write(path, lambda tmp: torch.save(sd, tmp))
+
+
+def convert_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Bring a state dict of any supported layout (ours, torchvision's, timm's) into ours."""
+    return from_timm(sd) if _is_timm(sd) else dict(sd)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, head: bool = True) -> nn.Module:
+    """Load weights into ``model`` from our safetensors, or a torchvision or timm state dict (.pth/.safetensors).
+
+    With ``head=False`` the last FC layer is left as it is (fine-tuning on a new set of classes).
+    A missing or extra layer or a shape mismatch raises an error naming the file, the layer and the fix.
+    """
+    target = unwrap(model)
+    sd, _ = read_state_dict(path)
+    sd = convert_state_dict(sd, target)
+    own = target.state_dict()
+    if not head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.6.")}
+        sd.update({k: v for k, v in own.items() if k.startswith("classifier.6.")})
+    missing = [k for k in own if k not in sd]
+    extra = [k for k in sd if k not in own]
+    if missing or extra:
+        name = getattr(target, "name", type(target).__name__)
+        raise ValueError(
+            f"{path}: the weights do not fit this {name} net: missing {missing[:4]}{'...' if len(missing) > 4 else ''}"
+            f", unexpected {extra[:4]}{'...' if len(extra) > 4 else ''}; create the model with the config and "
+            f"batch_norm setting the weights were trained with"
+        )
+    for k, v in sd.items():
+        if v.shape != own[k].shape:
+            hint = (
+                "pass head=False to load all but the last layer (new classes), or create the model with "
+                f"num_classes={v.shape[0]}"
+                if k.startswith("classifier.6.")
+                else "create the model with the width, fc_width and crop_size the weights were trained with"
+            )
+            raise ValueError(f"{path}: layer {k} has shape {tuple(v.shape)} in the file but {tuple(own[k].shape)} "
+                             f"in the model; {hint}")
+    target.load_state_dict(sd, strict=True)
+    return model
+
+
+def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """Build the net saved in one of our safetensors files (its architecture is in the metadata) and load it."""
+    from .model import VGG
+
+    _, meta = read_state_dict(path)
+    if ARCH_KEY not in meta:
+        raise ValueError(f"{path}: no vggnet architecture in the file; create the model and call load_weights")
+    arch = json.loads(meta[ARCH_KEY])
+    arch.update(overrides)
+    return load_weights(VGG(**arch), path)
