@@ -171,7 +171,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, head: bool = True) -
             f", unexpected {extra[:4]}{'...' if len(extra) > 4 else ''}; create the model with the config and "
             f"batch_norm setting the weights were trained with"
         )
-    for k, v in sd.items():
+    for k in own:  # the model's order, so the first layer that differs is the one named
+        v = sd[k]
         if v.shape != own[k].shape:
             hint = (
                 "pass head=False to load all but the last layer (new classes), or create the model with "

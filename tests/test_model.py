@@ -1,0 +1,230 @@
+"""The six networks of Table 1: shapes, parameter counts, dense mode, against torchvision and timm."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+import vggnet
+from vggnet.configs import CONFIGS, weight_layers
+
+TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
+
+PAPER_PARAMS = {
+    "A": 132_863_336,
+    "A-LRN": 132_863_336,
+    "B": 133_047_848,
+    "C": 133_638_952,
+    "D": 138_357_544,
+    "E": 143_667_240,
+}
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(PAPER_PARAMS))
+def test_parameter_counts_match_table_2(name):
+    with torch.device("meta"):
+        model = vggnet.create_model(name)
+    assert count(model) == PAPER_PARAMS[name]
+
+
+@pytest.mark.parametrize("tv", ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn", "vgg19_bn"])
+def test_parameter_counts_equal_torchvision(tv):
+    with torch.device("meta"):
+        ours = vggnet.create_model(tv)
+        theirs = getattr(torchvision.models, tv)()
+    assert count(ours) == count(theirs)
+
+
+def test_weight_layers_and_flops():
+    assert [weight_layers(c) for c in CONFIGS] == [11, 11, 13, 16, 16, 19]
+    with torch.device("meta"):
+        d = vggnet.create_model("D")
+    assert round(d.macs(224) / 1e9, 2) == 15.47  # the paper's 15.47 GMAC
+
+
+def test_macs_agree_with_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = vggnet.create_model("C", num_classes=7, **TINY)
+    for h, w in [(32, 32), (64, 96)]:
+        x = torch.randn(1, 3, h, w)
+        with FlopCounterMode(display=False) as fc:
+            model.forward(x) if (h, w) == (32, 32) else model.dense(x)
+        assert fc.get_total_flops() == 2 * model.macs(h, w)
+
+
+def test_registry_has_the_six_configs_and_aliases():
+    names = vggnet.list_models()
+    for n in ["A", "A-LRN", "B", "C", "D", "E", "vgg11", "vgg16", "vgg16_bn", "vgg19_bn"]:
+        assert n in names
+    assert vggnet.parse_name("vgg16") == ("D", False)
+    assert vggnet.parse_name("vgg16_bn") == ("D", True)
+    assert vggnet.parse_name("a-lrn") == ("A-LRN", False)
+    with pytest.raises(ValueError, match="unknown VGG model"):
+        vggnet.create_model("vgg17")
+
+
+@pytest.mark.parametrize("name", vggnet.list_models())
+def test_every_registered_net_forward_backward(name):
+    model = vggnet.create_model(name, num_classes=5, init="glorot", **TINY)
+    x = torch.randn(2, 3, 32, 32)
+    y = model(x)
+    assert y.shape == (2, 5)
+    assert torch.isfinite(y).all()
+    y.square().sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_structure_of_special_configs():
+    a_lrn = vggnet.create_model("A-LRN", **TINY)
+    assert isinstance(a_lrn.features[2], torch.nn.LocalResponseNorm)
+    assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in a_lrn.modules()) == 1
+    c = vggnet.create_model("C", **TINY)
+    ks = [m.kernel_size[0] for _, _, m in c.conv_layers()]
+    assert ks == [3, 3, 3, 3, 3, 3, 1, 3, 3, 1, 3, 3, 1]
+    bn = vggnet.create_model("vgg13_bn", **TINY)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 10
+
+
+def test_lrn_is_alexnets():
+    """b = a / (k + alpha * sum over 5 neighbouring channels of a^2)^beta, alpha=1e-4 (not divided by 5)."""
+    lrn = vggnet.create_model("A-LRN", **TINY).features[2]
+    a = torch.randn(1, 9, 2, 2) * 30
+    sq = torch.nn.functional.pad(a.square(), (0, 0, 0, 0, 2, 2))
+    window = sum(sq[:, i : i + 9] for i in range(5))
+    assert torch.allclose(lrn(a), a / (2 + 1e-4 * window) ** 0.75, atol=1e-6)
+
+
+def test_knobs():
+    m = vggnet.create_model("B", num_classes=3, width=0.25, fc_width=64, crop_size=64, dropout=0.1)
+    assert m.features[0].out_channels == 16
+    assert m.classifier[0].in_features == 128 * 2 * 2
+    assert m.classifier[0].out_features == 64
+    assert m.classifier[2].p == 0.1
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        vggnet.create_model("A", crop_size=100)
+    with pytest.raises(ValueError, match="dense"):
+        m(torch.randn(1, 3, 96, 96))
+
+
+# ---- dense mode -------------------------------------------------------------------------------------------
+
+
+def test_dense_at_crop_size_equals_fc_head():
+    model = vggnet.create_model("D", num_classes=10, width=1 / 8, fc_width=64, init="glorot").eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        dense = model.dense(x)
+        assert dense.shape == (2, 10, 1, 1)
+        assert torch.allclose(vggnet.spatial_average(dense), model(x), atol=1e-4)
+
+
+def test_dense_score_map_cells_are_windows():
+    model = vggnet.create_model("A", num_classes=10, width=1 / 8, fc_width=64, init="glorot").eval()
+    x = torch.randn(1, 3, 256, 320)
+    with torch.no_grad():
+        scores = model.dense(x)
+        assert scores.shape == (1, 10, 2, 4)
+        # Cell (i, j) is the FC head on the 7x7 window at (i, j) of the last conv map, which sees the image
+        # window at (32i, 32j). (A 224 crop of the image is not exactly that window: the convs' zero padding
+        # falls on the crop's borders, where the whole image has pixels.)
+        f = model.features(x)
+        for i, j in [(0, 0), (1, 3), (0, 2)]:
+            head = model.classifier(torch.flatten(f[..., i : i + 7, j : j + 7], 1))
+            assert torch.allclose(scores[..., i, j], head, atol=1e-5)
+        assert model.dense(x, head=False).shape == (1, 64, 2, 4)
+    with pytest.raises(ValueError, match="at least 224"):
+        model.dense(torch.randn(1, 3, 200, 300))
+
+
+def test_dense_corner_cell_equals_crop_without_padding_effects():
+    """With padding removed the convs see only their window, so a corner cell equals the head on the crop."""
+    model = vggnet.create_model("A", num_classes=10, width=1 / 8, fc_width=64, init="glorot").eval()
+    for m in model.features:
+        if isinstance(m, torch.nn.Conv2d):
+            m.padding = (0, 0)
+    # without padding a 150x150 crop shrinks to a 1x1 map: that is the crop, and the head sees one position
+    model.positions = 1
+    model.classifier[0] = torch.nn.Linear(model.feature_channels, 64)
+    x = torch.randn(1, 3, 182, 214)
+    with torch.no_grad():
+        scores = model.dense(x)
+        assert scores.shape[-2:] == (2, 3)
+        for cell, crop in [((0, 0), x[..., :150, :150]), ((-1, -1), x[..., -150:, -150:])]:
+            f = model.features(crop)
+            assert f.shape[-2:] == (1, 1)
+            assert torch.allclose(scores[..., cell[0], cell[1]], model.classifier(f.flatten(1)), atol=1e-5)
+
+
+def test_dense_shares_weights():
+    model = vggnet.create_model("A", **TINY)
+    n = count(model)
+    model.dense(torch.randn(1, 3, 64, 64))
+    assert count(model) == n
+    assert not any("dense" in k for k in model.state_dict())
+
+
+# ---- init ---------------------------------------------------------------------------------------------------
+
+
+def test_paper_init_statistics():
+    model = vggnet.create_model("A", num_classes=100, width=0.25, fc_width=512)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            if m.weight.numel() >= 1000:
+                assert abs(m.weight.std().item() - 0.1) < 0.005, m
+                assert abs(m.weight.mean().item()) < 0.01
+            assert (m.bias == 0).all()
+
+
+def test_glorot_and_seeded_init():
+    a = vggnet.create_model("A", init="glorot", seed=3, **TINY)
+    b = vggnet.create_model("A", init="glorot", seed=3, **TINY)
+    conv = a.features[3]
+    fan_in, fan_out = conv.weight[0].numel(), conv.out_channels * 9
+    bound = (6 / (fan_in + fan_out)) ** 0.5
+    assert conv.weight.abs().max() <= bound
+    assert abs(conv.weight.std().item() - bound / 3**0.5) < 0.1 * bound
+    for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="unknown init"):
+        vggnet.create_model("A", init="zeros")
+
+
+@pytest.mark.parametrize("deeper", ["B", "C", "D", "E", "A-LRN"])
+def test_init_from_net_a(deeper):
+    a = vggnet.create_model("A", num_classes=10, init="glorot", seed=1, **TINY)
+    net = vggnet.create_model(deeper, num_classes=10, init="glorot", seed=2, **TINY)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    copied = vggnet.init_from_net_a(net, a)
+    assert len(copied) == 7
+    a_convs = a.conv_layers()
+    convs = {(b, p): m for b, p, m in net.conv_layers()}
+    for b, p, src in a_convs[:4]:
+        assert torch.equal(convs[(b, p)].weight, src.weight)
+    for src, dst in zip(a.fc_layers(), net.fc_layers()):
+        assert torch.equal(src.weight, dst.weight) and torch.equal(src.bias, dst.bias)
+    names = {n for n, m in net.named_modules() if m in [convs[(b, p)] for b, p, _ in a_convs[:4]]}
+    assert names | {"classifier.0", "classifier.3", "classifier.6"} == set(copied)
+    # every other layer keeps its own random init, and differs from net A's
+    for key, value in net.state_dict().items():
+        layer = key.rsplit(".", 1)[0]
+        if layer not in copied and key.endswith("weight"):
+            assert torch.equal(value, before[key]), key
+    assert not torch.equal(convs[(4, 0)].weight, a_convs[-2][2].weight)
+
+
+def test_init_from_net_a_shape_mismatch_names_the_layer():
+    a = vggnet.create_model("A", num_classes=10, **TINY)
+    d = vggnet.create_model("D", num_classes=12, **TINY)
+    with pytest.raises(ValueError, match="classifier.6"):
+        vggnet.init_from_net_a(d, a)
