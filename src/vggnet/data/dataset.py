@@ -1,0 +1,160 @@
+"""The data set over (path, class index) samples, its collate functions, and the sampler of seeded keys.
+
+Randomness contract: ``ImageDataset[(index, seed)]`` draws every random number of that sample's augmentation
+(S, crop position, flip, colour alpha) from ``torch.Generator().manual_seed(seed)``, never from global or
+worker RNG state, so the same (index, seed) gives a bit-identical tensor in any process, worker or rank. The
+training loop gets such keys from :class:`SeededSampler`, whose seeds depend only on (seed, epoch, index):
+resuming an epoch, or splitting it over any number of workers and ranks, reproduces every sample exactly.
+A plain int index draws from torch's global RNG instead, like any torchvision transform (not reproducible
+across worker counts; for evaluation transforms, which draw nothing, it makes no difference).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .io import BadImageError, load_image
+
+log = logging.getLogger(__name__)
+
+Sample = tuple[str, int]
+Item = tuple[torch.Tensor | None, int, str]
+
+_MASK = (1 << 64) - 1
+
+
+def _mix(z: int) -> int:
+    """splitmix64's finaliser: a bijective 64-bit mixer, so nearby inputs give unrelated seeds."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def _epoch_key(seed: int, epoch: int) -> int:
+    return _mix(_mix(seed & _MASK) ^ (epoch & _MASK))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded ``seed`` (63 bits, >= 0)."""
+    return _mix(_epoch_key(seed, epoch) ^ (index & _MASK)) >> 1
+
+
+class ImageDataset(Dataset):
+    """Images from a list of (path, class index) samples, through a transform.
+
+    ``dataset[key]`` returns ``(image, label, path)``: ``key`` is an index, or an (index, seed) pair whose seed
+    alone determines the augmentation (see the module docstring). ``image`` is None when the file is bad
+    (unreadable, truncated, not an image, too large); it is then logged as a warning naming the file, and
+    :func:`collate` drops it and reports its path.
+
+    Args:
+        samples: (path, class index) pairs, e.g. from :func:`~vggnet.data.resolve_data`.
+        transform: called as ``transform(path, generator)`` and returning a tensor, e.g. a
+            :class:`~vggnet.data.TrainTransform` or :class:`~vggnet.data.EvalTransform`. None returns the
+            decoded (3, H, W) uint8 image.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable[[str, torch.Generator | None], torch.Tensor] | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        if isinstance(key, (tuple, list)):
+            index, seed = int(key[0]), int(key[1])
+            generator = torch.Generator().manual_seed(seed)
+        else:
+            index, generator = int(key), None
+        path, label = self.samples[index]
+        try:
+            image = self.transform(path, generator) if self.transform else load_image(path)
+        except BadImageError as e:
+            log.warning("skipping bad image %s: %s", path, e.reason)
+            return None, int(label), str(path)
+        return image, int(label), str(path)
+
+
+def _split(batch: Sequence[Item]) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+    good = [item for item in batch if item[0] is not None]
+    bad = [item[2] for item in batch if item[0] is None]
+    labels = torch.tensor([item[1] for item in good], dtype=torch.int64)
+    return [item[0] for item in good], labels, bad
+
+
+def collate(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack a batch of same-size items: (images [N, 3, H, W], labels int64 [N], paths of the bad files).
+
+    Bad items (image None) are dropped, so N can be smaller than the batch, even 0 (then images is an empty
+    (0, 3, 0, 0) tensor).
+    """
+    images, labels, bad = _split(batch)
+    if not images:
+        return torch.empty(0, 3, 0, 0), labels, bad
+    shapes = {tuple(x.shape) for x in images}
+    if len(shapes) > 1:
+        raise ValueError(f"collate needs images of one size, got {sorted(shapes)}; use collate_list for whole "
+                         f"images of varying size (EvalTransform with crop_size=None)")  # fmt: skip
+    return torch.stack(images), labels, bad
+
+
+def collate_list(batch: Sequence[Item]) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+    """Like :func:`collate`, but the images stay a list (whole images of varying size, for dense evaluation)."""
+    return _split(batch)
+
+
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Yields (index, seed) keys for :class:`ImageDataset`: a seeded shuffle per epoch, sharded over ranks.
+
+    The order of an epoch and the seed of each sample depend only on (seed, epoch) and (seed, epoch, index),
+    never on the rank, the number of ranks or workers: with ``world_size`` ranks each takes every
+    ``world_size``-th key (padded by wrapping around, as torch's DistributedSampler), so rank r's batch b of
+    size B, over all ranks, is exactly batch b of size B * world_size of a single process.
+
+    Args:
+        num_samples: length of the data set.
+        seed: the run's seed.
+        shuffle: shuffle per epoch (False: index order; seeds are still per (epoch, index)).
+        rank, world_size: this process's shard.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch; ``start`` skips this rank's first keys (to resume within an epoch)."""
+        self.epoch, self.start = epoch, start
+
+    def _per_rank(self) -> int:
+        return math.ceil(self.num_samples / self.world_size)
+
+    def __len__(self) -> int:
+        return max(0, self._per_rank() - self.start)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        n = self.num_samples
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_epoch_key(self.seed, self.epoch) >> 1)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        total = self._per_rank() * self.world_size
+        if n and total > n:
+            order += (order * math.ceil((total - n) / n))[: total - n]
+        for index in order[self.rank : total : self.world_size][self.start :]:
+            yield index, sample_seed(self.seed, self.epoch, index)

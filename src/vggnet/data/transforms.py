@@ -1,0 +1,267 @@
+"""The paper's transforms (3.1, 3.2): isotropic rescale to S (fixed or jittered), random crop, horizontal flip,
+AlexNet's PCA colour shift, mean RGB subtraction; at test time a rescale to Q, whole image or centre crop.
+
+One function draws all of a sample's randomness, :func:`draw_params`, from a ``torch.Generator``; the CPU path
+(:class:`TrainTransform`, per image, in DataLoader workers) and the batched path (:mod:`vggnet.data.gpu`) both
+apply the resulting :class:`AugParams` with the same :meth:`ImageTransform.resample` (:func:`resized_crop` in
+training) and :meth:`ImageTransform.normalize`, so a sample seed gives the same augmentation on either path, up
+to the resampling kernel's numerics.
+
+Pixel scale: decoded images are uint8; the output is ``(x / 255 + shift - mean) / std`` with x / 255 in [0, 1],
+``shift`` the colour shift, ``mean`` the training set's mean RGB and ``std`` 1 (the paper) or the per-channel
+std (weights trained with torchvision's normalisation).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .io import load_image, rescale, rescaled_size
+from .stats import Stats
+
+# The op behind F.interpolate(mode="bilinear", antialias=True), called directly because it takes an output
+# size and a scale factor together: the crop below resamples a sub-region of the image at exactly the scale
+# of the full rescale, which F.interpolate cannot express (its size and scale_factor are exclusive).
+_resample = torch.ops.aten._upsample_bilinear2d_aa
+
+
+@dataclass(frozen=True)
+class AugParams:
+    """Everything random about one sample's augmentation, independent of the image's size.
+
+    Attributes:
+        scale: S (training) or Q (test): the image's smaller side after the isotropic rescale.
+        top, left: the crop position as a fraction in [0, 1) of the free range; the crop's offset in the
+            rescaled image is ``floor(top * (H - crop + 1))`` (see :func:`crop_offsets`).
+        flip: mirror horizontally.
+        alpha: AlexNet's colour-shift coefficients, already multiplied by the colour std (0.1 in AlexNet).
+    """
+
+    scale: int
+    top: float = 0.5
+    left: float = 0.5
+    flip: bool = False
+    alpha: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def draw_params(
+    generator: torch.Generator | None,
+    scale: int | tuple[int, int],
+    flip: bool = True,
+    colour_std: float = 0.1,
+) -> AugParams:
+    """Draw one sample's augmentation from ``generator`` (None: torch's global RNG).
+
+    S is uniform over the integers of [Smin, Smax] (inclusive), crop position uniform, flip with p = 1/2, the
+    colour coefficients alpha_i ~ N(0, colour_std). The same numbers are drawn in the same order whatever the
+    options, so turning flips or the colour shift off leaves the other parameters of a seed unchanged.
+    """
+    smin, smax = (scale, scale) if isinstance(scale, int) else scale
+    s = int(torch.randint(smin, smax + 1, (1,), generator=generator))
+    u = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
+    a = (torch.randn(3, generator=generator, dtype=torch.float64) * colour_std).tolist()
+    return AugParams(scale=s, top=u[0], left=u[1], flip=flip and u[2] < 0.5, alpha=(a[0], a[1], a[2]))
+
+
+def crop_offsets(height: int, width: int, params: AugParams, crop: int) -> tuple[int, int, int, int]:
+    """(H, W, top, left): the rescaled size of a height x width image and the crop's offset in it."""
+    nh, nw = rescaled_size(height, width, params.scale)
+    if crop > min(nh, nw):
+        raise ValueError(f"crop {crop} is larger than the rescaled image {nh}x{nw}; use a scale >= the crop size")
+    top = min(int(params.top * (nh - crop + 1)), nh - crop)
+    left = min(int(params.left * (nw - crop + 1)), nw - crop)
+    return nh, nw, top, left
+
+
+def _span(offset: int, crop: int, f: float, size: int) -> tuple[int, int, int]:
+    """Source rows [r0, r1) and output offset k0 for output rows [offset, offset + crop) at scale f."""
+    # the antialiasing filter reaches max(1, 1/f) source pixels from a sample's centre; one more for rounding
+    reach = max(1.0, 1.0 / f) + 1.0
+    start = offset / f  # the crop's first edge in source coordinates
+    r0 = max(0, math.floor(start - reach))
+    r1 = min(size, math.ceil((offset + crop) / f + reach))
+    # Resampling source rows r0.. puts output row j at r0 * f + j of the full rescale: k0 = offset - r0 * f,
+    # rounded (exact when r0 = 0, else within half a pixel of the rescaled image).
+    return r0, r1, round((start - r0) * f)
+
+
+def resized_crop(img: torch.Tensor, size: int, crop: int | None, top: float = 0.5, left: float = 0.5) -> torch.Tensor:
+    """The crop of an image isotropically rescaled to smaller side ``size``, at fractional position (top, left).
+
+    Equal to ``rescale(img, size)`` followed by the crop at :func:`crop_offsets`, but resamples only the source
+    region under the crop (plus the filter's reach), which for S in [256, 512] and a 224 crop is several times
+    less work. The crop lies within half a rescaled pixel of the exact offset. ``crop=None`` returns the whole
+    rescaled image.
+
+    ``img`` is (3, H, W) or (N, 3, H, W), uint8 or floating point. On the CPU uint8 stays uint8 (torch's
+    vectorised kernel); elsewhere the result is float32 on the 0-255 scale, not rounded.
+    """
+    h, w = img.shape[-2:]
+    if crop is None:
+        return rescale(img if img.device.type == "cpu" or img.is_floating_point() else img.float(), size)
+    _, _, t, l = crop_offsets(h, w, AugParams(size, top, left), crop)
+    nh, nw = rescaled_size(h, w, size)
+    fy, fx = nh / h, nw / w
+    y0, y1, ky = _span(t, crop, fy, h)
+    x0, x1, kx = _span(l, crop, fx, w)
+    region = img[..., y0:y1, x0:x1]
+    if not (region.is_floating_point() or region.device.type == "cpu"):
+        region = region.float()  # the CUDA antialiased kernel takes floating point only
+    batched = region.dim() == 4
+    out = _resample(region if batched else region[None], [ky + crop, kx + crop], False, fy, fx)
+    out = out[..., ky : ky + crop, kx : kx + crop]
+    return out if batched else out[0]
+
+
+def colour_shift(alpha: Sequence[float], eigval: Sequence[float], eigvec: Sequence[Sequence[float]]) -> list[float]:
+    """AlexNet's RGB shift ``eigvec @ (alpha * eigval)``: the principal components (the columns of ``eigvec``)
+    weighted by their eigenvalues times alpha. Plain float64 arithmetic: three numbers per image do not pay for
+    tensor dispatch."""
+    return [sum(eigvec[i][j] * alpha[j] * eigval[j] for j in range(3)) for i in range(3)]
+
+
+class ImageTransform:
+    """Shared part of the training and test transforms: resample, flip, colour shift and normalise.
+
+    A transform is called as ``transform(path, generator)`` (what :class:`~vggnet.data.ImageDataset` does):
+    it draws the sample's :class:`AugParams` with :meth:`sample`, decodes the file (at reduced size when S is
+    much smaller than a JPEG), and returns :meth:`apply`'s float32 (3, H, W) tensor.
+    """
+
+    crop_size: int | None
+
+    def __init__(self, stats: Stats | None, divide_std: bool) -> None:
+        self.stats = stats
+        self.divide_std = divide_std
+        self.mean = tuple(stats.mean) if stats else (0.0, 0.0, 0.0)
+        self.std = tuple(stats.std) if stats and divide_std else (1.0, 1.0, 1.0)
+        self.eigval = tuple(stats.eigval) if stats else (0.0, 0.0, 0.0)
+        self.eigvec = tuple(stats.eigvec) if stats else ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive to divide by it, got {self.std}")
+        # x / 255 / std folded into one multiplier, applied in float32 to the uint8 pixels
+        self._inv = torch.tensor([1.0 / (255.0 * s) for s in self.std])[:, None, None]
+
+    def sample(self, generator: torch.Generator | None = None) -> AugParams:
+        """The augmentation parameters of one sample (None: torch's global RNG)."""
+        raise NotImplementedError
+
+    def offset(self, alpha: Sequence[float] | Sequence[Sequence[float]] | torch.Tensor) -> torch.Tensor:
+        """The float32 offset ``(colour_shift(alpha) - mean) / std`` of one alpha (3,) or of a batch (N, 3),
+        shaped (3, 1, 1) or (N, 3, 1, 1) to broadcast over images."""
+        a = alpha.tolist() if isinstance(alpha, torch.Tensor) else alpha
+        single = len(a) > 0 and not isinstance(a[0], (Sequence, torch.Tensor))
+        rows = [
+            [(s - m) / d for s, m, d in zip(colour_shift(r, self.eigval, self.eigvec), self.mean, self.std)]
+            for r in ([a] if single else a)
+        ]
+        off = torch.tensor(rows, dtype=torch.float32).reshape(-1, 3, 1, 1)
+        return off[0] if single else off
+
+    def normalize(self, x: torch.Tensor, alpha) -> torch.Tensor:
+        """``(x / 255 + colour_shift(alpha) - mean) / std`` in float32, for x (3, H, W) with one alpha (3,), or
+        x (N, 3, H, W) with alphas (N, 3). x is uint8 (or float on the 0-255 scale); it is not modified."""
+        inv, off = self._inv, self.offset(alpha)
+        if x.device.type != "cpu":
+            inv, off = inv.to(x.device, non_blocking=True), off.to(x.device, non_blocking=True)
+        return x.to(torch.float32, copy=True).mul_(inv).add_(off)
+
+    def resample(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
+        """The rescaled (and cropped) image, before flip and normalisation: uint8 on the CPU."""
+        return resized_crop(img, params.scale, self.crop_size, params.top, params.left)
+
+    def apply(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
+        """Rescale, crop, flip, colour-shift and normalise one decoded (3, H, W) image."""
+        x = self.resample(img, params)
+        if params.flip:
+            x = x.flip(-1)
+        return self.normalize(x, params.alpha)
+
+    def __call__(self, path: str | os.PathLike, generator: torch.Generator | None = None) -> torch.Tensor:
+        params = self.sample(generator)
+        return self.apply(load_image(path, min_side=params.scale), params)
+
+
+class TrainTransform(ImageTransform):
+    """The paper's training augmentation (3.1).
+
+    Rescale isotropically so the smaller side is S (fixed, or drawn per image uniformly from the integers of
+    [Smin, Smax]: scale jittering), take a random ``crop_size`` crop, flip it horizontally with p = 1/2, add
+    AlexNet's PCA colour shift (alpha_i ~ N(0, colour_std)), subtract the mean RGB, optionally divide by the std.
+
+    Args:
+        stats: the training set's statistics (mean RGB, std, PCA); None: no mean subtraction (pixels in [0, 1])
+            and then ``colour_std`` must be 0.
+        crop_size: side of the square crop (224 in the paper).
+        scale: S, or (Smin, Smax) for scale jittering (256, 384 or (256, 512) in the paper).
+        flip: random horizontal flips.
+        colour_std: std of the colour-shift coefficients (0.1 as in AlexNet; 0 turns the shift off).
+        divide_std: divide by the per-channel std (for torchvision-trained weights; the paper does not).
+    """
+
+    def __init__(
+        self,
+        stats: Stats | None,
+        crop_size: int = 224,
+        scale: int | tuple[int, int] = 256,
+        flip: bool = True,
+        colour_std: float = 0.1,
+        divide_std: bool = False,
+    ) -> None:
+        super().__init__(stats, divide_std)
+        smin, smax = (scale, scale) if isinstance(scale, int) else (int(scale[0]), int(scale[1]))
+        if not 0 < crop_size <= smin <= smax:
+            raise ValueError(f"need 0 < crop_size <= Smin <= Smax, got crop_size {crop_size}, scale {scale}")
+        if colour_std < 0 or (colour_std > 0 and stats is None):
+            raise ValueError("the colour shift needs the PCA of the training set: pass stats=compute_stats(...) "
+                             "or colour_std=0")  # fmt: skip
+        self.crop_size = crop_size
+        self.scale = (smin, smax)
+        self.flip = flip
+        self.colour_std = colour_std
+
+    def sample(self, generator: torch.Generator | None = None) -> AugParams:
+        return draw_params(generator, self.scale, self.flip, self.colour_std)
+
+    def __repr__(self) -> str:
+        return (f"TrainTransform(crop_size={self.crop_size}, scale={self.scale}, flip={self.flip}, "
+                f"colour_std={self.colour_std}, divide_std={self.divide_std})")  # fmt: skip
+
+
+class EvalTransform(ImageTransform):
+    """The test-time transform (3.2): rescale isotropically to smaller side Q, then the whole image or a centre crop.
+
+    Args:
+        stats: the training set's statistics (its mean RGB is subtracted); None: pixels in [0, 1].
+        size: Q.
+        crop_size: None keeps the whole rescaled image (dense evaluation; sizes vary, so batch with
+            :func:`~vggnet.data.collate_list`); an int takes the centre crop.
+        divide_std: divide by the per-channel std.
+    """
+
+    def __init__(self, stats: Stats | None, size: int = 256, crop_size: int | None = None, divide_std: bool = False):
+        super().__init__(stats, divide_std)
+        if size < 1 or (crop_size is not None and not 0 < crop_size <= size):
+            raise ValueError(f"need 0 < crop_size <= size, got size {size}, crop_size {crop_size}")
+        self.size = size
+        self.crop_size = crop_size
+
+    def sample(self, generator: torch.Generator | None = None) -> AugParams:
+        return AugParams(self.size)  # centred, unflipped, no colour shift
+
+    def resample(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
+        # The whole rescale, then the crop: exact, unlike resized_crop's half-pixel rounding, and at test time
+        # (one crop per image, no scale jitter) the saving of resampling only the crop is small.
+        x = rescale(img if img.device.type == "cpu" or img.is_floating_point() else img.float(), params.scale)
+        if self.crop_size is None:
+            return x
+        _, _, top, left = crop_offsets(img.shape[-2], img.shape[-1], params, self.crop_size)
+        return x[..., top : top + self.crop_size, left : left + self.crop_size]
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(size={self.size}, crop_size={self.crop_size}, divide_std={self.divide_std})"
