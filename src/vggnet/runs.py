@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class Run:
     classes: list[str]
     mean: torch.Tensor  # (3,) on the [0, 1] pixel scale
     std: torch.Tensor  # (3,) ones unless the run divides by a std
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: Any = None  # vggnet.data.Stats of the training set
 
     @property
     def name(self) -> str:
@@ -51,6 +51,24 @@ class Run:
     def scale_range(self) -> tuple[int, int]:
         """(Smin, Smax) of training; equal for a net trained at a fixed S."""
         return int(self.config["scale_min"]), int(self.config["scale_max"])
+
+
+def normalization(stats, mode: str):
+    """The statistics a run normalises with, and whether to divide by their std.
+
+    ``mode`` "mean" (the paper): subtract the training set's mean RGB only. "standardize": subtract the mean
+    and divide by the per-channel std of the training set (inputs of unit variance). "imagenet": torchvision's ImageNet
+    mean and std (for weights trained that way); the PCA for the colour shift stays the training set's.
+    """
+    from .data import IMAGENET_STATS, Stats
+
+    if mode == "mean":
+        return stats, False
+    if mode == "standardize":
+        return stats, True
+    if mode == "imagenet":
+        return Stats(IMAGENET_STATS.mean, IMAGENET_STATS.std, stats.eigval, stats.eigvec, stats.images, stats.pixels), True
+    raise ValueError(f"unknown normalisation {mode!r}; use 'mean', 'standardize' or 'imagenet'")
 
 
 def is_run(path: str | os.PathLike) -> bool:
@@ -72,9 +90,12 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
             )
     with open(path / CONFIG_FILE, "rb") as f:
         config = tomllib.load(f)
-    stats = json.loads((path / STATS_FILE).read_text())
+    from .data import Stats
+
+    stats = Stats.load(path / STATS_FILE)
     classes = json.loads((path / CLASSES_FILE).read_text())
     model = load_model(path / MODEL_FILE).to(device).eval()
-    mean = torch.tensor(stats["mean"], dtype=torch.float32)
-    std = torch.tensor(stats.get("std_used", [1.0, 1.0, 1.0]), dtype=torch.float32)
+    norm, divide_std = normalization(stats, config.get("normalize", "mean"))
+    mean = torch.tensor(norm.mean, dtype=torch.float32)
+    std = torch.tensor(norm.std if divide_std else (1.0, 1.0, 1.0), dtype=torch.float32)
     return Run(path=path, model=model, config=config, classes=classes, mean=mean, std=std, stats=stats)
