@@ -10,19 +10,31 @@ from .init import init_from_net_a, init_weights
 from .model import VGG, create_model, spatial_average
 from .weights import export_weights, load_model, load_weights, save_weights
 
+# The functions below share their module's name; imported eagerly here, the package attribute is the function
+# (`vggnet.train(...)`, `vggnet.evaluate(...)`); the modules stay importable as `from vggnet.train import ...`.
+from .config import TrainConfig  # noqa: E402
+from .evaluate import evaluate, predict  # noqa: E402
+from .runs import load_run  # noqa: E402
+from .train import train  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
     "CONFIGS",
+    "TrainConfig",
     "VGG",
     "create_model",
+    "evaluate",
     "export_weights",
     "init_from_net_a",
     "init_weights",
     "list_models",
     "load_model",
+    "load_run",
     "load_weights",
     "parse_name",
+    "predict",
     "save_weights",
     "spatial_average",
+    "train",
 ]

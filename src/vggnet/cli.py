@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import configs
@@ -53,6 +54,65 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+_GROUPS = {
+    "model": ("arch", "width", "fc_width", "crop_size", "dropout", "batch_norm", "init", "init_from"),
+    "data": ("data", "val", "val_fraction", "class_names", "scale_min", "scale_max", "flip", "colour_shift",
+             "normalize", "stats_images", "workers"),
+    "optimisation (the paper's recipe)": ("epochs", "batch_size", "accum_steps", "lr", "momentum", "weight_decay",
+                                         "lr_patience", "lr_threshold", "lr_decays", "label_smoothing"),
+}  # fmt: skip
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """One dashed option per TrainConfig field, grouped; defaults stay None so recipes and presets can fill them."""
+    from dataclasses import fields
+
+    from .config import TrainConfig, field_help
+
+    helps = field_help()
+    groups = {title: p.add_argument_group(title) for title in _GROUPS}
+    system = p.add_argument_group("system, run folder, checkpoints")
+    for f in fields(TrainConfig):
+        group = next((groups[t] for t, names in _GROUPS.items() if f.name in names), system)
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{helps.get(f.name, '')} (default {f.default!r})"
+        if isinstance(f.default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            group.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=text, metavar=f.name.upper())
+    p.add_argument("--scale", metavar="S[,SMAX]", help="training scale: S, or Smin,Smax for scale jittering "
+                   "(sets --scale-min and --scale-max)")  # fmt: skip
+    p.add_argument("--recipe", metavar="FILE.toml", help="a TOML recipe of these options (flags override it)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from . import config as config_mod
+    from .train import train
+
+    if args.resume:
+        given = {f.name: getattr(args, f.name) for f in fields(config_mod.TrainConfig) if getattr(args, f.name) is not None}
+        run = train(given, resume=args.resume)
+    else:
+        overrides = {f.name: getattr(args, f.name) for f in fields(config_mod.TrainConfig)}
+        if args.scale:
+            parts = [int(v) for v in args.scale.split(",")]
+            if len(parts) not in (1, 2):
+                raise ValueError(f"--scale takes S or Smin,Smax, got {args.scale!r}")
+            overrides["scale_min"], overrides["scale_max"] = parts[0], parts[-1]
+        cfg = config_mod.resolve(overrides, recipe=args.recipe)
+        run = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {run}")
+        print(f"  weights:  {run / 'model.safetensors'}")
+        print(f"  metrics:  {run / 'metrics.jsonl'}")
+        print(f"  plots:    {run / 'plots' / 'learning_curves.png'}")
+        print(f"evaluate it with: vgg eval {run} --protocol center,dense,multicrop,dense+multicrop")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vgg", description="The VGG paper end to end: train, evaluate, reproduce.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -62,6 +122,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000, help="size of the last layer (default 1000)")
     p.add_argument("--size", type=int, default=224, help="input side for the FLOP count (default 224)")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser(
+        "train",
+        help="train a net with the paper's recipe (no arguments: the embedded MNIST demo)",
+        description="Train a VGG net. Values come from the paper's defaults, overlaid by the embedded data "
+        "set's preset (for mnist / mnist-scale), a --recipe file, then these flags. Launch with torchrun for "
+        "several GPUs or machines.",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    import importlib
+
+    ev = importlib.import_module("vggnet.evaluate")  # the module; the package attribute is the function
+
+    p = sub.add_parser("eval", help="evaluate runs with the paper's protocols (dense, multi-crop, both, centre)")
+    ev.add_eval_arguments(p)
+    p.set_defaults(func=ev.run_eval_cli)
+    p = sub.add_parser("fuse", help="fuse several runs: average their soft-max posteriors (Table 6)")
+    ev.add_fuse_arguments(p)
+    p.set_defaults(func=ev.run_fuse_cli)
+    p = sub.add_parser("predict", help="top-5 classes of images (dense, multi-scale, flips)")
+    ev.add_predict_arguments(p)
+    p.set_defaults(func=ev.run_predict_cli)
     return parser
 
 
@@ -73,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"vgg {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -177,7 +177,8 @@ def create_model(name: str = "D", num_classes: int = 1000, **options: Any) -> VG
     config, bn = parse_name(name)
     init = options.pop("init", "paper")
     seed = options.pop("seed", None)
-    options.setdefault("batch_norm", bn)
+    if options.get("batch_norm") is None:
+        options["batch_norm"] = bn
     model = VGG(config, num_classes=num_classes, **options)
     if init != "paper" or seed is not None:
         from .init import init_weights

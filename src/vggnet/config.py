@@ -1,0 +1,163 @@
+"""The training config: one typed dataclass, overlaid by a data set's preset, a TOML recipe and flags.
+
+Precedence, lowest first: the paper's defaults (the dataclass) < the embedded data set's preset (a small net
+for ``mnist`` / ``mnist-scale`` when no recipe or flag says otherwise) < the recipe file < command-line flags.
+The resolved config is written into the run folder (config.toml) and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    # --- model
+    arch: str = "A"  # config letter (A, A-LRN, B, C, D, E) or alias (vgg16, vgg16_bn, ...)
+    width: float = 1.0  # multiplier on conv channels (1/4 turns 64..512 into 16..128)
+    fc_width: int = 4096  # width of FC1 and FC2
+    crop_size: int = 224  # training crop; a multiple of 32
+    dropout: float = 0.5  # after FC1 and FC2
+    batch_norm: bool = False  # not in the paper; torchvision's _bn nets
+    init: str = "paper"  # paper: N(0, 1e-2); glorot; kaiming
+    init_from: str = ""  # a run folder (or weights file): net A -> deeper net transfer, same net -> fine-tune
+    # --- data
+    data: str = "mnist"  # "mnist", "mnist-scale", or a folder (train/ and val/, or one class tree)
+    val: str = ""  # a separate validation folder
+    val_fraction: float = 0.1  # held-out share when data is one class tree
+    class_names: str = ""  # optional file of class names
+    scale_min: int = 256  # training scale S (smallest side) is drawn from [scale_min, scale_max]
+    scale_max: int = 256  # equal to scale_min for single-scale training
+    flip: bool = True  # random horizontal flips
+    colour_shift: float = 0.1  # std of AlexNet's PCA colour shift alphas; 0 turns it off
+    normalize: str = "mean"  # mean: subtract mean RGB (the paper); standardize: also divide by its std; imagenet
+    stats_images: int = 10000  # images sampled for the mean RGB / PCA statistics
+    workers: int = -1  # data loader processes; -1: one per CPU core, up to 8
+    # --- optimisation (section 3.1)
+    epochs: int = 74
+    batch_size: int = 256  # the global batch: summed over processes and accumulation steps
+    accum_steps: int = 1  # gradient accumulation: micro-batch = batch_size / (processes * accum_steps)
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_patience: int = 2  # epochs without improvement of the val top-1 error before lr /= 10
+    lr_threshold: float = 1e-3  # an improvement smaller than this (absolute error) does not count
+    lr_decays: int = 3  # at most this many decreases; training stops at the plateau after the last
+    label_smoothing: float = 0.0
+    # --- system
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: bool = True  # bf16 autocast (CUDA only)
+    channels_last: bool = True  # (CUDA only)
+    compile: bool = True  # torch.compile (CUDA only)
+    fused: bool = True  # fused SGD kernel (CUDA only)
+    seed: int = 0
+    out: str = ""  # run folder; default: a new numbered folder under ./runs
+    log_every: int = 50  # optimizer steps between log lines
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: at epoch ends only)
+    keep_checkpoints: int = 2  # the newest K checkpoints are kept
+    max_steps: int = 0  # stop after this many optimizer steps in all (0: no limit)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
+    tensorboard: bool = True  # log to RUN/tensorboard when tensorboard is installed
+
+    def __post_init__(self) -> None:
+        if self.scale_max < self.scale_min:
+            raise ValueError(f"scale_max ({self.scale_max}) < scale_min ({self.scale_min})")
+        if self.scale_min < self.crop_size:
+            raise ValueError(
+                f"training scale S={self.scale_min} is smaller than the crop {self.crop_size}; the paper needs "
+                f"S >= crop (set --scale to at least {self.crop_size})"
+            )
+        if self.batch_size < 1 or self.accum_steps < 1 or self.batch_size % self.accum_steps:
+            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}")
+        if self.normalize not in ("mean", "standardize", "imagenet"):
+            raise ValueError(f"normalize must be 'mean', 'standardize' or 'imagenet', got {self.normalize!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Presets of the embedded data sets: a net and a schedule sized for 2 CPU cores (flips are off: digits
+# are not mirror-symmetric). They apply only to fields that neither a recipe nor a flag sets.
+PRESETS: dict[str, dict[str, Any]] = {
+    "mnist": dict(
+        arch="A", width=0.25, fc_width=256, crop_size=32, scale_min=32, scale_max=36, flip=False, init="kaiming",
+        epochs=6, batch_size=64, lr=0.02, lr_patience=0, lr_decays=2, stats_images=2000, log_every=20,
+        dropout=0.3, workers=1,
+    ),
+    "mnist-scale": dict(
+        arch="A", width=0.25, fc_width=256, crop_size=32, scale_min=32, scale_max=64, flip=False, init="kaiming",
+        epochs=10, batch_size=64, lr=0.02, lr_patience=1, lr_decays=2, stats_images=2000, log_every=20,
+        dropout=0.3, workers=1,
+    ),
+}
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a TOML recipe: top-level keys (or keys in any [table], flattened) named like TrainConfig fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist; see the recipes/ folder for examples")
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    flat: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            flat.update(v)
+        else:
+            flat[k] = v
+    flat = {k.replace("-", "_"): v for k, v in flat.items()}
+    unknown = sorted(set(flat) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown recipe keys {unknown}; valid keys are the `vgg train` options")
+    return flat
+
+
+def resolve(overrides: dict[str, Any] | None = None, recipe: str | Path | None = None) -> TrainConfig:
+    """Build the config: paper defaults < data preset < recipe < overrides (None values are ignored)."""
+    values: dict[str, Any] = {}
+    if recipe:
+        values.update(read_recipe(recipe))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown training options {unknown}")
+    data = values.get("data", TrainConfig.data)
+    preset = {k: v for k, v in PRESETS.get(data, {}).items() if k not in values}
+    merged = {**preset, **values}
+    return TrainConfig(**{k: _coerce(k, v) for k, v in merged.items()})
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = type(_FIELDS[name].default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind):
+        raise ValueError(f"option {name} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(d: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a saved dict (config.toml or a checkpoint), ignoring keys of other versions."""
+    return TrainConfig(**{k: v for k, v in d.items() if k in _FIELDS})
+
+
+def field_help() -> dict[str, str]:
+    """The comment after each field, as help text for the command line."""
+    import inspect
+    import re
+
+    out = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.*)", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+__all__ = ["PRESETS", "TrainConfig", "from_dict", "read_recipe", "resolve"]

@@ -1,0 +1,618 @@
+"""The training loop: the paper's recipe (section 3.1) on one CPU, one GPU, or many through DDP.
+
+Plain functions that read top to bottom: ``train(config)`` sets up (device, data, model, optimizer, run
+folder, resume), then loops ``train_one_epoch`` and ``validate`` under the plateau schedule.
+
+Exactness: the data order and every image's augmentation come from (seed, epoch, position), never from
+worker or global RNG state, and a checkpoint stores the position inside the epoch with the optimizer,
+schedule and RNG states; so a run resumed mid-epoch ends with the same weights as an uninterrupted one,
+and N processes with batch B/N each make the same updates as one process with batch B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from . import runs
+from .config import TrainConfig, from_dict, resolve
+from .model import create_model
+from .weights import atomic_write, read_state_dict, save_weights, unwrap
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# ---- distributed set-up (torchrun's environment) ---------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_kind: str) -> Dist:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, d: Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+# ---- the batch plan: which images each process sees at each step --------------------------------------------
+
+
+class BatchPlan:
+    """Yields the micro-batches of one epoch for one process: lists of (index, augmentation seed).
+
+    The global order is a permutation drawn from (seed, epoch). Each global batch of ``batch_size`` images
+    is cut into ``world`` equal shares, and a process's share into ``accum`` micro-batches. The last
+    incomplete global batch is dropped (fixed batch size, as in the paper). ``start_step`` skips the first
+    optimizer steps of the epoch (resume).
+    """
+
+    def __init__(self, n: int, batch_size: int, world: int, rank: int, accum: int, seed: int) -> None:
+        if batch_size % (world * accum):
+            raise ValueError(f"batch_size {batch_size} is not divisible by processes x accum_steps = {world * accum}")
+        if n < batch_size:
+            raise ValueError(f"the training set has {n} images, fewer than one batch of {batch_size}; lower --batch-size")
+        self.n, self.batch_size, self.world, self.rank, self.accum, self.seed = n, batch_size, world, rank, accum, seed
+        self.micro = batch_size // (world * accum)
+        self.epoch, self.start_step = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.accum
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
+        share = self.batch_size // self.world
+        for step in range(self.start_step, self.steps_per_epoch):
+            lo = step * self.batch_size + self.rank * share
+            for a in range(self.accum):
+                idx = range(lo + a * self.micro, lo + (a + 1) * self.micro)
+                yield [(order[i], seeds[i]) for i in idx]
+
+
+# ---- the plateau schedule ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Plateau:
+    """lr /= 10 when the validation top-1 error has not improved by ``threshold`` for more than ``patience``
+    epochs, at most ``max_decays`` times; after the last decrease, the next plateau ends training."""
+
+    lr: float
+    patience: int
+    threshold: float
+    max_decays: int
+    best: float = math.inf
+    bad_epochs: int = 0
+    decays: int = 0
+    done: bool = False
+
+    def step(self, error: float) -> None:
+        if error < self.best - self.threshold:
+            self.best, self.bad_epochs = error, 0
+            return
+        self.best = min(self.best, error)
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            if self.decays < self.max_decays:
+                self.lr /= 10
+                self.decays += 1
+                self.bad_epochs = 0
+            else:
+                self.done = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        vars(self).update(d)
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, plateau: Plateau,
+                    cfg: TrainConfig, epoch: int, step_in_epoch: int, global_step: int, keep: int) -> Path:
+    """Write checkpoints/ckpt-<step>.pt atomically, then drop all but the newest ``keep``."""
+    state = {
+        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "plateau": plateau.state_dict(),
+        "config": cfg.to_dict(),
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "global_step": global_step,
+        "rng": _rng_state(),
+    }
+    folder = run / "checkpoints"
+    path = atomic_write(folder / f"ckpt-{global_step:09d}.pt", lambda tmp: torch.save(state, tmp))
+    for old in sorted(folder.glob("ckpt-*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = sorted((run / "checkpoints").glob("ckpt-*.pt"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    # weights_only: a checkpoint holds tensors, numbers, strings, lists and dicts; nothing is unpickled
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+
+
+def build_data(cfg: TrainConfig, d: Dist, stats=None):
+    """Resolve the data sets, compute the statistics (unless resuming with saved ones), build the datasets."""
+    from . import data
+
+    train_samples, val_samples, classes = data.resolve_data(
+        cfg.data, val=cfg.val or None, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        class_names=cfg.class_names or None,
+    )  # fmt: skip
+    if not val_samples:
+        raise ValueError(f"{cfg.data}: no validation images; the plateau schedule needs some (--val-fraction > 0)")
+    if stats is None:
+        # the mean RGB and PCA at the training scale; decoding at reduced size keeps this pass short on ImageNet
+        stats = data.compute_stats(train_samples, max_images=cfg.stats_images, seed=cfg.seed, side=cfg.scale_min,
+                                   num_workers=min(_workers(cfg, d), 8))  # fmt: skip
+    norm, divide_std = runs.normalization(stats, cfg.normalize)
+    train_tf = data.TrainTransform(norm, crop_size=cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max),
+                                   flip=cfg.flip, colour_std=cfg.colour_shift, divide_std=divide_std)  # fmt: skip
+    # Validation during training: one centre crop at the single test scale of the paper's Table 3
+    # (Q = S, or Q = (Smin + Smax) / 2 for a jittered net); the full protocols live in `vgg eval`.
+    q = (cfg.scale_min + cfg.scale_max) // 2
+    val_tf = data.EvalTransform(norm, size=q, crop_size=cfg.crop_size, divide_std=divide_std)
+    return data.ImageDataset(train_samples, train_tf), data.ImageDataset(val_samples, val_tf), classes, stats
+
+
+def make_loader(dataset, batch_sampler, workers: int, device: torch.device):
+    from .data import collate
+
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4)
+    # A private generator: the loader must not draw from the global RNG (dropout's), or resume would drift.
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, collate_fn=collate, pin_memory=device.type == "cuda",
+        generator=torch.Generator(), **kw,
+    )  # fmt: skip
+
+
+def _workers(cfg: TrainConfig, d: Dist) -> int:
+    if cfg.workers >= 0:
+        return cfg.workers
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, torch.cuda.device_count() if d.world > 1 else 1)))
+
+
+# ---- one epoch ------------------------------------------------------------------------------------------------
+
+
+class Logger:
+    """metrics.jsonl, console lines (a progress line on a terminal), TensorBoard when installed; rank 0 only."""
+
+    def __init__(self, run: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.tty = enabled and sys.stdout.isatty()
+        self.open_line = False
+        self.file = open(run / runs.METRICS_FILE, "a") if enabled else None
+        self.tb = None
+        if enabled and tensorboard:
+            with contextlib.suppress(Exception):
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run / "tensorboard"))
+
+    def record(self, kind: str, **values: Any) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"kind": kind, **values}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self.tb.add_scalar(f"{kind}/{k}", v, values.get("step", 0))
+
+    def line(self, text: str, progress: bool = False) -> None:
+        """Print a log line; on a terminal, progress lines overwrite each other (a progress bar)."""
+        if not self.enabled:
+            return
+        if self.tty and progress:
+            width = shutil.get_terminal_size().columns - 1
+            print("\r" + text[:width].ljust(min(width, 100)), end="", flush=True)
+            self.open_line = True
+            return
+        if self.open_line:
+            print()
+            self.open_line = False
+        print(text, flush=True)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclass
+class Progress:
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+
+
+def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan, prog: Progress, device,
+                    autocast, log: Logger, bad_files: set[str], save_ckpt) -> float:
+    """Run the rest of one epoch; return the mean training loss of the steps run."""
+    model.train()
+    accum = cfg.accum_steps
+    loss_sum = torch.zeros((), device=device)
+    window_loss = torch.zeros((), device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    steps_run, window, t0 = 0, 0, time.perf_counter()
+    images_in_window = 0
+    total = plan.steps_per_epoch
+    micro = 0
+    for images, labels, bad in loader:
+        bad_files.update(bad)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if cfg.channels_last and device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        last_micro = (micro + 1) % accum == 0
+        # DDP: average gradients only on the last micro-batch of an accumulated step
+        sync = model.no_sync() if (hasattr(model, "no_sync") and not last_micro) else contextlib.nullcontext()
+        with sync, autocast():
+            loss = F.cross_entropy(model(images), labels, label_smoothing=cfg.label_smoothing)
+        with sync:
+            (loss / accum).backward()
+        loss = loss.detach()
+        finite &= torch.isfinite(loss)
+        window_loss += loss / accum
+        loss_sum += loss / accum
+        images_in_window += images.shape[0]
+        micro += 1
+        if not last_micro:
+            continue
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps_run += 1
+        window += 1
+        prog.step_in_epoch += 1
+        prog.global_step += 1
+        if window >= cfg.log_every or prog.step_in_epoch == total or log.tty:
+            # the only host syncs of the loop: at log time
+            if not bool(finite):
+                raise NonFiniteLoss(f"non-finite loss at step {prog.global_step}")
+            elapsed = time.perf_counter() - t0
+            ips = images_in_window * plan.world / max(elapsed, 1e-9)
+            mean_loss = window_loss.item() / window
+            lr = optimizer.param_groups[0]["lr"]
+            eta = (total - prog.step_in_epoch) * elapsed / window
+            if window >= cfg.log_every or prog.step_in_epoch == total:
+                log.record("step", epoch=prog.epoch, step=prog.global_step, loss=mean_loss, lr=lr, images_per_s=ips)
+            log.line(
+                f"epoch {prog.epoch + 1} step {prog.step_in_epoch}/{total} loss {mean_loss:.4f} lr {lr:.2e} "
+                f"{ips:,.0f} img/s ETA {eta:.0f}s",
+                progress=True,
+            )
+            if window >= cfg.log_every or prog.step_in_epoch == total:
+                window_loss.zero_()
+                window, images_in_window, t0 = 0, 0, time.perf_counter()
+        if cfg.checkpoint_every and prog.global_step % cfg.checkpoint_every == 0 and prog.step_in_epoch < total:
+            if not bool(finite):
+                raise NonFiniteLoss(f"non-finite loss at step {prog.global_step}")
+            save_ckpt()
+        if cfg.max_steps and prog.global_step >= cfg.max_steps:
+            break
+    if not bool(finite):
+        raise NonFiniteLoss(f"non-finite loss at step {prog.global_step}")
+    return loss_sum.item() / max(steps_run, 1)
+
+
+@torch.inference_mode()
+def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_files: set[str]) -> dict[str, float]:
+    """Top-1 / top-5 error of one centre crop per validation image; shared across processes."""
+    from .data import collate
+    from .metrics import topk_correct
+
+    model.eval()
+    n = len(dataset)
+    idx = list(range(d.rank, n, d.world))
+    bs = max(1, cfg.batch_size // (d.world * cfg.accum_steps))
+    batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                                         num_workers=min(_workers(cfg, d), 4))  # fmt: skip
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # images, top-1 correct, top-5 correct
+    for images, labels, bad in loader:
+        bad_files.update(bad)
+        if images.shape[0] == 0:
+            continue
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if cfg.channels_last and device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            scores = model(images).float()
+        counts[0] += labels.numel()
+        counts[1] += topk_correct(scores, labels, 1).sum()
+        counts[2] += topk_correct(scores, labels, 5).sum()  # top-min(5, classes)
+    if d.world > 1:
+        dist.all_reduce(counts)
+    total, c1, c5 = counts.tolist()
+    total = max(total, 1.0)
+    return {"val_top1_err": 1 - c1 / total, "val_top5_err": 1 - c5 / total, "val_images": int(total)}
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+
+
+def new_run_dir(root: Path = Path("runs")) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+    return root / f"{max(taken, default=0) + 1:03d}"
+
+
+def _broadcast_path(path: Path | None, d: Dist) -> Path:
+    if d.world == 1:
+        return path
+    box = [str(path) if d.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def _init_from(model: nn.Module, source: str, log: Logger) -> None:
+    """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune)."""
+    from .init import init_from_net_a
+    from .weights import load_weights
+
+    src = Path(source)
+    weights = src / runs.MODEL_FILE if src.is_dir() else src
+    sd, meta = read_state_dict(weights)
+    src_config = json.loads(meta["vggnet.arch"])["config"] if "vggnet.arch" in meta else None
+    ours = unwrap(model)
+    if src_config == "A" and ours.arch["config"] != "A":
+        copied = init_from_net_a(ours, sd)
+        log.line(f"init from net A ({weights}): copied {', '.join(copied)}")
+    else:
+        load_weights(ours, weights)
+        log.line(f"init from {weights}: all layers")
+
+
+def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None = None) -> Path:
+    """Train a VGG net with the paper's recipe; return the run folder.
+
+    ``config`` is a TrainConfig or a dict of its fields (resolved with the data set's preset).
+    ``resume``: a run folder whose newest checkpoint is continued exactly; its saved config is used, with
+    the keys of a ``config`` dict (for example a larger ``epochs``) applied over it.
+    """
+    ckpt = None
+    if resume is not None:
+        run = Path(resume)
+        found = latest_checkpoint(run)
+        if found is None:
+            raise FileNotFoundError(f"{run}/checkpoints has no checkpoint to resume from; start a new run instead")
+        ckpt = load_checkpoint(found)
+        # flags given with --resume (a longer --epochs, another --device or --workers) override the saved config
+        given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
+        cfg = from_dict(dict(ckpt["config"], **given))
+    else:
+        cfg = config if isinstance(config, TrainConfig) else resolve(config)
+        run = Path(cfg.out) if cfg.out else None
+
+    device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    d = setup_distributed(device_kind)
+    device = pick_device(cfg.device, d)
+    if run is None:
+        run = new_run_dir() if d.main else None
+    run = _broadcast_path(run, d)
+    if resume is None and d.main and (run / runs.CONFIG_FILE).exists():
+        raise FileExistsError(f"{run} already holds a run; continue it with `vgg train --resume {run}` or pick another --out")
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+    if d.world > 1:
+        dist.barrier()
+
+    torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
+    np.random.seed((cfg.seed + d.rank) % 2**32)
+    random.seed(cfg.seed + d.rank)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    log = Logger(run, d.main, cfg.tensorboard)
+
+    from .data import Stats
+
+    stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
+    train_set, val_set, classes, stats = build_data(cfg, d, stats)
+
+    model = create_model(
+        cfg.arch, num_classes=len(classes), width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size,
+        dropout=cfg.dropout, batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
+        init=cfg.init, seed=cfg.seed,
+    )  # fmt: skip
+    if cfg.init_from and ckpt is None:
+        _init_from(model, cfg.init_from, log)
+    model.to(device)
+    if cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fused = cuda and cfg.fused
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, fused=fused or None)  # fmt: skip
+    plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays)
+    start_epoch, prog = 0, Progress(0, 0, 0)
+    if ckpt is not None:
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        plateau.load_state_dict(ckpt["plateau"])
+        if "lr" in given:  # an explicit learning rate on resume replaces the schedule's current one
+            plateau.lr = cfg.lr
+        prog = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"])
+        start_epoch = ckpt["epoch"]
+        _set_rng_state(ckpt["rng"])
+        log.line(f"resuming {run} at epoch {prog.epoch + 1}, step {prog.step_in_epoch} ({prog.global_step} in all)")
+    elif d.main:
+        import tomli_w
+
+        atomic_write(run / runs.CONFIG_FILE, lambda tmp: Path(tmp).write_text(tomli_w.dumps(cfg.to_dict())))
+        stats.save(run / runs.STATS_FILE)
+        atomic_write(run / runs.CLASSES_FILE, lambda tmp: Path(tmp).write_text(json.dumps(classes)))
+
+    net = model
+    if cuda and cfg.compile:
+        net = torch.compile(net)  # compile before DDP wrapping; checkpoints save the unwrapped module
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
+    amp = cuda and cfg.amp
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+    plan = BatchPlan(len(train_set), cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
+    loader = make_loader(train_set, plan, _workers(cfg, d), device)
+    bad_files: set[str] = set()
+
+    def save_ckpt() -> None:
+        if d.main:
+            save_checkpoint(run, model, optimizer, plateau, cfg, prog.epoch, prog.step_in_epoch, prog.global_step,
+                            cfg.keep_checkpoints)  # fmt: skip
+            _write_bad_files(run, bad_files)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log.line(
+        f"run {run}: {unwrap(model).name} ({n_params / 1e6:.2f}M parameters, {len(classes)} classes), "
+        f"{len(train_set)} train / {len(val_set)} val images, S in [{cfg.scale_min}, {cfg.scale_max}], "
+        f"crop {cfg.crop_size}, batch {cfg.batch_size} on {d.world} x {device}"
+        + (" (bf16, channels-last, compiled)" if cuda and cfg.amp and cfg.compile else "")
+    )
+    started = time.perf_counter()
+    interrupted = False
+    # Ctrl-C and SIGTERM (Slurm's pre-emption): save the position reached, then exit cleanly
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if plateau.done or (cfg.max_steps and prog.global_step >= cfg.max_steps):
+                break
+            if prog.epoch != epoch:
+                prog.epoch, prog.step_in_epoch = epoch, 0
+            for group in optimizer.param_groups:
+                group["lr"] = plateau.lr
+            plan.set_epoch(epoch, prog.step_in_epoch)
+            t_epoch = time.perf_counter()
+            train_loss = train_one_epoch(net, loader, optimizer, cfg, plan, prog, device, autocast, log, bad_files,
+                                         save_ckpt)  # fmt: skip
+            if prog.step_in_epoch < plan.steps_per_epoch:  # stopped by max_steps inside the epoch
+                save_ckpt()
+                break
+            metrics = validate(net, val_set, cfg, device, autocast, d, bad_files)
+            plateau.step(metrics["val_top1_err"])
+            prog.epoch, prog.step_in_epoch = epoch + 1, 0
+            record = dict(epoch=epoch + 1, step=prog.global_step, train_loss=train_loss, lr=optimizer.param_groups[0]["lr"],
+                          epoch_time_s=time.perf_counter() - t_epoch, **metrics)  # fmt: skip
+            log.record("epoch", **record)
+            log.line(
+                f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, val top-1 err "
+                f"{metrics['val_top1_err']:.2%}, lr {record['lr']:.1e}, {record['epoch_time_s']:.0f}s"
+                + (f", lr -> {plateau.lr:.1e}" if plateau.lr != record["lr"] else "")
+            )
+            if d.main:
+                save_weights(model, run / runs.MODEL_FILE)
+                save_ckpt()
+                from .plots import plot_run
+
+                with contextlib.suppress(Exception):  # a plotting problem never stops training
+                    plot_run(run)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.line(f"interrupted: saving a checkpoint at step {prog.global_step}; continue with `vgg train --resume {run}`")
+        save_ckpt()
+    except NonFiniteLoss as e:
+        last = latest_checkpoint(run)
+        raise NonFiniteLoss(
+            f"{e}: training stopped. The last good checkpoint is {last}. Lower --lr, use --init glorot, or check "
+            f"the data; resume from the checkpoint with `vgg train --resume {run}`"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        log.close()
+        if d.main:
+            _write_bad_files(run, bad_files)
+    if d.main and not interrupted:
+        log.line(f"done in {time.perf_counter() - started:.0f}s: {run}")
+    if interrupted:
+        raise KeyboardInterrupt
+    return run
+
+
+def _write_bad_files(run: Path, bad: set[str]) -> None:
+    if bad:
+        atomic_write(run / "bad_files.txt", lambda tmp: Path(tmp).write_text("\n".join(sorted(bad)) + "\n"))
