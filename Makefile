@@ -8,18 +8,23 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test venv clean-venv
 
+# The main job: train net A on the embedded MNIST digits (the mnist preset of `vgg train`), then print the
+# paper-style table of the four test protocols for the run.
 demo: venv
-	$(VENV)/bin/vgg train
+	@run=runs/demo-$$(date +%Y%m%d-%H%M%S); \
+	$(VENV)/bin/vgg train --out $$run && \
+	$(VENV)/bin/vgg eval $$run --protocol center,dense,multicrop,dense+multicrop --scales single
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Full dependencies once per pyproject.toml hash; the project itself (editable, no deps) on every call,
+# Full dependencies once per venv (its name holds the hash of pyproject.toml: a changed file makes a new
+# one); the project itself (editable, no deps) on every call,
 # so the `vgg` script and `import vggnet` always point at this clone.
 venv: $(STAMP)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel
 	$(PY) -m pip install -q -e ".[dev]"

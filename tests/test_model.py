@@ -228,3 +228,12 @@ def test_init_from_net_a_shape_mismatch_names_the_layer():
     d = vggnet.create_model("D", num_classes=12, **TINY)
     with pytest.raises(ValueError, match="classifier.6"):
         vggnet.init_from_net_a(d, a)
+
+
+def test_kaiming_init_keeps_the_scale():
+    model = vggnet.create_model("A", num_classes=100, width=0.5, fc_width=512, init="kaiming", seed=0)
+    conv = model.features[3]  # conv3-64 at half width: 32 -> 64 channels
+    assert abs(conv.weight.std().item() - (2 / (32 * 9)) ** 0.5) < 0.05 * (2 / (32 * 9)) ** 0.5
+    fc2, fc3 = model.classifier[3], model.classifier[6]
+    assert abs(fc2.weight.std().item() - (2 / 512) ** 0.5) < 0.05 * (2 / 512) ** 0.5
+    assert abs(fc3.weight.std().item() - (1 / 512) ** 0.5) < 0.05 * (1 / 512) ** 0.5
