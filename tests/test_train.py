@@ -153,9 +153,10 @@ def _free_port():
 
 
 def test_two_process_ddp_equals_one_process(folder, tmp_path):
-    """2 processes x 4 images (gloo) make the same updates as 1 process x 8 images."""
+    """2 processes x 4 images (gloo) make the same updates as 1 process x 8 images; each process also
+    accumulates its 4 images as 2 micro-batches of 2, which must not change the update either."""
     one = train(small(folder, tmp_path / "one", epochs=1, max_steps=3))
-    cfg = small(folder, tmp_path / "two", epochs=1, max_steps=3)
+    cfg = small(folder, tmp_path / "two", epochs=1, max_steps=3, accum_steps=2)
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg), nprocs=2, join=True)
     a = load_checkpoint(latest_checkpoint(one))["model"]
     b = load_checkpoint(latest_checkpoint(tmp_path / "two" / "run"))["model"]
