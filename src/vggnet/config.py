@@ -54,6 +54,7 @@ class TrainConfig:
     channels_last: bool = True  # (CUDA only)
     compile: bool = True  # torch.compile (CUDA only)
     fused: bool = True  # fused SGD kernel (CUDA only)
+    loader: str = "auto"  # auto: gpu on CUDA with JPEG data, else cpu; cpu: decode + augment in worker processes; gpu: nvJPEG decode + batched augmentation on the device
     seed: int = 0
     out: str = ""  # run folder; default: a new numbered folder under ./runs
     log_every: int = 50  # optimizer steps between log lines
@@ -73,6 +74,8 @@ class TrainConfig:
             )
         if self.batch_size < 1 or self.accum_steps < 1 or self.batch_size % self.accum_steps:
             raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}")
+        if self.loader not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"loader must be 'auto', 'cpu' or 'gpu', got {self.loader!r}")
         if self.normalize not in ("mean", "standardize", "imagenet"):
             raise ValueError(f"normalize must be 'mean', 'standardize' or 'imagenet', got {self.normalize!r}")
 

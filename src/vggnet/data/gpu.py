@@ -1,21 +1,38 @@
 """The GPU data path: JPEG decoding in batches on the GPU (nvJPEG through torchvision) and the paper's
-augmentation as batched tensor operations on any device.
+augmentation as batched tensor operations on any device, overlapped with the training step.
 
 DataLoader workers only read the files' bytes, check their headers (no decompression bombs reach the GPU)
 and draw each sample's :class:`~vggnet.data.transforms.AugParams` with the same
-:meth:`~vggnet.data.transforms.ImageTransform.sample` as the CPU path; the main process decodes the batch on
-the device and applies :func:`augment_batch`, which uses the CPU path's own ``transform.resample`` and
+:meth:`~vggnet.data.transforms.ImageTransform.sample` as the CPU path; a batch leaves the workers as one
+tensor of bytes (one shared-memory segment, not one per image). The main process decodes the batch on the
+device and applies :func:`augment_batch`, which uses the CPU path's own ``transform.resample`` and
 ``transform.normalize``. A sample key (index, seed) therefore gives the same S, crop, flip and colour shift on both
 paths; on the CPU the two give identical tensors (tested), on the GPU they differ only by the resampling
-kernel's rounding (float there, uint8 on the CPU).
+kernel's rounding (float there, uint8 on the CPU) and the JPEG decoder's IDCT. (The CPU path decodes a JPEG at
+least twice as large as S at a reduced size in the DCT domain, so there such images differ a little more.)
 
-Everything here runs on CPU tensors as well (``device="cpu"``), which is how it is tested without a GPU.
+Overlap (:class:`GPULoader`): decoding and augmentation run in two background threads, each on its own CUDA
+stream, ``prefetch`` batches ahead of the training step. torchvision's batched nvJPEG call blocks its thread
+until the batch is decoded (on the H100/H200 on the hardware JPEG engines, not the SMs), and the augmentation
+is some 500 small kernel launches a batch (two an image); in threads both leave the main thread free to queue the training
+step, and their GIL-free waits and kernel launches fill the time the main thread waits for the GPU. Handing a
+batch over costs no host synchronisation: the consumer's stream waits on an event recorded after the
+producer's work, and the batch's tensors are marked as used on the consumer's stream (``record_stream``) so
+the caching allocator cannot give their memory back to the producer early.
+
+Everything here runs on CPU tensors as well (``device="cpu"``), threads included, which is how it is tested
+without a GPU.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -39,6 +56,14 @@ def _decode_cpu(data: torch.Tensor, path: str, device: torch.device) -> torch.Te
     except BadImageError as e:
         log.warning("skipping bad image %s: %s", path, e.reason)
         return None
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without a host synchronisation: on CUDA it is staged through pinned
+    memory and copied asynchronously (``torch.tensor(..., device="cuda")`` waits for the stream's queued work)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def decode_batch(
@@ -91,7 +116,7 @@ def augment_batch(
     if not crops:
         return torch.empty(0, 3, transform.crop_size, transform.crop_size)
     x = torch.stack(crops)
-    flip = torch.tensor([p.flip for p in params], device=x.device)
+    flip = to_device(torch.tensor([p.flip for p in params]), x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return transform.normalize(x, alpha)
 
@@ -127,51 +152,192 @@ class EncodedDataset(Dataset):
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), int(label), str(path), params
 
 
-def collate_encoded(batch):
-    """Keep a batch of :class:`EncodedDataset` items as lists (the byte strings differ in length)."""
+@dataclass
+class EncodedBatch:
+    """A batch of encoded images as it leaves the DataLoader workers: the files' bytes end to end in one tensor
+    (passing 256 small tensors between processes costs a shared-memory segment and a file descriptor each)."""
+
+    data: torch.Tensor  # uint8, every readable file's bytes, concatenated
+    sizes: list[int]  # bytes of each file; 0 for a file that could not be read
+    labels: torch.Tensor  # int64 (N,)
+    paths: list[str]
+    params: list[AugParams]
+
+    def datas(self) -> list[torch.Tensor | None]:
+        """Each file's bytes (a view into ``data``), None where the file could not be read."""
+        out, pos = [], 0
+        for n in self.sizes:
+            out.append(self.data[pos : pos + n] if n else None)
+            pos += n
+        return out
+
+
+def collate_encoded(batch) -> EncodedBatch:
+    """Pack a batch of :class:`EncodedDataset` items into one :class:`EncodedBatch`."""
     datas, labels, paths, params = zip(*batch)
-    return list(datas), torch.tensor(labels, dtype=torch.int64), list(paths), list(params)
+    sizes = [0 if d is None else d.numel() for d in datas]
+    present = [d for d in datas if d is not None]
+    data = torch.cat(present) if present else torch.empty(0, dtype=torch.uint8)
+    return EncodedBatch(data, sizes, torch.tensor(labels, dtype=torch.int64), list(paths), list(params))
+
+
+# ---- running a stage ahead in a thread ----------------------------------------------------------------------
+
+_ITEM, _END, _ERROR = range(3)
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+
+
+def background(source: Iterable, fn: Callable[[Any], Any], depth: int, device: torch.device) -> Iterator[Any]:
+    """``fn(item)`` for each item of ``source``, in order, computed up to ``depth`` items ahead in a thread.
+
+    On CUDA the thread runs ``fn`` on its own stream. Each result is handed over without a host sync: the
+    consumer's current stream waits on an event recorded after ``fn``'s work, and the result's tensors (also
+    inside lists and tuples) are marked as used on the consumer's stream. An exception in the thread is raised
+    in the consumer. Closing the generator (the consumer breaks out of its loop or raises) stops the thread and
+    waits for it, so ``source`` is never read by two threads at once.
+    """
+    cuda = device.type == "cuda"
+    stream = torch.cuda.Stream(device) if cuda else None
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(message: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(message, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            with ExitStack() as ctx:
+                if cuda:  # the current device and stream are per thread
+                    ctx.enter_context(torch.cuda.device(device))
+                    ctx.enter_context(torch.cuda.stream(stream))
+                for item in source:
+                    out = fn(item)
+                    event = None
+                    if cuda:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    if not put((_ITEM, out, event)):
+                        return
+            put((_END, None, None))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            put((_ERROR, e, None))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # an upstream stage: stop its thread too
+                close()
+
+    thread = threading.Thread(target=work, name="vggnet-data", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, out, event = q.get()
+            if kind == _END:
+                return
+            if kind == _ERROR:
+                raise out
+            if cuda:
+                current = torch.cuda.current_stream(device)
+                current.wait_event(event)
+                for t in _tensors(out):
+                    if t.is_cuda:
+                        t.record_stream(current)
+            yield out
+    finally:
+        stop.set()
+        thread.join()
 
 
 class GPULoader:
     """Batches of augmented images decoded on ``device``: yields (images [N, 3, c, c], labels [N], bad paths).
 
+    Batches come in the sampler's order, ``prefetch`` batches decoded and augmented ahead of the consumer in
+    two background threads (see the module docstring); ``prefetch=0`` does everything in the caller's thread.
+
     Args:
         samples: (path, class index) pairs.
         transform: a TrainTransform (or an EvalTransform with a crop size).
-        sampler: yields the keys, e.g. a :class:`~vggnet.data.SeededSampler` (indices or (index, seed) pairs).
+        sampler: yields the keys, e.g. a :class:`~vggnet.data.SeededSampler` (indices or (index, seed) pairs);
+            batched ``batch_size`` at a time. None: indices in order.
         batch_size: images per batch (before dropping bad files).
         device: where to decode and augment ("cuda", or "cpu" for tests).
         num_workers: processes reading files and drawing parameters.
         drop_last: drop the last incomplete batch.
+        batch_sampler: instead of ``sampler`` and ``batch_size``: yields lists of keys, one list a batch (the
+            training loop's :class:`~vggnet.train.BatchPlan`).
+        channels_last: return the images in channels-last memory format (the layout the net runs in on CUDA).
+        prefetch: batches prepared ahead, per stage.
     """
 
     def __init__(
         self,
         samples: Sequence[Sample],
         transform: ImageTransform,
-        sampler: Iterable,
-        batch_size: int,
+        sampler: Iterable | None = None,
+        batch_size: int | None = None,
         device: str | torch.device = "cuda",
         num_workers: int = 4,
         drop_last: bool = False,
+        *,
+        batch_sampler: Iterable | None = None,
+        channels_last: bool = False,
+        prefetch: int = 2,
     ) -> None:
         if transform.crop_size is None:
             raise ValueError("GPULoader stacks crops; use a transform with a crop size")
-        self.transform, self.device = transform, torch.device(device)
+        if batch_sampler is not None:
+            if sampler is not None or batch_size is not None:
+                raise ValueError("pass either batch_sampler, or sampler and batch_size")
+            batching: dict[str, Any] = dict(batch_sampler=batch_sampler)
+        elif batch_size:
+            batching = dict(sampler=sampler, batch_size=batch_size, drop_last=drop_last)
+        else:
+            raise ValueError("pass a batch_size (with a sampler, or None for indices in order) or a batch_sampler")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())  # the threads must not fall back to GPU 0
+        self.transform, self.device = transform, device
+        self.channels_last, self.prefetch = channels_last, prefetch
         self.loader = DataLoader(
-            EncodedDataset(samples, transform), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-            collate_fn=collate_encoded, drop_last=drop_last, persistent_workers=num_workers > 0,
-            prefetch_factor=4 if num_workers > 0 else None,
+            EncodedDataset(samples, transform), num_workers=num_workers, collate_fn=collate_encoded,
+            persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None, **batching,
         )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.loader)
 
+    def decode(self, batch: EncodedBatch) -> tuple[list[torch.Tensor | None], EncodedBatch]:
+        """Stage 1: the batch's images decoded on the device (None for bad files)."""
+        return decode_batch(batch.datas(), self.device, batch.paths), batch
+
+    def augment(self, decoded: tuple[list[torch.Tensor | None], EncodedBatch]):
+        """Stage 2: (images [N, 3, c, c], labels [N], bad paths), bad files dropped."""
+        images, batch = decoded
+        keep = [i for i, img in enumerate(images) if img is not None]
+        bad = [batch.paths[i] for i, img in enumerate(images) if img is None]
+        x = augment_batch([images[i] for i in keep], [batch.params[i] for i in keep], self.transform)
+        x = x.to(self.device)  # an empty batch is made on the CPU
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, to_device(batch.labels[keep], self.device), bad
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-        for datas, labels, paths, params in self.loader:
-            images = decode_batch(datas, self.device, paths)
-            keep = [i for i, img in enumerate(images) if img is not None]
-            bad = [paths[i] for i in range(len(paths)) if images[i] is None]
-            x = augment_batch([images[i] for i in keep], [params[i] for i in keep], self.transform)
-            yield x, labels[keep].to(self.device, non_blocking=True), bad
+        batches = iter(self.loader)  # in the caller's thread: worker processes start (or are reset) here
+        if self.prefetch <= 0:
+            for batch in batches:
+                yield self.augment(self.decode(batch))
+            return
+        decoded = background(batches, self.decode, self.prefetch, self.device)
+        yield from background(decoded, self.augment, self.prefetch, self.device)

@@ -1,0 +1,579 @@
+"""VGG-16 (config D) on one GPU: the training step, training from JPEG files, dense evaluation. One table.
+
+Rows:
+
+- (a) our training step on synthetic batches already on the GPU: config D, 1000 classes, batch 256, 224 crops,
+  bf16 autocast, channels-last, torch.compile, fused SGD (momentum 0.9, weight decay 5e-4), dropout 0.5. The
+  step is ``vggnet.train.train_one_epoch`` itself, the loop ``vgg train`` runs.
+- (b) torchvision's vgg16 through the same loop with the same settings (PERFORMANCE.md: about 5,000 images/s).
+- (c) our training from a folder of JPEGs with the paper's augmentation (S jittered in [256, 512], random 224
+  crop, flip, PCA colour shift, mean subtraction), the batches built by ``vggnet.train.make_train_loader`` as
+  ``vgg train`` builds them: the GPU data path (``--loader gpu``: workers read the bytes, nvJPEG decodes, the
+  augmentation runs batched on the GPU, both in background threads) and the CPU path (``--loader cpu``: decode
+  and augment in worker processes). The target is >= 98% of (a). Rows (c0): each data path alone, without
+  training: its own ceiling.
+- (d) dense evaluation of square images at Q = 384 and Q = 256, one view an image (the whole image through the
+  fully convolutional net, spatial average, soft-max): eager through ``vggnet.evaluate.dense_posteriors`` as
+  ``vgg eval`` runs it, and the same computation under torch.compile.
+- (e) with ``--variants``: (a) under the compile modes max-autotune-no-cudagraphs and reduce-overhead (CUDA
+  graphs); max-autotune alone compiles for several minutes.
+
+Method: warm-up steps (compilation, cuDNN autotuning, worker start-up), then timed steps. A training row's
+time runs from the GPU finishing its last warm-up step to the GPU finishing its last timed step: CUDA events
+recorded as each batch is taken, so a data stall counts. FLOPs are counted per row with
+torch.utils.flop_counter.FlopCounterMode (92.65 GFLOP per training image for D at 224; 99.1 GFLOP per dense
+384x384 view); MFU is the achieved FLOP/s over ``--peak-tflops`` (783: the bf16 matrix rate measured on the
+H200). The JPEGs are made first: ImageNet-like photos of 500x375 (one in five 375x500), quality 90, random
+crops, flips and tints of the images shipped with scikit-image and matplotlib (textures synthesised with numpy
+when neither is installed), in 16 class folders.
+
+    PYTHONPATH=src python benchmarks/gpu.py              # the GPU machine: about 4 minutes
+    PYTHONPATH=src python benchmarks/gpu.py --variants   # + compile modes (several minutes more)
+    PYTHONPATH=src python benchmarks/gpu.py --cpu        # smoke run on a CPU: tiny net and images, < 1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+
+@dataclass
+class Setup:
+    """Sizes and settings of a run: the paper's on a GPU, tiny ones for --cpu."""
+
+    device: str = "cuda"
+    width: float = 1.0  # conv width multiplier
+    fc_width: int = 4096
+    crop: int = 224
+    scale: tuple[int, int] = (256, 512)  # S jittered in [Smin, Smax]
+    classes: int = 1000
+    batch: int = 256
+    warmup: int = 3  # training steps before timing (synthetic rows)
+    steps: int = 20  # timed training steps (synthetic rows)
+    data_warmup: int = 10  # steps before timing, rows reading JPEGs (fills or drains the prefetch queues)
+    data_steps: int = 40
+    images: int = 2048  # JPEG files made
+    image_size: tuple[int, int] = (500, 375)  # width, height
+    folders: int = 16  # class folders
+    dense_q: tuple[int, ...] = (384, 256)
+    dense_batch: int = 64
+    dense_steps: int = 20
+    compile: bool = True
+    amp: bool = True  # bf16 autocast
+    channels_last: bool = True
+    gpu_workers: int = 8  # processes reading files for the GPU data path
+    cpu_workers: int = 16  # processes decoding and augmenting for the CPU data path
+    peak_tflops: float | None = 783.0
+
+
+def cpu_setup() -> Setup:
+    """A smoke run on 2 CPU cores: net D at 1/16 width on 32-pixel crops, a few steps of each row."""
+    return Setup(
+        device="cpu", width=1 / 16, fc_width=64, crop=32, scale=(32, 48), classes=16, batch=16, warmup=1, steps=2,
+        data_warmup=1, data_steps=2, images=48, image_size=(64, 48), folders=4, dense_q=(55, 37), dense_batch=8,
+        dense_steps=2, compile=False, amp=False, channels_last=False, gpu_workers=1, cpu_workers=2, peak_tflops=None,
+    )  # fmt: skip
+
+
+# ---- the JPEG folder ------------------------------------------------------------------------------------------
+
+_SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "camera",
+            "coins", "brick", "grass")  # fmt: skip  (files inside the scikit-image wheel: nothing is downloaded)
+_SOURCES: list[np.ndarray] = []
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        a = np.clip(a * (255 if a.max() <= 1 else 1), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a[:, :, :3])
+
+
+def load_sources() -> list[str]:
+    """Photos shipped with installed packages (into _SOURCES); their names."""
+    names = []
+    with contextlib.suppress(ImportError):
+        import skimage.data
+
+        for name in _SKIMAGE:
+            with contextlib.suppress(Exception):
+                _SOURCES.append(_rgb(getattr(skimage.data, name)()))
+                names.append(f"skimage.data.{name}")
+    with contextlib.suppress(Exception):
+        import matplotlib.cbook as cbook
+
+        with cbook.get_sample_data("grace_hopper.jpg") as f:
+            _SOURCES.append(_rgb(np.asarray(Image.open(f).convert("RGB"))))
+        names.append("matplotlib grace_hopper.jpg")
+    return names
+
+
+def _make_one(job: tuple[str, int, int, int, int]) -> int:
+    """Write one JPEG: a random crop of a source photo (or a texture), flipped and tinted; returns its bytes."""
+    path, i, w, h, seed = job
+    rng = np.random.default_rng([seed, i])
+    if i % 5 == 4:
+        w, h = h, w  # one in five is portrait
+    if _SOURCES:
+        src = Image.fromarray(_SOURCES[i % len(_SOURCES)])
+        k = rng.uniform(0.6, 1.0) * min(src.width / w, src.height / h)  # the largest box of the target aspect, 60-100%
+        bw, bh = max(1, int(w * k)), max(1, int(h * k))
+        x, y = int(rng.integers(0, src.width - bw + 1)), int(rng.integers(0, src.height - bh + 1))
+        im = src.resize((w, h), Image.BILINEAR, box=(x, y, x + bw, y + bh))
+        if rng.random() < 0.5:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        a = np.asarray(im, np.float32) * rng.uniform(0.8, 1.2, 3)
+    else:  # smooth colour fields plus fine texture: compresses like a photo, unlike white noise
+        low = Image.fromarray(rng.integers(0, 256, (max(2, h // 25), max(2, w // 25), 3), dtype=np.uint8))
+        a = np.asarray(low.resize((w, h), Image.BICUBIC), np.float32)
+        a = a + rng.normal(0, 18, (h, w, 1)) * np.sin(np.arange(w) / rng.uniform(2, 9))[None, :, None]
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+    return os.path.getsize(path)
+
+
+def make_jpegs(root: Path, s: Setup, seed: int = 0) -> dict[str, Any]:
+    """s.images JPEGs in s.folders class folders under root (kept when already there); a description."""
+    names = load_sources()
+    w, h = s.image_size
+    jobs = []
+    for i in range(s.images):
+        folder = root / f"class{i % s.folders:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        jobs.append((str(folder / f"{i:06d}.jpg"), i, w, h, seed))
+    todo = [j for j in jobs if not os.path.exists(j[0])]
+    if len(todo) > 200:  # before any CUDA work: forked processes must not inherit a CUDA context
+        with multiprocessing.get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
+            pool.map(_make_one, todo, chunksize=16)
+    else:
+        for job in todo:
+            _make_one(job)
+    sizes = [os.path.getsize(j[0]) for j in jobs]
+    return dict(images=len(jobs), classes=s.folders, size=f"{w}x{h}", kb=sum(sizes) / len(sizes) / 1024,
+                sources=names or ["numpy textures"])  # fmt: skip
+
+
+# ---- timing ---------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """Time marks: CUDA events on the current stream on a GPU (the GPU's time), perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def seconds(self, a, b) -> float:
+        if not self.cuda:
+            return b - a
+        b.synchronize()
+        return a.elapsed_time(b) / 1000
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def train_rate(net: nn.Module, optimizer, batches: Iterable, warmup: int, steps: int, s: Setup) -> dict[str, float]:
+    """Images/s of ``vggnet.train.train_one_epoch`` over ``steps`` batches after ``warmup`` batches."""
+    from vggnet.config import TrainConfig
+    from vggnet.train import BatchPlan, Logger, NonFiniteLoss, Progress, train_one_epoch
+
+    device = torch.device(s.device)
+    clock = Clock(device)
+    marks, images = [], [0]
+
+    def marked():
+        # a mark as step i's batch is taken: on the GPU it completes when step i - 1 has finished
+        for i, batch in enumerate(itertools.islice(iter(batches), warmup + steps)):
+            if i >= warmup:
+                marks.append(clock.mark())
+                images[0] += batch[0].shape[0]
+            yield batch
+
+    cfg = TrainConfig(arch="D", crop_size=s.crop, scale_min=s.scale[0], scale_max=s.scale[1], batch_size=s.batch,
+                      log_every=10**9, amp=s.amp, channels_last=s.channels_last, compile=s.compile)  # fmt: skip
+    plan = BatchPlan(s.batch * (warmup + steps + 2), s.batch, 1, 0, 1, 0)  # only its length and world are read
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if s.amp else contextlib.nullcontext
+    clock.sync()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            train_one_epoch(net, marked(), optimizer, cfg, plan, Progress(0, 0, 0), device, autocast,
+                            Logger(Path(tmp), False, False), set(), lambda: None)  # fmt: skip
+        except NonFiniteLoss:
+            pass  # random data at a high learning rate may diverge; the time is still the time
+    end = clock.mark()
+    seconds = clock.seconds(marks[0], end)
+    return dict(ips=images[0] / seconds, ms=1000 * seconds / steps)
+
+
+def data_rate(batches: Iterable, warmup: int, steps: int, device: torch.device) -> dict[str, float]:
+    """Images/s of a data path alone: batches taken and moved to the device, nothing computed on them."""
+    it = iter(batches)
+    for _ in range(warmup):
+        next(it)
+    Clock(device).sync()
+    t0, n = time.perf_counter(), 0
+    for _ in range(steps):
+        x, y, _ = next(it)
+        x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        n += x.shape[0]
+    Clock(device).sync()
+    seconds = time.perf_counter() - t0
+    with contextlib.suppress(AttributeError):
+        it.close()  # the GPU loader's generator: stops its threads
+    return dict(ips=n / seconds, ms=1000 * seconds / steps)
+
+
+def train_flops(model: nn.Module, s: Setup) -> float:
+    """FLOPs of one training image: forward, loss and backward of a batch of 2, counted, halved."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 3, s.crop, s.crop, device=s.device)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.tensor([0, 1], device=s.device)).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def dense_flops(model, q: int, device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.dense(torch.randn(1, 3, q, q, device=device))
+    return counter.get_total_flops()
+
+
+# ---- the nets -------------------------------------------------------------------------------------------------
+
+
+def our_net(s: Setup) -> nn.Module:
+    from vggnet import create_model
+
+    with torch.device(s.device):  # initialised in place on the GPU
+        model = create_model("D", num_classes=s.classes, width=s.width, fc_width=s.fc_width, crop_size=s.crop)
+    return model.to(memory_format=torch.channels_last) if s.channels_last else model
+
+
+def torchvision_net(s: Setup) -> nn.Module:
+    """torchvision's vgg16; for --cpu the same class with the smoke run's widths."""
+    from torchvision.models import vgg16
+    from torchvision.models.vgg import VGG, cfgs, make_layers
+
+    with torch.device(s.device):
+        if (s.width, s.fc_width, s.crop) == (1.0, 4096, 224):
+            model = vgg16(num_classes=s.classes)
+        else:
+            layers = [v if v == "M" else max(1, round(v * s.width)) for v in cfgs["D"]]
+            model = VGG(make_layers(layers), num_classes=s.classes)
+            p, c = s.crop // 32, layers[-2]
+            model.avgpool = nn.AdaptiveAvgPool2d(p)
+            model.classifier = nn.Sequential(
+                nn.Linear(c * p * p, s.fc_width), nn.ReLU(True), nn.Dropout(), nn.Linear(s.fc_width, s.fc_width),
+                nn.ReLU(True), nn.Dropout(), nn.Linear(s.fc_width, s.classes),
+            )  # fmt: skip
+    return model.to(memory_format=torch.channels_last) if s.channels_last else model
+
+
+def sgd(model: nn.Module, s: Setup):
+    # the paper's optimiser; the learning rate does not change the time of a step
+    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4,
+                           fused=True if s.device.startswith("cuda") else None)  # fmt: skip
+
+
+def synthetic(s: Setup):
+    g = torch.Generator(device=s.device).manual_seed(0)
+    x = torch.randn(s.batch, 3, s.crop, s.crop, device=s.device, generator=g)
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, s.classes, (s.batch,), device=s.device, generator=g)
+    return itertools.repeat((x, y, []))
+
+
+# ---- the rows -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    key: str
+    what: str
+    ips: float | None = None
+    ms: float | None = None
+    gflop: float | None = None
+    mfu: float | None = None
+    of_a: float | None = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+class Bench:
+    def __init__(self, s: Setup, root: Path) -> None:
+        self.s, self.root = s, root
+        self.device = torch.device(s.device)
+        self.rows: list[Row] = []
+        self.failed = 0
+
+    def row(self, key: str, what: str, fn: Callable[[], dict[str, float]], gflop: float | None) -> Row:
+        """Run one measurement; a failure becomes a row that says why (the other rows still run)."""
+        r = Row(key, what, gflop=gflop)
+        t0 = time.perf_counter()
+        try:
+            r.ips, r.ms = (lambda m: (m["ips"], m["ms"]))(fn())
+            if gflop and self.s.peak_tflops:
+                r.mfu = r.ips * gflop / (1000 * self.s.peak_tflops)
+        except Exception as e:  # noqa: BLE001 - reported in the table
+            r.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            self.failed += 1
+        r.seconds = time.perf_counter() - t0
+        self.rows.append(r)
+        print(f"  {key:5} {what}: {'-' if r.ips is None else f'{r.ips:,.0f} images/s'} ({r.seconds:.0f}s) {r.note}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return r
+
+    def compiled(self, model: nn.Module, mode: str | None = None) -> nn.Module:
+        return torch.compile(model, mode=mode) if self.s.compile else model
+
+    def run(self, rows: str, variants: bool) -> None:
+        s = self.s
+        model = our_net(s)
+        optimizer = sgd(model, s)
+        net = self.compiled(model)
+        flop = train_flops(model, s) / 1e9
+        if "a" in rows:
+            self.row("(a)", "ours: synthetic batches already on the device",
+                     lambda: train_rate(net, optimizer, synthetic(s), s.warmup, s.steps, s), flop)  # fmt: skip
+        if "b" in rows:
+            self.torchvision_row()
+        if "c" in rows:
+            self.data_rows(net, optimizer, flop)
+        if "d" in rows:
+            self.dense_rows(model)
+        if variants and s.compile:
+            for mode in ("max-autotune-no-cudagraphs", "reduce-overhead"):
+                torch._dynamo.reset()
+                variant = self.compiled(model, mode)
+                self.row("(e)", f"(a) under torch.compile mode {mode}",
+                         lambda: train_rate(variant, optimizer, synthetic(s), s.warmup, s.steps, s), flop)  # fmt: skip
+        a = next((r.ips for r in self.rows if r.key == "(a)" and r.ips), None)
+        for r in self.rows:
+            if a and r.ips and not r.key.startswith("(d"):
+                r.of_a = r.ips / a
+
+    def torchvision_row(self) -> None:
+        s = self.s
+        tv = torchvision_net(s)
+        tv_opt = sgd(tv, s)
+        tv_net = self.compiled(tv)
+        flop = train_flops(tv, s) / 1e9
+        self.row("(b)", "torchvision vgg16: the same loop, synthetic batches",
+                 lambda: train_rate(tv_net, tv_opt, synthetic(s), s.warmup, s.steps, s), flop)  # fmt: skip
+        del tv, tv_opt, tv_net
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def loader(self, kind: str, n_batches: int):
+        """(batches, description) as `vgg train --loader KIND` builds them, for n_batches batches of the plan."""
+        from vggnet.config import TrainConfig
+        from vggnet.data import IMAGENET_STATS, ImageDataset, TrainTransform, scan_folder
+        from vggnet.train import BatchPlan, make_train_loader
+
+        s = self.s
+        files, _ = scan_folder(self.root)
+        # the files repeated, so that one epoch of the plan covers every step: no epoch-start bubble in the timing
+        samples = files * math.ceil(n_batches * s.batch / len(files))
+        transform = TrainTransform(IMAGENET_STATS, crop_size=s.crop, scale=s.scale, flip=True, colour_std=0.1)
+        plan = BatchPlan(len(samples), s.batch, world=1, rank=0, accum=1, seed=0)
+        cfg = TrainConfig(loader=kind, crop_size=s.crop, scale_min=s.scale[0], scale_max=s.scale[1],
+                          batch_size=s.batch, channels_last=s.channels_last)  # fmt: skip
+        workers = s.gpu_workers if kind == "gpu" else s.cpu_workers
+        loader, _ = make_train_loader(cfg, ImageDataset(samples, transform), plan, workers, self.device)
+        return loader, min(workers, 8) if kind == "gpu" else workers
+
+    def data_rows(self, net: nn.Module, optimizer, flop: float) -> None:
+        s = self.s
+        for kind in ("gpu", "cpu"):
+            # the CPU path's workers each deliver a whole batch at once, all at about the same time: the warm-up
+            # takes that first wave, so that the timed steps see the steady rate
+            warm = s.data_warmup if kind == "gpu" else max(s.data_warmup, 2 * s.cpu_workers)
+            n = warm + s.data_steps
+            loader, workers = self.loader(kind, n)
+            how = (f"{workers} readers, nvJPEG + batched augmentation in 2 threads" if kind == "gpu" else
+                   f"decode + augment in {workers} worker processes")  # fmt: skip
+            if kind == "gpu" and self.device.type != "cuda":
+                how = f"{workers} reader, the batched path on the CPU"
+            self.row("(c0)", f"{kind} data path alone ({how})",
+                     lambda: data_rate(loader, warm, s.data_steps, self.device), None)  # fmt: skip
+            loader, _ = self.loader(kind, n)
+            self.row("(c)", f"ours from the JPEGs, paper augmentation, --loader {kind}",
+                     lambda: train_rate(net, optimizer, loader, warm, s.data_steps, s), flop)  # fmt: skip
+            del loader
+
+    def dense_rows(self, model: nn.Module) -> None:
+        from vggnet.evaluate import Runtime, dense_posteriors
+        from vggnet.model import spatial_average
+
+        s = self.s
+        rt = Runtime(self.device, amp=s.amp, channels_last=s.channels_last)
+        model = rt.prepare(model)
+        clock = Clock(self.device)
+
+        def timed(fn: Callable[[], Any], n: int) -> dict[str, float]:
+            with torch.inference_mode():
+                for _ in range(2):
+                    fn()
+                clock.sync()
+                t0 = clock.mark()
+                for _ in range(s.dense_steps):
+                    fn()
+                seconds = clock.seconds(t0, clock.mark())
+            return dict(ips=n * s.dense_steps / seconds, ms=1000 * seconds / s.dense_steps)
+
+        def scores(x: torch.Tensor) -> torch.Tensor:
+            with rt.autocast():
+                return spatial_average(model.dense(x).float()).softmax(-1)
+
+        for q in s.dense_q:
+            xs = [torch.randn(3, q, q, device=self.device) for _ in range(s.dense_batch)]
+            x = rt.input(torch.stack(xs))
+            gflop = dense_flops(model, q, self.device) / 1e9
+            self.row("(d)", f"dense eval Q = {q}: eager, as `vgg eval` (evaluate.dense_posteriors)",
+                     lambda: timed(lambda: dense_posteriors(model, xs, flip=False, batch_size=len(xs), rt=rt), len(xs)),
+                     gflop)  # fmt: skip
+            if s.compile:
+                fn = torch.compile(scores, dynamic=False)  # one static graph per Q
+                self.row("(d)", f"dense eval Q = {q}: the same under torch.compile",
+                         lambda: timed(lambda: fn(x), len(xs)), gflop)  # fmt: skip
+
+
+# ---- output ---------------------------------------------------------------------------------------------------
+
+
+def provenance(s: Setup, data: dict[str, Any]) -> list[str]:
+    import torchvision
+
+    dev = torch.device(s.device)
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(dev)
+        hw = (f"{p.name} ({p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs), CUDA "
+              f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")  # fmt: skip
+    else:
+        hw = f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch thread(s)"
+    precision = "bf16 autocast, channels-last" if s.amp and s.channels_last else "float32"
+    mfu = f"MFU: of {s.peak_tflops:g} TFLOP/s" if s.peak_tflops else "no MFU (no peak rate given)"
+    return [
+        f"benchmarks/gpu.py{' --cpu: a smoke run at tiny sizes, its numbers mean nothing' if dev.type == 'cpu' else ''}"
+        f" ({time.strftime('%Y-%m-%d %H:%M')})",
+        f"hardware: {hw}; {os.cpu_count()} CPU cores",
+        f"software: torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"Python {platform.python_version()}",
+        f"training: config D at width {s.width:g}, FC {s.fc_width}, {s.classes} classes, {s.crop} crops, batch "
+        f"{s.batch}, dropout 0.5, {precision}, {'torch.compile' if s.compile else 'eager'}, "
+        f"{'fused ' if dev.type == 'cuda' else ''}SGD (momentum 0.9, weight decay 5e-4); vggnet.train.train_one_epoch",
+        f"augmentation (c): S in [{s.scale[0]}, {s.scale[1]}], random {s.crop} crop, flip, PCA colour shift (std "
+        f"0.1), mean RGB subtracted (ImageNet statistics)",
+        f"timing: {s.steps} steps after {s.warmup} (a, b, e); {s.data_steps} after {s.data_warmup} (c, gpu) or after "
+        f"max({s.data_warmup}, 2 x workers) (c, cpu); {s.dense_steps} batches of {s.dense_batch} after 2 (d); {mfu}",
+        f"data: {data['images']} JPEGs of {data['size']} (1 in 5 portrait), quality 90, {data['kb']:.0f} KB on "
+        f"average, {data['classes']} classes, from {', '.join(data['sources'])}",
+    ]  # fmt: skip
+
+
+def table(rows: list[Row]) -> str:
+    from vggnet.report import markdown_table
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    def pct(v):
+        return "-" if not v else f"{100 * v:.0f}%"
+
+    body = [[r.key, r.what + (f" ({r.note})" if r.note else ""), num(r.ips, ",.0f"), num(r.ms, ".1f"),
+             num(r.gflop, ".2f" if (r.gflop or 0) >= 1 else ".2g"), pct(r.mfu), pct(r.of_a), f"{r.seconds:.0f}"]
+            for r in rows]  # fmt: skip
+    return markdown_table(["row", "what", "images/s", "ms/batch", "GFLOP/image", "MFU", "of (a)", "s"], body,
+                          "llrrrrrr")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--cpu", action="store_true", help="smoke run on the CPU: tiny net, images and step counts")
+    p.add_argument("--rows", default="abcd", help="which rows to run, letters of abcd (default all)")
+    p.add_argument("--variants", action="store_true", help="also (e): compile modes max-autotune, reduce-overhead")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's bf16 matrix rate for MFU (783: H200)")
+    p.add_argument("--steps", type=int, help="timed training steps of the synthetic rows")
+    p.add_argument("--images", type=int, help="JPEG files to make")
+    p.add_argument("--cpu-workers", type=int, help="worker processes of the CPU data path (default: all cores)")
+    p.add_argument("--dir", type=Path, help="make (or reuse) the JPEG folder here instead of a temporary folder")
+    p.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = p.parse_args(argv)
+
+    if args.cpu:
+        s = cpu_setup()
+    elif not torch.cuda.is_available():
+        p.error("no CUDA GPU: run on the GPU machine, or pass --cpu for a smoke run")
+    else:
+        s = Setup(cpu_workers=os.cpu_count() or 16)
+    s.peak_tflops = args.peak_tflops or s.peak_tflops
+    s.steps = args.steps or s.steps
+    s.images = args.images or s.images
+    s.cpu_workers = args.cpu_workers or s.cpu_workers
+    torch.manual_seed(0)
+    if args.cpu:
+        torch.set_num_threads(1)  # tiny tensors: a second thread only adds spinning on a shared 2-core machine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.dir or Path(tmp) / "jpegs"
+        t0 = time.perf_counter()
+        data = make_jpegs(root, s)  # first: its worker processes fork before CUDA starts
+        print(f"  made {data['images']} JPEGs in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        if s.device == "cuda":
+            torch.backends.cudnn.benchmark = True  # as `vgg train` sets them
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        bench = Bench(s, root)
+        bench.run(args.rows, args.variants)
+
+    lines = provenance(s, data)
+    print("\n".join(lines))
+    print()
+    print(table(bench.rows))
+    print()
+    print("(a), (b), (c), (e): training images/s; (c0): images/s the data path delivers alone; (d): images/s of "
+          "one dense view each; of (a): the share of the data-free step; s: seconds the row took, compilation "
+          "included.")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(dict(provenance=lines, setup=asdict(s), data=data,
+                                             rows=[asdict(r) for r in bench.rows]), indent=1) + "\n")  # fmt: skip
+    return 1 if bench.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
