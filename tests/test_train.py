@@ -161,3 +161,14 @@ def test_two_process_ddp_equals_one_process(folder, tmp_path):
     a = load_checkpoint(latest_checkpoint(one))["model"]
     b = load_checkpoint(latest_checkpoint(tmp_path / "two" / "run"))["model"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_demo_recipe_file_is_the_mnist_preset():
+    """recipes/demo.toml documents what `vgg train` does with no arguments: the two must not drift apart."""
+    from pathlib import Path
+
+    from vggnet.config import PRESETS, read_recipe
+
+    recipe = read_recipe(Path(__file__).parents[1] / "recipes" / "demo.toml")
+    assert recipe == dict(PRESETS["mnist"], data="mnist")
+    assert resolve({}) == resolve({}, recipe=Path(__file__).parents[1] / "recipes" / "demo.toml")

@@ -88,7 +88,7 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist": dict(
         arch="A", width=0.25, fc_width=256, crop_size=32, scale_min=32, scale_max=36, flip=False, init="kaiming",
-        epochs=6, batch_size=64, lr=0.02, lr_patience=0, lr_decays=2, stats_images=2000, log_every=20,
+        epochs=14, batch_size=64, lr=0.02, lr_patience=1, lr_decays=2, stats_images=2000, log_every=20,
         dropout=0.3, workers=1,
     ),
     "mnist-scale": dict(

@@ -253,7 +253,7 @@ def resolve_scales(net: Net, protocol: str, scales: str | int | Sequence[int] | 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how the nets run: bf16 autocast and channels-last inputs on CUDA, plain float32 elsewhere."""
+    """Where and how the nets run: channels-last everywhere; bf16 autocast on CUDA, float32 on the CPU."""
 
     device: torch.device
     amp: bool = False
@@ -286,7 +286,8 @@ def runtime(device: str | torch.device = "auto") -> Runtime:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
         return Runtime(dev, amp=True, channels_last=True)
-    return Runtime(dev)
+    # channels-last helps oneDNN's CPU convolutions too (measured 1.5-3x for inference of the demo net)
+    return Runtime(dev, channels_last=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -505,7 +506,7 @@ def _max_scale(plans: Sequence[dict[str, list[int]]]) -> int:
 
 
 def _default_batch_size(rt: Runtime) -> int:
-    return 256 if rt.device.type == "cuda" else 64
+    return 256
 
 
 def posteriors(
@@ -902,7 +903,7 @@ def evaluate(
             "single", an int or a list of ints (shared by all nets).
         flip: add the horizontally flipped image's views (not for "center", the one-view baseline).
         batch_size: views per forward pass (a whole image for dense, one crop for multi-crop); default 256 on
-            CUDA, 64 on CPU.
+            CUDA and CPU alike.
         device: "auto", "cpu", "cuda", ...
         limit: evaluate a fixed pseudo-random subset (seed 0) of this many samples, so that classes stay mixed.
         workers: DataLoader decoding processes; default min(8, CPUs - 1) on CUDA, 0 on CPU.
@@ -1095,7 +1096,7 @@ def _add_common(p: argparse.ArgumentParser, default_protocol: str) -> None:
                    help="add the horizontally flipped views (default: on, unless a run was trained without "
                         "flips, as the digit demos are: a net that never saw mirrored images is not asked about them)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="views per forward pass: whole images (dense) or crops (default 256 on CUDA, 64 on CPU)")
+                   help="views per forward pass: whole images (dense) or crops (default 256)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N (default auto)")
 
 
