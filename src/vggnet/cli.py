@@ -146,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-5 classes of images (dense, multi-scale, flips)")
     ev.add_predict_arguments(p)
     p.set_defaults(func=ev.run_predict_cli)
+
+    from . import reproduce
+
+    p = sub.add_parser(
+        "reproduce",
+        help="run the paper's experiments (Tables 3-6, its findings) and write REPORT.md",
+        description="Train and evaluate the paper's grid: small scale on the embedded mnist-scale digits "
+        "(default), or the paper's ImageNet schedule with --scale paper.",
+    )
+    reproduce.add_reproduce_arguments(p)
+    p.set_defaults(func=reproduce.run_reproduce_cli)
     return parser
 
 

@@ -1,0 +1,232 @@
+"""`vgg reproduce`: the staged plans (small, quick, paper), the finding checks, reuse and resume, the report."""
+
+import argparse
+import json
+import re
+
+import pytest
+
+from vggnet import reproduce as rp
+
+
+def cli(argv):
+    parser = argparse.ArgumentParser(prog="vgg reproduce")
+    rp.add_reproduce_arguments(parser)
+    return rp.run_reproduce_cli(parser.parse_args(argv))
+
+
+# ---- plans -------------------------------------------------------------------------------------------------
+
+
+def test_small_plan_follows_the_papers_stages(tmp_path):
+    plan = rp.make_plan("small", out=tmp_path)
+    assert plan.seeds == [0, 1, 2] and len(plan.runs) == 12 * 3
+    by = {r.name: r for r in plan.runs}
+    for seed in plan.seeds:
+        a = by[f"A-S32-s{seed}"]
+        assert a.stage == 1 and a.depends is None and by[f"A-LRN-S32-s{seed}"].depends is None
+        for net in "BCDE":  # deeper nets start from net A of the same seed (section 3.1)
+            r = by[f"{net}-S32-s{seed}"]
+            assert r.stage == 2 and r.depends == a.name and r.overrides["init_from"] == str(a.folder)
+        for net in "CDE":
+            fixed, large, jit = by[f"{net}-S32-s{seed}"], by[f"{net}-S48-s{seed}"], by[f"{net}-S32-64-s{seed}"]
+            assert (large.stage, large.depends, large.scale) == (3, fixed.name, (48, 48))
+            assert (jit.stage, jit.depends, jit.scale) == (4, large.name, (32, 64))
+            assert large.config().lr == pytest.approx(fixed.config().lr / 10)  # S=384 from S=256 with lr / 10
+            assert jit.config().lr == pytest.approx(large.config().lr)
+    cfg = by["D-S32-s0"].config()
+    assert (cfg.data, cfg.width, cfg.crop_size, cfg.flip, cfg.seed) == ("mnist-scale", 0.125, 32, False, 0)
+    # every run is evaluated; D and E jittered are also evaluated with every protocol and fused, per seed
+    assert {e.runs[0] for e in plan.evals if e.kind == "scales"} == set(by)
+    pairs = [e for e in plan.evals if e.kind == "protocols"]
+    assert [e.runs for e in pairs] == [[f"D-S32-64-s{s}", f"E-S32-64-s{s}"] for s in plan.seeds]
+    # stages run in order: a run never comes before the run it starts from
+    order = [r.name for r in plan.runs]
+    assert all(order.index(r.depends) < order.index(r.name) for r in plan.runs if r.depends)
+
+
+def test_quick_plan_trains_on_a_subset(tmp_path):
+    plan = rp.make_plan("quick", out=tmp_path, seeds=[3])
+    assert plan.seeds == [3] and len(plan.runs) == 12
+    source, folder, per_class = plan.subset
+    assert source == "mnist-scale" and per_class == (100, 30)
+    assert all(r.config().data == folder for r in plan.runs)
+
+
+def test_paper_dry_run_prints_the_staged_plan(capsys, tmp_path):
+    assert cli(["--scale", "paper", "--dry-run", "--data", "/data/imagenet", "--out", str(tmp_path / "rep")]) == 0
+    text = capsys.readouterr().out
+    for stage in (1, 2, 3, 4):
+        assert f"Stage {stage}:" in text
+    assert "torchrun --nproc-per-node=NGPUS -m vggnet train --recipe" in text
+    runs = str(tmp_path / "rep" / "runs")
+    # the staged initialisation, rewritten into the output folder: A -> D -> D at 384 -> D jittered
+    assert re.search(rf"2-D-S256\.toml --data /data/imagenet --init-from {re.escape(runs)}/1-A-S256-s0 ", text)
+    assert re.search(rf"3-D-S384\.toml .*--init-from {re.escape(runs)}/2-D-S256-s0 ", text)
+    assert re.search(rf"4-E-S256-512\.toml .*--init-from {re.escape(runs)}/3-E-S384-s0 ", text)
+    assert "1-A-LRN-S256-s0: A-LRN, S=256, up to 74 epochs, lr 0.01" in text
+    assert "vgg fuse" in text and "4-D-S256-512-s0" in text and "dense,multicrop,dense+multicrop" in text
+    assert not (tmp_path / "rep").exists()  # a dry run writes nothing
+
+
+def test_paper_plan_maps_any_recipe_folder(tmp_path):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "1-a.toml").write_text('arch = "vgg11"\nout = "runs/x/a"\nscale_min = 256\nscale_max = 256\n')
+    (recipes / "2-d.toml").write_text('arch = "D"\ninit_from = "runs/x/a"\nout = "runs/x/d"\nscale_min = 256\n'
+                                      "scale_max = 512\nlr = 0.001\n")
+    plan = rp.make_plan("paper", out=tmp_path / "o", recipes=recipes, seeds=[0, 1], data="/imnet")
+    by = {r.name: r for r in plan.runs}
+    assert set(by) == {"1-a-s0", "1-a-s1", "2-d-s0", "2-d-s1"}
+    d = by["2-d-s1"]
+    assert (d.arch, d.label, d.stage, d.depends) == ("D", "256-512", 2, "1-a-s1")
+    cfg = d.config()
+    assert cfg.init_from == str(tmp_path / "o" / "runs" / "1-a-s1") and cfg.data == "/imnet" and cfg.lr == 0.001
+    assert cfg.out == str(tmp_path / "o" / "runs" / "2-d-s1") and cfg.seed == 1
+    (recipes / "0-bad.toml").write_text('arch = "B"\ninit_from = "runs/x/d"\nout = "runs/x/b"\n')
+    with pytest.raises(ValueError, match="comes later"):
+        rp.make_plan("paper", out=tmp_path / "o", recipes=recipes)
+
+
+def test_options_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="contradict"):
+        cli(["--quick", "--scale", "paper", "--dry-run"])
+    with pytest.raises(ValueError, match="seeds"):
+        cli(["--seeds", "a,b", "--dry-run"])
+    with pytest.raises(FileNotFoundError):
+        cli(["--scale", "paper", "--recipes", str(tmp_path / "none"), "--dry-run"])
+
+
+# ---- checks ------------------------------------------------------------------------------------------------
+
+
+def cells_with(**values):
+    """Table 3 cells with the given per-seed top-1 errors (top-5 = 0)."""
+    return {"3": {k.replace("_", "@").replace("LRN@", "A-LRN@"): {s: [v, 0.0] for s, v in enumerate(vs)}
+                  for k, vs in values.items()}}  # fmt: skip
+
+
+def test_check_verdicts_follow_the_spread():
+    comp = rp.Comparison("B vs A", [("3", "B@256")], [("3", "A@256")])
+    assert rp.check(comp, cells_with(B_256=[10, 11, 12], A_256=[13, 14, 15]))["verdict"] == "supported"
+    r = rp.check(comp, cells_with(B_256=[10, 14, 12], A_256=[11, 12, 13]))
+    assert r["verdict"] == "inconclusive" and "within one std" in r["reason"]
+    assert rp.check(comp, cells_with(B_256=[14, 15, 16], A_256=[10, 11, 13]))["verdict"] == "not supported"
+    one = rp.check(comp, cells_with(B_256=[10], A_256=[13]))
+    assert one["verdict"] == "inconclusive" and "one seed" in one["reason"] and one["diff_std"] is None
+    assert rp.check(comp, cells_with(B_256=[10]))["verdict"] == "not measured"
+    assert rp.check(comp, cells_with(B_256=[10], A_256=[13]))["paper_diff"] == pytest.approx(28.7 - 29.6)
+    # "LRN does not help": supported unless A-LRN is better beyond the spread
+    lrn = rp.Comparison("A-LRN vs A", [("3", "A-LRN@256")], [("3", "A@256")], "not_lower")
+    assert rp.check(lrn, cells_with(LRN_256=[12, 13, 12], A_256=[12, 12, 13]))["verdict"] == "supported"
+    assert rp.check(lrn, cells_with(LRN_256=[9, 10, 11], A_256=[12, 13, 14]))["verdict"] == "not supported"
+
+
+def test_claim_verdict_combines_comparisons():
+    v = lambda *xs: rp.verdict([{"verdict": x} for x in xs])  # noqa: E731
+    assert v("supported", "supported") == "supported"
+    assert v("supported", "inconclusive") == "partly supported (1 of 2 comparisons)"
+    assert v("inconclusive", "inconclusive") == "inconclusive"
+    assert v("not supported", "supported") == "partly contradicted"
+    assert v("not supported") == "not supported"
+    assert v("not measured") == "not measured"
+
+
+def test_a_run_made_with_another_config_stops_the_plan(tmp_path):
+    import tomli_w
+
+    plan = rp.make_plan("small", out=tmp_path)
+    spec = plan.runs[0]
+    spec.folder.mkdir(parents=True)
+    (spec.folder / "config.toml").write_text(tomli_w.dumps(dict(spec.config().to_dict(), epochs=99, device="cuda")))
+    with pytest.raises(ValueError, match="epochs: 99 there"):
+        rp.check_config(spec)
+    (spec.folder / "config.toml").write_text(tomli_w.dumps(dict(spec.config().to_dict(), device="cuda")))
+    rp.check_config(spec)  # where a run ran does not change its numbers
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+
+
+def table(text, title):
+    """The rows of the Markdown table under the heading that starts with ``title``."""
+    section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    lines = [l for l in section.splitlines() if l.startswith("|")]
+    return [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
+
+
+@pytest.mark.slow
+def test_quick_reproduction_fills_every_table_then_reuses_its_runs(tmp_path):
+    out = tmp_path / "rep"
+    assert cli(["--quick", "--out", str(out)]) == 0
+    text = (out / "REPORT.md").read_text()
+    number = re.compile(r"^\d+\.\d+( ± \d+\.\d+)?$")
+    for title, rows in (("Table 3", 12), ("Table 4", 10), ("Table 5", 6), ("Table 6", 3)):
+        body = table(text, title)
+        assert len(body) == rows, title
+        for row in body:
+            assert all(number.match(c) for c in row[-4:]), (title, row)  # ours top-1/top-5, the paper's
+    findings = table(text, "Findings")
+    assert len(findings) == 15 and all(row[-1].split(":")[0] == "inconclusive" for row in findings)  # one seed
+    assert "nan" not in text.lower()
+    for name in ("error_vs_depth", "error_vs_test_scale", "learning_curves"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+        assert f"(plots/{name}.png)" in text
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["trained"]) == 12 and not data["reused"]
+    assert data["tables"]["6"]["dense+multicrop"]["per_seed"]["0"][0] >= 0
+    assert data["provenance"]["torch"] and data["command"] == f"vgg reproduce --quick --out {out}"
+    # the staged initialisation happened: D's log names the layers it took from net A
+    assert "init from net A" in (out / "logs" / "D-S32-s0.log").read_text()
+
+    # a second call reuses the finished runs and cached evaluations; an interrupted run is resumed, not redone
+    weights = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")}
+    (out / "runs" / "E-S32-64-s0" / "reproduce.json").unlink()  # as if stopped after its last checkpoint
+    assert cli(["--quick", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["trained"] == ["E-S32-64-s0"] and len(data["reused"]) == 11
+    marker = json.loads((out / "runs" / "E-S32-64-s0" / "reproduce.json").read_text())
+    assert marker["resumed"] and marker["epochs"] == 1
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")} == weights
+    assert len(data["history"]) == 2
+    assert "Earlier calls into this folder" in (out / "REPORT.md").read_text()
+
+
+@pytest.mark.slow
+def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_path):
+    """The ImageNet code path on a toy scale: recipes in file order, two processes (gloo), then rank 0 alone."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    data = rp.make_subset("mnist-scale", tmp_path / "data", (20, 5))
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    common = ('width = 0.0625\nfc_width = 16\ncrop_size = 32\nscale_min = 32\nscale_max = 32\nepochs = 1\n'
+              'batch_size = 20\ninit = "kaiming"\nflip = false\nworkers = 0\nstats_images = 50\ntensorboard = false\n')
+    (recipes / "1-A.toml").write_text(common + 'arch = "A"\nout = "runs/t/A"\n')
+    (recipes / "2-D.toml").write_text(common + 'arch = "D"\ninit_from = "runs/t/A"\nout = "runs/t/D"\n')
+    script = tmp_path / "main.py"
+    script.write_text("import argparse, sys\nfrom vggnet import reproduce as rp\nif __name__ == '__main__':\n"
+                      "    p = argparse.ArgumentParser()\n    rp.add_reproduce_arguments(p)\n"
+                      "    sys.exit(rp.run_reproduce_cli(p.parse_args(sys.argv[1:])))\n")  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={port}", str(script), "--scale", "paper", "--recipes", str(recipes), "--data", str(data),
+           "--device", "cpu", "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "batch 20 on 2 x cpu" in log  # both processes trained each run together
+    assert "init from net A" in log and log.count("reproduce (paper):") == 1  # rank 0 speaks for all
+    data_json = json.loads((out / "results.json").read_text())
+    assert data_json["trained"] == ["1-A-s0", "2-D-s0"]
+    assert set(data_json["evals"]) == {"1-A-s0", "2-D-s0"}
+    rows = table((out / "REPORT.md").read_text(), "Table 3")  # scales of other recipes get rows of their own
+    assert [(r[0], r[1]) for r in rows] == [("A", "- / S=32"), ("D", "- / S=32")]
+    assert all(re.match(r"^\d+\.\d+$", r[3]) for r in rows) and rows[0][-1] == "-"
