@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.folders import IMAGE_EXTENSIONS  # one list of image formats for training and evaluation
 from .data.io import load_image, rescale
 from .metrics import TopKErrors, effective_k
 from .model import spatial_average
@@ -69,10 +70,6 @@ _PROTOCOL_ALIASES = {"multi-crop": "multicrop", "multicrop+dense": "dense+multic
                      "dense+multi-crop": "dense+multicrop", "multi-crop+dense": "dense+multicrop"}  # fmt: skip
 GRID = 5  # the paper's 5x5 crops per scale
 FUSED = "fused"
-# the formats Pillow decodes, as the data package counts them
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .dib .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .tga .avif".split()
-)
 
 Source = Union[str, os.PathLike, torch.Tensor, np.ndarray]
 Sample = tuple[Source, int]
