@@ -6,7 +6,7 @@ VENV ?= $(CACHE)/venv-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test venv clean-venv paper-check
 
 # The main job: train net A on the embedded MNIST digits (the mnist preset of `vgg train`), then print the
 # paper-style table of the four test protocols for the run.
@@ -17,6 +17,11 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The paper's scale on the CPU: every stage of recipes/imagenet/ at full width from real-size JPEGs through
+# `vgg train`, a few steps each, then net A and net D (from A) learning a small set (docs/paper-check.md).
+paper-check: venv
+	$(PY) benchmarks/paper_check.py $(PAPER_CHECK_ARGS)
 
 # Full dependencies once per venv (its name holds the hash of pyproject.toml: a changed file makes a new
 # one); the project itself (editable, no deps) on every call,

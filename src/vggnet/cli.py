@@ -57,7 +57,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 _GROUPS = {
     "model": ("arch", "width", "fc_width", "crop_size", "dropout", "batch_norm", "init", "init_from"),
     "data": ("data", "val", "val_fraction", "class_names", "scale_min", "scale_max", "flip", "colour_shift",
-             "normalize", "stats_images", "workers"),
+             "normalize", "pixel_range", "stats_images", "workers"),
     "optimisation (the paper's recipe)": ("epochs", "batch_size", "accum_steps", "lr", "momentum", "weight_decay",
                                          "lr_patience", "lr_threshold", "lr_decays", "label_smoothing"),
 }  # fmt: skip

@@ -23,7 +23,7 @@ class TrainConfig:
     crop_size: int = 224  # training crop; a multiple of 32
     dropout: float = 0.5  # after FC1 and FC2
     batch_norm: bool = False  # not in the paper; torchvision's _bn nets
-    init: str = "paper"  # paper: N(0, 1e-2); glorot; kaiming
+    init: str = "paper"  # paper: N(0, 0.01^2) as the authors' Caffe filler; paper-literal: std 0.1; glorot; kaiming
     init_from: str = ""  # a run folder (or weights file): net A -> deeper net transfer, same net -> fine-tune
     # --- data
     data: str = "mnist"  # "mnist", "mnist-scale", or a folder (train/ and val/, or one class tree)
@@ -35,6 +35,7 @@ class TrainConfig:
     flip: bool = True  # random horizontal flips
     colour_shift: float = 0.1  # std of AlexNet's PCA colour shift alphas; 0 turns it off
     normalize: str = "mean"  # mean: subtract mean RGB (the paper); standardize: also divide by its std; imagenet
+    pixel_range: int = 0  # with normalize=mean: 255 feeds pixels 0-255 minus the mean RGB (the authors' Caffe); 1: [0, 1]; 0: 255 for the paper's init, 1 for glorot/kaiming
     stats_images: int = 10000  # images sampled for the mean RGB / PCA statistics
     workers: int = -1  # data loader processes; -1: one per CPU core, up to 8
     # --- optimisation (section 3.1)
@@ -76,6 +77,12 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}")
         if self.loader not in ("auto", "cpu", "gpu"):
             raise ValueError(f"loader must be 'auto', 'cpu' or 'gpu', got {self.loader!r}")
+        if self.pixel_range == 0:
+            # The paper's N(0, 0.01^2) was made for the authors' 0-255 pixels; Glorot and He keep the scale of
+            # their input through the net, so they want inputs of unit scale (init.py's module doc).
+            self.pixel_range = 255 if self.init.startswith("paper") else 1
+        if self.pixel_range not in (1, 255):
+            raise ValueError(f"pixel_range must be 255 (the authors' 0-255 pixels) or 1 ([0, 1]), got {self.pixel_range}")
         if self.normalize not in ("mean", "standardize", "imagenet"):
             raise ValueError(f"normalize must be 'mean', 'standardize' or 'imagenet', got {self.normalize!r}")
 
@@ -147,7 +154,13 @@ def _coerce(name: str, value: Any) -> Any:
 
 def from_dict(d: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a saved dict (config.toml or a checkpoint), ignoring keys of other versions."""
-    return TrainConfig(**{k: v for k, v in d.items() if k in _FIELDS})
+    d = {k: v for k, v in d.items() if k in _FIELDS}
+    d.setdefault("pixel_range", LEGACY_PIXEL_RANGE)
+    return TrainConfig(**d)
+
+
+# Runs saved before the pixel_range option fed the net pixels in [0, 1].
+LEGACY_PIXEL_RANGE = 1
 
 
 def field_help() -> dict[str, str]:

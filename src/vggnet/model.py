@@ -171,8 +171,8 @@ def create_model(name: str = "D", num_classes: int = 1000, **options: Any) -> VG
     """Build a VGG net by config letter ("A", "A-LRN", "B", "C", "D", "E") or alias ("vgg16", "vgg16_bn", ...).
 
     Options: ``width``, ``fc_width``, ``crop_size``, ``dropout``, ``batch_norm`` (overrides the name's _bn),
-    ``in_chans``, and ``init`` ("paper", the default: N(0, variance 1e-2) weights and zero biases; "glorot";
-    "kaiming"), ``seed`` (an int: the init is drawn from torch.Generator seeded with it).
+    ``in_chans``, and ``init`` ("paper", the default: N(0, 0.01^2) weights and zero biases, the authors' Caffe
+    filler, for inputs on the 0-255 scale; "paper-literal": std 0.1; "glorot"; "kaiming"), ``seed`` (an int: the init is drawn from torch.Generator seeded with it).
     """
     config, bn = parse_name(name)
     init = options.pop("init", "paper")

@@ -53,16 +53,23 @@ class Run:
         return int(self.config["scale_min"]), int(self.config["scale_max"])
 
 
-def normalization(stats, mode: str):
+def normalization(stats, mode: str, pixel_range: int = 1):
     """The statistics a run normalises with, and whether to divide by their std.
 
-    ``mode`` "mean" (the paper): subtract the training set's mean RGB only. "standardize": subtract the mean
+    ``mode`` "mean" (the paper): subtract the training set's mean RGB only; with ``pixel_range`` 255 the pixels
+    stay on the 0-255 scale, as the authors' Caffe fed them (returned as a std of 1/255 to divide by, so every
+    consumer computes ``(pixels / 255 - mean) / std`` = ``pixels - 255 * mean``); with 1 they are in [0, 1].
+    With a std to divide by, the pixel range cancels out and is ignored. "standardize": subtract the mean
     and divide by the per-channel std of the training set (inputs of unit variance). "imagenet": torchvision's ImageNet
     mean and std (for weights trained that way); the PCA for the colour shift stays the training set's.
     """
     from .data import IMAGENET_STATS, Stats
 
     if mode == "mean":
+        if pixel_range == 255:
+            return Stats(stats.mean, (1 / 255,) * 3, stats.eigval, stats.eigvec, stats.images, stats.pixels), True
+        if pixel_range != 1:
+            raise ValueError(f"pixel_range must be 255 or 1, got {pixel_range}")
         return stats, False
     if mode == "standardize":
         return stats, True
@@ -95,7 +102,9 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     stats = Stats.load(path / STATS_FILE)
     classes = json.loads((path / CLASSES_FILE).read_text())
     model = load_model(path / MODEL_FILE).to(device).eval()
-    norm, divide_std = normalization(stats, config.get("normalize", "mean"))
+    from .config import LEGACY_PIXEL_RANGE
+
+    norm, divide_std = normalization(stats, config.get("normalize", "mean"), config.get("pixel_range", LEGACY_PIXEL_RANGE))
     mean = torch.tensor(norm.mean, dtype=torch.float32)
     std = torch.tensor(norm.std if divide_std else (1.0, 1.0, 1.0), dtype=torch.float32)
     return Run(path=path, model=model, config=config, classes=classes, mean=mean, std=std, stats=stats)

@@ -222,7 +222,7 @@ def build_data(cfg: TrainConfig, d: Dist, stats=None):
         # the mean RGB and PCA at the training scale; decoding at reduced size keeps this pass short on ImageNet
         stats = data.compute_stats(train_samples, max_images=cfg.stats_images, seed=cfg.seed, side=cfg.scale_min,
                                    num_workers=min(_workers(cfg, d), 8))  # fmt: skip
-    norm, divide_std = runs.normalization(stats, cfg.normalize)
+    norm, divide_std = runs.normalization(stats, cfg.normalize, cfg.pixel_range)
     train_tf = data.TrainTransform(norm, crop_size=cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max),
                                    flip=cfg.flip, colour_std=cfg.colour_shift, divide_std=divide_std)  # fmt: skip
     # Validation during training: one centre crop at the single test scale of the paper's Table 3
@@ -458,13 +458,32 @@ def _broadcast_path(path: Path | None, d: Dist) -> Path:
     return Path(box[0])
 
 
-def _init_from(model: nn.Module, source: str, log: Logger) -> None:
+def _check_same_input(src: Path, cfg: TrainConfig) -> None:
+    """--init-from a run: the new run must feed its net the same kind of input (normalisation and pixel range)."""
+    import tomllib
+
+    from .config import LEGACY_PIXEL_RANGE
+
+    with open(src / runs.CONFIG_FILE, "rb") as f:
+        theirs = tomllib.load(f)
+    mine = {"normalize": cfg.normalize, "pixel_range": cfg.pixel_range}
+    theirs = {"normalize": theirs.get("normalize", "mean"), "pixel_range": theirs.get("pixel_range", LEGACY_PIXEL_RANGE)}
+    if mine["normalize"] != theirs["normalize"] or (mine["normalize"] == "mean" and mine != theirs):
+        raise ValueError(
+            f"--init-from {src}: that run fed its net {theirs} but this one would feed {mine}; the weights expect "
+            f"their own input, so pass --normalize {theirs['normalize']} --pixel-range {theirs['pixel_range']}"
+        )
+
+
+def _init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> None:
     """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune)."""
     from .init import init_from_net_a
     from .weights import load_weights
 
     src = Path(source)
     weights = src / runs.MODEL_FILE if src.is_dir() else src
+    if src.is_dir() and (src / runs.CONFIG_FILE).is_file():
+        _check_same_input(src, cfg)
     sd, meta = read_state_dict(weights)
     src_config = json.loads(meta["vggnet.arch"])["config"] if "vggnet.arch" in meta else None
     ours = unwrap(model)
@@ -533,7 +552,7 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         init=cfg.init, seed=cfg.seed,
     )  # fmt: skip
     if cfg.init_from and ckpt is None:
-        _init_from(model, cfg.init_from, log)
+        _init_from(model, cfg.init_from, log, cfg)
     model.to(device)
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -610,7 +629,8 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
             plateau.step(metrics["val_top1_err"])
             prog.epoch, prog.step_in_epoch = epoch + 1, 0
             record = dict(epoch=epoch + 1, step=prog.global_step, train_loss=train_loss, lr=optimizer.param_groups[0]["lr"],
-                          epoch_time_s=time.perf_counter() - t_epoch, **metrics)  # fmt: skip
+                          epoch_time_s=time.perf_counter() - t_epoch, peak_mem_mb=peak_memory_mb(device),
+                          **metrics)  # fmt: skip
             log.record("epoch", **record)
             log.line(
                 f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, val top-1 err "
@@ -644,6 +664,15 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
     if interrupted:
         raise KeyboardInterrupt
     return run
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process so far: the CUDA allocator's peak on a GPU, else the peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _write_bad_files(run: Path, bad: set[str]) -> None:
