@@ -172,7 +172,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # a checkpoint from a machine with more GPUs (set_rng_state_all would fail): the GPUs this one has
+        for i, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, i)
 
 
 def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, plateau: Plateau,
