@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -266,6 +267,7 @@ def make_train_loader(cfg: TrainConfig, train_set, plan, workers: int, device: t
     """The training batches in ``plan``'s order and with its (index, seed) keys, from either data path: the same
     keys give the same S, crop, flip and colour shift on both. Returns (loader, "cpu" or "gpu")."""
     kind = pick_loader(cfg.loader, device, train_set.samples)
+    check_loader_memory(kind, train_set.samples, plan.micro, cfg.crop_size, workers)
     if kind == "cpu":
         return make_loader(train_set, plan, workers, device), kind
     from .data.gpu import GPULoader
@@ -274,6 +276,21 @@ def make_train_loader(cfg: TrainConfig, train_set, plan, workers: int, device: t
     loader = GPULoader(train_set.samples, train_set.transform, batch_sampler=plan, device=device,
                        num_workers=min(workers, 8), channels_last=cfg.channels_last and device.type == "cuda")  # fmt: skip
     return loader, kind
+
+
+def check_loader_memory(kind: str, samples, micro: int, crop: int, workers: int, folder: str | None = None) -> None:
+    """Refuse to start when the training loader's workers would outgrow /dev/shm (see :mod:`vggnet.data.shm`):
+    the CPU path's float32 crops, or the GPU path's encoded files (workers capped at 8), 4 batches a worker."""
+    from .data import shm
+
+    if kind == "gpu":
+        workers = min(workers, 8)
+    if workers <= 0:
+        return  # batches stay in the main process
+    per_image = 3 * crop * crop * 4 if kind == "cpu" else shm.mean_file_bytes([p for p, _ in samples])
+    need = shm.batches_in_flight(workers, 4) * micro * per_image
+    shm.check_shared_memory(need, f"--loader {kind} with {workers} workers and batches of {micro}",
+                            folder or shm.SHM)  # fmt: skip
 
 
 def _workers(cfg: TrainConfig, d: Dist) -> int:
@@ -765,10 +782,19 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         if d.main:
             _write_bad_files(run, bad_files)
     if d.main and not interrupted:
-        log.line(f"done in {time.perf_counter() - started:.0f}s: {run}")
+        log.line(f"done in {time.perf_counter() - started:.0f}s: {run}" + _fallbacks(loader, val_loader))
     if interrupted:
         raise KeyboardInterrupt
     return run
+
+
+def _fallbacks(*loaders) -> str:
+    """The GPU data path's decoding fallbacks over the run (this process's share), for the summary line."""
+    from .data.gpu import fallback_summary
+
+    counts = sum((getattr(loader, "counts", Counter()) for loader in loaders), Counter())
+    text = fallback_summary(counts)
+    return f"; GPU data path: {text}" if text else ""
 
 
 def _write_bad_files(run: Path, bad: set[str]) -> None:

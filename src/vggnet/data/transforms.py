@@ -90,6 +90,36 @@ def _span(offset: int, crop: int, f: float, size: int) -> tuple[int, int, int]:
     return r0, r1, round((start - r0) * f)
 
 
+@dataclass(frozen=True)
+class CropWindow:
+    """Where :func:`resized_crop` reads and resamples: source rows [y0, y1) and columns [x0, x1), resampled at
+    scales (fy, fx), of which the crop starts at (ky, kx). It depends only on the image's size and the sample's
+    :class:`AugParams`, so the GPU path's workers compute it from the file's header (:func:`crop_window`)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    ky: int
+    kx: int
+    fy: float
+    fx: float
+
+    def group(self) -> tuple[int, int, float, float]:
+        """Windows with equal keys resample in one call (the same region shape and scales)."""
+        return self.y1 - self.y0, self.x1 - self.x0, self.fy, self.fx
+
+
+def crop_window(height: int, width: int, size: int, crop: int, top: float = 0.5, left: float = 0.5) -> CropWindow:
+    """The :class:`CropWindow` of :func:`resized_crop` for a height x width image."""
+    _, _, t, l = crop_offsets(height, width, AugParams(size, top, left), crop)
+    nh, nw = rescaled_size(height, width, size)
+    fy, fx = nh / height, nw / width
+    y0, y1, ky = _span(t, crop, fy, height)
+    x0, x1, kx = _span(l, crop, fx, width)
+    return CropWindow(y0, y1, x0, x1, ky, kx, fy, fx)
+
+
 def resized_crop(img: torch.Tensor, size: int, crop: int | None, top: float = 0.5, left: float = 0.5) -> torch.Tensor:
     """The crop of an image isotropically rescaled to smaller side ``size``, at fractional position (top, left).
 
@@ -104,18 +134,34 @@ def resized_crop(img: torch.Tensor, size: int, crop: int | None, top: float = 0.
     h, w = img.shape[-2:]
     if crop is None:
         return rescale(img if img.device.type == "cpu" or img.is_floating_point() else img.float(), size)
-    _, _, t, l = crop_offsets(h, w, AugParams(size, top, left), crop)
-    nh, nw = rescaled_size(h, w, size)
-    fy, fx = nh / h, nw / w
-    y0, y1, ky = _span(t, crop, fy, h)
-    x0, x1, kx = _span(l, crop, fx, w)
-    region = img[..., y0:y1, x0:x1]
-    if not (region.is_floating_point() or region.device.type == "cpu"):
-        region = region.float()  # the CUDA antialiased kernel takes floating point only
-    batched = region.dim() == 4
-    out = _resample(region if batched else region[None], [ky + crop, kx + crop], False, fy, fx)
-    out = out[..., ky : ky + crop, kx : kx + crop]
+    batched = img.dim() == 4
+    out = resample_windows(img if batched else img[None], [crop_window(h, w, size, crop, top, left)], crop)
     return out if batched else out[0]
+
+
+def resample_windows(images, windows: Sequence[CropWindow], crop: int) -> torch.Tensor:
+    """The crops of :func:`resized_crop` for a batch: image i (3, H_i, W_i) or a stack) through ``windows[i]``;
+    (N, 3, crop, crop).
+
+    Windows of one :meth:`CropWindow.group` (images of one size at one S, common in fixed-scale training) are
+    resampled in one call: the resampling's scales are given explicitly, so an output pixel does not depend on
+    the output's size, and each crop is cut from a common output at its own (ky, kx).
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, win in enumerate(windows):
+        groups.setdefault(win.group(), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(windows)
+    for (_, _, fy, fx), members in groups.items():
+        wins = [windows[i] for i in members]
+        regions = [images[i][..., w.y0 : w.y1, w.x0 : w.x1] for i, w in zip(members, wins)]
+        region = torch.stack(regions) if len(regions) > 1 else regions[0][None]
+        if not (region.is_floating_point() or region.device.type == "cpu"):
+            region = region.float()  # the CUDA antialiased kernel takes floating point only
+        ky, kx = max(w.ky for w in wins), max(w.kx for w in wins)
+        res = _resample(region, [ky + crop, kx + crop], False, fy, fx)
+        for j, (i, w) in enumerate(zip(members, wins)):
+            out[i] = res[j, :, w.ky : w.ky + crop, w.kx : w.kx + crop]
+    return torch.stack(out) if len(out) > 1 else out[0][None]
 
 
 def colour_shift(alpha: Sequence[float], eigval: Sequence[float], eigvec: Sequence[Sequence[float]]) -> list[float]:
@@ -174,6 +220,13 @@ class ImageTransform:
     def resample(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
         """The rescaled (and cropped) image, before flip and normalisation: uint8 on the CPU."""
         return resized_crop(img, params.scale, self.crop_size, params.top, params.left)
+
+    def window(self, height: int, width: int, params: AugParams) -> CropWindow | None:
+        """Where :meth:`resample` reads a height x width image (see :func:`resample_windows`); None when it
+        resamples the whole image (no crop, or the test transform's exact rescale-then-crop)."""
+        if self.crop_size is None:
+            return None
+        return crop_window(height, width, params.scale, self.crop_size, params.top, params.left)
 
     def apply(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
         """Rescale, crop, flip, colour-shift and normalise one decoded (3, H, W) image."""
@@ -253,6 +306,9 @@ class EvalTransform(ImageTransform):
 
     def sample(self, generator: torch.Generator | None = None) -> AugParams:
         return AugParams(self.size)  # centred, unflipped, no colour shift
+
+    def window(self, height: int, width: int, params: AugParams) -> None:
+        return None  # resample below rescales the whole image
 
     def resample(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
         # The whole rescale, then the crop: exact, unlike resized_crop's half-pixel rounding, and at test time
