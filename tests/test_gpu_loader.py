@@ -231,8 +231,8 @@ def test_crops_of_one_size_at_one_scale_share_a_resampling_call(monkeypatch):
     from vggnet.data import transforms
 
     g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 45, 60), dtype=torch.uint8, generator=g) for _ in range(16)]
-    t = TrainTransform(None, crop_size=32, scale=40, colour_std=0)
+    images = [torch.randint(0, 256, (3, 75, 100), dtype=torch.uint8, generator=g) for _ in range(16)]
+    t = TrainTransform(None, crop_size=32, scale=48, colour_std=0)
     params = [t.sample(torch.Generator().manual_seed(i)) for i in range(16)]
     calls = []
     real = transforms._resample
@@ -241,4 +241,17 @@ def test_crops_of_one_size_at_one_scale_share_a_resampling_call(monkeypatch):
     grouped = len(calls)
     one_by_one = torch.stack([t.apply(img, p) for img, p in zip(images, params)])
     assert torch.equal(batched, one_by_one)
-    assert grouped <= 6 and sum(calls[:grouped]) == 16
+    assert grouped <= 6 and sum(calls[:grouped]) == 16  # 16 calls before; crops at the far edges resample alone
+
+
+def test_resized_crop_resamples_when_the_region_is_as_large_as_the_output():
+    """torch's CPU kernel copies an axis whose output size equals its input size, whatever the scale: at
+    S = 43 on a 40-row image (scale 1.075) the 32-row crop at the top reads exactly 32 source rows."""
+    from vggnet.data import rescale, resized_crop
+    from vggnet.data.transforms import crop_window
+
+    img = torch.randint(0, 256, (3, 40, 52), generator=torch.Generator().manual_seed(0)).float()
+    w = crop_window(40, 52, 43, 32, 0.0, 0.0)
+    assert (w.y1 - w.y0, w.ky) == (32, 0)  # the case
+    exact = rescale(img, 43)[:, :32, :32]  # exact where the region starts at the image's border
+    assert torch.allclose(resized_crop(img, 43, 32, 0.0, 0.0), exact, atol=1e-3)

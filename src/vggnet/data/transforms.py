@@ -105,10 +105,6 @@ class CropWindow:
     fy: float
     fx: float
 
-    def group(self) -> tuple[int, int, float, float]:
-        """Windows with equal keys resample in one call (the same region shape and scales)."""
-        return self.y1 - self.y0, self.x1 - self.x0, self.fy, self.fx
-
 
 def crop_window(height: int, width: int, size: int, crop: int, top: float = 0.5, left: float = 0.5) -> CropWindow:
     """The :class:`CropWindow` of :func:`resized_crop` for a height x width image."""
@@ -140,27 +136,41 @@ def resized_crop(img: torch.Tensor, size: int, crop: int | None, top: float = 0.
 
 
 def resample_windows(images, windows: Sequence[CropWindow], crop: int) -> torch.Tensor:
-    """The crops of :func:`resized_crop` for a batch: image i (3, H_i, W_i) or a stack) through ``windows[i]``;
+    """The crops of :func:`resized_crop` for a batch: image i ((3, H_i, W_i), or a stack) through ``windows[i]``;
     (N, 3, crop, crop).
 
-    Windows of one :meth:`CropWindow.group` (images of one size at one S, common in fixed-scale training) are
-    resampled in one call: the resampling's scales are given explicitly, so an output pixel does not depend on
-    the output's size, and each crop is cut from a common output at its own (ky, kx).
+    Windows at one scale (images of one size at one S, common in fixed-scale training) are resampled in one
+    call. Two facts make that exact: the scales are passed explicitly, so an output pixel does not depend on
+    the output's size, and a window already covers its crop's filter support, so reading a few more source
+    rows or columns (up to the group's largest window, where the image has them) changes no crop pixel. Each
+    crop is then cut from the common output at its own (ky, kx).
     """
-    groups: dict[tuple, list[int]] = {}
+    by_scale: dict[tuple[float, float], list[int]] = {}
     for i, win in enumerate(windows):
-        groups.setdefault(win.group(), []).append(i)
+        by_scale.setdefault((win.fy, win.fx), []).append(i)
     out: list[torch.Tensor | None] = [None] * len(windows)
-    for (_, _, fy, fx), members in groups.items():
-        wins = [windows[i] for i in members]
-        regions = [images[i][..., w.y0 : w.y1, w.x0 : w.x1] for i, w in zip(members, wins)]
-        region = torch.stack(regions) if len(regions) > 1 else regions[0][None]
-        if not (region.is_floating_point() or region.device.type == "cpu"):
-            region = region.float()  # the CUDA antialiased kernel takes floating point only
-        ky, kx = max(w.ky for w in wins), max(w.kx for w in wins)
-        res = _resample(region, [ky + crop, kx + crop], False, fy, fx)
-        for j, (i, w) in enumerate(zip(members, wins)):
-            out[i] = res[j, :, w.ky : w.ky + crop, w.kx : w.kx + crop]
+    for (fy, fx), members in by_scale.items():
+        rh = max(windows[i].y1 - windows[i].y0 for i in members)
+        rw = max(windows[i].x1 - windows[i].x0 for i in members)
+        fits = [i for i in members if windows[i].y0 + rh <= images[i].shape[-2] and windows[i].x0 + rw <= images[i].shape[-1]]
+        rest = [i for i in members if i not in set(fits)]
+        groups = [(fits, rh, rw)] if fits else []
+        for i in rest:  # windows at the image's far edge cannot grow: one call each
+            groups.append(([i], windows[i].y1 - windows[i].y0, windows[i].x1 - windows[i].x0))
+        for idx, h, w in groups:
+            wins = [windows[i] for i in idx]
+            regions = [images[i][..., v.y0 : v.y0 + h, v.x0 : v.x0 + w] for i, v in zip(idx, wins)]
+            region = torch.stack(regions) if len(regions) > 1 else regions[0][None]
+            if not (region.is_floating_point() or region.device.type == "cpu"):
+                region = region.float()  # the CUDA antialiased kernel takes floating point only
+            oh, ow = max(v.ky for v in wins) + crop, max(v.kx for v in wins) + crop
+            # torch's CPU kernel copies an axis whose output size equals its input size, whatever the scale:
+            # one more output row (or column) keeps it resampling at fy (fx)
+            oh += oh == h and fy != 1.0
+            ow += ow == w and fx != 1.0
+            res = _resample(region, [oh, ow], False, fy, fx)
+            for j, (i, v) in enumerate(zip(idx, wins)):
+                out[i] = res[j, :, v.ky : v.ky + crop, v.kx : v.kx + crop]
     return torch.stack(out) if len(out) > 1 else out[0][None]
 
 
