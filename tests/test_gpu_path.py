@@ -204,3 +204,34 @@ def test_resume_on_a_machine_with_fewer_gpus_restores_the_gpus_it_has(monkeypatc
     assert len(state["cuda"]) == 2
     T._set_rng_state(state)
     assert calls == [0]
+
+
+def test_validation_through_the_gpu_path_equals_the_cpu_path(split_folder):
+    """On CUDA validation takes the GPU loader (nvJPEG, centre crop on the device); on the CPU both agree."""
+    from vggnet.data import EvalTransform, ImageDataset, scan_folder
+
+    samples, _ = scan_folder(split_folder / "val")
+    ds = ImageDataset(samples, EvalTransform(None, 36, 32))
+    cfg = TrainConfig(arch="A", crop_size=32, scale_min=32, scale_max=40, batch_size=4)
+    model, cpu, d = tiny(), torch.device("cpu"), T.Dist()
+    got = {kind: T.validate(model, ds, cfg, cpu, contextlib.nullcontext, d, set(),
+                            T.make_val_loader(cfg, ds, d, 0, cpu, kind)) for kind in ("gpu", "cpu")}  # fmt: skip
+    assert got["gpu"] == got["cpu"] and got["cpu"]["val_images"] == 5
+    assert type(T.make_val_loader(cfg, ds, d, 0, cpu, "gpu")).__name__ == "GPULoader"
+
+
+def test_shared_memory_check_names_the_size_and_the_fix(split_folder, monkeypatch):
+    import shutil
+
+    from vggnet.data.shm import SharedMemoryError
+
+    samples = [(str(p), 0) for p in sorted((split_folder / "train").rglob("*.png"))]
+    docker = shutil._ntuple_diskusage(64 * 2**20, 0, 64 * 2**20)  # Docker's default /dev/shm: 64 MB
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: docker)
+    # the CPU path: 8 workers x 4 batches of 256 float32 224-crops (154 MB each) cannot fit
+    with pytest.raises(SharedMemoryError, match=r"--loader cpu with 8 workers.*/dev/shm has 0.06 GiB free.*--shm-size"):
+        T.check_loader_memory("cpu", samples, 256, 224, 8)
+    T.check_loader_memory("cpu", samples, 256, 224, 0)  # no workers: no shared memory
+    T.check_loader_memory("gpu", samples, 4, 224, 8)  # the GPU path holds the files' bytes: a few KB here
+    with pytest.raises(SharedMemoryError):
+        T.check_loader_memory("gpu", samples * 1000, 10**6, 224, 8)
