@@ -502,7 +502,8 @@ def _check_device(s: Setup) -> str:
         return f"CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     p = torch.cuda.get_device_properties(dev)
     return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}, CUDA "
-            f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.device_count()} GPU(s)")  # fmt: skip
+            f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+            f"{torch.cuda.device_count()} GPU(s)")  # fmt: skip
 
 
 def _check_shm(s: Setup) -> str:

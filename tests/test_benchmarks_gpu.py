@@ -88,8 +88,8 @@ def test_preflight_alone_on_the_cpu(tmp_path):
     The compile check uses the "eager" backend here: inductor's C++ compile takes about a minute on 2 cores."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONWARNINGS="ignore")
     out = tmp_path / "preflight.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--preflight", "--compile-backend", "eager",
-                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    command = [sys.executable, str(SCRIPT), "--cpu", "--preflight", "--compile-backend", "eager", "--json", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| check" in proc.stdout and "| GPU tests" in proc.stdout
     checks = {c["name"]: c for c in json.loads(out.read_text())["preflight"]}

@@ -32,7 +32,8 @@ def tiny(seed: int = 0):
 
 def batches(n: int, size: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 2, (size,), generator=g), []) for _ in range(n)]
+    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 2, (size,), generator=g), [])
+            for _ in range(n)]
 
 
 class CountReads(TorchFunctionMode):

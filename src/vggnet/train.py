@@ -529,7 +529,8 @@ def make_val_loader(cfg: TrainConfig, dataset, d: Dist, workers: int, device: to
         from .data.gpu import GPULoader
 
         return GPULoader(dataset.samples, dataset.transform, batch_sampler=batches, device=device,
-                         num_workers=min(workers, 8), channels_last=cfg.channels_last and device.type == "cuda")  # fmt: skip
+                         num_workers=min(workers, 8),
+                         channels_last=cfg.channels_last and device.type == "cuda")  # fmt: skip
     from .data import collate
 
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,

@@ -1,8 +1,9 @@
 """The GPU data path: JPEG decoding in batches on the GPU (nvJPEG through torchvision) and the paper's
 augmentation as batched tensor operations on any device, overlapped with the training step.
 
-DataLoader workers only read the files' bytes, check their headers (no decompression bombs reach the GPU)
-and draw each sample's :class:`~vggnet.data.transforms.AugParams` with the same
+DataLoader workers only read the files' bytes, check their headers (no decompression bombs reach the GPU;
+CMYK/YCCK JPEGs and other formats are routed to the CPU decoder; each crop's resampling window is worked out
+from the header's size) and draw each sample's :class:`~vggnet.data.transforms.AugParams` with the same
 :meth:`~vggnet.data.transforms.ImageTransform.sample` as the CPU path; a batch leaves the workers as one
 tensor of bytes (one shared-memory segment, not one per image). The main process decodes the batch on the
 device and applies :func:`augment_batch`, which uses the CPU path's own ``transform.resample`` and

@@ -152,7 +152,8 @@ def resample_windows(images, windows: Sequence[CropWindow], crop: int) -> torch.
     for (fy, fx), members in by_scale.items():
         rh = max(windows[i].y1 - windows[i].y0 for i in members)
         rw = max(windows[i].x1 - windows[i].x0 for i in members)
-        fits = [i for i in members if windows[i].y0 + rh <= images[i].shape[-2] and windows[i].x0 + rw <= images[i].shape[-1]]
+        fits = [i for i in members
+                if windows[i].y0 + rh <= images[i].shape[-2] and windows[i].x0 + rw <= images[i].shape[-1]]
         rest = [i for i in members if i not in set(fits)]
         groups = [(fits, rh, rw)] if fits else []
         for i in rest:  # windows at the image's far edge cannot grow: one call each
