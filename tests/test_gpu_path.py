@@ -236,3 +236,15 @@ def test_shared_memory_check_names_the_size_and_the_fix(split_folder, monkeypatc
     T.check_loader_memory("gpu", samples, 4, 224, 8)  # the GPU path holds the files' bytes: a few KB here
     with pytest.raises(SharedMemoryError):
         T.check_loader_memory("gpu", samples * 1000, 10**6, 224, 8)
+
+
+def test_the_run_summary_counts_the_gpu_paths_fallbacks():
+    from collections import Counter
+    from types import SimpleNamespace
+
+    train_loader = SimpleNamespace(counts=Counter(cpu=2, refused=1, splits=4))
+    val_loader = SimpleNamespace(counts=Counter(cpu=1))
+    text = T._fallbacks(train_loader, val_loader, object())  # a DataLoader of the CPU path has no counts
+    assert text == "; GPU data path: 4 images decoded on the CPU (3 not RGB or grey JPEGs, 1 refused by the device " \
+                   "decoder after 4 failed batched calls)"
+    assert T._fallbacks(SimpleNamespace(counts=Counter())) == ""
