@@ -18,6 +18,12 @@ Rows:
 - (e) with ``--variants``: (a) under the compile modes max-autotune-no-cudagraphs and reduce-overhead (CUDA
   graphs); max-autotune alone compiles for several minutes.
 
+Preflight (first, on the GPU machine; ``--preflight`` alone): one table of the machine's problems before any
+row fails on them: the device, /dev/shm against what the (c) rows' workers need, a one-line torch.compile on
+the device (Triton, a C++ compiler, Python headers), bf16 autocast, a batched JPEG decode on the device (nvJPEG)
+without fallback, and the test suite's GPU tests (``pytest -m gpu``). A failed check stops the run (exit status
+1) unless ``--skip-preflight``.
+
 Method: warm-up steps (compilation, cuDNN autotuning, worker start-up), then timed steps. A training row's
 time runs from the GPU finishing its last warm-up step to the GPU finishing its last timed step: CUDA events
 recorded as each batch is taken, so a data stall counts. FLOPs are counted per row with
@@ -29,6 +35,7 @@ when neither is installed), in 16 class folders.
 
     PYTHONPATH=src python benchmarks/gpu.py              # the GPU machine: about 4 minutes
     PYTHONPATH=src python benchmarks/gpu.py --variants   # + compile modes (several minutes more)
+    PYTHONPATH=src python benchmarks/gpu.py --preflight  # the preflight table alone (about a minute)
     PYTHONPATH=src python benchmarks/gpu.py --cpu        # smoke run on a CPU: tiny net and images, < 1 minute
 """
 
@@ -42,6 +49,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -472,6 +480,143 @@ class Bench:
                          lambda: timed(lambda: fn(x), len(xs)), gflop)  # fmt: skip
 
 
+# ---- preflight: the machine's problems in one table, before any row ---------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Check:
+    name: str
+    status: str = "ok"  # ok, FAIL or skip
+    detail: str = ""
+    seconds: float = 0.0
+
+
+def _check_device(s: Setup) -> str:
+    dev = torch.device(s.device)
+    x = torch.arange(8.0, device=dev)
+    if float((x * 2).sum()) != 56.0:
+        raise RuntimeError("a kernel on the device gave a wrong sum")
+    if dev.type != "cuda":
+        return f"CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+    p = torch.cuda.get_device_properties(dev)
+    return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}, CUDA "
+            f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+            f"{torch.cuda.device_count()} GPU(s)")  # fmt: skip
+
+
+def _check_shm(s: Setup) -> str:
+    """The (c) rows' DataLoader workers' batches against /dev/shm (as `vgg train` checks at start-up)."""
+    from vggnet.data import shm
+
+    cpu = shm.batches_in_flight(s.cpu_workers, 4) * s.batch * 3 * s.crop * s.crop * 4
+    gpu = shm.batches_in_flight(min(s.gpu_workers, 8), 4) * s.batch * 64 * 1024  # ~40 KB files, with margin
+    need = max(cpu, gpu)
+    shm.check_shared_memory(need, f"the (c) rows' CPU path ({s.cpu_workers} workers, batch {s.batch})")
+    try:
+        free = shutil.disk_usage(shm.SHM).free / 2**30
+    except OSError:
+        return f"no {shm.SHM} on this machine: not checked"
+    return f"{free:.1f} GiB free in {shm.SHM}; the (c) rows need about {need / 2**30:.1f} GiB"
+
+
+def _check_compile(s: Setup, backend: str) -> str:
+    """A one-line torch.compile on the device: inductor needs Triton (CUDA) or a C++ compiler (CPU) and Python's
+    headers; a machine without them fails here in seconds rather than in row (a) after minutes."""
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: (x * 2).sum(), backend=backend)
+    got = float(fn(torch.ones(8, device=s.device)))
+    torch._dynamo.reset()
+    if got != 16.0:
+        raise RuntimeError(f"the compiled function returned {got}, not 16")
+    return f"torch.compile(backend={backend!r}) of (x * 2).sum() on {s.device}"
+
+
+def _check_bf16(s: Setup) -> str:
+    a = torch.randn(64, 64, device=s.device)
+    with torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16):
+        y = a @ a
+    if y.dtype != torch.bfloat16 or not bool(torch.isfinite(y).all()):
+        raise RuntimeError(f"autocast gave {y.dtype}")
+    return "bf16 autocast matmul"
+
+
+def _check_jpeg(s: Setup) -> str:
+    """The GPU data path's decoder on the device: one batched call on baseline JPEGs, no fallback."""
+    import io
+    from collections import Counter
+
+    from vggnet.data.gpu import decode_batch
+
+    datas = []
+    for i in range(4):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((30 + i, 40, 3), 50 * i, np.uint8)).save(buf, "JPEG", quality=90)
+        datas.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    counts: Counter = Counter()
+    out = decode_batch(datas, s.device, counts=counts)
+    if counts or any(x is None or x.device.type != torch.device(s.device).type for x in out):
+        raise RuntimeError(f"the batched decoder fell back: {dict(counts)}")
+    return f"torchvision.io.decode_jpeg: 4 JPEGs in one batched call on {s.device}" + (
+        " (nvJPEG)" if torch.device(s.device).type == "cuda" else "")
+
+
+def _check_gpu_tests(s: Setup) -> str:
+    """The test suite's GPU tests (pytest -m gpu) in a subprocess; without CUDA they skip themselves."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                           str(ROOT / "tests")], cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
+    last = (proc.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
+    if "No module named pytest" in proc.stderr:
+        raise _Skip("pytest is not installed (pip install pytest)")
+    if proc.returncode not in (0, 5):  # 5: no tests collected
+        failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        raise RuntimeError(f"{last}: {'; '.join(failed[:3]) or proc.stderr.strip()[-200:]}")
+    if "passed" not in last:
+        raise _Skip(last)
+    return last
+
+
+class _Skip(Exception):
+    pass
+
+
+def preflight(s: Setup, backend: str = "inductor", gpu_tests: bool = True) -> list[Check]:
+    """Every check runs, whatever failed before it; a failure is a row that says why."""
+    checks: list[tuple[str, Callable[[], str]]] = [
+        ("device", lambda: _check_device(s)),
+        ("/dev/shm", lambda: _check_shm(s)),
+        ("compile", lambda: _check_compile(s, backend)),
+        ("bf16", lambda: _check_bf16(s)),
+        ("JPEG decode", lambda: _check_jpeg(s)),
+    ]
+    if gpu_tests:
+        checks.append(("GPU tests", lambda: _check_gpu_tests(s)))
+    out = []
+    for name, fn in checks:
+        c, t0 = Check(name), time.perf_counter()
+        try:
+            c.detail = fn()
+        except _Skip as e:
+            c.status, c.detail = "skip", str(e)
+        except Exception as e:  # noqa: BLE001 - reported in the table
+            c.status = "FAIL"
+            c.detail = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        c.seconds = time.perf_counter() - t0
+        print(f"  preflight {name}: {c.status} ({c.seconds:.0f}s) {c.detail}", file=sys.stderr, flush=True)
+        out.append(c)
+    return out
+
+
+def preflight_table(checks: list[Check]) -> str:
+    from vggnet.report import markdown_table
+
+    return markdown_table(["check", "status", "detail", "s"],
+                          [[c.name, c.status, c.detail, f"{c.seconds:.0f}"] for c in checks], "lllr")  # fmt: skip
+
+
 # ---- output ---------------------------------------------------------------------------------------------------
 
 
@@ -533,6 +678,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-workers", type=int, help="worker processes of the CPU data path (default: all cores)")
     p.add_argument("--dir", type=Path, help="make (or reuse) the JPEG folder here instead of a temporary folder")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
+    p.add_argument("--preflight", action="store_true",
+                   help="only the preflight checks (with --cpu: on the CPU); a full GPU run starts with them")
+    p.add_argument("--skip-preflight", action="store_true", help="run the rows without the preflight checks")
+    p.add_argument("--compile-backend", default="inductor", help="the preflight's compile check (default inductor)")
+    p.add_argument("--no-gpu-tests", action="store_true", help="leave the GPU tests out of the preflight")
     args = p.parse_args(argv)
 
     if args.cpu:
@@ -548,6 +698,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     if args.cpu:
         torch.set_num_threads(1)  # tiny tensors: a second thread only adds spinning on a shared 2-core machine
+
+    checks: list[Check] = []
+    if args.preflight or not (args.cpu or args.skip_preflight):
+        checks = preflight(s, args.compile_backend, not args.no_gpu_tests)
+        print("preflight: the machine, before any row")
+        print()
+        print(preflight_table(checks))
+        print()
+        failed = [c.name for c in checks if c.status == "FAIL"]
+        if args.preflight or failed:
+            if failed:
+                print(f"preflight failed ({', '.join(failed)}): fix these first, or pass --skip-preflight")
+            if args.json:
+                args.json.write_text(json.dumps(dict(preflight=[asdict(c) for c in checks]), indent=1) + "\n")
+            return 1 if failed else 0
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.dir or Path(tmp) / "jpegs"
@@ -571,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
           "included.")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(dict(provenance=lines, setup=asdict(s), data=data,
+                                             preflight=[asdict(c) for c in checks],
                                              rows=[asdict(r) for r in bench.rows]), indent=1) + "\n")  # fmt: skip
     return 1 if bench.failed else 0
 

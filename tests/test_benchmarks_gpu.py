@@ -55,3 +55,44 @@ def test_jpegs_without_any_source_package(tmp_path):
     sizes = [Image.open(tmp_path / f"{i}.jpg").size for i in (0, 4)]
     assert sizes == [(50, 40), (40, 50)]  # one in five is portrait
     assert np.asarray(Image.open(tmp_path / "0.jpg")).std() > 5
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu"] = bench  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules["bench_gpu"]
+    return bench
+
+
+def test_preflight_reports_every_failure_in_one_table(monkeypatch):
+    """A check that fails becomes a row saying why; the checks after it still run."""
+    bench = _load_bench()
+
+    def no_bf16(s):
+        raise RuntimeError("no bf16 on this device")
+
+    monkeypatch.setattr(bench, "_check_bf16", no_bf16)
+    checks = bench.preflight(bench.cpu_setup(), backend="eager", gpu_tests=False)
+    assert [c.name for c in checks] == ["device", "/dev/shm", "compile", "bf16", "JPEG decode"]
+    assert [c.status for c in checks] == ["ok", "ok", "ok", "FAIL", "ok"], checks
+    table = bench.preflight_table(checks)
+    assert "| bf16" in table and "RuntimeError: no bf16 on this device" in table
+
+
+def test_preflight_alone_on_the_cpu(tmp_path):
+    """`gpu.py --cpu --preflight`: the table, the GPU tests run (and skip themselves without CUDA), exit 0.
+    The compile check uses the "eager" backend here: inductor's C++ compile takes about a minute on 2 cores."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONWARNINGS="ignore")
+    out = tmp_path / "preflight.json"
+    command = [sys.executable, str(SCRIPT), "--cpu", "--preflight", "--compile-backend", "eager", "--json", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| check" in proc.stdout and "| GPU tests" in proc.stdout
+    checks = {c["name"]: c for c in json.loads(out.read_text())["preflight"]}
+    assert checks["GPU tests"]["status"] == "skip" and "skipped" in checks["GPU tests"]["detail"]
+    assert all(c["status"] == "ok" for name, c in checks.items() if name != "GPU tests"), checks
+    assert "| (a)" not in proc.stdout  # the preflight alone: no rows

@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -172,7 +173,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # a checkpoint from a machine with more GPUs (set_rng_state_all would fail): the GPUs this one has
+        for i, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, i)
 
 
 def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, plateau: Plateau,
@@ -264,6 +267,7 @@ def make_train_loader(cfg: TrainConfig, train_set, plan, workers: int, device: t
     """The training batches in ``plan``'s order and with its (index, seed) keys, from either data path: the same
     keys give the same S, crop, flip and colour shift on both. Returns (loader, "cpu" or "gpu")."""
     kind = pick_loader(cfg.loader, device, train_set.samples)
+    check_loader_memory(kind, train_set.samples, plan.micro, cfg.crop_size, workers)
     if kind == "cpu":
         return make_loader(train_set, plan, workers, device), kind
     from .data.gpu import GPULoader
@@ -272,6 +276,21 @@ def make_train_loader(cfg: TrainConfig, train_set, plan, workers: int, device: t
     loader = GPULoader(train_set.samples, train_set.transform, batch_sampler=plan, device=device,
                        num_workers=min(workers, 8), channels_last=cfg.channels_last and device.type == "cuda")  # fmt: skip
     return loader, kind
+
+
+def check_loader_memory(kind: str, samples, micro: int, crop: int, workers: int, folder: str | None = None) -> None:
+    """Refuse to start when the training loader's workers would outgrow /dev/shm (see :mod:`vggnet.data.shm`):
+    the CPU path's float32 crops, or the GPU path's encoded files (workers capped at 8), 4 batches a worker."""
+    from .data import shm
+
+    if kind == "gpu":
+        workers = min(workers, 8)
+    if workers <= 0:
+        return  # batches stay in the main process
+    per_image = 3 * crop * crop * 4 if kind == "cpu" else shm.mean_file_bytes([p for p, _ in samples])
+    need = shm.batches_in_flight(workers, 4) * micro * per_image
+    shm.check_shared_memory(need, f"--loader {kind} with {workers} workers and batches of {micro}",
+                            folder or shm.SHM)  # fmt: skip
 
 
 def _workers(cfg: TrainConfig, d: Dist) -> int:
@@ -336,9 +355,72 @@ class Progress:
     global_step: int
 
 
+# A terminal's progress line is redrawn about this often (seconds), from a loss copied to the host without waiting.
+PROGRESS_SECONDS = 1.0
+
+
+class HostCopy:
+    """The latest value of a device scalar on the host, copied without a host synchronisation.
+
+    :meth:`request` queues an asynchronous copy into pinned memory behind the work already on the stream;
+    :meth:`poll` returns the newest copy that has completed (NaN before the first), never waiting for the
+    device. On the CPU the copy completes at once. The training loop's progress line reads the loss this way.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.host = torch.zeros((), pin_memory=self.cuda)
+        self.view = self.host.numpy()  # shares the host tensor's memory: reading it is no tensor operation
+        self.event = torch.cuda.Event() if self.cuda else None
+        self.pending = False
+        self.value = math.nan
+
+    def request(self, t: torch.Tensor) -> None:
+        self.poll()
+        if self.pending:
+            return  # the previous copy is still in flight: it will do
+        self.host.copy_(t.detach(), non_blocking=True)
+        if self.cuda:
+            self.event.record()
+            self.pending = True
+        else:
+            self.value = float(self.view)
+
+    def poll(self) -> float:
+        if self.pending and self.event.query():
+            self.value, self.pending = float(self.view), False
+        return self.value
+
+
+def pad_batch(images: torch.Tensor, labels: torch.Tensor, size: int, crop: int):
+    """A micro-batch of exactly ``size`` images: the n readable ones, then copies of them (zeros when none is
+    readable), and a mask of the n real ones; (images, labels, mask).
+
+    Dropped unreadable files shrink a batch; a fixed shape keeps a compiled step from recompiling (forward and
+    backward, tens of seconds on a GPU), and a forward on placeholders keeps a process whose micro-batch was
+    all unreadable in DDP's all-reduce (without one, the other processes wait until the watchdog kills the
+    job). The placeholders' loss weighs 0. Copies rather than zeros, so that a batch-norm net's batch statistics
+    stay close to those of the real images. No host synchronisation.
+    """
+    n, device = images.shape[0], images.device
+    if n == 0:
+        images = torch.zeros(size, 3, crop, crop, device=device)
+        labels = torch.zeros(size, dtype=torch.int64, device=device)
+    else:
+        idx = torch.arange(size, device=device) % n
+        images, labels = images[idx], labels[idx]
+    return images, labels, torch.arange(size, device=device) < n
+
+
 def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan, prog: Progress, device,
                     autocast, log: Logger, bad_files: set[str], save_ckpt) -> float:
-    """Run the rest of one epoch; return the mean training loss of the steps run."""
+    """Run the rest of one epoch; return the mean training loss of the steps run.
+
+    Host synchronisations: only every ``cfg.log_every`` steps, at the end of the epoch and at checkpoints
+    (the loss read back, the finiteness check). A terminal's progress line in between is redrawn about once a
+    second from a loss copied asynchronously (:class:`HostCopy`), so a run on a terminal syncs no more than a
+    redirected one.
+    """
     model.train()
     accum = cfg.accum_steps
     loss_sum = torch.zeros((), device=device)
@@ -348,27 +430,41 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
     images_in_window = 0
     total = plan.steps_per_epoch
     micro = 0
+    readout = HostCopy(device) if log.tty else None
+    redraw_at = t0 + PROGRESS_SECONDS
     for images, labels, bad in loader:
         bad_files.update(bad)
+        n = images.shape[0]
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        mask = None
+        if n < plan.micro:  # unreadable files were dropped: pad back to the batch shape (see pad_batch)
+            images, labels, mask = pad_batch(images, labels, plan.micro, cfg.crop_size)
         if cfg.channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         last_micro = (micro + 1) % accum == 0
         # DDP: average gradients only on the last micro-batch of an accumulated step
         sync = model.no_sync() if (hasattr(model, "no_sync") and not last_micro) else contextlib.nullcontext()
+        # a forward on placeholders alone must not move a batch-norm net's running statistics
+        saved = [b.clone() for b in model.buffers()] if n == 0 else None
         with sync:
-            if images.shape[0] == 0:  # every image of this micro-batch was unreadable: a zero gradient keeps
-                loss = sum(p.sum() for p in model.parameters()) * 0.0  # DDP's all-reduce in step
-            else:
-                with autocast():
-                    loss = F.cross_entropy(model(images), labels, label_smoothing=cfg.label_smoothing)
+            with autocast():
+                logits = model(images)
+                if mask is None:
+                    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+                else:  # the mean over the readable images; the placeholders weigh 0 (0 when there are none)
+                    per = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing, reduction="none")
+                    loss = torch.where(mask, per, 0.0).sum() / max(n, 1)
             (loss / accum).backward()
+        if saved is not None:
+            with torch.no_grad():
+                for b, v in zip(model.buffers(), saved):
+                    b.copy_(v)
         loss = loss.detach()
         finite &= torch.isfinite(loss)
         window_loss += loss / accum
         loss_sum += loss / accum
-        images_in_window += images.shape[0]
+        images_in_window += n
         micro += 1
         if not last_micro:
             continue
@@ -378,25 +474,31 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
         window += 1
         prog.step_in_epoch += 1
         prog.global_step += 1
-        if window >= cfg.log_every or prog.step_in_epoch == total or log.tty:
+        if window >= cfg.log_every or prog.step_in_epoch == total:
             # the only host syncs of the loop: at log time
             if not bool(finite):
                 raise NonFiniteLoss(f"non-finite loss at step {prog.global_step}")
             elapsed = time.perf_counter() - t0
-            ips = images_in_window * plan.world / max(elapsed, 1e-9)
             mean_loss = window_loss.item() / window
             lr = optimizer.param_groups[0]["lr"]
-            eta = (total - prog.step_in_epoch) * elapsed / window
-            if window >= cfg.log_every or prog.step_in_epoch == total:
-                log.record("step", epoch=prog.epoch, step=prog.global_step, loss=mean_loss, lr=lr, images_per_s=ips)
-            log.line(
-                f"epoch {prog.epoch + 1} step {prog.step_in_epoch}/{total} loss {mean_loss:.4f} lr {lr:.2e} "
-                f"{ips:,.0f} img/s ETA {eta:.0f}s",
-                progress=True,
-            )
-            if window >= cfg.log_every or prog.step_in_epoch == total:
-                window_loss.zero_()
-                window, images_in_window, t0 = 0, 0, time.perf_counter()
+            ips = images_in_window * plan.world / max(elapsed, 1e-9)
+            log.record("step", epoch=prog.epoch, step=prog.global_step, loss=mean_loss, lr=lr, images_per_s=ips)
+            log.line(_progress_text(prog, total, mean_loss, lr, ips, (total - prog.step_in_epoch) * elapsed / window),
+                     progress=True)  # fmt: skip
+            window_loss.zero_()
+            window, images_in_window, t0 = 0, 0, time.perf_counter()
+            redraw_at = t0 + PROGRESS_SECONDS
+        elif readout is not None and time.perf_counter() >= redraw_at:
+            # a terminal's progress line: the loss copied a redraw ago (no wait), then a new copy queued
+            now = time.perf_counter()
+            redraw_at = now + PROGRESS_SECONDS
+            shown = readout.poll()
+            readout.request(window_loss / window)
+            elapsed = now - t0
+            ips = images_in_window * plan.world / max(elapsed, 1e-9)
+            lr = optimizer.param_groups[0]["lr"]
+            log.line(_progress_text(prog, total, shown, lr, ips, (total - prog.step_in_epoch) * elapsed / window),
+                     progress=True)  # fmt: skip
         if cfg.checkpoint_every and prog.global_step % cfg.checkpoint_every == 0 and prog.step_in_epoch < total:
             if not bool(finite):
                 raise NonFiniteLoss(f"non-finite loss at step {prog.global_step}")
@@ -408,19 +510,47 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
     return loss_sum.item() / max(steps_run, 1)
 
 
-@torch.inference_mode()
-def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_files: set[str]) -> dict[str, float]:
-    """Top-1 / top-5 error of one centre crop per validation image; shared across processes."""
-    from .data import collate
-    from .metrics import topk_correct
+def _progress_text(prog: Progress, total: int, loss: float, lr: float, ips: float, eta: float) -> str:
+    return (f"epoch {prog.epoch + 1} step {prog.step_in_epoch}/{total} loss {loss:.4f} lr {lr:.2e} "
+            f"{ips:,.0f} img/s ETA {eta:.0f}s")  # fmt: skip
 
-    model.eval()
+
+def make_val_loader(cfg: TrainConfig, dataset, d: Dist, workers: int, device: torch.device, kind: str = "cpu"):
+    """The validation batches (this process's share, in order, fixed size but the last), made once per run.
+
+    ``kind`` "gpu" (the training data path's choice, on CUDA): :class:`~vggnet.data.gpu.GPULoader` with the
+    centre-crop transform, decoded by nvJPEG; "cpu": worker processes, pinned memory on CUDA.
+    """
     n = len(dataset)
     idx = list(range(d.rank, n, d.world))
     bs = max(1, cfg.batch_size // (d.world * cfg.accum_steps))
     batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                                         num_workers=min(_workers(cfg, d), 4))  # fmt: skip
+    if kind == "gpu":
+        from .data.gpu import GPULoader
+
+        return GPULoader(dataset.samples, dataset.transform, batch_sampler=batches, device=device,
+                         num_workers=min(workers, 8),
+                         channels_last=cfg.channels_last and device.type == "cuda")  # fmt: skip
+    from .data import collate
+
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+                                       pin_memory=device.type == "cuda")  # fmt: skip
+
+
+@torch.inference_mode()
+def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_files: set[str],
+             loader=None) -> dict[str, float]:
+    """Top-1 / top-5 error of one centre crop per validation image; shared across processes.
+
+    ``model`` should be the uncompiled module: a compiled one would compile again for eval mode under
+    inference_mode and again for the smaller last batch, for a few seconds of validation. ``loader``: from
+    :func:`make_val_loader` (made here, on the CPU path, when None).
+    """
+    from .metrics import topk_correct
+
+    model.eval()
+    if loader is None:
+        loader = make_val_loader(cfg, dataset, d, min(_workers(cfg, d), 4), device)
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # images, top-1 correct, top-5 correct
     for images, labels, bad in loader:
         bad_files.update(bad)
@@ -439,6 +569,25 @@ def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_fi
     total, c1, c5 = counts.tolist()
     total = max(total, 1.0)
     return {"val_top1_err": 1 - c1 / total, "val_top5_err": 1 - c5 / total, "val_images": int(total)}
+
+
+def compile_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The training step's module: torch.compile'd on CUDA (``cfg.compile``), the module itself elsewhere.
+    Only the training step runs it, always at one batch shape (see :func:`pad_batch`): one graph a run."""
+    return torch.compile(model) if device.type == "cuda" and cfg.compile else model
+
+
+def setup_backends(cfg: TrainConfig, device_kind: str) -> None:
+    """Determinism and the CUDA math settings; before any CUDA work."""
+    cuda = device_kind == "cuda"
+    if cfg.deterministic:
+        if cuda:  # cuBLAS is deterministic only with a fixed workspace; torch refuses CUDA matmuls without one
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    if cuda:
+        torch.backends.cudnn.benchmark = not cfg.deterministic  # autotuning may pick another algorithm each run
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
@@ -517,6 +666,7 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         run = Path(cfg.out) if cfg.out else None
 
     device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    setup_backends(cfg, device_kind)
     d = setup_distributed(device_kind)
     device = pick_device(cfg.device, d)
     if run is None:
@@ -532,13 +682,7 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
     torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
     np.random.seed((cfg.seed + d.rank) % 2**32)
     random.seed(cfg.seed + d.rank)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     log = Logger(run, d.main, cfg.tensorboard)
 
     from .data import Stats
@@ -578,9 +722,7 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         stats.save(run / runs.STATS_FILE)
         atomic_write(run / runs.CLASSES_FILE, lambda tmp: Path(tmp).write_text(json.dumps(classes)))
 
-    net = model
-    if cuda and cfg.compile:
-        net = torch.compile(net)  # compile before DDP wrapping; checkpoints save the unwrapped module
+    net = compile_model(model, cfg, device)  # before DDP wrapping; checkpoints save the unwrapped module
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
     amp = cuda and cfg.amp
@@ -590,6 +732,7 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
 
     plan = BatchPlan(len(train_set), cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
     loader, loader_kind = make_train_loader(cfg, train_set, plan, _workers(cfg, d), device)
+    val_loader = make_val_loader(cfg, val_set, d, _workers(cfg, d), device, loader_kind)
     bad_files: set[str] = set()
 
     def save_ckpt() -> None:
@@ -625,7 +768,7 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
             if prog.step_in_epoch < plan.steps_per_epoch:  # stopped by max_steps inside the epoch
                 save_ckpt()
                 break
-            metrics = validate(net, val_set, cfg, device, autocast, d, bad_files)
+            metrics = validate(model, val_set, cfg, device, autocast, d, bad_files, val_loader)  # uncompiled
             plateau.step(metrics["val_top1_err"])
             prog.epoch, prog.step_in_epoch = epoch + 1, 0
             record = dict(epoch=epoch + 1, step=prog.global_step, train_loss=train_loss, lr=optimizer.param_groups[0]["lr"],
@@ -660,7 +803,7 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         if d.main:
             _write_bad_files(run, bad_files)
     if d.main and not interrupted:
-        log.line(f"done in {time.perf_counter() - started:.0f}s: {run}")
+        log.line(f"done in {time.perf_counter() - started:.0f}s: {run}" + _fallbacks(loader, val_loader))
     if interrupted:
         raise KeyboardInterrupt
     return run
@@ -673,6 +816,15 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _fallbacks(*loaders) -> str:
+    """The GPU data path's decoding fallbacks over the run (this process's share), for the summary line."""
+    from .data.gpu import fallback_summary
+
+    counts = sum((getattr(loader, "counts", Counter()) for loader in loaders), Counter())
+    text = fallback_summary(counts)
+    return f"; GPU data path: {text}" if text else ""
 
 
 def _write_bad_files(run: Path, bad: set[str]) -> None:

@@ -1,8 +1,9 @@
 """The GPU data path: JPEG decoding in batches on the GPU (nvJPEG through torchvision) and the paper's
 augmentation as batched tensor operations on any device, overlapped with the training step.
 
-DataLoader workers only read the files' bytes, check their headers (no decompression bombs reach the GPU)
-and draw each sample's :class:`~vggnet.data.transforms.AugParams` with the same
+DataLoader workers only read the files' bytes, check their headers (no decompression bombs reach the GPU;
+CMYK/YCCK JPEGs and other formats are routed to the CPU decoder; each crop's resampling window is worked out
+from the header's size) and draw each sample's :class:`~vggnet.data.transforms.AugParams` with the same
 :meth:`~vggnet.data.transforms.ImageTransform.sample` as the CPU path; a batch leaves the workers as one
 tensor of bytes (one shared-memory segment, not one per image). The main process decodes the batch on the
 device and applies :func:`augment_batch`, which uses the CPU path's own ``transform.resample`` and
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -38,8 +40,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .dataset import Sample
-from .io import BadImageError, ImageReadMode, decode_bytes, decode_jpeg, probe, read_bytes
-from .transforms import AugParams, ImageTransform
+from .io import BadImageError, ImageReadMode, decode_bytes, decode_jpeg, header, read_bytes
+from .transforms import AugParams, CropWindow, ImageTransform, resample_windows
 
 log = logging.getLogger(__name__)
 
@@ -66,67 +68,120 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+# JPEGs nvJPEG decodes to RGB (Pillow's header modes): CMYK and YCCK ones (Pillow's "CMYK") go to the CPU decoder
+NVJPEG_MODES = ("RGB", "L")
+
+
+def route(fmt: str, mode: str) -> str:
+    """"gpu" for a JPEG the batched nvJPEG call takes, "cpu" for every other image (from the header alone)."""
+    return "gpu" if fmt == "JPEG" and mode in NVJPEG_MODES else "cpu"
+
+
 def decode_batch(
-    datas: Sequence[torch.Tensor | None], device: str | torch.device = "cuda", paths: Sequence[str] | None = None
+    datas: Sequence[torch.Tensor | None], device: str | torch.device = "cuda", paths: Sequence[str] | None = None,
+    routes: Sequence[str] | None = None, counts: Counter | None = None,
 ) -> list[torch.Tensor | None]:
     """Decode encoded images (1-D uint8 CPU tensors) to (3, H, W) uint8 RGB tensors on ``device``.
 
-    The JPEGs go to ``torchvision.io.decode_jpeg`` in one batched call (nvJPEG on CUDA). Other formats, and
-    JPEGs the batched call refuses (it fails as a whole: then each is retried alone), go through the CPU
-    decoder :func:`~vggnet.data.io.decode_bytes`. A bad or missing (None) input gives None, logged by path.
+    The JPEGs go to ``torchvision.io.decode_jpeg`` in one batched call (nvJPEG on CUDA). ``routes`` (from the
+    workers' header probe, :func:`route`) sends CMYK/YCCK JPEGs and other formats straight to the CPU decoder
+    :func:`~vggnet.data.io.decode_bytes`; without it the JPEG magic number decides. A batched call that fails
+    fails as a whole: the batch is split in halves and each half retried, down to single images, which then
+    go to the CPU decoder. A bad or missing (None) input gives None, logged by path.
+
+    ``counts`` (a Counter) is increased by the fallbacks: ``cpu`` images decoded on the CPU by route,
+    ``refused`` JPEGs the device decoder refused (then decoded on the CPU), ``splits`` failed batched calls.
     """
     if decode_jpeg is None:
         raise RuntimeError("the GPU data path needs torchvision.io.decode_jpeg (torchvision < 0.30)")
     device = torch.device(device)
     paths = list(paths) if paths is not None else [f"<batch item {i}>" for i in range(len(datas))]
+    counts = Counter() if counts is None else counts
+    if routes is None:
+        routes = ["gpu" if d is not None and _is_jpeg(d) else "cpu" for d in datas]  # one check an image
     out: list[torch.Tensor | None] = [None] * len(datas)
-    jpegs = [i for i, d in enumerate(datas) if d is not None and _is_jpeg(d)]
-    others = [i for i, d in enumerate(datas) if d is not None and not _is_jpeg(d)]
+    jpegs = [i for i, d in enumerate(datas) if d is not None and routes[i] == "gpu"]
+    others = [i for i, d in enumerate(datas) if d is not None and routes[i] != "gpu"]
     if jpegs:
-        try:
-            decoded = decode_jpeg([datas[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-            for i, img in zip(jpegs, decoded):
-                out[i] = img
-        except RuntimeError:
-            for i in jpegs:
-                try:
-                    out[i] = decode_jpeg(datas[i], mode=ImageReadMode.RGB, device=device)
-                except RuntimeError:
-                    out[i] = _decode_cpu(datas[i], paths[i], device)  # CMYK on nvJPEG, truncated files, ...
+        _decode_jpegs(jpegs, datas, device, paths, out, counts)
     for i in others:
+        counts["cpu"] += 1
         out[i] = _decode_cpu(datas[i], paths[i], device)
     return out
 
 
+def _decode_jpegs(idx: list[int], datas, device, paths, out, counts: Counter) -> None:
+    try:
+        for i, img in zip(idx, decode_jpeg([datas[i] for i in idx], mode=ImageReadMode.RGB, device=device)):
+            out[i] = img
+    except RuntimeError as e:
+        if len(idx) == 1:  # a truncated file, a flavour nvJPEG refuses, ...: the CPU decoder has the last word
+            counts["refused"] += 1
+            log.info("the batched JPEG decoder refused %s (%s): decoding it on the CPU", paths[idx[0]], e)
+            out[idx[0]] = _decode_cpu(datas[idx[0]], paths[idx[0]], device)
+            return
+        counts["splits"] += 1  # halves: one bad file in 256 costs 2 log2(256) = 16 calls, not 256
+        half = len(idx) // 2
+        _decode_jpegs(idx[:half], datas, device, paths, out, counts)
+        _decode_jpegs(idx[half:], datas, device, paths, out, counts)
+
+
+def fallback_summary(counts: Counter) -> str:
+    """One line on the GPU path's fallbacks, for the run's summary ("" when there were none)."""
+    cpu, refused, splits = counts.get("cpu", 0), counts.get("refused", 0), counts.get("splits", 0)
+    if not (cpu or refused):
+        return ""
+    return (f"{cpu + refused} images decoded on the CPU ({cpu} not RGB or grey JPEGs, {refused} refused by the "
+            f"device decoder after {splits} failed batched calls)")  # fmt: skip
+
+
 def augment_batch(
-    images: Sequence[torch.Tensor], params: Sequence[AugParams], transform: ImageTransform
+    images: Sequence[torch.Tensor], params: Sequence[AugParams], transform: ImageTransform,
+    windows: Sequence[CropWindow | None] | None = None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Apply ``transform``'s rescale, crop, flip, colour shift and normalisation to a batch of decoded images.
 
-    Images may differ in size and live on any device. The resampling runs per image (each has its own size and
-    scale S); flips, colour shifts and normalisation run once on the stacked (N, 3, crop, crop) batch. With
+    Images may differ in size and live on any device. A training crop's resampling window (``windows``, from
+    the workers, or computed here from the images' sizes) lets images of one size at one S share a resampling
+    call (:func:`~vggnet.data.transforms.resample_windows`); the test transform resamples per image. Flips,
+    colour shifts and normalisation run once on the stacked (N, 3, crop, crop) batch. With
     ``transform.crop_size`` None (whole images for dense evaluation) the result is a list of tensors.
     """
     if len(images) != len(params):
         raise ValueError(f"{len(images)} images but {len(params)} parameter sets")
-    crops = [transform.resample(img, p) for img, p in zip(images, params)]
     alpha = [p.alpha for p in params]
     if transform.crop_size is None:
+        crops = [transform.resample(img, p) for img, p in zip(images, params)]
         return [transform.normalize(x.flip(-1) if p.flip else x, a) for x, p, a in zip(crops, params, alpha)]
-    if not crops:
+    if not images:
         return torch.empty(0, 3, transform.crop_size, transform.crop_size)
-    x = torch.stack(crops)
+    if windows is None:
+        windows = [transform.window(img.shape[-2], img.shape[-1], p) for img, p in zip(images, params)]
+    if all(w is not None for w in windows):
+        x = resample_windows(images, windows, transform.crop_size)
+    else:
+        x = torch.stack([transform.resample(img, p) for img, p in zip(images, params)])
     flip = to_device(torch.tensor([p.flip for p in params]), x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return transform.normalize(x, alpha)
 
 
+@dataclass(frozen=True)
+class Header:
+    """What a worker learns from a file's header: the decoder it needs (:func:`route`) and the crop's
+    resampling window (None: the transform resamples the whole image)."""
+
+    route: str
+    window: CropWindow | None
+
+
 class EncodedDataset(Dataset):
-    """The worker side of the GPU path: ``dataset[key] -> (bytes tensor or None, label, path, AugParams)``.
+    """The worker side of the GPU path: ``dataset[key] -> (bytes tensor or None, label, path, AugParams, Header)``.
 
     Keys are indices or (index, seed) pairs, as for :class:`~vggnet.data.ImageDataset`; the parameters come
     from ``transform.sample`` with the same generator, so they equal the CPU path's. Files that cannot be read,
-    or whose header is not an image Pillow accepts (including decompression bombs), give None.
+    or whose header is not an image Pillow accepts (including decompression bombs), give None. The header also
+    gives the decoder route and the resampling window (:class:`Header`).
     """
 
     def __init__(self, samples: Sequence[Sample], transform: ImageTransform) -> None:
@@ -136,7 +191,7 @@ class EncodedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor | None, int, str, AugParams]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor | None, int, str, AugParams, Header]:
         if isinstance(key, (tuple, list)):
             index, generator = int(key[0]), torch.Generator().manual_seed(int(key[1]))
         else:
@@ -145,11 +200,13 @@ class EncodedDataset(Dataset):
         params = self.transform.sample(generator)
         try:
             data = read_bytes(path)
-            probe(data, path)
+            head = header(data, path)
         except BadImageError as e:
             log.warning("skipping bad image %s: %s", path, e.reason)
-            return None, int(label), str(path), params
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), int(label), str(path), params
+            return None, int(label), str(path), params, Header("cpu", None)
+        # the per-image arithmetic here, in the worker processes, rather than in the main process's threads
+        info = Header(route(head.format, head.mode), self.transform.window(head.height, head.width, params))
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), int(label), str(path), params, info
 
 
 @dataclass
@@ -162,6 +219,7 @@ class EncodedBatch:
     labels: torch.Tensor  # int64 (N,)
     paths: list[str]
     params: list[AugParams]
+    headers: list[Header] | None = None
 
     def datas(self) -> list[torch.Tensor | None]:
         """Each file's bytes (a view into ``data``), None where the file could not be read."""
@@ -174,11 +232,12 @@ class EncodedBatch:
 
 def collate_encoded(batch) -> EncodedBatch:
     """Pack a batch of :class:`EncodedDataset` items into one :class:`EncodedBatch`."""
-    datas, labels, paths, params = zip(*batch)
+    datas, labels, paths, params, headers = zip(*batch)
     sizes = [0 if d is None else d.numel() for d in datas]
     present = [d for d in datas if d is not None]
     data = torch.cat(present) if present else torch.empty(0, dtype=torch.uint8)
-    return EncodedBatch(data, sizes, torch.tensor(labels, dtype=torch.int64), list(paths), list(params))
+    return EncodedBatch(data, sizes, torch.tensor(labels, dtype=torch.int64), list(paths), list(params),
+                        list(headers))  # fmt: skip
 
 
 # ---- running a stage ahead in a thread ----------------------------------------------------------------------
@@ -194,17 +253,25 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(o)
 
 
-def background(source: Iterable, fn: Callable[[Any], Any], depth: int, device: torch.device) -> Iterator[Any]:
+def new_stream(device: torch.device):
+    """A CUDA stream on ``device``; None elsewhere."""
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
+def background(source: Iterable, fn: Callable[[Any], Any], depth: int, device: torch.device,
+               stream=None) -> Iterator[Any]:  # fmt: skip
     """``fn(item)`` for each item of ``source``, in order, computed up to ``depth`` items ahead in a thread.
 
     On CUDA the thread runs ``fn`` on its own stream. Each result is handed over without a host sync: the
     consumer's current stream waits on an event recorded after ``fn``'s work, and the result's tensors (also
     inside lists and tuples) are marked as used on the consumer's stream. An exception in the thread is raised
     in the consumer. Closing the generator (the consumer breaks out of its loop or raises) stops the thread and
-    waits for it, so ``source`` is never read by two threads at once.
+    waits for it, so ``source`` is never read by two threads at once. ``stream``: the thread's CUDA stream (a
+    new one when None).
     """
     cuda = device.type == "cuda"
-    stream = torch.cuda.Stream(device) if cuda else None
+    if cuda and stream is None:
+        stream = new_stream(device)
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
@@ -278,7 +345,10 @@ class GPULoader:
         batch_sampler: instead of ``sampler`` and ``batch_size``: yields lists of keys, one list a batch (the
             training loop's :class:`~vggnet.train.BatchPlan`).
         channels_last: return the images in channels-last memory format (the layout the net runs in on CUDA).
-        prefetch: batches prepared ahead, per stage.
+        prefetch: batches prepared ahead, per stage; at least 1 on CUDA.
+
+    ``counts`` adds up the decoding fallbacks over the loader's life (see :func:`decode_batch`,
+    :func:`fallback_summary`).
     """
 
     def __init__(
@@ -297,6 +367,11 @@ class GPULoader:
     ) -> None:
         if transform.crop_size is None:
             raise ValueError("GPULoader stacks crops; use a transform with a crop size")
+        device = torch.device(device)
+        if device.type == "cuda" and prefetch <= 0:
+            # in the caller's thread nvJPEG would decode on the default stream behind the queued training step,
+            # and its hardware engine does not wait for queued work (torchvision's notes on decode_jpeg)
+            raise ValueError("GPULoader needs prefetch >= 1 on CUDA (decoding runs on its own stream in a thread)")
         if batch_sampler is not None:
             if sampler is not None or batch_size is not None:
                 raise ValueError("pass either batch_sampler, or sampler and batch_size")
@@ -305,11 +380,12 @@ class GPULoader:
             batching = dict(sampler=sampler, batch_size=batch_size, drop_last=drop_last)
         else:
             raise ValueError("pass a batch_size (with a sampler, or None for indices in order) or a batch_sampler")
-        device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())  # the threads must not fall back to GPU 0
         self.transform, self.device = transform, device
         self.channels_last, self.prefetch = channels_last, prefetch
+        self.counts: Counter = Counter()
+        self._streams: tuple | None = None  # (decode, augment): made once, not per epoch
         self.loader = DataLoader(
             EncodedDataset(samples, transform), num_workers=num_workers, collate_fn=collate_encoded,
             persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None, **batching,
@@ -320,14 +396,16 @@ class GPULoader:
 
     def decode(self, batch: EncodedBatch) -> tuple[list[torch.Tensor | None], EncodedBatch]:
         """Stage 1: the batch's images decoded on the device (None for bad files)."""
-        return decode_batch(batch.datas(), self.device, batch.paths), batch
+        routes = [h.route for h in batch.headers] if batch.headers else None
+        return decode_batch(batch.datas(), self.device, batch.paths, routes, self.counts), batch
 
     def augment(self, decoded: tuple[list[torch.Tensor | None], EncodedBatch]):
         """Stage 2: (images [N, 3, c, c], labels [N], bad paths), bad files dropped."""
         images, batch = decoded
         keep = [i for i, img in enumerate(images) if img is not None]
         bad = [batch.paths[i] for i, img in enumerate(images) if img is None]
-        x = augment_batch([images[i] for i in keep], [batch.params[i] for i in keep], self.transform)
+        windows = [batch.headers[i].window for i in keep] if batch.headers else None
+        x = augment_batch([images[i] for i in keep], [batch.params[i] for i in keep], self.transform, windows)
         x = x.to(self.device)  # an empty batch is made on the CPU
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -339,5 +417,7 @@ class GPULoader:
             for batch in batches:
                 yield self.augment(self.decode(batch))
             return
-        decoded = background(batches, self.decode, self.prefetch, self.device)
-        yield from background(decoded, self.augment, self.prefetch, self.device)
+        if self._streams is None:
+            self._streams = (new_stream(self.device), new_stream(self.device))
+        decoded = background(batches, self.decode, self.prefetch, self.device, self._streams[0])
+        yield from background(decoded, self.augment, self.prefetch, self.device, self._streams[1])

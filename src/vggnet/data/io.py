@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -78,10 +79,23 @@ def _open(data: bytes, path: str | os.PathLike) -> Image.Image:
     return im
 
 
+class ImageHeader(NamedTuple):
+    format: str  # Pillow's name: "JPEG", "PNG", ...
+    mode: str  # Pillow's mode: "RGB", "L", "CMYK" (CMYK and YCCK JPEGs), ...
+    height: int
+    width: int
+
+
+def header(data: bytes, path: str | os.PathLike = "<bytes>") -> ImageHeader:
+    """Format, mode and size of encoded image bytes, from the header alone; :class:`BadImageError` if bad."""
+    with _open(data, path) as im:
+        return ImageHeader(im.format or "", im.mode, im.height, im.width)
+
+
 def probe(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[str, int, int]:
     """(format, height, width) of encoded image bytes, from the header alone; :class:`BadImageError` if bad."""
-    with _open(data, path) as im:
-        return im.format or "", im.height, im.width
+    h = header(data, path)
+    return h.format, h.height, h.width
 
 
 def _pil_to_tensor(im: Image.Image) -> torch.Tensor:

@@ -90,6 +90,32 @@ def _span(offset: int, crop: int, f: float, size: int) -> tuple[int, int, int]:
     return r0, r1, round((start - r0) * f)
 
 
+@dataclass(frozen=True)
+class CropWindow:
+    """Where :func:`resized_crop` reads and resamples: source rows [y0, y1) and columns [x0, x1), resampled at
+    scales (fy, fx), of which the crop starts at (ky, kx). It depends only on the image's size and the sample's
+    :class:`AugParams`, so the GPU path's workers compute it from the file's header (:func:`crop_window`)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    ky: int
+    kx: int
+    fy: float
+    fx: float
+
+
+def crop_window(height: int, width: int, size: int, crop: int, top: float = 0.5, left: float = 0.5) -> CropWindow:
+    """The :class:`CropWindow` of :func:`resized_crop` for a height x width image."""
+    _, _, t, l = crop_offsets(height, width, AugParams(size, top, left), crop)
+    nh, nw = rescaled_size(height, width, size)
+    fy, fx = nh / height, nw / width
+    y0, y1, ky = _span(t, crop, fy, height)
+    x0, x1, kx = _span(l, crop, fx, width)
+    return CropWindow(y0, y1, x0, x1, ky, kx, fy, fx)
+
+
 def resized_crop(img: torch.Tensor, size: int, crop: int | None, top: float = 0.5, left: float = 0.5) -> torch.Tensor:
     """The crop of an image isotropically rescaled to smaller side ``size``, at fractional position (top, left).
 
@@ -104,18 +130,49 @@ def resized_crop(img: torch.Tensor, size: int, crop: int | None, top: float = 0.
     h, w = img.shape[-2:]
     if crop is None:
         return rescale(img if img.device.type == "cpu" or img.is_floating_point() else img.float(), size)
-    _, _, t, l = crop_offsets(h, w, AugParams(size, top, left), crop)
-    nh, nw = rescaled_size(h, w, size)
-    fy, fx = nh / h, nw / w
-    y0, y1, ky = _span(t, crop, fy, h)
-    x0, x1, kx = _span(l, crop, fx, w)
-    region = img[..., y0:y1, x0:x1]
-    if not (region.is_floating_point() or region.device.type == "cpu"):
-        region = region.float()  # the CUDA antialiased kernel takes floating point only
-    batched = region.dim() == 4
-    out = _resample(region if batched else region[None], [ky + crop, kx + crop], False, fy, fx)
-    out = out[..., ky : ky + crop, kx : kx + crop]
+    batched = img.dim() == 4
+    out = resample_windows(img if batched else img[None], [crop_window(h, w, size, crop, top, left)], crop)
     return out if batched else out[0]
+
+
+def resample_windows(images, windows: Sequence[CropWindow], crop: int) -> torch.Tensor:
+    """The crops of :func:`resized_crop` for a batch: image i ((3, H_i, W_i), or a stack) through ``windows[i]``;
+    (N, 3, crop, crop).
+
+    Windows at one scale (images of one size at one S, common in fixed-scale training) are resampled in one
+    call. Two facts make that exact: the scales are passed explicitly, so an output pixel does not depend on
+    the output's size, and a window already covers its crop's filter support, so reading a few more source
+    rows or columns (up to the group's largest window, where the image has them) changes no crop pixel. Each
+    crop is then cut from the common output at its own (ky, kx).
+    """
+    by_scale: dict[tuple[float, float], list[int]] = {}
+    for i, win in enumerate(windows):
+        by_scale.setdefault((win.fy, win.fx), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(windows)
+    for (fy, fx), members in by_scale.items():
+        rh = max(windows[i].y1 - windows[i].y0 for i in members)
+        rw = max(windows[i].x1 - windows[i].x0 for i in members)
+        fits = [i for i in members
+                if windows[i].y0 + rh <= images[i].shape[-2] and windows[i].x0 + rw <= images[i].shape[-1]]
+        rest = [i for i in members if i not in set(fits)]
+        groups = [(fits, rh, rw)] if fits else []
+        for i in rest:  # windows at the image's far edge cannot grow: one call each
+            groups.append(([i], windows[i].y1 - windows[i].y0, windows[i].x1 - windows[i].x0))
+        for idx, h, w in groups:
+            wins = [windows[i] for i in idx]
+            regions = [images[i][..., v.y0 : v.y0 + h, v.x0 : v.x0 + w] for i, v in zip(idx, wins)]
+            region = torch.stack(regions) if len(regions) > 1 else regions[0][None]
+            if not (region.is_floating_point() or region.device.type == "cpu"):
+                region = region.float()  # the CUDA antialiased kernel takes floating point only
+            oh, ow = max(v.ky for v in wins) + crop, max(v.kx for v in wins) + crop
+            # torch's CPU kernel copies an axis whose output size equals its input size, whatever the scale:
+            # one more output row (or column) keeps it resampling at fy (fx)
+            oh += oh == h and fy != 1.0
+            ow += ow == w and fx != 1.0
+            res = _resample(region, [oh, ow], False, fy, fx)
+            for j, (i, v) in enumerate(zip(idx, wins)):
+                out[i] = res[j, :, v.ky : v.ky + crop, v.kx : v.kx + crop]
+    return torch.stack(out) if len(out) > 1 else out[0][None]
 
 
 def colour_shift(alpha: Sequence[float], eigval: Sequence[float], eigvec: Sequence[Sequence[float]]) -> list[float]:
@@ -174,6 +231,13 @@ class ImageTransform:
     def resample(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
         """The rescaled (and cropped) image, before flip and normalisation: uint8 on the CPU."""
         return resized_crop(img, params.scale, self.crop_size, params.top, params.left)
+
+    def window(self, height: int, width: int, params: AugParams) -> CropWindow | None:
+        """Where :meth:`resample` reads a height x width image (see :func:`resample_windows`); None when it
+        resamples the whole image (no crop, or the test transform's exact rescale-then-crop)."""
+        if self.crop_size is None:
+            return None
+        return crop_window(height, width, params.scale, self.crop_size, params.top, params.left)
 
     def apply(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
         """Rescale, crop, flip, colour-shift and normalise one decoded (3, H, W) image."""
@@ -253,6 +317,9 @@ class EvalTransform(ImageTransform):
 
     def sample(self, generator: torch.Generator | None = None) -> AugParams:
         return AugParams(self.size)  # centred, unflipped, no colour shift
+
+    def window(self, height: int, width: int, params: AugParams) -> None:
+        return None  # resample below rescales the whole image
 
     def resample(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
         # The whole rescale, then the crop: exact, unlike resized_crop's half-pixel rounding, and at test time
