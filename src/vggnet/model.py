@@ -8,6 +8,7 @@ evaluation share one set of weights.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -336,19 +337,47 @@ class VGG(nn.Module):
         return total
 
 
-def create_model(name: str = "D", num_classes: int = 1000, **options: Any) -> VGG:
+def create_model(
+    name: str = "D",
+    num_classes: int | None = None,
+    pretrained: str | os.PathLike | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **options: Any,
+) -> nn.Module:
     """Build a VGG net by config letter ("A", "A-LRN", "B", "C", "D", "E") or alias ("vgg16", "vgg16_bn", ...).
 
     Options: ``width``, ``fc_width``, ``crop_size``, ``dropout``, ``batch_norm`` (overrides the name's _bn),
-    ``in_chans``, and ``init`` ("paper", the default: N(0, variance 1e-2) weights and zero biases; "glorot";
-    "kaiming"), ``seed`` (an int: the init is drawn from torch.Generator seeded with it).
+    ``in_chans``, ``inplace_relu``, and ``init`` ("paper", the default: N(0, variance 1e-2) weights and zero
+    biases; "glorot"; "kaiming"), ``seed`` (an int: the init is drawn from torch.Generator seeded with it).
+
+    ``pretrained``: weights to load, downloaded only when asked (vggnet.pretrained): a local file, a URL, or a
+    named source ("torchvision:vgg16", "timm:vgg16.tv_in1k", "caffe:vgg16"); the model then carries their
+    input convention in ``model.pretrained_cfg`` (``normalize="imagenet" | "caffe" | "mean:R,G,B"`` states it for
+    a file that has none). ``num_classes`` (default: the weights' classes, else 1000) other than the weights'
+    keeps every layer but the last. ``features_only=True``: the conv layers alone (``VGGFeatures``, no FC
+    layer allocated) returning the maps of the stages ``out_indices`` (0-4 the last ReLU of each block,
+    5 pool5) or of ``layers=[...]`` by the paper's names.
     """
+    if pretrained is not None or features_only:
+        # imported here: both modules build on this one
+        from .features import VGGFeatures
+        from .pretrained import load_pretrained
+
+        options.pop("init", None), options.pop("seed", None)
+        if pretrained is not None:
+            return load_pretrained(name, pretrained, num_classes, features_only, out_indices, **options)
+        config, bn = parse_name(name)
+        if options.get("batch_norm") is None:
+            options["batch_norm"] = bn
+        keep = ("width", "batch_norm", "in_chans", "layers", "inplace_relu")
+        return VGGFeatures(config, out_indices=out_indices, **{k: v for k, v in options.items() if k in keep})
     config, bn = parse_name(name)
     init = options.pop("init", "paper")
     seed = options.pop("seed", None)
     if options.get("batch_norm") is None:
         options["batch_norm"] = bn
-    model = VGG(config, num_classes=num_classes, **options)
+    model = VGG(config, num_classes=1000 if num_classes is None else num_classes, **options)
     if init != "paper" or seed is not None:
         from .init import init_weights
 
