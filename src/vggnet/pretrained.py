@@ -34,9 +34,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .configs import parse_name
-from .model import VGG
-from .weights import PRETRAINED_CFG_KEY, check_state_dict, convert_state_dict, read_state_dict, unwrap
+from .configs import CONFIGS, parse_name, parse_token
+from .model import VGG, layer_names
+from .weights import (
+    PRETRAINED_CFG_KEY,
+    _is_caffe_named,
+    check_state_dict,
+    convert_state_dict,
+    from_caffe_names,
+    read_state_dict,
+    unwrap,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -296,7 +304,7 @@ def _infer_arch(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def load_pretrained(
-    name: str,
+    name: str | None,
     pretrained: str | os.PathLike,
     num_classes: int | None = None,
     features_only: bool = False,
@@ -306,8 +314,8 @@ def load_pretrained(
 ) -> nn.Module:
     """``create_model(name, pretrained=...)``: build the net the weights fit, load them, attach the convention.
 
-    The architecture comes from the file's metadata (our files), else from the tensors' shapes; ``options``
-    override it. A ``num_classes`` other than the weights' keeps every layer but the last (a new one).
+    The architecture comes from the file's metadata (our files), else from the tensors' shapes (the config too
+    when ``name`` is None); ``options`` override it. A ``num_classes`` other than the weights' keeps every layer but the last (a new one).
     ``normalize`` states the convention of a file that does not carry one (``imagenet``, ``caffe``, ``mean:R,G,B``).
     With ``features_only`` only the conv layers are built and loaded (fc6 is never allocated).
     """
@@ -323,16 +331,25 @@ def load_pretrained(
             raise WeightsError(f"{path} was not a readable weights file (truncated download?) and was removed; "
                                f"run again to download it anew") from None  # fmt: skip
         raise WeightsError(str(e).splitlines()[0]) from None
-    sd = convert_state_dict(sd, None)
     if source:
         config, bn = parse_name(SOURCES[source]["arch"])
-        arch: dict[str, Any] = dict(config=config, batch_norm=bn)
+    elif name is None and "vggnet.arch" not in meta:
+        found = infer_config(sd)
+        if found is None:
+            raise WeightsError(f"{path}: no VGG config of Table 1 has these layers (first key {next(iter(sd), None)}); "
+                               f"is it a VGG state dict?")  # fmt: skip
+        config, bn = found
     else:
-        config, bn = parse_name(name)
-        arch = dict(config=config, batch_norm=bn)
+        config, bn = parse_name(name or "D")
+    arch: dict[str, Any] = dict(config=config, batch_norm=bn)
     if "vggnet.arch" in meta:
         arch.update(json.loads(meta["vggnet.arch"]))
-    else:
+    if options.get("batch_norm") is not None:
+        arch["batch_norm"] = options["batch_norm"]
+    if _is_caffe_named(sd):
+        sd = from_caffe_names(sd, arch["config"], arch["batch_norm"])
+    sd = convert_state_dict(sd, None)
+    if "vggnet.arch" not in meta:
         arch.update(_infer_arch(sd))
     arch.update({k: v for k, v in options.items() if v is not None})
     file_classes = arch.get("num_classes", 1000)
@@ -375,3 +392,50 @@ def load_pretrained(
 
 _VGG_ARGS = ("config", "num_classes", "width", "fc_width", "crop_size", "dropout", "batch_norm", "in_chans",
              "inplace_relu")  # fmt: skip
+
+
+def infer_config(sd: dict[str, torch.Tensor]) -> tuple[str, bool] | None:
+    """``(config, batch_norm)`` whose conv layers a state dict (ours, torchvision's, timm's or Caffe-named)
+    has, from its conv keys and kernel sizes; None if none fits. A-LRN has A's keys: A is returned."""
+    caffe = _is_caffe_named(sd)
+    for config in CONFIGS:
+        for bn in (False, True):
+            names = layer_names(config, bn)
+            convs = [(n, f"features.{i}.weight") for i, n in enumerate(names) if n.startswith("conv")]
+            kernels = [parse_token(t)[1] for t in CONFIGS[config] if parse_token(t)[0] == "conv"]
+            keys = [n + ".weight" for n, _ in convs] if caffe else [k for _, k in convs]
+            have = sorted(k for k, v in sd.items() if v.dim() == 4 and (k.startswith("conv") if caffe else k.startswith("features.")))
+            if sorted(keys) != have or any(sd[k].shape[-1] != kk for k, kk in zip(keys, kernels)):
+                continue
+            if not caffe and bn != any(k.endswith("running_mean") for k in sd):
+                continue
+            return config, bn
+    return None
+
+
+def convention(spec: str | os.PathLike) -> str | None:
+    """"imagenet" or "caffe" for a named source (the convention its weights expect), None for files and URLs."""
+    name = _canonical(str(spec))
+    return SOURCES[name]["convention"] if name else None
+
+
+def init_from_pretrained(model: nn.Module, spec: str | os.PathLike) -> str:
+    """Load released weights into ``model`` for fine-tuning (``vgg train --init-from torchvision:vgg16``): every
+    layer, except a last layer of another number of classes, which keeps its fresh init. Caffe weights are
+    folded (the model then takes RGB on [0, 1] minus the mean, like the paper's own runs). Returns a log line."""
+    target = unwrap(model)
+    path, source = resolve(spec)
+    sd, _ = read_state_dict(path)
+    if _is_caffe_named(sd):
+        sd = from_caffe_names(sd, target.arch["config"], target.arch["batch_norm"])
+    sd = convert_state_dict(sd, None)
+    own = target.state_dict()
+    new_head = "classifier.6.weight" in sd and sd["classifier.6.weight"].shape != own["classifier.6.weight"].shape
+    if new_head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.6.")}
+        sd.update({k: v for k, v in own.items() if k.startswith("classifier.6.")})
+    check_state_dict(target, sd, source or path)
+    target.load_state_dict(sd)
+    if source and SOURCES[source]["convention"] == "caffe":
+        fold_caffe(target)
+    return f"init from {source or path}: " + ("all layers but the last (new classes)" if new_head else "all layers")
