@@ -1169,10 +1169,11 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     runs = [load_run(p) for p in args.runs]
     if not runs and not args.weights:
         raise ValueError("nothing to evaluate: give run folders (vgg eval RUN) or --weights FILE|SOURCE --data DIR")
-    if not runs and args.data is None:
-        raise ValueError("--weights have no validation data of their own; pass --data DIR (DIR/<class>/<image>)")
+    if not runs and (args.data is None or not Path(args.data).expanduser().is_dir()):
+        raise ValueError(f"--weights have no validation data of their own; pass --data DIR (DIR/<class>/<image>)"
+                         f"{'' if args.data is None else f', not {args.data!r}'}")  # fmt: skip
     nets = _cli_nets(args, runs)
-    samples: Any = resolve_eval_samples(runs[0], args.data) if runs else args.data
+    samples: Any = resolve_eval_samples(runs[0], args.data) if runs else Path(args.data).expanduser()
     result = evaluate(
         nets, samples, protocols=args.protocol, scales=parse_scales(args.scales), flip=_flip(args, runs),
         batch_size=args.batch_size, device=args.device, limit=args.limit, workers=args.workers, log=_progress,

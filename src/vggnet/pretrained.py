@@ -261,7 +261,7 @@ def resolve(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
         return _download(spec, local_path(spec)), None
     name = _canonical(spec)
     if name is None:
-        if ":" in spec and not os.path.sep in spec.split(":", 1)[0]:
+        if ":" in spec and os.path.sep not in spec.split(":", 1)[0]:
             known = ", ".join(SOURCES)
             raise WeightsError(f"unknown weights source {spec!r}; known: {known}")
         raise WeightsError(f"weights {spec!r}: no such file; pass a local file, a URL or a named source "
@@ -326,7 +326,7 @@ def load_pretrained(
     try:
         sd, meta = read_state_dict(path)
     except (ValueError, RuntimeError) as e:
-        if path.is_relative_to(_hub_dir()) or path.parent == _hub_dir():
+        if path.resolve().is_relative_to(_hub_dir().resolve()):
             path.unlink(missing_ok=True)  # a cached file that does not read (truncated) must not stay
             raise WeightsError(f"{path} was not a readable weights file (truncated download?) and was removed; "
                                f"run again to download it anew") from None  # fmt: skip
