@@ -147,7 +147,9 @@ def as_net(
         classes = classes or cfg.get("classes")
         # the released nets were trained at S = resize (256 for 224 crops): the paper's test scales follow it
         scale = (int(cfg["resize"]),) * 2 if cfg.get("resize") else None
-        return Net(obj, m, s, name or cfg.get("source") or getattr(inner, "name", "net"),
+        src = str(cfg.get("source") or "")
+        src = Path(src).name if os.sep in src else src  # a run folder or file: its name
+        return Net(obj, m, s, name or src or getattr(inner, "name", "net"),
                    list(classes) if classes else None, scale)  # fmt: skip
     raise TypeError(f"expected a run folder, a Run or a VGG model, got {type(obj).__name__}")
 

@@ -174,14 +174,16 @@ class VGG(nn.Module):
             raise ValueError(f"crop_size must be a positive multiple of 32 (five 2x2 pools), got {crop_size}")
         if num_classes < 1 or fc_width < 1 or width <= 0:
             raise ValueError("num_classes, fc_width and width must be positive")
-        self.arch: dict[str, Any] = dict(
+        # the constructor's arguments (saved with the weights); unannotated: torch.jit.script skips it
+        self.arch = dict(
             config=config, num_classes=num_classes, width=width, fc_width=fc_width, crop_size=crop_size,
             dropout=dropout, batch_norm=batch_norm, in_chans=in_chans,
         )  # fmt: skip
         self.num_classes = num_classes
         self.crop_size = crop_size
         self.positions = crop_size // 32  # side of the last conv map at the crop size: 7 for 224
-        self.pretrained_cfg: dict[str, Any] | None = None  # set when weights with a known input convention load
+        # the input convention of loaded weights (a dict, vggnet.pretrained); unannotated: torch.jit.script skips it
+        self.pretrained_cfg = None
 
         self.features = make_features(config, width, batch_norm, in_chans, inplace_relu)
         self.layer_names = layer_names(config, batch_norm) + list(HEAD_NAMES)
