@@ -41,7 +41,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, dense: bool = False, 
     crop = net.crop_size
     batch = torch.export.Dim("batch", min=1, max=4096)
     if dense:
-        module: nn.Module = DenseNet(net)
+        module: nn.Module = DenseNet(net).eval()
         h, w = torch.export.Dim("height", min=crop, max=8192), torch.export.Dim("width", min=crop, max=8192)
         example = torch.randn(2, 3, crop + 32, crop + 64)
         shapes: dict[str, Any] = {"x": {0: batch, 2: h, 3: w}}

@@ -197,11 +197,13 @@ def local_path(name: str) -> Path:
 
 
 def source_url(name: str) -> str:
+    """The URL a named source is downloaded from."""
     src = SOURCES[name]
     if src["kind"] == "hf":
         endpoint = os.environ.get("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
         return f"{endpoint}/{src['repo']}/resolve/main/{src['file']}"
-    return f"{globals()[src['base']].rstrip('/')}/{src['file']}"
+    base = globals()[src["base"]]  # the module attribute, read at call time: a mirror (or a test) can set it
+    return f"{base.rstrip('/')}/{src['file']}"
 
 
 _HASH = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: the sha256 prefix in the file name
