@@ -97,3 +97,8 @@ def test_train_init_from_a_named_source(served, files, tmp_path, capsys):
     # conv1 started from the served weights (one SGD step away at most)
     ref = served["ref"].features[0].weight
     assert (back.features[0].weight - ref).abs().max() < 0.05 * ref.abs().max()
+    # a run exports with the convention it was trained with
+    out = tmp_path / "from_run.safetensors"
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(out)]) == 0
+    again = vggnet.create_model(None, pretrained=out)
+    assert again.pretrained_cfg["mean"] == list(P.IMAGENET_MEAN) and again.num_classes == 3
