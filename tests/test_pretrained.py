@@ -2,7 +2,6 @@
 offline errors, fine-tuning heads, the input convention (pretrained_cfg, transforms) and the Caffe fold."""
 
 import hashlib
-import os
 import sys
 from pathlib import Path
 

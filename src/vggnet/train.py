@@ -546,6 +546,14 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         init=cfg.init, seed=cfg.seed,
     )  # fmt: skip
     if cfg.init_from and ckpt is None:
+        if d.world > 1 and not Path(cfg.init_from).exists():
+            # a download: rank 0 fetches it first, so that ranks sharing its cache read that file rather than all
+            # downloading at once (downloads are atomic either way)
+            from .pretrained import resolve as resolve_weights
+
+            if d.main:
+                resolve_weights(cfg.init_from)
+            dist.barrier()
         _init_from(model, cfg.init_from, log)
     # the weights file carries the input convention it was trained with (vggnet.pretrained): `vgg eval --weights`
     # and create_model(pretrained=...) then need no run folder
