@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from .configs import CONFIGS, list_models, parse_name
 from .init import init_from_net_a, init_weights
+from .features import VGGFeatures
 from .model import VGG, create_model, spatial_average
+from .perceptual import PerceptualLoss
+from .pretrained import transforms
 from .weights import export_weights, load_model, load_weights, save_weights
 
 # The functions below share their module's name; imported eagerly here, the package attribute is the function
@@ -22,7 +25,9 @@ __version__ = "0.1.0"
 __all__ = [
     "CONFIGS",
     "TrainConfig",
+    "PerceptualLoss",
     "VGG",
+    "VGGFeatures",
     "create_model",
     "evaluate",
     "export_weights",
@@ -37,4 +42,5 @@ __all__ = [
     "save_weights",
     "spatial_average",
     "train",
+    "transforms",
 ]

@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_predict_arguments(p)
     p.set_defaults(func=ev.run_predict_cli)
 
+    from . import export
+
+    p = sub.add_parser(
+        "export",
+        help="write a run or --weights as ONNX (crop or dense net), safetensors, or a torchvision/timm state dict",
+    )
+    export.add_export_arguments(p)
+    p.set_defaults(func=export.run_export_cli)
+
     from . import reproduce
 
     p = sub.add_parser(

@@ -56,6 +56,7 @@ from .data.folders import IMAGE_EXTENSIONS  # one list of image formats for trai
 from .data.io import load_image, rescale
 from .metrics import TopKErrors, effective_k
 from .model import spatial_average
+from .pretrained import NORMALIZE_HELP, load_pretrained, require_cfg
 from .runs import Run, is_run, load_run
 from .weights import unwrap
 
@@ -119,8 +120,9 @@ def as_net(
 ) -> Net:
     """A ``Net`` from a run folder (path), a loaded ``Run``, or a bare VGG model.
 
-    A bare model has no recorded statistics: pass ``mean`` / ``std`` (on the [0, 1] scale); without them the
-    net sees ``pixels / 255``. Its crop size comes from the model.
+    A bare model takes ``mean`` / ``std`` (on the [0, 1] scale) and class names from its ``pretrained_cfg``
+    (weights loaded with their input convention, vggnet.pretrained) unless given; with neither, the net sees
+    ``pixels / 255``. Its crop size comes from the model.
     """
     if isinstance(obj, Net):
         return obj
@@ -139,9 +141,16 @@ def as_net(
                 f"{type(inner).__name__} is not a vggnet VGG (it needs .dense and .crop_size); build one with "
                 f"vggnet.create_model and load the weights with vggnet.load_weights"
             )
-        m = torch.as_tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)
-        s = torch.as_tensor(std if std is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
-        return Net(obj, m, s, name or getattr(inner, "name", "net"), list(classes) if classes else None)
+        cfg = getattr(inner, "pretrained_cfg", None) or {}
+        m = torch.as_tensor(mean if mean is not None else cfg.get("mean", (0.0, 0.0, 0.0)), dtype=torch.float32)
+        s = torch.as_tensor(std if std is not None else cfg.get("std", (1.0, 1.0, 1.0)), dtype=torch.float32)
+        classes = classes or cfg.get("classes")
+        # the released nets were trained at S = resize (256 for 224 crops): the paper's test scales follow it
+        scale = (int(cfg["resize"]),) * 2 if cfg.get("resize") else None
+        src = str(cfg.get("source") or "")
+        src = Path(src).name if os.sep in src else src  # a run folder or file: its name
+        return Net(obj, m, s, name or src or getattr(inner, "name", "net"),
+                   list(classes) if classes else None, scale)  # fmt: skip
     raise TypeError(f"expected a run folder, a Run or a VGG model, got {type(obj).__name__}")
 
 
@@ -620,6 +629,20 @@ def folder_samples(
     return samples
 
 
+def bare_folder_samples(folder: Path, net: Net) -> list[tuple[Path, int]]:
+    """The labelled images of a class-folder tree for a net without a run: folders named by the net's class
+    names, or, when they are not (ImageNet's n01440764 ...), as many folders as classes, taken in sorted order
+    (torchvision's ImageFolder order, the label order of the released ImageNet nets)."""
+    root = _split_root(folder)
+    folders = sorted(d.name for d in _class_folders(root))
+    if net.classes and set(folders) <= set(net.classes):
+        return folder_samples(root, net.classes)
+    if len(folders) != net.num_classes:
+        raise ValueError(f"{folder} has {len(folders)} class folders, the net {net.num_classes} classes, and the "
+                         f"folder names are not its class names; give one folder per class (sorted order = labels)")
+    return folder_samples(root, folders)
+
+
 def _split_root(folder: Path) -> Path:
     """A folder with a val/ subfolder means its validation split; otherwise the folder itself."""
     return folder / "val" if (folder / "val").is_dir() else folder
@@ -926,11 +949,7 @@ def evaluate(
         elif samples is None:
             raise ValueError("a bare model has no validation data of its own; pass samples (pairs or a folder)")
         else:
-            names = first.classes or sorted(d.name for d in _split_root(Path(samples)).iterdir() if d.is_dir())
-            if len(names) != first.num_classes:
-                raise ValueError(f"{samples} has {len(names)} class folders, the net {first.num_classes} classes; "
-                                 f"pass classes=[...] in label order")  # fmt: skip
-            items = folder_samples(_split_root(Path(samples)), names)
+            items = bare_folder_samples(Path(samples), first)
     else:
         items = list(samples)
     if not items:
@@ -1095,11 +1114,18 @@ def _add_common(p: argparse.ArgumentParser, default_protocol: str) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="views per forward pass: whole images (dense) or crops (default 256)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--weights", action="append", default=[], metavar="FILE|URL|SOURCE",
+                   help="weights to evaluate besides (or instead of) runs: a file, a URL, or torchvision:vgg16, "
+                        "timm:vgg16.tv_in1k, caffe:vgg16 (downloaded on first use); repeat to fuse")  # fmt: skip
+    p.add_argument("--normalize", default=None, metavar="imagenet|caffe|mean:R,G,B",
+                   help="the input convention of --weights that do not carry one: imagenet (torchvision's mean and "
+                        "std), caffe (the authors' BGR 0-255 minus mean, folded into conv1), mean:R,G,B (0-255)")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `vgg eval RUN... [--data DIR] [--protocol ...] [--scales ...]`."""
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s); several are evaluated and fused")
+    parser.add_argument("runs", nargs="*", metavar="RUN",
+                        help="run folder(s); several (with --weights) are evaluated and fused")
     parser.add_argument("--data", default=None,
                         help="DIR/<class>/<image>, a folder with a val/ subfolder, or an embedded data set name "
                              "(default: the first run's own validation data)")  # fmt: skip
@@ -1126,12 +1152,32 @@ def _progress(line: str) -> None:
         print(f"\r{line}", end="", file=sys.stderr, flush=True)
 
 
+def weights_net(spec: str, normalize: str | None = None) -> Net:
+    """A ``Net`` from ``--weights`` (a file, URL or named source) with the convention the weights carry, or
+    ``normalize``; refuses weights of unknown normalisation rather than guessing."""
+    model = load_pretrained(None, spec, normalize=normalize).eval()
+    require_cfg(model, f"--weights {spec}")
+    return as_net(model)
+
+
+def _cli_nets(args: argparse.Namespace, runs: Sequence[Run]) -> list[Any]:
+    if args.normalize and not args.weights:
+        raise ValueError(f"--normalize applies to --weights (a run carries its own normalisation); {NORMALIZE_HELP}")
+    return list(runs) + [weights_net(w, args.normalize) for w in args.weights]
+
+
 def run_eval_cli(args: argparse.Namespace) -> int:
-    """`vgg eval`: evaluate the runs (and their fusion), print the table, write it into each RUN/eval/."""
+    """`vgg eval`: evaluate the runs and --weights (and their fusion), print the table, write it into each RUN/eval/."""
     runs = [load_run(p) for p in args.runs]
-    samples = resolve_eval_samples(runs[0], args.data)
+    if not runs and not args.weights:
+        raise ValueError("nothing to evaluate: give run folders (vgg eval RUN) or --weights FILE|SOURCE --data DIR")
+    if not runs and (args.data is None or not Path(args.data).expanduser().is_dir()):
+        raise ValueError(f"--weights have no validation data of their own; pass --data DIR (DIR/<class>/<image>)"
+                         f"{'' if args.data is None else f', not {args.data!r}'}")  # fmt: skip
+    nets = _cli_nets(args, runs)
+    samples: Any = resolve_eval_samples(runs[0], args.data) if runs else Path(args.data).expanduser()
     result = evaluate(
-        runs, samples, protocols=args.protocol, scales=parse_scales(args.scales), flip=_flip(args, runs),
+        nets, samples, protocols=args.protocol, scales=parse_scales(args.scales), flip=_flip(args, runs),
         batch_size=args.batch_size, device=args.device, limit=args.limit, workers=args.workers, log=_progress,
     )  # fmt: skip
     if sys.stderr.isatty():
@@ -1151,15 +1197,15 @@ def add_fuse_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_fuse_cli(args: argparse.Namespace) -> int:
     """`vgg fuse`: each run and the fusion of all (posteriors averaged)."""
-    if len(args.runs) < 2:
-        raise ValueError("vgg fuse needs at least two run folders (for one, use vgg eval)")
+    if len(args.runs) + len(args.weights) < 2:
+        raise ValueError("vgg fuse needs at least two nets, run folders or --weights (for one, use vgg eval)")
     return run_eval_cli(args)
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `vgg predict RUN [RUN...] IMAGE... [--top 5] [--json] [--scales ...]`."""
     parser.add_argument("paths", nargs="+", metavar="RUN_OR_IMAGE",
-                        help="one or more run folders (fused), then image files or folders of images")  # fmt: skip
+                        help="run folders (fused; none with --weights), then image files or folders of images")
     parser.add_argument("--top", type=int, default=5, help="how many classes to print per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     _add_common(parser, "dense")
@@ -1171,8 +1217,9 @@ def run_predict_cli(args: argparse.Namespace) -> int:
     rest = list(args.paths)
     while rest and is_run(rest[0]):
         runs.append(load_run(rest.pop(0)))
-    if not runs:
-        raise FileNotFoundError(f"{args.paths[0]} is not a run folder (it needs model.safetensors and config.toml)")
+    if not runs and not args.weights:
+        raise FileNotFoundError(f"{args.paths[0]} is not a run folder (it needs model.safetensors and config.toml); "
+                                f"or give --weights FILE|SOURCE")  # fmt: skip
     images: list[Path] = []
     for p in map(Path, rest):
         if p.is_dir():
@@ -1183,7 +1230,8 @@ def run_predict_cli(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"image {p} does not exist")
     if not images:
         raise ValueError("no images given: vgg predict RUN IMAGE...")
-    preds = predict(runs, images, top=args.top, protocol=args.protocol, scales=parse_scales(args.scales),
+    nets = _cli_nets(args, runs)
+    preds = predict(nets, images, top=args.top, protocol=args.protocol, scales=parse_scales(args.scales),
                     flip=_flip(args, runs), batch_size=args.batch_size, device=args.device)  # fmt: skip
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=1))

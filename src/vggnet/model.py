@@ -8,11 +8,14 @@ evaluation share one set of weights.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from .configs import CONFIGS, parse_name, parse_token
 
@@ -23,6 +26,110 @@ LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
+
+
+# The head's modules in ``classifier`` order, named as in the authors' Caffe model (fc6 is FC1 of Table 1).
+HEAD_NAMES = ("fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8")
+
+
+def make_features(
+    config: str, width: float = 1.0, batch_norm: bool = False, in_chans: int = 3, inplace_relu: bool = True
+) -> nn.Sequential:
+    """The conv part of a config of Table 1 (convs, ReLUs, LRN, max-pools) as one ``nn.Sequential``.
+
+    Its indices are torchvision's ``features.N``, so the state dicts of the released nets fit it.
+    """
+    layers: list[nn.Module] = []
+    channels = in_chans
+    for token in CONFIGS[config]:
+        kind, k, out = parse_token(token)
+        if kind == "pool":
+            layers.append(nn.MaxPool2d(2, 2))
+        elif kind == "lrn":
+            layers.append(nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K))
+        else:
+            out = _scaled(out, width)
+            layers.append(nn.Conv2d(channels, out, k, padding=k // 2))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=inplace_relu))
+            channels = out
+    return nn.Sequential(*layers)
+
+
+def layer_names(config: str, batch_norm: bool = False) -> list[str]:
+    """The paper's name of each module of ``make_features(config)``, in order.
+
+    Convs are ``conv<block>_<position>`` counted from 1 as in the authors' Caffe model (conv3_3 of config C
+    is its 1x1 conv), each followed by ``bn<b>_<i>`` (batch-norm nets) and ``relu<b>_<i>``; the LRN of A-LRN is
+    ``lrn1``; block b ends in ``pool<b>``.
+    """
+    names, block, pos = [], 1, 0
+    for token in CONFIGS[config]:
+        kind = parse_token(token)[0]
+        if kind == "pool":
+            names.append(f"pool{block}")
+            block, pos = block + 1, 0
+        elif kind == "lrn":
+            names.append(f"lrn{block}")
+        else:
+            pos += 1
+            names += [f"conv{block}_{pos}"] + ([f"bn{block}_{pos}"] if batch_norm else []) + [f"relu{block}_{pos}"]
+    return names
+
+
+class FeatureInfo(list):
+    """timm's ``feature_info``: one dict per stage (``name``, ``module``, ``num_chs``, ``reduction``), with
+    timm's accessors. Stage b < 5 is the last ReLU of block b+1 (before its pool: relu1_2, relu2_2, relu3_3,
+    relu4_3, relu5_3 for D, the usual perceptual-loss layers); stage 5 is pool5."""
+
+    def channels(self) -> list[int]:
+        return [s["num_chs"] for s in self]
+
+    def reduction(self) -> list[int]:
+        return [s["reduction"] for s in self]
+
+    def module_name(self) -> list[str]:
+        return [s["module"] for s in self]
+
+
+def feature_info(features: nn.Sequential, names: Sequence[str]) -> FeatureInfo:
+    """The six stages of a conv stack (``FeatureInfo``), read off its modules without running them."""
+    stages, channels, reduction = [], 0, 1
+    for i, m in enumerate(features):
+        if isinstance(m, nn.Conv2d):
+            channels = m.out_channels
+        elif isinstance(m, nn.MaxPool2d):
+            j = i - 1  # the module before the pool: the block's last ReLU
+            stages.append(dict(name=names[j], module=f"features.{j}", index=j, num_chs=channels, reduction=reduction))
+            reduction *= 2
+    j = len(features) - 1
+    stages.append(dict(name=names[j], module=f"features.{j}", index=j, num_chs=channels, reduction=reduction))
+    return FeatureInfo(stages)
+
+
+def _tracing() -> bool:
+    """Whether a graph is being captured (jit trace, torch.fx, torch.compile / torch.export): the friendly
+    shape checks, Python branches on shapes, stay out of such graphs (the ops fail on bad shapes anyway)."""
+    return torch.jit.is_tracing() or is_fx_symbolic_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def run_layers(
+    modules: Sequence[nn.Module], names: Sequence[str], x: torch.Tensor, wanted: set[str], out: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Run ``modules`` in order, keeping the outputs named in ``wanted`` in ``out``; returns the last output.
+
+    An output that the next module (an in-place ReLU) would overwrite is cloned, so a conv's output is its
+    true pre-activation.
+    """
+    for i, (m, name) in enumerate(zip(modules, names)):
+        x = m(x)
+        if name in wanted:
+            nxt = modules[i + 1] if i + 1 < len(modules) else None
+            out[name] = x.clone() if isinstance(nxt, nn.ReLU) and nxt.inplace else x
+            if len(out) == len(wanted):
+                break
+    return x
 
 
 class VGG(nn.Module):
@@ -37,7 +144,16 @@ class VGG(nn.Module):
         dropout: dropout rate after FC1 and FC2.
         batch_norm: batch norm after each conv (torchvision's ``_bn`` nets; not in the paper).
         in_chans: input channels.
+        inplace_relu: in-place ReLUs (the default, saves memory); False lets forward hooks on a conv see its
+            true output rather than the ReLU's.
+
+    Besides ``forward`` (crops) and ``dense`` (whole images), the timm / torchvision habits:
+    ``forward_features``, ``forward_head(x, pre_logits=...)``, ``get_classifier``, ``reset_classifier``,
+    ``feature_info`` and ``forward_intermediates(x, layers=[...])`` with the paper's layer names
+    (``layer_names``). ``pretrained_cfg`` holds the input convention of loaded weights (vggnet.pretrained).
     """
+
+    __jit_unused_properties__ = ["name"]  # torch.jit.script compiles forward only
 
     def __init__(
         self,
@@ -49,6 +165,7 @@ class VGG(nn.Module):
         dropout: float = 0.5,
         batch_norm: bool = False,
         in_chans: int = 3,
+        inplace_relu: bool = True,
     ) -> None:
         super().__init__()
         if config not in CONFIGS:
@@ -57,37 +174,28 @@ class VGG(nn.Module):
             raise ValueError(f"crop_size must be a positive multiple of 32 (five 2x2 pools), got {crop_size}")
         if num_classes < 1 or fc_width < 1 or width <= 0:
             raise ValueError("num_classes, fc_width and width must be positive")
-        self.arch: dict[str, Any] = dict(
+        # the constructor's arguments (saved with the weights); unannotated: torch.jit.script skips it
+        self.arch = dict(
             config=config, num_classes=num_classes, width=width, fc_width=fc_width, crop_size=crop_size,
             dropout=dropout, batch_norm=batch_norm, in_chans=in_chans,
         )  # fmt: skip
         self.num_classes = num_classes
         self.crop_size = crop_size
         self.positions = crop_size // 32  # side of the last conv map at the crop size: 7 for 224
+        # the input convention of loaded weights (a dict, vggnet.pretrained); unannotated: torch.jit.script skips it
+        self.pretrained_cfg = None
 
-        layers: list[nn.Module] = []
-        channels = in_chans
-        for token in CONFIGS[config]:
-            kind, k, out = parse_token(token)
-            if kind == "pool":
-                layers.append(nn.MaxPool2d(2, 2))
-            elif kind == "lrn":
-                layers.append(nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K))
-            else:
-                out = _scaled(out, width)
-                layers.append(nn.Conv2d(channels, out, k, padding=k // 2))
-                if batch_norm:
-                    layers.append(nn.BatchNorm2d(out))
-                layers.append(nn.ReLU(inplace=True))
-                channels = out
-        self.features = nn.Sequential(*layers)
+        self.features = make_features(config, width, batch_norm, in_chans, inplace_relu)
+        self.layer_names = layer_names(config, batch_norm) + list(HEAD_NAMES)
+        self.feature_info = feature_info(self.features, self.layer_names)
+        channels = self.feature_info[-1]["num_chs"]
         self.feature_channels = channels
         self.classifier = nn.Sequential(
             nn.Linear(channels * self.positions**2, fc_width),
-            nn.ReLU(inplace=True),
+            nn.ReLU(inplace=inplace_relu),
             nn.Dropout(dropout),
             nn.Linear(fc_width, fc_width),
-            nn.ReLU(inplace=True),
+            nn.ReLU(inplace=inplace_relu),
             nn.Dropout(dropout),
             nn.Linear(fc_width, num_classes),
         )
@@ -102,13 +210,77 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) of crops of the training crop size (the FC head)."""
         f = self.features(x)
+        if not torch.jit.is_scripting():  # no shape branches in scripted or traced graphs
+            if not _tracing():
+                self._check_crop(x, f)
+        return self.forward_head(f)
+
+    @torch.jit.unused
+    def _check_crop(self, x: torch.Tensor, f: torch.Tensor) -> None:
         if f.shape[-2:] != (self.positions, self.positions):
             raise ValueError(
                 f"input {tuple(x.shape[-2:])} gives a {tuple(f.shape[-2:])} feature map, but the FC head expects "
                 f"{self.positions}x{self.positions} (crop size {self.crop_size}); crop the input to "
                 f"{self.crop_size}x{self.crop_size}, or use model.dense(x) for whole images of any size"
             )
-        return self.classifier(torch.flatten(f, 1))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv part: the pool5 map (N, C, H/32, W/32) of an input of any size."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The FC head on a pool5 map of the crop size: logits, or with ``pre_logits`` the fc7 features
+        (after its ReLU and dropout; (N, fc_width))."""
+        x = torch.flatten(x, 1)
+        x = self.classifier[2](self.classifier[1](self.classifier[0](x)))
+        x = self.classifier[5](self.classifier[4](self.classifier[3](x)))
+        if pre_logits:
+            return x
+        return self.classifier[6](x)
+
+    def get_classifier(self) -> nn.Module:
+        """The last FC layer (fc8)."""
+        return self.classifier[6]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new last layer for ``num_classes`` classes (fine-tuning); every other layer is kept.
+
+        The new layer gets torchvision's head init, N(0, 0.01^2) and zero bias: small logits on top of
+        pretrained fc7 features.
+        """
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes} (for fc7 features use "
+                             f"forward_head(x, pre_logits=True))")  # fmt: skip
+        old = self.classifier[6]
+        new = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.normal_(0.0, 0.01)
+            new.bias.zero_()
+        self.classifier[6] = new
+        self.num_classes = self.arch["num_classes"] = num_classes
+        if self.pretrained_cfg is not None:
+            self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes, classes=None)
+
+    def forward_intermediates(self, x: torch.Tensor, layers: Sequence[str] = ("pool5",)) -> dict[str, torch.Tensor]:
+        """The outputs of the named layers, ``{name: tensor}`` in the order asked, running only as far as needed.
+
+        Names (``model.layer_names``): conv1_1 (a conv's output), bn1_1, relu1_1 (after the ReLU), lrn1,
+        pool1, ... pool5, then fc6, relu6, drop6, fc7, relu7, drop7, fc8. Conv layers take any input size;
+        the FC layers need crops of the crop size (use ``dense`` for whole images).
+        """
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        unknown = [n for n in layers if n not in self.layer_names]
+        if unknown or not layers:
+            raise ValueError(f"unknown layer(s) {unknown} for net {self.name}; its layers are "
+                             f"{', '.join(self.layer_names)}")  # fmt: skip
+        out: dict[str, torch.Tensor] = {}
+        wanted = set(layers)
+        n_conv = len(self.features)
+        f = run_layers(self.features, self.layer_names[:n_conv], x, wanted, out)
+        if len(out) < len(wanted):
+            self._check_crop(x, f)
+            run_layers(self.classifier, HEAD_NAMES, torch.flatten(f, 1), wanted, out)
+        return {n: out[n] for n in layers}
 
     def dense(self, x: torch.Tensor, head: bool = True) -> torch.Tensor:
         """The class score map (N, num_classes, h, w) of the net applied fully convolutionally.
@@ -120,7 +292,7 @@ class VGG(nn.Module):
         """
         f = self.features(x)
         p = self.positions
-        if f.shape[-2] < p or f.shape[-1] < p:
+        if not _tracing() and (f.shape[-2] < p or f.shape[-1] < p):
             raise ValueError(
                 f"dense evaluation needs an input of at least {self.crop_size}x{self.crop_size}, got "
                 f"{tuple(x.shape[-2:])}; rescale the image so that its smaller side is >= {self.crop_size}"
@@ -167,19 +339,47 @@ class VGG(nn.Module):
         return total
 
 
-def create_model(name: str = "D", num_classes: int = 1000, **options: Any) -> VGG:
+def create_model(
+    name: str = "D",
+    num_classes: int | None = None,
+    pretrained: str | os.PathLike | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **options: Any,
+) -> nn.Module:
     """Build a VGG net by config letter ("A", "A-LRN", "B", "C", "D", "E") or alias ("vgg16", "vgg16_bn", ...).
 
     Options: ``width``, ``fc_width``, ``crop_size``, ``dropout``, ``batch_norm`` (overrides the name's _bn),
-    ``in_chans``, and ``init`` ("paper", the default: N(0, 0.01^2) weights and zero biases, the authors' Caffe
-    filler, for inputs on the 0-255 scale; "paper-literal": std 0.1; "glorot"; "kaiming"), ``seed`` (an int: the init is drawn from torch.Generator seeded with it).
+    ``in_chans``, ``inplace_relu``, and ``init`` ("paper", the default: N(0, 0.01^2) weights and zero biases, the
+    authors' Caffe filler, for inputs on the 0-255 scale; "paper-literal": std 0.1; "glorot"; "kaiming"), ``seed`` (an int: the init is drawn from torch.Generator seeded with it).
+
+    ``pretrained``: weights to load, downloaded only when asked (vggnet.pretrained): a local file, a URL, or a
+    named source ("torchvision:vgg16", "timm:vgg16.tv_in1k", "caffe:vgg16"); the model then carries their
+    input convention in ``model.pretrained_cfg`` (``normalize="imagenet" | "caffe" | "mean:R,G,B"`` states it for
+    a file that has none). ``num_classes`` (default: the weights' classes, else 1000) other than the weights'
+    keeps every layer but the last. ``features_only=True``: the conv layers alone (``VGGFeatures``, no FC
+    layer allocated) returning the maps of the stages ``out_indices`` (0-4 the last ReLU of each block,
+    5 pool5) or of ``layers=[...]`` by the paper's names.
     """
+    if pretrained is not None or features_only:
+        # imported here: both modules build on this one
+        from .features import VGGFeatures
+        from .pretrained import load_pretrained
+
+        options.pop("init", None), options.pop("seed", None)
+        if pretrained is not None:
+            return load_pretrained(name, pretrained, num_classes, features_only, out_indices, **options)
+        config, bn = parse_name(name)
+        if options.get("batch_norm") is None:
+            options["batch_norm"] = bn
+        keep = ("width", "batch_norm", "in_chans", "layers", "inplace_relu")
+        return VGGFeatures(config, out_indices=out_indices, **{k: v for k, v in options.items() if k in keep})
     config, bn = parse_name(name)
     init = options.pop("init", "paper")
     seed = options.pop("seed", None)
     if options.get("batch_norm") is None:
         options["batch_norm"] = bn
-    model = VGG(config, num_classes=num_classes, **options)
+    model = VGG(config, num_classes=1000 if num_classes is None else num_classes, **options)
     if init != "paper" or seed is not None:
         from .init import init_weights
 

@@ -12,6 +12,7 @@ and N processes with batch B/N each make the same updates as one process with ba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from torch import nn
 from . import runs
 from .config import TrainConfig, from_dict, resolve
 from .model import create_model
+from .pretrained import make_cfg
 from .weights import atomic_write, read_state_dict, save_weights, unwrap
 
 
@@ -630,6 +632,11 @@ def _init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> 
     from .weights import load_weights
 
     src = Path(source)
+    if not src.exists():  # a URL or a named source (torchvision:vgg16, timm:..., caffe:vgg16)
+        from .pretrained import init_from_pretrained
+
+        log.line(init_from_pretrained(model, source))
+        return
     weights = src / runs.MODEL_FILE if src.is_dir() else src
     if src.is_dir() and (src / runs.CONFIG_FILE).is_file():
         _check_same_input(src, cfg)
@@ -684,6 +691,12 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
     random.seed(cfg.seed + d.rank)
     cuda = device.type == "cuda"
     log = Logger(run, d.main, cfg.tensorboard)
+    if cfg.init_from and ckpt is None and cfg.normalize != "imagenet":
+        from .pretrained import convention
+
+        if convention(cfg.init_from) == "imagenet":  # torchvision's and timm's nets expect their mean and std
+            log.line(f"--init-from {cfg.init_from}: normalising with ImageNet's mean and std, as those weights expect")
+            cfg = dataclasses.replace(cfg, normalize="imagenet")
 
     from .data import Stats
 
@@ -696,7 +709,22 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         init=cfg.init, seed=cfg.seed,
     )  # fmt: skip
     if cfg.init_from and ckpt is None:
+        if d.world > 1 and not Path(cfg.init_from).exists():
+            # a download: rank 0 fetches it first, so that ranks sharing its cache read that file rather than all
+            # downloading at once (downloads are atomic either way)
+            from .pretrained import resolve as resolve_weights
+
+            if d.main:
+                resolve_weights(cfg.init_from)
+            dist.barrier()
         _init_from(model, cfg.init_from, log, cfg)
+    # the weights file carries the input convention it was trained with (vggnet.pretrained): `vgg eval --weights`
+    # and create_model(pretrained=...) then need no run folder
+    norm, divide_std = runs.normalization(stats, cfg.normalize, cfg.pixel_range)
+    model.pretrained_cfg = make_cfg(
+        tuple(norm.mean), tuple(norm.std) if divide_std else (1.0, 1.0, 1.0), source=str(run),
+        num_classes=len(classes), classes=list(classes), resize=(cfg.scale_min + cfg.scale_max) // 2, crop=cfg.crop_size,
+    )  # fmt: skip
     model.to(device)
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 ARCH_KEY = "vggnet.arch"
+PRETRAINED_CFG_KEY = "vggnet.pretrained_cfg"  # the input convention of the weights (vggnet.pretrained)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -56,6 +58,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, 
     meta = dict(metadata or {})
     if hasattr(model, "arch"):
         meta[ARCH_KEY] = json.dumps(model.arch)
+    if getattr(model, "pretrained_cfg", None):
+        meta[PRETRAINED_CFG_KEY] = json.dumps(model.pretrained_cfg)
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -144,32 +148,60 @@ def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "tor
     return atomic_write(path, lambda tmp: torch.save(sd, tmp))
 
 
-def convert_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Bring a state dict of any supported layout (ours, torchvision's, timm's) into ours."""
-    return from_timm(sd) if _is_timm(sd) else dict(sd)
+_CAFFE_NAME = re.compile(r"^(conv\d+_\d+|fc[678])\.(weight|bias)$")
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, head: bool = True) -> nn.Module:
-    """Load weights into ``model`` from our safetensors, or a torchvision or timm state dict (.pth/.safetensors).
+def _is_caffe_named(sd: dict[str, torch.Tensor]) -> bool:
+    return "conv1_1.weight" in sd
 
-    With ``head=False`` the last FC layer is left as it is (fine-tuning on a new set of classes).
-    A missing or extra layer or a shape mismatch raises an error naming the file, the layer and the fix.
+
+def from_caffe_names(sd: dict[str, torch.Tensor], config: str, batch_norm: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict keyed by the authors' Caffe layer names (conv1_1 ... conv5_3, fc6, fc7, fc8) -> ours.
+
+    fc6 and fc7 may be stored as convolutions (as in a fully convolutional conversion): they are flattened.
     """
-    target = unwrap(model)
-    sd, _ = read_state_dict(path)
-    sd = convert_state_dict(sd, target)
-    own = target.state_dict()
-    if not head:
-        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.6.")}
-        sd.update({k: v for k, v in own.items() if k.startswith("classifier.6.")})
+    from .model import HEAD_NAMES, layer_names
+
+    index = {n: f"features.{i}" for i, n in enumerate(layer_names(config, batch_norm))}
+    index.update({n: f"classifier.{i}" for i, n in enumerate(HEAD_NAMES)})
+    out = {}
+    for k, v in sd.items():
+        m = _CAFFE_NAME.match(k)
+        if not m or m.group(1) not in index:
+            out[k] = v  # left for the fit check to name
+            continue
+        if m.group(1).startswith("fc") and m.group(2) == "weight":
+            v = v.reshape(v.shape[0], -1)
+        out[f"{index[m.group(1)]}.{m.group(2)}"] = v
+    return out
+
+
+def convert_state_dict(sd: dict[str, torch.Tensor], model: nn.Module | None) -> dict[str, torch.Tensor]:
+    """Bring a state dict of any supported layout (ours, torchvision's, timm's, Caffe layer names) into ours.
+
+    Caffe layer names need the config (from ``model.arch``); without a model they are left as they are.
+    """
+    if _is_timm(sd):
+        return from_timm(sd)
+    arch = getattr(unwrap(model), "arch", None) if model is not None else None
+    if _is_caffe_named(sd) and arch:
+        return from_caffe_names(sd, arch["config"], arch.get("batch_norm", False))
+    return dict(sd)
+
+
+def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """Raise a one-line error naming ``where``, the first layer that does not fit and the fix, unless ``sd`` has
+    exactly the model's keys and shapes."""
+    own = unwrap(model).state_dict()
+    name = getattr(unwrap(model), "name", type(unwrap(model)).__name__)
     missing = [k for k in own if k not in sd]
     extra = [k for k in sd if k not in own]
     if missing or extra:
-        name = getattr(target, "name", type(target).__name__)
+        first = f"first missing key {missing[0]}" if missing else f"first unexpected key {extra[0]}"
         raise ValueError(
-            f"{path}: the weights do not fit this {name} net: missing {missing[:4]}{'...' if len(missing) > 4 else ''}"
-            f", unexpected {extra[:4]}{'...' if len(extra) > 4 else ''}; create the model with the config and "
-            f"batch_norm setting the weights were trained with"
+            f"{where}: the weights do not fit this {name} net ({first}; missing {missing[:4]}"
+            f"{'...' if len(missing) > 4 else ''}, unexpected {extra[:4]}{'...' if len(extra) > 4 else ''}); "
+            f"create the model with the config and batch_norm setting the weights were trained with"
         )
     for k in own:  # the model's order, so the first layer that differs is the one named
         v = sd[k]
@@ -180,9 +212,31 @@ def load_weights(model: nn.Module, path: str | os.PathLike, head: bool = True) -
                 if k.startswith("classifier.6.")
                 else "create the model with the width, fc_width and crop_size the weights were trained with"
             )
-            raise ValueError(f"{path}: layer {k} has shape {tuple(v.shape)} in the file but {tuple(own[k].shape)} "
+            raise ValueError(f"{where}: layer {k} has shape {tuple(v.shape)} in the file but {tuple(own[k].shape)} "
                              f"in the model; {hint}")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, head: bool = True) -> nn.Module:
+    """Load weights into ``model`` from our safetensors, or a torchvision or timm state dict (.pth/.safetensors).
+
+    With ``head=False`` the last FC layer is left as it is (fine-tuning on a new set of classes).
+    A missing or extra layer or a shape mismatch raises an error naming the file, the layer and the fix.
+    The input convention a file of ours carries becomes ``model.pretrained_cfg``.
+    """
+    target = unwrap(model)
+    sd, meta = read_state_dict(path)
+    sd = convert_state_dict(sd, target)
+    own = target.state_dict()
+    if not head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.6.")}
+        sd.update({k: v for k, v in own.items() if k.startswith("classifier.6.")})
+    check_state_dict(target, sd, path)
     target.load_state_dict(sd, strict=True)
+    if PRETRAINED_CFG_KEY in meta and hasattr(target, "pretrained_cfg"):
+        cfg = json.loads(meta[PRETRAINED_CFG_KEY])
+        if not head:
+            cfg = dict(cfg, num_classes=getattr(target, "num_classes", None), classes=None)
+        target.pretrained_cfg = cfg
     return model
 
 

@@ -1,0 +1,443 @@
+"""The VGG weights people already have: named sources, downloads on request, and the input convention of each.
+
+``pretrained`` (in ``create_model``, ``--weights``, ``--init-from``) is one of
+
+- a local file: our safetensors, or a torchvision / timm / Caffe-converted state dict (``.pth``, ``.safetensors``);
+- a URL: downloaded by torch.hub's client into its cache (``torch.hub.get_dir()/checkpoints``), atomically, with
+  the sha256 prefix that torchvision-style file names carry (``vgg16-397923af.pth``) checked;
+- a named source (``SOURCES``): ``torchvision:vgg16`` (and vgg11, vgg13, vgg19, their ``_bn``), ``timm:vgg16.tv_in1k``
+  (timm's files on the Hugging Face Hub, fetched by ``huggingface_hub`` into its cache) and ``caffe:vgg16`` /
+  ``caffe:vgg19`` (the authors' Caffe weights as converted to a PyTorch state dict by Justin Johnson).
+
+Nothing is downloaded unless asked for. A named source is also found offline at ``local_path(name)`` (the
+file the error messages name). ``VGGNET_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) forbids the network.
+
+Every model that loads weights gets ``model.pretrained_cfg``: the input convention of those weights, always in
+one canonical form, RGB pixels on [0, 1], then ``(x - mean) / std``; with resize and crop sizes, interpolation
+and class names. The authors' Caffe weights expect BGR pixels on [0, 255] minus the mean BGR
+(103.939, 116.779, 123.68): the channel flip and the x255 are folded into conv1, so that they too take RGB on
+[0, 1] minus the mean RGB / 255. The fold is exact, borders included: zero padding of a mean-subtracted input is
+zero padding in both conventions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import urllib.error
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .configs import CONFIGS, parse_name, parse_token
+from .model import VGG, layer_names
+from .weights import (
+    PRETRAINED_CFG_KEY,
+    _is_caffe_named,
+    check_state_dict,
+    convert_state_dict,
+    from_caffe_names,
+    read_state_dict,
+    unwrap,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # the authors' mean pixel, on [0, 255]
+CAFFE_MEAN_RGB01 = tuple(round(v / 255, 6) for v in reversed(CAFFE_MEAN_BGR))
+
+# Where the named sources live; tests point these at a local server.
+TORCHVISION_URL = "https://download.pytorch.org/models"
+CAFFE_URL = "https://web.eecs.umich.edu/~justincj/models"
+HF_ENDPOINT = "https://huggingface.co"
+
+_TV_FILES = {
+    "vgg11": "vgg11-8a719046.pth", "vgg13": "vgg13-19584684.pth", "vgg16": "vgg16-397923af.pth",
+    "vgg19": "vgg19-dcbb9e9d.pth", "vgg11_bn": "vgg11_bn-6002323d.pth", "vgg13_bn": "vgg13_bn-abd245e5.pth",
+    "vgg16_bn": "vgg16_bn-6c64b313.pth", "vgg19_bn": "vgg19_bn-c79401a0.pth",
+}  # fmt: skip
+_CAFFE_FILES = {"vgg16": "vgg16-00b39a1b.pth", "vgg19": "vgg19-d01eb7cb.pth"}
+
+
+def _source(kind: str, arch: str, **extra: Any) -> dict[str, Any]:
+    return dict(kind=kind, arch=arch, **extra)
+
+
+# name -> how to fetch it and the convention of its weights ("imagenet": torchvision's; "caffe": the authors')
+SOURCES: dict[str, dict[str, Any]] = {
+    **{f"torchvision:{a}": _source("url", a, file=f, base="TORCHVISION_URL", convention="imagenet")
+       for a, f in _TV_FILES.items()},
+    **{f"timm:{a}.tv_in1k": _source("hf", a, repo=f"timm/{a}.tv_in1k", file="model.safetensors", convention="imagenet")
+       for a in _TV_FILES},
+    **{f"caffe:{a}": _source("url", a, file=f, base="CAFFE_URL", convention="caffe") for a, f in _CAFFE_FILES.items()},
+}  # fmt: skip
+
+NORMALIZE_HELP = "--normalize imagenet|caffe|mean:R,G,B"
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be had or do not fit: the message is one line naming the file or URL and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The input convention (pretrained_cfg)
+
+
+def imagenet_classes() -> list[str]:
+    """ImageNet's 1,000 class names in the label order of the released nets (shipped with the package)."""
+    text = resources.files("vggnet.data").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line]
+
+
+def make_cfg(
+    mean: tuple[float, ...], std: tuple[float, ...] = (1.0, 1.0, 1.0), *, source: str = "", num_classes: int | None = None,
+    classes: list[str] | None = None, resize: int = 256, crop: int = 224, interpolation: str = "bilinear",
+    original: str = "RGB, [0, 1]",
+) -> dict[str, Any]:
+    """A ``pretrained_cfg`` in the canonical form: RGB on [0, 1], then ``(x - mean) / std``.
+
+    ``original`` records the convention the weights were trained with when it differed (folded into conv1).
+    """
+    return dict(
+        source=source, channel_order="RGB", value_range=[0, 1], mean=[float(v) for v in mean],
+        std=[float(v) for v in std], resize=resize, crop=crop, interpolation=interpolation,
+        num_classes=num_classes, classes=classes, original=original,
+    )  # fmt: skip
+
+
+def normalization_cfg(spec: str, source: str = "", crop: int = 224) -> tuple[dict[str, Any], bool]:
+    """``--normalize`` as ``(pretrained_cfg, fold_caffe)``: ``imagenet`` (torchvision's mean and std), ``caffe``
+    (BGR 0-255 minus the authors' mean: folded into conv1) or ``mean:R,G,B`` (a mean pixel to subtract, on
+    [0, 255], or on [0, 1] when every value is <= 1)."""
+    resize = round(crop * 256 / 224)
+    s = spec.strip().lower()
+    if s == "imagenet":
+        return make_cfg(IMAGENET_MEAN, IMAGENET_STD, source=source, resize=resize, crop=crop), False
+    if s == "caffe":
+        return _caffe_cfg(source, resize, crop), True
+    if s.startswith("mean:"):
+        try:
+            vals = [float(v) for v in s[5:].split(",")]
+        except ValueError:
+            vals = []
+        if len(vals) == 3:
+            if any(v > 1 for v in vals):
+                vals = [v / 255 for v in vals]
+            return make_cfg(tuple(vals), source=source, resize=resize, crop=crop), False
+    raise WeightsError(f"unknown normalisation {spec!r}; use {NORMALIZE_HELP} (e.g. mean:123.68,116.78,103.94)")
+
+
+def _caffe_cfg(source: str, resize: int = 256, crop: int = 224) -> dict[str, Any]:
+    return make_cfg(CAFFE_MEAN_RGB01, source=source, resize=resize, crop=crop,
+                    original="BGR, [0, 255], minus mean BGR (103.939, 116.779, 123.68); folded into conv1")  # fmt: skip
+
+
+def _source_cfg(name: str, src: dict[str, Any]) -> dict[str, Any]:
+    cfg = make_cfg(IMAGENET_MEAN, IMAGENET_STD, source=name) if src["convention"] == "imagenet" else _caffe_cfg(name)
+    return dict(cfg, num_classes=1000, classes=imagenet_classes())
+
+
+def fold_caffe(model: nn.Module) -> nn.Module:
+    """Fold Caffe's input convention into conv1, in place: weights that expect BGR on [0, 255] (minus the mean
+    BGR) then take RGB on [0, 1] (minus the mean RGB / 255). conv1's input channels are reversed and scaled by
+    255; nothing else changes."""
+    conv1 = unwrap(model).features[0]
+    if not isinstance(conv1, nn.Conv2d) or conv1.in_channels != 3:
+        raise WeightsError("the Caffe fold needs a first conv layer with 3 input channels")
+    with torch.no_grad():
+        conv1.weight.copy_(conv1.weight.flip(1) * 255.0)
+    return model
+
+
+def transforms(model: nn.Module) -> Any:
+    """The evaluation transform that the model's weights expect (torchvision v2): resize the smaller side,
+    centre crop, to float on [0, 1], normalise. Refuses a model with no known input convention."""
+    from torchvision.transforms import v2
+
+    cfg = require_cfg(model)
+    interp = getattr(v2.InterpolationMode, cfg.get("interpolation", "bilinear").upper())
+    return v2.Compose([
+        v2.Resize(cfg["resize"], interpolation=interp, antialias=True), v2.CenterCrop(cfg["crop"]),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg["mean"], cfg["std"]),
+    ])  # fmt: skip
+
+
+def require_cfg(model: nn.Module, what: str = "the model") -> dict[str, Any]:
+    """The model's ``pretrained_cfg``, or an error saying how to state the normalisation (never a silent /255)."""
+    cfg = getattr(unwrap(model), "pretrained_cfg", None)
+    if not cfg:
+        raise WeightsError(f"{what} has no known input normalisation; state it with {NORMALIZE_HELP} "
+                           f"(in Python: pretrained_cfg=vggnet.pretrained.normalization_cfg('imagenet')[0])")  # fmt: skip
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding the file: local path, URL, named source
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("VGGNET_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _hub_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def local_path(name: str) -> Path:
+    """Where the file of a named source or URL is looked for before any download (torch.hub's cache)."""
+    if name in SOURCES and SOURCES[name]["kind"] == "hf":
+        return _hub_dir() / (SOURCES[name]["repo"].replace("/", "--") + ".safetensors")
+    url = source_url(name) if name in SOURCES else name
+    return _hub_dir() / os.path.basename(url.split("?")[0])
+
+
+def source_url(name: str) -> str:
+    """The URL a named source is downloaded from."""
+    src = SOURCES[name]
+    if src["kind"] == "hf":
+        endpoint = os.environ.get("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
+        return f"{endpoint}/{src['repo']}/resolve/main/{src['file']}"
+    base = globals()[src["base"]]  # the module attribute, read at call time: a mirror (or a test) can set it
+    return f"{base.rstrip('/')}/{src['file']}"
+
+
+_HASH = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: the sha256 prefix in the file name
+
+
+def _download(url: str, dest: Path) -> Path:
+    """torch.hub's download into ``dest``: written to a temporary file and renamed, hash-checked if the name has one."""
+    if dest.is_file():
+        return dest
+    if _offline():
+        raise WeightsError(f"offline and {dest} is not there; download {url} and place it at {dest}")
+    m = _HASH.search(os.path.basename(dest))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(dest), m.group(1) if m else None, progress=sys.stderr.isatty())
+    except RuntimeError as e:
+        if "hash" in str(e):
+            raise WeightsError(f"{url}: the download does not match the sha256 prefix {m.group(1) if m else ''} in its "
+                               f"name, so it was not kept; retry, or place a good copy at {dest}") from None  # fmt: skip
+        raise WeightsError(f"cannot download {url} ({e}); place the file at {dest}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise WeightsError(f"cannot download {url} ({reason}); download it elsewhere and place it at {dest}, "
+                           f"or pass its local path") from None  # fmt: skip
+    return dest
+
+
+def _hf_download(name: str) -> Path:
+    src = SOURCES[name]
+    fallback = local_path(name)
+    if fallback.is_file():
+        return fallback
+    url = source_url(name)
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise WeightsError(f"{name} needs huggingface_hub (pip install huggingface_hub), or download {url} and "
+                           f"place it at {fallback}") from None  # fmt: skip
+    try:
+        path = hf_hub_download(
+            src["repo"], src["file"], endpoint=os.environ.get("HF_ENDPOINT", HF_ENDPOINT),
+            cache_dir=os.environ.get("HF_HUB_CACHE") or None, local_files_only=_offline(),
+        )  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - the hub client's many error types all mean "not available"
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"cannot get {url} ({reason}); download it elsewhere and place it at {fallback}, "
+                           f"or pass its local path") from None  # fmt: skip
+    return Path(path)
+
+
+def resolve(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
+    """The local file of ``pretrained`` (downloading it if needed) and the named source it is, if any."""
+    spec = str(pretrained)
+    if Path(spec).expanduser().is_file():
+        return Path(spec).expanduser(), None
+    if spec.startswith(("http://", "https://")):
+        return _download(spec, local_path(spec)), None
+    name = _canonical(spec)
+    if name is None:
+        if ":" in spec and os.path.sep not in spec.split(":", 1)[0]:
+            known = ", ".join(SOURCES)
+            raise WeightsError(f"unknown weights source {spec!r}; known: {known}")
+        raise WeightsError(f"weights {spec!r}: no such file; pass a local file, a URL or a named source "
+                           f"(torchvision:vgg16, timm:vgg16.tv_in1k, caffe:vgg16)")  # fmt: skip
+    if SOURCES[name]["kind"] == "hf":
+        return _hf_download(name), name
+    return _download(source_url(name), local_path(name)), name
+
+
+def _canonical(spec: str) -> str | None:
+    s = spec.strip().lower()
+    if s in SOURCES:
+        return s
+    if s.startswith("timm:") and f"{s}.tv_in1k" in SOURCES:  # timm:vgg16 -> timm:vgg16.tv_in1k
+        return f"{s}.tv_in1k"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building a model from weights
+
+
+def _infer_arch(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Width, FC width, crop size and classes of a state dict in our layout (for files without our metadata)."""
+    out: dict[str, Any] = {}
+    convs = [k for k in sd if k.startswith("features.") and k.endswith(".weight") and sd[k].dim() == 4]
+    if convs and "classifier.0.weight" in sd:
+        first = min(convs, key=lambda k: int(k.split(".")[1]))
+        last = max(convs, key=lambda k: int(k.split(".")[1]))
+        out["width"] = sd[first].shape[0] / 64
+        ch = sd[last].shape[0]
+        fc1 = sd["classifier.0.weight"]
+        out["fc_width"] = fc1.shape[0]
+        p = round((fc1.shape[1] / ch) ** 0.5)
+        if p * p * ch == fc1.shape[1]:
+            out["crop_size"] = 32 * p
+    if "classifier.6.weight" in sd:
+        out["num_classes"] = sd["classifier.6.weight"].shape[0]
+    return out
+
+
+def load_pretrained(
+    name: str | None,
+    pretrained: str | os.PathLike,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: Any = None,
+    normalize: str | None = None,
+    **options: Any,
+) -> nn.Module:
+    """``create_model(name, pretrained=...)``: build the net the weights fit, load them, attach the convention.
+
+    The architecture comes from the file's metadata (our files), else from the tensors' shapes (the config too
+    when ``name`` is None); ``options`` override it. A ``num_classes`` other than the weights' keeps every layer but the last (a new one).
+    ``normalize`` states the convention of a file that does not carry one (``imagenet``, ``caffe``, ``mean:R,G,B``).
+    With ``features_only`` only the conv layers are built and loaded (fc6 is never allocated).
+    """
+    from .features import VGGFeatures
+
+    layers = options.pop("layers", None)
+    path, source = resolve(pretrained)
+    try:
+        sd, meta = read_state_dict(path)
+    except (ValueError, RuntimeError) as e:
+        if path.resolve().is_relative_to(_hub_dir().resolve()):
+            path.unlink(missing_ok=True)  # a cached file that does not read (truncated) must not stay
+            raise WeightsError(f"{path} was not a readable weights file (truncated download?) and was removed; "
+                               f"run again to download it anew") from None  # fmt: skip
+        raise WeightsError(str(e).splitlines()[0]) from None
+    if source:
+        config, bn = parse_name(SOURCES[source]["arch"])
+    elif name is None and "vggnet.arch" not in meta:
+        found = infer_config(sd)
+        if found is None:
+            raise WeightsError(f"{path}: no VGG config of Table 1 has these layers (first key {next(iter(sd), None)}); "
+                               f"is it a VGG state dict?")  # fmt: skip
+        config, bn = found
+    else:
+        config, bn = parse_name(name or "D")
+    arch: dict[str, Any] = dict(config=config, batch_norm=bn)
+    if "vggnet.arch" in meta:
+        arch.update(json.loads(meta["vggnet.arch"]))
+    if options.get("batch_norm") is not None:
+        arch["batch_norm"] = options["batch_norm"]
+    if _is_caffe_named(sd):
+        sd = from_caffe_names(sd, arch["config"], arch["batch_norm"])
+    sd = convert_state_dict(sd, None)
+    if "vggnet.arch" not in meta:
+        arch.update(_infer_arch(sd))
+    arch.update({k: v for k, v in options.items() if v is not None})
+    file_classes = arch.get("num_classes", 1000)
+
+    cfg: dict[str, Any] | None = None
+    fold = False
+    if normalize:
+        cfg, fold = normalization_cfg(normalize, source or str(pretrained), arch.get("crop_size", 224))
+    elif source:
+        cfg, fold = _source_cfg(source, SOURCES[source]), SOURCES[source]["convention"] == "caffe"
+    elif PRETRAINED_CFG_KEY in meta:
+        cfg = json.loads(meta[PRETRAINED_CFG_KEY])  # our files carry their convention, already canonical
+    if cfg is not None and cfg.get("num_classes") is None:
+        cfg["num_classes"] = file_classes
+
+    where = source or str(path)
+    if features_only:
+        model: nn.Module = VGGFeatures(
+            arch["config"], width=arch.get("width", 1.0), batch_norm=arch.get("batch_norm", False),
+            in_chans=arch.get("in_chans", 3), out_indices=out_indices, layers=layers,
+            inplace_relu=arch.get("inplace_relu", True),
+        )  # fmt: skip
+        own = model.state_dict()
+        sd = {k: v for k, v in sd.items() if k in own}
+        check_state_dict(model, sd, where)
+        model.load_state_dict(sd)
+    else:
+        model = VGG(**{k: v for k, v in arch.items() if k in _VGG_ARGS})
+        check_state_dict(model, sd, where)
+        model.load_state_dict(sd)
+    if fold:
+        fold_caffe(model)
+    if cfg is not None:
+        cfg.setdefault("source", where)
+    model.pretrained_cfg = cfg
+    if not features_only and num_classes is not None and num_classes != file_classes:
+        model.reset_classifier(num_classes)
+    return model
+
+
+_VGG_ARGS = ("config", "num_classes", "width", "fc_width", "crop_size", "dropout", "batch_norm", "in_chans",
+             "inplace_relu")  # fmt: skip
+
+
+def infer_config(sd: dict[str, torch.Tensor]) -> tuple[str, bool] | None:
+    """``(config, batch_norm)`` whose conv layers a state dict (ours, torchvision's, timm's or Caffe-named)
+    has, from its conv keys and kernel sizes; None if none fits. A-LRN has A's keys: A is returned."""
+    caffe = _is_caffe_named(sd)
+    for config in CONFIGS:
+        for bn in (False, True):
+            names = layer_names(config, bn)
+            convs = [(n, f"features.{i}.weight") for i, n in enumerate(names) if n.startswith("conv")]
+            kernels = [parse_token(t)[1] for t in CONFIGS[config] if parse_token(t)[0] == "conv"]
+            keys = [n + ".weight" for n, _ in convs] if caffe else [k for _, k in convs]
+            have = sorted(k for k, v in sd.items() if v.dim() == 4 and (k.startswith("conv") if caffe else k.startswith("features.")))
+            if sorted(keys) != have or any(sd[k].shape[-1] != kk for k, kk in zip(keys, kernels)):
+                continue
+            if not caffe and bn != any(k.endswith("running_mean") for k in sd):
+                continue
+            return config, bn
+    return None
+
+
+def convention(spec: str | os.PathLike) -> str | None:
+    """"imagenet" or "caffe" for a named source (the convention its weights expect), None for files and URLs."""
+    name = _canonical(str(spec))
+    return SOURCES[name]["convention"] if name else None
+
+
+def init_from_pretrained(model: nn.Module, spec: str | os.PathLike) -> str:
+    """Load released weights into ``model`` for fine-tuning (``vgg train --init-from torchvision:vgg16``): every
+    layer, except a last layer of another number of classes, which keeps its fresh init. Caffe weights are
+    folded (the model then takes RGB on [0, 1] minus the mean, like the paper's own runs). Returns a log line."""
+    target = unwrap(model)
+    path, source = resolve(spec)
+    sd, _ = read_state_dict(path)
+    if _is_caffe_named(sd):
+        sd = from_caffe_names(sd, target.arch["config"], target.arch["batch_norm"])
+    sd = convert_state_dict(sd, None)
+    own = target.state_dict()
+    new_head = "classifier.6.weight" in sd and sd["classifier.6.weight"].shape != own["classifier.6.weight"].shape
+    if new_head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.6.")}
+        sd.update({k: v for k, v in own.items() if k.startswith("classifier.6.")})
+    check_state_dict(target, sd, source or path)
+    target.load_state_dict(sd)
+    if source and SOURCES[source]["convention"] == "caffe":
+        fold_caffe(target)
+    return f"init from {source or path}: " + ("all layers but the last (new classes)" if new_head else "all layers")
