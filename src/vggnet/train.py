@@ -19,6 +19,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import runs
-from .config import TrainConfig, from_dict, resolve
+from .config import TrainConfig, config_changes, from_dict, read_toml, refuse_unsafe_changes, resolve
 from .model import create_model
 from .weights import atomic_write, read_state_dict, save_weights, unwrap
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The training loss became NaN or infinite; the message says what to change and where to continue from."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was saved; ``signum`` is the signal's number."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 # ---- distributed set-up (torchrun's environment) ---------------------------------------------------------
@@ -68,6 +77,8 @@ def pick_device(name: str, d: Dist) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu (or auto)")
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", d.local_rank)
@@ -176,8 +187,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, plateau: Plateau,
-                    cfg: TrainConfig, epoch: int, step_in_epoch: int, global_step: int, keep: int) -> Path:
-    """Write checkpoints/ckpt-<step>.pt atomically, then drop all but the newest ``keep``."""
+                    cfg: TrainConfig, epoch: int, step_in_epoch: int, global_step: int, keep: int,
+                    rng: dict[str, Any] | None = None, epoch_loss: tuple[float, int] = (0.0, 0)) -> Path:
+    """Write checkpoints/ckpt-<step>.pt atomically, then drop all but the newest ``keep``.
+
+    ``rng``: the RNG states to store (default: the current ones); ``epoch_loss``: (sum, steps) of the training
+    loss of the epoch so far, so that a resumed epoch logs the loss of all its steps.
+    """
     state = {
         "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -186,7 +202,8 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
         "epoch": epoch,
         "step_in_epoch": step_in_epoch,
         "global_step": global_step,
-        "rng": _rng_state(),
+        "rng": rng if rng is not None else _rng_state(),
+        "epoch_loss": [float(epoch_loss[0]), int(epoch_loss[1])],
     }
     folder = run / "checkpoints"
     path = atomic_write(folder / f"ckpt-{global_step:09d}.pt", lambda tmp: torch.save(state, tmp))
@@ -203,6 +220,56 @@ def latest_checkpoint(run: Path) -> Path | None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     # weights_only: a checkpoint holds tensors, numbers, strings, lists and dicts; nothing is unpickled
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def newest_valid_checkpoint(run: Path, rename_bad: bool = True) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest checkpoint of ``run`` that loads, and its contents; (None, None) when there is none.
+
+    A checkpoint that does not load (truncated by a full disk or a killed copy, or refused by
+    ``weights_only``) is renamed to ``*.pt.unreadable`` (when ``rename_bad``; kept for inspection, never
+    loaded again) and the next older one is tried.
+    """
+    for path in sorted((run / "checkpoints").glob("ckpt-*.pt"), reverse=True):
+        try:
+            ckpt = load_checkpoint(path)
+            if not isinstance(ckpt, dict) or not {"model", "optimizer", "config", "global_step"} <= set(ckpt):
+                raise ValueError("not a vggnet training checkpoint")
+            return path, ckpt
+        except Exception as e:  # noqa: BLE001 - any unreadable file: fall back to the previous checkpoint
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            note = ""
+            if rename_bad:
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_name(path.name + ".unreadable"))
+                    note = f" (renamed to {path.name}.unreadable)"
+            print(f"warning: checkpoint {path} is unreadable{note}: {reason}; trying the previous one",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return None, None
+
+
+def remove_stale_temporaries(run: Path) -> None:
+    """Delete the hidden ``.NAME.XXXX.tmp`` files of writes that a kill interrupted (see ``atomic_write``)."""
+    for folder in (run, run / "checkpoints"):
+        for tmp in folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _trim_metrics(run: Path, global_step: int) -> None:
+    """Drop metrics.jsonl rows logged after ``global_step`` (the steps a resumed run does again), and a torn
+    last line of a killed write."""
+    path = run / runs.METRICS_FILE
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("step", 0) <= global_step:
+            keep.append(line)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))
 
 
 # ---- data ---------------------------------------------------------------------------------------------------
@@ -237,7 +304,7 @@ def make_loader(dataset, batch_sampler, workers: int, device: torch.device):
 
     kw: dict[str, Any] = {}
     if workers > 0:
-        kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4)
+        kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4, worker_init_fn=ignore_stop_signals)
     # A private generator: the loader must not draw from the global RNG (dropout's), or resume would drift.
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batch_sampler, collate_fn=collate, pin_memory=device.type == "cuda",
@@ -272,6 +339,14 @@ def make_train_loader(cfg: TrainConfig, train_set, plan, workers: int, device: t
     loader = GPULoader(train_set.samples, train_set.transform, batch_sampler=plan, device=device,
                        num_workers=min(workers, 8), channels_last=cfg.channels_last and device.type == "cuda")  # fmt: skip
     return loader, kind
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """In data-loader worker processes: leave Ctrl-C and SIGTERM to the main process, which stops at the next
+    step and saves a checkpoint. (A terminal's Ctrl-C and torchrun's killpg reach the whole process group; a
+    worker killed by them would fail the main process's next batch.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _workers(cfg: TrainConfig, d: Dist) -> int:
@@ -334,11 +409,17 @@ class Progress:
     epoch: int
     step_in_epoch: int
     global_step: int
+    epoch_loss_sum: float = 0.0  # the training loss summed over the epoch's steps so far (across a resume)
+    epoch_loss_steps: int = 0
 
 
 def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan, prog: Progress, device,
-                    autocast, log: Logger, bad_files: set[str], save_ckpt) -> float:
-    """Run the rest of one epoch; return the mean training loss of the steps run."""
+                    autocast, log: Logger, bad_files: set[str], save_ckpt, stop=None) -> float:
+    """Run the rest of one epoch; return the mean training loss of the steps run.
+
+    ``stop()`` is asked after every optimizer step: True (Ctrl-C or SIGTERM arrived) ends the epoch there, at a
+    step boundary, so a checkpoint holds exactly the state of an uninterrupted run after that step.
+    """
     model.train()
     accum = cfg.accum_steps
     loss_sum = torch.zeros((), device=device)
@@ -401,6 +482,8 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
             if not bool(finite):
                 raise NonFiniteLoss(f"non-finite loss at step {prog.global_step}")
             save_ckpt()
+        if stop is not None and stop():
+            break
         if cfg.max_steps and prog.global_step >= cfg.max_steps:
             break
     if not bool(finite):
@@ -419,8 +502,9 @@ def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_fi
     idx = list(range(d.rank, n, d.world))
     bs = max(1, cfg.batch_size // (d.world * cfg.accum_steps))
     batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                                         num_workers=min(_workers(cfg, d), 4))  # fmt: skip
+    workers = min(_workers(cfg, d), 4)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+                                         worker_init_fn=ignore_stop_signals if workers else None)  # fmt: skip
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # images, top-1 correct, top-5 correct
     for images, labels, bad in loader:
         bad_files.update(bad)
@@ -476,26 +560,79 @@ def _init_from(model: nn.Module, source: str, log: Logger) -> None:
         log.line(f"init from {weights}: all layers")
 
 
+def _plan(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None):
+    """Which run folder, with which config, from which checkpoint: (cfg, run or None, ckpt, explicit lr, restart).
+
+    ``--resume RUN`` continues the newest valid checkpoint, or starts RUN again from step 0 with its
+    config.toml when it has none yet. A new run's command pointing (``--out``) at a folder that already holds a
+    run does the same, so one command line restarts a pre-empted job wherever it died. Either way a changed
+    key that a resumed run cannot take (see ``config.SAFE_ON_RESUME``) is refused, naming the keys.
+    """
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if resume is not None:
+        run = Path(resume)
+        if not run.is_dir():
+            raise FileNotFoundError(f"--resume {run}: no such run folder")
+        given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
+        what = "--resume with these options"
+    else:
+        cfg = config if isinstance(config, TrainConfig) else resolve(config)
+        run = Path(cfg.out) if cfg.out else None
+        if run is None or not (run / runs.CONFIG_FILE).is_file():
+            return cfg, run, None, False, False
+        given = cfg.to_dict()
+        what = "this command"
+    toml_path = run / runs.CONFIG_FILE
+    file_cfg = from_dict(read_toml(toml_path)).to_dict() if toml_path.is_file() else None
+    found, ckpt = newest_valid_checkpoint(run, rename_bad=rank0)
+    if ckpt is not None:
+        saved = from_dict(ckpt["config"]).to_dict()
+        if file_cfg is not None:  # config.toml edited by hand since the checkpoint: the same rules as flags
+            edits = config_changes(saved, file_cfg)
+            refuse_unsafe_changes(edits, f"{toml_path} (edited since the checkpoint)", run)
+            saved.update({k: new for k, (_, new) in edits.items()})
+    elif file_cfg is not None:
+        saved = file_cfg
+    else:
+        raise FileNotFoundError(f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `vgg train --out {run}`")
+    changes = config_changes(saved, given)
+    changes.pop("out", None)
+    refuse_unsafe_changes(changes, what, run)
+    explicit = given if resume is not None else {k: new for k, (_, new) in changes.items()}
+    explicit.pop("out", None)
+    cfg = from_dict(dict(saved, **explicit, out=str(run)))
+    return cfg, run, ckpt, "lr" in explicit, ckpt is None
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM during training: remembered, and acted on at the next optimizer step (or at once
+    during a one-process validation, which changes no state); a second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.immediate = False
+
+    def __call__(self, signum, _frame) -> None:
+        again = bool(self.signum)
+        self.signum = self.signum or signum
+        if again or self.immediate:
+            raise KeyboardInterrupt
+
+
 def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None = None) -> Path:
     """Train a VGG net with the paper's recipe; return the run folder.
 
     ``config`` is a TrainConfig or a dict of its fields (resolved with the data set's preset).
-    ``resume``: a run folder whose newest checkpoint is continued exactly; its saved config is used, with
-    the keys of a ``config`` dict (for example a larger ``epochs``) applied over it.
+    ``resume``: a run folder whose newest valid checkpoint is continued exactly (or which starts again from
+    step 0 when it has none yet); its saved config is used, with the keys of a ``config`` dict (for example a
+    larger ``epochs``) applied over it when they are safe to change (``config.SAFE_ON_RESUME``).
+    A new run whose ``out`` folder already holds a run with the same config continues it the same way.
+
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM stopped training, after saving a checkpoint.
+        NonFiniteLoss: the loss became NaN or infinite; the message names the checkpoint to continue from.
     """
-    ckpt = None
-    if resume is not None:
-        run = Path(resume)
-        found = latest_checkpoint(run)
-        if found is None:
-            raise FileNotFoundError(f"{run}/checkpoints has no checkpoint to resume from; start a new run instead")
-        ckpt = load_checkpoint(found)
-        # flags given with --resume (a longer --epochs, another --device or --workers) override the saved config
-        given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
-        cfg = from_dict(dict(ckpt["config"], **given))
-    else:
-        cfg = config if isinstance(config, TrainConfig) else resolve(config)
-        run = Path(cfg.out) if cfg.out else None
+    cfg, run, ckpt, explicit_lr, restart = _plan(config, resume)
 
     device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     d = setup_distributed(device_kind)
@@ -503,13 +640,27 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
     if run is None:
         run = new_run_dir() if d.main else None
     run = _broadcast_path(run, d)
-    if resume is None and d.main and (run / runs.CONFIG_FILE).exists():
-        raise FileExistsError(f"{run} already holds a run; continue it with `vgg train --resume {run}` or pick another --out")
+    created = d.main and not run.exists()
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run)
+        _trim_metrics(run, ckpt["global_step"] if ckpt is not None else 0)
+        import tomli_w  # the resolved config first: a run killed in its statistics pass restarts from it
+
+        atomic_write(run / runs.CONFIG_FILE, lambda tmp: Path(tmp).write_text(tomli_w.dumps(cfg.to_dict())))
     if d.world > 1:
         dist.barrier()
+    started: list[bool] = []
+    try:
+        return _train(cfg, run, ckpt, explicit_lr, restart, d, device, started)
+    except BaseException:
+        if created and not started:  # a start that failed (bad data, no memory, ...) leaves no runs/NNN behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
+
+def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist, device,
+           started: list[bool]) -> Path:
     torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
     np.random.seed((cfg.seed + d.rank) % 2**32)
     random.seed(cfg.seed + d.rank)
@@ -521,43 +672,48 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     log = Logger(run, d.main, cfg.tensorboard)
+    try:
+        from .data import Stats
 
-    from .data import Stats
+        stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
+        train_set, val_set, classes, stats = build_data(cfg, d, stats)
 
-    stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
-    train_set, val_set, classes, stats = build_data(cfg, d, stats)
-
-    model = create_model(
-        cfg.arch, num_classes=len(classes), width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size,
-        dropout=cfg.dropout, batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
-        init=cfg.init, seed=cfg.seed,
-    )  # fmt: skip
-    if cfg.init_from and ckpt is None:
-        _init_from(model, cfg.init_from, log)
-    model.to(device)
-    if cuda and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    fused = cuda and cfg.fused
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, fused=fused or None)  # fmt: skip
-    plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays)
-    start_epoch, prog = 0, Progress(0, 0, 0)
-    if ckpt is not None:
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        plateau.load_state_dict(ckpt["plateau"])
-        if "lr" in given:  # an explicit learning rate on resume replaces the schedule's current one
-            plateau.lr = cfg.lr
-        prog = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"])
-        start_epoch = ckpt["epoch"]
-        _set_rng_state(ckpt["rng"])
-        log.line(f"resuming {run} at epoch {prog.epoch + 1}, step {prog.step_in_epoch} ({prog.global_step} in all)")
-    elif d.main:
-        import tomli_w
-
-        atomic_write(run / runs.CONFIG_FILE, lambda tmp: Path(tmp).write_text(tomli_w.dumps(cfg.to_dict())))
-        stats.save(run / runs.STATS_FILE)
-        atomic_write(run / runs.CLASSES_FILE, lambda tmp: Path(tmp).write_text(json.dumps(classes)))
+        model = create_model(
+            cfg.arch, num_classes=len(classes), width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size,
+            dropout=cfg.dropout, batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
+            init=cfg.init, seed=cfg.seed,
+        )  # fmt: skip
+        if cfg.init_from and ckpt is None:
+            _init_from(model, cfg.init_from, log)
+        model.to(device)
+        if cuda and cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        fused = cuda and cfg.fused
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, fused=fused or None)  # fmt: skip
+        plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays)
+        start_epoch, prog = 0, Progress(0, 0, 0)
+        if ckpt is not None:
+            unwrap(model).load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            plateau.load_state_dict(ckpt["plateau"])
+            # the schedule's knobs may change on resume; an explicit learning rate replaces its current one
+            plateau.patience, plateau.threshold, plateau.max_decays = cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays
+            if explicit_lr:
+                plateau.lr = cfg.lr
+            prog = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], *ckpt.get("epoch_loss", (0.0, 0)))
+            start_epoch = ckpt["epoch"]
+            _set_rng_state(ckpt["rng"])
+            log.line(f"resuming {run} at epoch {prog.epoch + 1}, step {prog.step_in_epoch} ({prog.global_step} in all)")
+        else:
+            if restart:
+                log.line(f"{run} has no checkpoint yet: starting it again from step 0")
+            if d.main:
+                stats.save(run / runs.STATS_FILE)
+                atomic_write(run / runs.CLASSES_FILE, lambda tmp: Path(tmp).write_text(json.dumps(classes)))
+    except BaseException:
+        log.close()
+        raise
 
     net = model
     if cuda and cfg.compile:
@@ -573,11 +729,26 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
     loader, loader_kind = make_train_loader(cfg, train_set, plan, _workers(cfg, d), device)
     bad_files: set[str] = set()
 
-    def save_ckpt() -> None:
-        if d.main:
-            save_checkpoint(run, model, optimizer, plateau, cfg, prog.epoch, prog.step_in_epoch, prog.global_step,
-                            cfg.keep_checkpoints)  # fmt: skip
-            _write_bad_files(run, bad_files)
+    def save_ckpt(rng: dict[str, Any] | None = None) -> Path | None:
+        if not d.main:
+            return None
+        path = save_checkpoint(run, model, optimizer, plateau, cfg, prog.epoch, prog.step_in_epoch, prog.global_step,
+                               cfg.keep_checkpoints, rng=rng, epoch_loss=(prog.epoch_loss_sum, prog.epoch_loss_steps))  # fmt: skip
+        _write_bad_files(run, bad_files)
+        return path
+
+    request = _StopRequest()
+    # the processes agree on stopping (a max over them) so they stop at the same step; a CPU flag, over gloo
+    stop_group = None
+    if d.world > 1:
+        stop_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def stop() -> bool:
+        flag = torch.tensor([request.signum], dtype=torch.int64)
+        if d.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=stop_group)
+            request.signum = request.signum or int(flag)
+        return bool(flag)
 
     n_params = sum(p.numel() for p in model.parameters())
     log.line(
@@ -587,28 +758,55 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         + (" (bf16, channels-last, compiled)" if cuda and cfg.amp and cfg.compile else "")
         + f", {loader_kind} data path"
     )
-    started = time.perf_counter()
+    started.append(True)
+    t_start = time.perf_counter()
+    saved_at: Path | None = None
     interrupted = False
-    # Ctrl-C and SIGTERM (Slurm's pre-emption): save the position reached, then exit cleanly
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM (Slurm's pre-emption, torchrun's shutdown): finish the optimizer step under way, save
+    # a checkpoint of that exact state, then exit; resuming gives the same weights as an uninterrupted run
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            if stop():  # a signal during the previous epoch's bookkeeping
+                saved_at, interrupted = save_ckpt(), True
+                break
             if plateau.done or (cfg.max_steps and prog.global_step >= cfg.max_steps):
                 break
             if prog.epoch != epoch:
                 prog.epoch, prog.step_in_epoch = epoch, 0
+                prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0
             for group in optimizer.param_groups:
                 group["lr"] = plateau.lr
             plan.set_epoch(epoch, prog.step_in_epoch)
             t_epoch = time.perf_counter()
+            first = prog.step_in_epoch
             train_loss = train_one_epoch(net, loader, optimizer, cfg, plan, prog, device, autocast, log, bad_files,
-                                         save_ckpt)  # fmt: skip
+                                         save_ckpt, stop)  # fmt: skip
+            prog.epoch_loss_sum += train_loss * (prog.step_in_epoch - first)
+            prog.epoch_loss_steps += prog.step_in_epoch - first
+            if stop():  # asked again: every process must take the same branch
+                saved_at, interrupted = save_ckpt(), True
+                break
             if prog.step_in_epoch < plan.steps_per_epoch:  # stopped by max_steps inside the epoch
                 save_ckpt()
                 break
-            metrics = validate(net, val_set, cfg, device, autocast, d, bad_files)
+            # a one-process validation changes no state: a signal stops it at once, and the checkpoint takes
+            # the RNG state from before it (validation's loader draws its seed from the global RNG)
+            rng_before = _rng_state()
+            request.immediate = d.world == 1
+            try:
+                metrics = validate(net, val_set, cfg, device, autocast, d, bad_files)
+            except KeyboardInterrupt:
+                request.signum = request.signum or signal.SIGINT
+                saved_at, interrupted = save_ckpt(rng=rng_before), True
+                break
+            finally:
+                request.immediate = False
             plateau.step(metrics["val_top1_err"])
+            train_loss = prog.epoch_loss_sum / max(prog.epoch_loss_steps, 1)
             prog.epoch, prog.step_in_epoch = epoch + 1, 0
+            prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0
             record = dict(epoch=epoch + 1, step=prog.global_step, train_loss=train_loss, lr=optimizer.param_groups[0]["lr"],
                           epoch_time_s=time.perf_counter() - t_epoch, **metrics)  # fmt: skip
             log.record("epoch", **record)
@@ -624,25 +822,38 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
 
                 with contextlib.suppress(Exception):  # a plotting problem never stops training
                     plot_run(run)
-    except KeyboardInterrupt:
-        interrupted = True
-        log.line(f"interrupted: saving a checkpoint at step {prog.global_step}; continue with `vgg train --resume {run}`")
-        save_ckpt()
+    except KeyboardInterrupt:  # a second signal: stop at once, without a checkpoint of this moment
+        request.signum = request.signum or signal.SIGINT
+        saved_at, interrupted = None, True
     except NonFiniteLoss as e:
         last = latest_checkpoint(run)
+        lr = optimizer.param_groups[0]["lr"]
+        where = (f"nothing after the last good checkpoint {last} was kept" if last is not None
+                 else "no checkpoint had been written yet")  # fmt: skip
         raise NonFiniteLoss(
-            f"{e}: training stopped. The last good checkpoint is {last}. Lower --lr, use --init glorot, or check "
-            f"the data; resume from the checkpoint with `vgg train --resume {run}`"
+            f"{e} (epoch {prog.epoch + 1}): training stopped and {where}. The learning rate {lr:g} is too high "
+            f"for this net and data (or --init draws too large weights): continue with a lower one, "
+            f"`vgg train --resume {run} --lr {lr / 10:g}`{' (it starts again from step 0)' if last is None else ''}, "
+            f"or check the images"
         ) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         log.close()
         if d.main:
             _write_bad_files(run, bad_files)
-    if d.main and not interrupted:
-        log.line(f"done in {time.perf_counter() - started:.0f}s: {run}")
     if interrupted:
-        raise KeyboardInterrupt
+        name = signal.Signals(request.signum).name
+        if saved_at is not None or not d.main:
+            msg = (f"{name}: stopped at step {prog.global_step} and saved {saved_at or 'a checkpoint'}; "
+                   f"continue with `vgg train --resume {run}`")  # fmt: skip
+        else:
+            last = latest_checkpoint(run)
+            msg = (f"{name} twice: stopped without saving this step; `vgg train --resume {run}` continues from "
+                   f"{last if last is not None else 'step 0 (no checkpoint yet)'}")  # fmt: skip
+        raise Interrupted(msg, request.signum)
+    if d.main:
+        log.line(f"done in {time.perf_counter() - t_start:.0f}s: {run}")
     return run
 
 
