@@ -285,6 +285,9 @@ def build_data(cfg: TrainConfig, d: Dist, stats=None):
     )  # fmt: skip
     if not val_samples:
         raise ValueError(f"{cfg.data}: no validation images; the plateau schedule needs some (--val-fraction > 0)")
+    if len(classes) < 2:
+        raise ValueError(f"{cfg.data}: one class ({classes[0]!r}); a classifier needs at least two class folders, "
+                         f"one per class (<root>/<class>/<image>)")  # fmt: skip
     if stats is None:
         # the mean RGB and PCA at the training scale; decoding at reduced size keeps this pass short on ImageNet
         stats = data.compute_stats(train_samples, max_images=cfg.stats_images, seed=cfg.seed, side=cfg.scale_min,

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from .io import BadImageError, load_image
 
 log = logging.getLogger(__name__)
+_reported: set[str] = set()  # bad files already logged by this process: once per run, not once per epoch
 
 Sample = tuple[str, int]
 Item = tuple[torch.Tensor | None, int, str]
@@ -81,7 +82,9 @@ class ImageDataset(Dataset):
         try:
             image = self.transform(path, generator) if self.transform else load_image(path)
         except BadImageError as e:
-            log.warning("skipping bad image %s: %s", path, e.reason)
+            if str(path) not in _reported:
+                _reported.add(str(path))
+                log.warning("skipping bad image %s: %s", path, e.reason)
             return None, int(label), str(path)
         return image, int(label), str(path)
 
