@@ -352,6 +352,15 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def stop_workers(loader) -> None:
+    """Shut a loader's persistent worker processes down now rather than at interpreter exit, where
+    multiprocessing ends them with SIGTERM, which they ignore (see :func:`ignore_stop_signals`)."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+        loader._iterator = None
+
+
 def _workers(cfg: TrainConfig, d: Dist) -> int:
     if cfg.workers >= 0:
         return cfg.workers
@@ -842,6 +851,7 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        stop_workers(loader)
         log.close()
         if d.main:
             _write_bad_files(run, bad_files)
