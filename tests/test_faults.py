@@ -255,3 +255,68 @@ def test_torchrun_sigterm_saves_and_resumes(folder, tmp_path):
     one = train(small(folder, tmp_path / "one", accum_steps=2, dropout=0.0))
     a, b = weights(one), weights(out)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_full_disk_is_one_line_and_the_same_command_continues(folder, tmp_path, straight, monkeypatch, capsys):
+    import errno
+
+    from vggnet.cli import main
+
+    argv = _cli(tmp_path / "run", folder)[3:]
+    real, calls = os.replace, []
+
+    def full(src, dst):  # the disk fills up at the second checkpoint write (epoch 2's end)
+        if str(dst).endswith(".pt"):
+            calls.append(dst)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "No space left on device" in err and "free some space" in err, err
+    monkeypatch.undo()
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+    assert main(argv) == 0  # the same command: resumes from epoch 1's checkpoint
+    assert same(weights(straight), weights(tmp_path / "run"))
+
+
+def test_nan_on_the_command_line_is_one_line(folder, tmp_path, capsys):
+    from vggnet.cli import main
+
+    argv = _cli(tmp_path / "run", folder, "--lr", "1e30", "--init", "paper", "--epochs", "1")[3:]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "non-finite loss" in err and f"vgg train --resume {tmp_path / 'run'} --lr 1e+29" in err
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+
+
+def test_symlink_loops_and_links_into_other_classes_are_skipped(tmp_path, caplog):
+    from vggnet.data import scan_folder
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")
+    (tmp_path / "a" / "up").symlink_to(tmp_path)
+    (tmp_path / "a" / "other").symlink_to(tmp_path / "b")
+    (tmp_path / "a" / "again.png").symlink_to(tmp_path / "a" / "0.png")
+    samples, classes = scan_folder(tmp_path)
+    assert classes == ["a", "b"]
+    assert [label for _, label in samples] == [0, 0, 0, 1, 1, 1]
+    assert "symbolic link loop" in caplog.text and "another class folder" in caplog.text
+
+
+def test_a_bad_file_is_reported_once_not_every_epoch(tmp_path, caplog):
+    from vggnet.data import ImageDataset
+
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    ds = ImageDataset([(str(tmp_path / "bad.png"), 0)], transform=None)
+    for _epoch in range(3):
+        assert ds[0][0] is None
+    assert caplog.text.count("skipping bad image") == 1
