@@ -5,6 +5,7 @@ newest checkpoint, a changed config on resume, a NaN before any checkpoint, a fa
 """
 
 import json
+import math
 import os
 import random
 import signal
@@ -320,3 +321,33 @@ def test_a_bad_file_is_reported_once_not_every_epoch(tmp_path, caplog):
     for _epoch in range(3):
         assert ds[0][0] is None
     assert caplog.text.count("skipping bad image") == 1
+
+
+# ---- the CUDA code path, on the CPU -------------------------------------------------------------------------
+
+
+def test_cuda_defaults_run_on_the_cpu(folder, tmp_path, monkeypatch):
+    """What CUDA runs by default (torch.compile with inductor, bf16 autocast, channels-last, fused SGD), run on
+    the CPU so that CI without a GPU catches its breakage: training steps, validation, checkpoint, weights."""
+    pytest.importorskip("torch._inductor")
+    monkeypatch.setenv("VGGNET_CUDA_PATH_ON_CPU", "1")
+    torch._dynamo.reset()
+    dtypes = []
+    real = train_mod.create_model
+
+    def recording(*a, **kw):
+        model = real(*a, **kw)
+        model.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        return model
+
+    monkeypatch.setattr(train_mod, "create_model", recording)
+    run = train(small(folder, tmp_path / "run", epochs=1, dropout=0.0))  # 4 steps, validation, checkpoint
+    ckpt = load_checkpoint(latest_checkpoint(run))
+    assert ckpt["model"]["features.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.bfloat16 in dtypes  # the logits of the autocast forward
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    rows = epochs_logged(run)
+    assert [r["epoch"] for r in rows] == [1] and math.isfinite(rows[0]["train_loss"])
+    import vggnet
+
+    assert vggnet.load_run(run).model(torch.zeros(1, 3, 32, 32)).isfinite().all()

@@ -73,6 +73,13 @@ def setup_distributed(device_kind: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def cuda_path(device: torch.device) -> bool:
+    """Whether training takes the CUDA code path (bf16 autocast, channels-last, torch.compile, fused SGD, as
+    the --amp/--channels-last/--compile/--fused flags allow): on CUDA, and on the CPU when the environment has
+    VGGNET_CUDA_PATH_ON_CPU=1, so that a CPU-only CI runs that path too (bf16 autocast and inductor work there)."""
+    return device.type == "cuda" or os.environ.get("VGGNET_CUDA_PATH_ON_CPU", "") == "1"
+
+
 def pick_device(name: str, d: Dist) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -445,7 +452,7 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
         bad_files.update(bad)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        if cfg.channels_last and device.type == "cuda":
+        if cfg.channels_last and cuda_path(device):
             images = images.contiguous(memory_format=torch.channels_last)
         last_micro = (micro + 1) % accum == 0
         # DDP: average gradients only on the last micro-batch of an accumulated step
@@ -523,7 +530,7 @@ def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_fi
         if images.shape[0] == 0:
             continue
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if cfg.channels_last and device.type == "cuda":
+        if cfg.channels_last and cuda_path(device):
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast():
             scores = model(images).float()
@@ -698,9 +705,9 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
         if cfg.init_from and ckpt is None:
             _init_from(model, cfg.init_from, log)
         model.to(device)
-        if cuda and cfg.channels_last:
+        if cuda_path(device) and cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        fused = cuda and cfg.fused
+        fused = cuda_path(device) and cfg.fused
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay, fused=fused or None)  # fmt: skip
         plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays)
@@ -728,14 +735,14 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
         raise
 
     net = model
-    if cuda and cfg.compile:
+    if cuda_path(device) and cfg.compile:
         net = torch.compile(net)  # compile before DDP wrapping; checkpoints save the unwrapped module
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-    amp = cuda and cfg.amp
+    amp = cuda_path(device) and cfg.amp
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
     plan = BatchPlan(len(train_set), cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
     loader, loader_kind = make_train_loader(cfg, train_set, plan, _workers(cfg, d), device)
@@ -767,7 +774,7 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
         f"run {run}: {unwrap(model).name} ({n_params / 1e6:.2f}M parameters, {len(classes)} classes), "
         f"{len(train_set)} train / {len(val_set)} val images, S in [{cfg.scale_min}, {cfg.scale_max}], "
         f"crop {cfg.crop_size}, batch {cfg.batch_size} on {d.world} x {device}"
-        + (" (bf16, channels-last, compiled)" if cuda and cfg.amp and cfg.compile else "")
+        + (" (bf16, channels-last, compiled)" if cuda_path(device) and cfg.amp and cfg.compile else "")
         + f", {loader_kind} data path"
     )
     started.append(True)
