@@ -351,3 +351,16 @@ def test_cuda_defaults_run_on_the_cpu(folder, tmp_path, monkeypatch):
     import vggnet
 
     assert vggnet.load_run(run).model(torch.zeros(1, 3, 32, 32)).isfinite().all()
+
+
+def test_bad_files_of_a_run_are_reported_once(folder, tmp_path, capsys, caplog):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    (data / "class0" / "broken.png").write_bytes(b"\x89PNG truncated")
+    run = train(small(data, tmp_path / "run", epochs=3, val_fraction=0.25))
+    out = capsys.readouterr().out
+    assert out.count("unreadable image") == 1 and "broken.png" in out
+    assert caplog.text.count("skipping bad image") <= 1  # the statistics pass may name it once
+    assert (run / "bad_files.txt").read_text().strip().endswith("broken.png")

@@ -115,6 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = train(config_mod.resolve(overrides, recipe=args.recipe))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {run}")
+        if not (run / "model.safetensors").is_file():  # stopped by --max-steps inside the first epoch
+            print(f"  no weights yet (they are written at the end of each epoch); continue with `vgg train --resume {run}`")
+            return 0
         print(f"  weights:  {run / 'model.safetensors'}")
         print(f"  metrics:  {run / 'metrics.jsonl'}")
         print(f"  plots:    {run / 'plots' / 'learning_curves.png'}")

@@ -306,7 +306,9 @@ def build_data(cfg: TrainConfig, d: Dist, stats=None):
     # (Q = S, or Q = (Smin + Smax) / 2 for a jittered net); the full protocols live in `vgg eval`.
     q = (cfg.scale_min + cfg.scale_max) // 2
     val_tf = data.EvalTransform(norm, size=q, crop_size=cfg.crop_size, divide_std=divide_std)
-    return data.ImageDataset(train_samples, train_tf), data.ImageDataset(val_samples, val_tf), classes, stats
+    # the loop reports bad files itself, once per run (loader workers are separate processes, some per epoch)
+    train_set = data.ImageDataset(train_samples, train_tf, warn=False)
+    return train_set, data.ImageDataset(val_samples, val_tf, warn=False), classes, stats
 
 
 def make_loader(dataset, batch_sampler, workers: int, device: torch.device):
@@ -747,6 +749,7 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
     plan = BatchPlan(len(train_set), cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
     loader, loader_kind = make_train_loader(cfg, train_set, plan, _workers(cfg, d), device)
     bad_files: set[str] = set()
+    reported: set[str] = set()
 
     def save_ckpt(rng: dict[str, Any] | None = None) -> Path | None:
         if not d.main:
@@ -823,6 +826,11 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
             finally:
                 request.immediate = False
             plateau.step(metrics["val_top1_err"])
+            if bad_files - reported:
+                new = sorted(bad_files - reported)
+                reported.update(new)
+                log.line(f"skipped {len(new)} unreadable image(s), listed in {run / 'bad_files.txt'}: "
+                         f"{', '.join(new[:3])}{' ...' if len(new) > 3 else ''}")  # fmt: skip
             train_loss = prog.epoch_loss_sum / max(prog.epoch_loss_steps, 1)
             prog.epoch, prog.step_in_epoch = epoch + 1, 0
             prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0

@@ -65,9 +65,11 @@ class ImageDataset(Dataset):
         self,
         samples: Sequence[Sample],
         transform: Callable[[str, torch.Generator | None], torch.Tensor] | None = None,
+        warn: bool = True,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.warn = warn  # False: the caller reports the bad files it collects (training does, once per run)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -82,7 +84,7 @@ class ImageDataset(Dataset):
         try:
             image = self.transform(path, generator) if self.transform else load_image(path)
         except BadImageError as e:
-            if str(path) not in _reported:
+            if self.warn and str(path) not in _reported:
                 _reported.add(str(path))
                 log.warning("skipping bad image %s: %s", path, e.reason)
             return None, int(label), str(path)
