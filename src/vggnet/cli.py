@@ -116,7 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {run}")
         if not (run / "model.safetensors").is_file():  # stopped by --max-steps inside the first epoch
-            print(f"  no weights yet (they are written at the end of each epoch); continue with `vgg train --resume {run}`")
+            print(f"  no weights yet (they are written at the end of each epoch); continue with "
+                  f"`vgg train --resume {run}`")
             return 0
         print(f"  weights:  {run / 'model.safetensors'}")
         print(f"  metrics:  {run / 'metrics.jsonl'}")

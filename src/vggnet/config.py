@@ -88,7 +88,9 @@ class TrainConfig:
         if self.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
         if self.keep_checkpoints < 1:
-            raise ValueError(f"--keep-checkpoints must be at least 1 (the newest is needed to resume), got {self.keep_checkpoints}")
+            raise ValueError(
+                f"--keep-checkpoints must be at least 1 (the newest is needed to resume), got {self.keep_checkpoints}"
+            )
         for name in ("checkpoint_every", "max_steps", "stats_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
@@ -218,4 +220,7 @@ def field_help() -> dict[str, str]:
     return out
 
 
-__all__ = ["PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "from_dict", "read_recipe", "read_toml", "resolve"]
+__all__ = [
+    "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "from_dict", "read_recipe", "read_toml",
+    "refuse_unsafe_changes", "resolve",
+]  # fmt: skip

@@ -615,7 +615,9 @@ def _plan(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike
     elif file_cfg is not None:
         saved = file_cfg
     else:
-        raise FileNotFoundError(f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `vgg train --out {run}`")
+        raise FileNotFoundError(
+            f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `vgg train --out {run}`"
+        )
     changes = config_changes(saved, given)
     changes.pop("out", None)
     refuse_unsafe_changes(changes, what, run)
@@ -722,7 +724,8 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
             plateau.patience, plateau.threshold, plateau.max_decays = cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays
             if explicit_lr:
                 plateau.lr = cfg.lr
-            prog = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], *ckpt.get("epoch_loss", (0.0, 0)))
+            prog = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"],
+                            *ckpt.get("epoch_loss", (0.0, 0)))  # fmt: skip
             start_epoch = ckpt["epoch"]
             _set_rng_state(ckpt["rng"])
             log.line(f"resuming {run} at epoch {prog.epoch + 1}, step {prog.step_in_epoch} ({prog.global_step} in all)")
@@ -755,7 +758,8 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
         if not d.main:
             return None
         path = save_checkpoint(run, model, optimizer, plateau, cfg, prog.epoch, prog.step_in_epoch, prog.global_step,
-                               cfg.keep_checkpoints, rng=rng, epoch_loss=(prog.epoch_loss_sum, prog.epoch_loss_steps))  # fmt: skip
+                               cfg.keep_checkpoints, rng=rng,
+                               epoch_loss=(prog.epoch_loss_sum, prog.epoch_loss_steps))  # fmt: skip
         _write_bad_files(run, bad_files)
         return path
 

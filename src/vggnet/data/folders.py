@@ -74,7 +74,8 @@ def _images_under(folder: Path, others: Sequence[str] = ()) -> list[str]:
             if real in seen_dirs or _inside(top, real):
                 log.warning("skipping %s: a symbolic link loop (it leads back to %s)", os.path.join(dirpath, d), real)
             elif any(_inside(real, o) for o in others):
-                log.warning("skipping %s: a symbolic link into another class folder (%s)", os.path.join(dirpath, d), real)
+                log.warning("skipping %s: a symbolic link into another class folder (%s)",
+                            os.path.join(dirpath, d), real)  # fmt: skip
             else:
                 seen_dirs.add(real)
                 keep.append(d)
