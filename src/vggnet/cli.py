@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return code
     except BrokenPipeError:
         # `vgg predict ... | head`: the reader left; say nothing more (Python would complain again at exit)
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -238,7 +239,9 @@ def newest_valid_checkpoint(run: Path, rename_bad: bool = True) -> tuple[Path | 
     """
     for path in sorted((run / "checkpoints").glob("ckpt-*.pt"), reverse=True):
         try:
-            ckpt = load_checkpoint(path)
+            with warnings.catch_warnings():  # torch's note on a foreign pickle protocol: the refusal says enough
+                warnings.simplefilter("ignore", UserWarning)
+                ckpt = load_checkpoint(path)
             if not isinstance(ckpt, dict) or not {"model", "optimizer", "config", "global_step"} <= set(ckpt):
                 raise ValueError("not a vggnet training checkpoint")
             return path, ckpt
