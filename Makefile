@@ -5,6 +5,9 @@ CACHE ?= $(HOME)/.cache/vggnet
 VENV ?= $(CACHE)/venv-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Two clones running make at once must not install into the shared venv together: every change to it holds
+# this lock (flock, from util-linux; without it, as on macOS, make goes on unlocked).
+LOCK := $(shell command -v flock >/dev/null 2>&1 && echo flock $(CACHE)/venv.lock)
 
 .PHONY: demo test venv clean-venv paper-check
 
@@ -25,15 +28,19 @@ paper-check: venv
 
 # Full dependencies once per venv (its name holds the hash of pyproject.toml: a changed file makes a new
 # one); the project itself (editable, no deps) on every call,
-# so the `vgg` script and `import vggnet` always point at this clone.
+# so the `vgg` script and `import vggnet` always point at this clone. `.venv` in the clone links to the
+# shared venv, so that `source .venv/bin/activate` puts `vgg` on the PATH as in any Python project.
 venv: $(STAMP)
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(LOCK) $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	ln -sfn $(VENV) .venv
 
 $(STAMP):
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	mkdir -p $(CACHE)
+	$(LOCK) sh -c 'test -f $(STAMP) || { \
+	  { test -x $(PY) || $(PYTHON) -m venv $(VENV); } && \
+	  $(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel && \
+	  $(PY) -m pip install -q -e ".[dev]" && \
+	  touch $(STAMP); }'
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv

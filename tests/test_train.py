@@ -86,8 +86,12 @@ def test_train_writes_a_complete_run(folder, tmp_path):
     assert loaded.classes == ["class0", "class1"]
     assert loaded.model.num_classes == 2
     assert len(list((run / "checkpoints").glob("ckpt-*.pt"))) <= 2
-    with pytest.raises(FileExistsError, match="--resume"):
-        train(small(folder, tmp_path))
+    # the same command again finds the finished run and has nothing left to do; another net is refused
+    before = weights(run)
+    assert train(small(folder, tmp_path)) == run
+    assert all(torch.equal(before[k], weights(run)[k]) for k in before)
+    with pytest.raises(ValueError, match=r"arch \('A' -> 'B'\).*another --out"):
+        train(small(folder, tmp_path, arch="B"))
 
 
 def test_accumulated_batch_equals_full_batch(folder, tmp_path):
@@ -114,7 +118,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_pa
     run = train(small(folder, tmp_path, epochs=1))
     good = latest_checkpoint(run)
     with pytest.raises(NonFiniteLoss, match="non-finite loss.*last good checkpoint"):
-        train({"lr": 1e30, "epochs": 2, "init": "paper"}, resume=run)
+        train({"lr": 1e30, "epochs": 2}, resume=run)
     assert latest_checkpoint(run) == good
     assert torch.isfinite(load_checkpoint(good)["model"]["features.0.weight"]).all()
 

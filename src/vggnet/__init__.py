@@ -5,20 +5,47 @@ The six networks of Table 1, the paper's training recipe and its evaluation prot
 
 from __future__ import annotations
 
-from .configs import CONFIGS, list_models, parse_name
-from .init import init_from_net_a, init_weights
-from .features import VGGFeatures
-from .model import VGG, create_model, spatial_average
-from .perceptual import PerceptualLoss
-from .pretrained import transforms
-from .weights import export_weights, load_model, load_weights, save_weights
+import importlib
+import sys
+import types
 
-# The functions below share their module's name; imported eagerly here, the package attribute is the function
-# (`vggnet.train(...)`, `vggnet.evaluate(...)`); the modules stay importable as `from vggnet.train import ...`.
-from .config import TrainConfig  # noqa: E402
-from .evaluate import evaluate, predict  # noqa: E402
-from .runs import load_run  # noqa: E402
-from .train import train  # noqa: E402
+# Attributes load on first use, so that `vgg --help` and `import vggnet.config` do not wait for torch.
+_LAZY = {
+    "CONFIGS": "configs", "list_models": "configs", "parse_name": "configs",
+    "init_from_net_a": "init", "init_weights": "init", "VGGFeatures": "features", "PerceptualLoss": "perceptual",
+    "transforms": "pretrained",
+    "VGG": "model", "create_model": "model", "spatial_average": "model",
+    "export_weights": "weights", "load_model": "weights", "load_weights": "weights", "save_weights": "weights",
+    "TrainConfig": "config", "evaluate": "evaluate", "predict": "evaluate", "load_run": "runs", "train": "train",
+}  # fmt: skip
+
+
+class _Package(types.ModuleType):
+    # `vggnet.train` and `vggnet.evaluate` are the functions; importing the modules of the same name (which
+    # sets the package attribute) must not replace them. The modules stay importable: `from vggnet.train import`.
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ("train", "evaluate") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    else:
+        try:  # a submodule: vggnet.data, vggnet.metrics, ...
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+sys.modules[__name__].__class__ = _Package
 
 __version__ = "0.1.0"
 

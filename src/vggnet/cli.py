@@ -1,4 +1,9 @@
-"""The `vgg` command: parses arguments and calls the library; no logic of its own."""
+"""The `vgg` command: parses arguments and calls the library; no logic of its own.
+
+Every failure ends in one line on stderr naming the file or flag and the fix, and a non-zero exit code; the
+traceback is shown with ``--debug`` (or ``VGG_DEBUG=1``). Only the chosen command's options are built, so
+``vgg --help`` and ``vgg train --help`` answer without importing torch.
+"""
 
 from __future__ import annotations
 
@@ -92,20 +97,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import config as config_mod
     from .train import train
 
+    overrides = {f.name: getattr(args, f.name) for f in fields(config_mod.TrainConfig)}
+    if args.scale:
+        try:
+            parts = [int(v) for v in args.scale.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (1, 2):
+            raise ValueError(f"--scale takes S or Smin,Smax (integers), got {args.scale!r}")
+        overrides["scale_min"], overrides["scale_max"] = parts[0], parts[-1]
     if args.resume:
-        given = {f.name: getattr(args, f.name) for f in fields(config_mod.TrainConfig) if getattr(args, f.name) is not None}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if args.recipe:
+            given = {**config_mod.read_recipe(args.recipe), **given}
         run = train(given, resume=args.resume)
     else:
-        overrides = {f.name: getattr(args, f.name) for f in fields(config_mod.TrainConfig)}
-        if args.scale:
-            parts = [int(v) for v in args.scale.split(",")]
-            if len(parts) not in (1, 2):
-                raise ValueError(f"--scale takes S or Smin,Smax, got {args.scale!r}")
-            overrides["scale_min"], overrides["scale_max"] = parts[0], parts[-1]
-        cfg = config_mod.resolve(overrides, recipe=args.recipe)
-        run = train(cfg)
+        run = train(config_mod.resolve(overrides, recipe=args.recipe))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {run}")
+        if not (run / "model.safetensors").is_file():  # stopped by --max-steps inside the first epoch
+            print(f"  no weights yet (they are written at the end of each epoch); continue with "
+                  f"`vgg train --resume {run}`")
+            return 0
         print(f"  weights:  {run / 'model.safetensors'}")
         print(f"  metrics:  {run / 'metrics.jsonl'}")
         print(f"  plots:    {run / 'plots' / 'learning_curves.png'}")
@@ -113,8 +126,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ("params", "train", "eval", "fuse", "predict", "reproduce")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `vgg` parser. ``only``: build the options of that command alone (the others keep their name and
+    help line; "" builds none): the evaluation and reproduction modules import torch, which takes seconds."""
+
+    def want(name: str) -> bool:
+        return only is None or only == name
+
     parser = argparse.ArgumentParser(prog="vgg", description="The VGG paper end to end: train, evaluate, reproduce.")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("params", help="print Table 2: parameters, weight layers and GFLOPs of every net")
@@ -130,33 +153,38 @@ def build_parser() -> argparse.ArgumentParser:
         "set's preset (for mnist / mnist-scale), a --recipe file, then these flags. Launch with torchrun for "
         "several GPUs or machines.",
     )
-    add_train_arguments(p)
-    p.set_defaults(func=cmd_train)
+    if want("train"):
+        add_train_arguments(p)
+        p.set_defaults(func=cmd_train)
 
-    import importlib
+    ev = None
+    if want("eval") or want("fuse") or want("predict"):
+        import importlib
 
-    ev = importlib.import_module("vggnet.evaluate")  # the module; the package attribute is the function
+        ev = importlib.import_module("vggnet.evaluate")  # the module; the package attribute is the function
 
     p = sub.add_parser("eval", help="evaluate runs with the paper's protocols (dense, multi-crop, both, centre)")
-    ev.add_eval_arguments(p)
-    p.set_defaults(func=ev.run_eval_cli)
+    if want("eval"):
+        ev.add_eval_arguments(p)
+        p.set_defaults(func=ev.run_eval_cli)
     p = sub.add_parser("fuse", help="fuse several runs: average their soft-max posteriors (Table 6)")
-    ev.add_fuse_arguments(p)
-    p.set_defaults(func=ev.run_fuse_cli)
+    if want("fuse"):
+        ev.add_fuse_arguments(p)
+        p.set_defaults(func=ev.run_fuse_cli)
     p = sub.add_parser("predict", help="top-5 classes of images (dense, multi-scale, flips)")
-    ev.add_predict_arguments(p)
-    p.set_defaults(func=ev.run_predict_cli)
-
-    from . import export
+    if want("predict"):
+        ev.add_predict_arguments(p)
+        p.set_defaults(func=ev.run_predict_cli)
 
     p = sub.add_parser(
         "export",
         help="write a run or --weights as ONNX (crop or dense net), safetensors, or a torchvision/timm state dict",
     )
-    export.add_export_arguments(p)
-    p.set_defaults(func=export.run_export_cli)
+    if want("export"):
+        from . import export
 
-    from . import reproduce
+        export.add_export_arguments(p)
+        p.set_defaults(func=export.run_export_cli)
 
     p = sub.add_parser(
         "reproduce",
@@ -164,25 +192,74 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate the paper's grid: small scale on the embedded mnist-scale digits "
         "(default), or the paper's ImageNet schedule with --scale paper.",
     )
-    reproduce.add_reproduce_arguments(p)
-    p.set_defaults(func=reproduce.run_reproduce_cli)
+    if want("reproduce"):
+        from . import reproduce
+
+        reproduce.add_reproduce_arguments(p)
+        p.set_defaults(func=reproduce.run_reproduce_cli)
     return parser
 
 
+# Errors a user can cause and fix (a path, a flag, a file); anything else is reported as an internal error.
+_USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:600] + (" ..." if len(text) > 600 else "") if text else type(e).__name__
+
+
+def _describe(e: BaseException) -> tuple[str, int]:
+    """(message, exit code) of an exception that ends a command."""
+    import errno
+    import pickle
+
+    if isinstance(e, _USAGE_ERRORS):
+        return _one_line(e), 2
+    if isinstance(e, OSError):
+        hint = ""
+        if e.errno == errno.ENOSPC:
+            hint = "; free some space (or point --out elsewhere) and run the same command again: it continues"
+        return f"{_one_line(e)}{hint}", 1
+    if isinstance(e, pickle.UnpicklingError):
+        return f"refused to unpickle a file: {_one_line(e)}", 1
+    if type(e).__name__ in ("NonFiniteLoss",):
+        return _one_line(e), 1
+    if type(e).__name__ == "SafetensorError":  # safetensors' errors: most often a full disk or a torn file
+        return f"safetensors: {_one_line(e)} (a full disk, or a damaged .safetensors file)", 1
+    return f"{type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)", 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("VGG_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser = build_parser(command if command in COMMANDS else "")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
-        return args.func(args) or 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"vgg {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `vgg predict ... | head`: the reader left; say nothing more (Python would complain again at exit)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        print(f"vgg {args.command}: {e}" if str(e) else f"vgg {args.command}: interrupted", file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
+    except Exception as e:  # noqa: BLE001 - one line for the user; --debug shows the traceback
+        if debug:
+            raise
+        message, code = _describe(e)
+        print(f"vgg {args.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ The resolved config is written into the run folder (config.toml) and into every 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from .configs import parse_name
 
 
 @dataclass
@@ -85,6 +88,25 @@ class TrainConfig:
             raise ValueError(f"pixel_range must be 255 (the authors' 0-255 pixels) or 1 ([0, 1]), got {self.pixel_range}")
         if self.normalize not in ("mean", "standardize", "imagenet"):
             raise ValueError(f"normalize must be 'mean', 'standardize' or 'imagenet', got {self.normalize!r}")
+        try:
+            parse_name(self.arch)  # an unknown --arch fails here, before the data are scanned
+        except ValueError as e:
+            raise ValueError(f"--arch: {e}") from None
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(
+                f"--keep-checkpoints must be at least 1 (the newest is needed to resume), got {self.keep_checkpoints}"
+            )
+        for name in ("checkpoint_every", "max_steps", "stats_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"--log-every must be at least 1, got {self.log_every}")
+        if self.workers < -1:
+            raise ValueError(f"--workers must be -1 (one per core) or 0 or more, got {self.workers}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,8 +135,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} does not exist; see the recipes/ folder for examples")
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
+    raw = read_toml(path)
     flat: dict[str, Any] = {}
     for k, v in raw.items():
         if isinstance(v, dict):
@@ -126,6 +147,42 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown recipe keys {unknown}; valid keys are the `vgg train` options")
     return flat
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a syntax error becomes a ValueError naming the file and the line."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path} is not valid TOML: {e}; fix the file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text file (TOML); fix the file") from None
+
+
+# Keys a resumed run may change: how and how long it runs, never what it learns from or into. ``lr`` given on
+# resume replaces the schedule's current rate; the schedule's knobs apply from the resumed epoch on.
+SAFE_ON_RESUME = frozenset(
+    "epochs max_steps lr lr_patience lr_threshold lr_decays device amp channels_last compile fused loader "
+    "workers log_every checkpoint_every keep_checkpoints tensorboard deterministic out stats_images".split()
+)
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The keys of ``new`` whose value differs from ``saved``: {key: (saved value, new value)}."""
+    return {k: (saved[k], v) for k, v in new.items() if k in _FIELDS and k in saved and saved[k] != v}
+
+
+def refuse_unsafe_changes(changes: dict[str, tuple[Any, Any]], where: str, run: Path | str) -> None:
+    """Raise a ValueError naming every key of ``changes`` that a resumed run cannot take."""
+    unsafe = {k: v for k, v in changes.items() if k not in SAFE_ON_RESUME}
+    if not unsafe:
+        return
+    named = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in sorted(unsafe.items()))
+    raise ValueError(
+        f"{where} changes {named} of the run in {run}, which cannot change in the middle of a run; keep them, "
+        f"or start a new run with another --out. Safe to change on resume: {', '.join(sorted(SAFE_ON_RESUME))}"
+    )
 
 
 def resolve(overrides: dict[str, Any] | None = None, recipe: str | Path | None = None) -> TrainConfig:
@@ -176,4 +233,7 @@ def field_help() -> dict[str, str]:
     return out
 
 
-__all__ = ["PRESETS", "TrainConfig", "from_dict", "read_recipe", "resolve"]
+__all__ = [
+    "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "from_dict", "read_recipe", "read_toml",
+    "refuse_unsafe_changes", "resolve",
+]  # fmt: skip

@@ -547,11 +547,7 @@ def train_task(spec: RunSpec, log: str | None = None) -> dict[str, Any]:
         if state == "resume":
             # flags that only say where to run may change on resume; the rest comes from the checkpoint
             train({k: spec.overrides[k] for k in ("device", "workers") if k in spec.overrides}, resume=folder)
-        else:
-            if (folder / runs_mod.CONFIG_FILE).exists() and int(os.environ.get("RANK", "0")) == 0:
-                # started but stopped before its first checkpoint: nothing to keep (under torchrun the other
-                # processes touch the folder only after rank 0 reaches train()'s first collective)
-                shutil.rmtree(folder)
+        else:  # new, or started but stopped before its first checkpoint: train() starts it again from step 0
             train(spec.config())
     seconds = time.perf_counter() - t0
     if int(os.environ.get("RANK", "0")) != 0:

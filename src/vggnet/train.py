@@ -20,8 +20,10 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections import Counter
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,14 +35,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import runs
-from .config import TrainConfig, from_dict, resolve
+from .config import TrainConfig, config_changes, from_dict, read_toml, refuse_unsafe_changes, resolve
 from .model import create_model
 from .pretrained import make_cfg
 from .weights import atomic_write, read_state_dict, save_weights, unwrap
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The training loss became NaN or infinite; the message says what to change and where to continue from."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was saved; ``signum`` is the signal's number."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 # ---- distributed set-up (torchrun's environment) ---------------------------------------------------------
@@ -67,10 +77,19 @@ def setup_distributed(device_kind: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def cuda_path(device: torch.device) -> bool:
+    """Whether training takes the CUDA code path (bf16 autocast, channels-last, torch.compile, fused SGD, as
+    the --amp/--channels-last/--compile/--fused flags allow): on CUDA, and on the CPU when the environment has
+    VGGNET_CUDA_PATH_ON_CPU=1, so that a CPU-only CI runs that path too (bf16 autocast and inductor work there)."""
+    return device.type == "cuda" or os.environ.get("VGGNET_CUDA_PATH_ON_CPU", "") == "1"
+
+
 def pick_device(name: str, d: Dist) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu (or auto)")
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", d.local_rank)
@@ -181,8 +200,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, plateau: Plateau,
-                    cfg: TrainConfig, epoch: int, step_in_epoch: int, global_step: int, keep: int) -> Path:
-    """Write checkpoints/ckpt-<step>.pt atomically, then drop all but the newest ``keep``."""
+                    cfg: TrainConfig, epoch: int, step_in_epoch: int, global_step: int, keep: int,
+                    rng: dict[str, Any] | None = None, epoch_loss: tuple[float, int] = (0.0, 0)) -> Path:
+    """Write checkpoints/ckpt-<step>.pt atomically, then drop all but the newest ``keep``.
+
+    ``rng``: the RNG states to store (default: the current ones); ``epoch_loss``: (sum, steps) of the training
+    loss of the epoch so far, so that a resumed epoch logs the loss of all its steps.
+    """
     state = {
         "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -191,7 +215,8 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
         "epoch": epoch,
         "step_in_epoch": step_in_epoch,
         "global_step": global_step,
-        "rng": _rng_state(),
+        "rng": rng if rng is not None else _rng_state(),
+        "epoch_loss": [float(epoch_loss[0]), int(epoch_loss[1])],
     }
     folder = run / "checkpoints"
     path = atomic_write(folder / f"ckpt-{global_step:09d}.pt", lambda tmp: torch.save(state, tmp))
@@ -210,6 +235,58 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def newest_valid_checkpoint(run: Path, rename_bad: bool = True) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest checkpoint of ``run`` that loads, and its contents; (None, None) when there is none.
+
+    A checkpoint that does not load (truncated by a full disk or a killed copy, or refused by
+    ``weights_only``) is renamed to ``*.pt.unreadable`` (when ``rename_bad``; kept for inspection, never
+    loaded again) and the next older one is tried.
+    """
+    for path in sorted((run / "checkpoints").glob("ckpt-*.pt"), reverse=True):
+        try:
+            with warnings.catch_warnings():  # torch's note on a foreign pickle protocol: the refusal says enough
+                warnings.simplefilter("ignore", UserWarning)
+                ckpt = load_checkpoint(path)
+            if not isinstance(ckpt, dict) or not {"model", "optimizer", "config", "global_step"} <= set(ckpt):
+                raise ValueError("not a vggnet training checkpoint")
+            return path, ckpt
+        except Exception as e:  # noqa: BLE001 - any unreadable file: fall back to the previous checkpoint
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            note = ""
+            if rename_bad:
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_name(path.name + ".unreadable"))
+                    note = f" (renamed to {path.name}.unreadable)"
+            print(f"warning: checkpoint {path} is unreadable{note}: {reason}; trying the previous one",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return None, None
+
+
+def remove_stale_temporaries(run: Path) -> None:
+    """Delete the hidden ``.NAME.XXXX.tmp`` files of writes that a kill interrupted (see ``atomic_write``)."""
+    for folder in (run, run / "checkpoints"):
+        for tmp in folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _trim_metrics(run: Path, global_step: int) -> None:
+    """Drop metrics.jsonl rows logged after ``global_step`` (the steps a resumed run does again), and a torn
+    last line of a killed write."""
+    path = run / runs.METRICS_FILE
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("step", 0) <= global_step:
+            keep.append(line)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))
+
+
 # ---- data ---------------------------------------------------------------------------------------------------
 
 
@@ -223,6 +300,9 @@ def build_data(cfg: TrainConfig, d: Dist, stats=None):
     )  # fmt: skip
     if not val_samples:
         raise ValueError(f"{cfg.data}: no validation images; the plateau schedule needs some (--val-fraction > 0)")
+    if len(classes) < 2:
+        raise ValueError(f"{cfg.data}: one class ({classes[0]!r}); a classifier needs at least two class folders, "
+                         f"one per class (<root>/<class>/<image>)")  # fmt: skip
     if stats is None:
         # the mean RGB and PCA at the training scale; decoding at reduced size keeps this pass short on ImageNet
         stats = data.compute_stats(train_samples, max_images=cfg.stats_images, seed=cfg.seed, side=cfg.scale_min,
@@ -234,7 +314,9 @@ def build_data(cfg: TrainConfig, d: Dist, stats=None):
     # (Q = S, or Q = (Smin + Smax) / 2 for a jittered net); the full protocols live in `vgg eval`.
     q = (cfg.scale_min + cfg.scale_max) // 2
     val_tf = data.EvalTransform(norm, size=q, crop_size=cfg.crop_size, divide_std=divide_std)
-    return data.ImageDataset(train_samples, train_tf), data.ImageDataset(val_samples, val_tf), classes, stats
+    # the loop reports bad files itself, once per run (loader workers are separate processes, some per epoch)
+    train_set = data.ImageDataset(train_samples, train_tf, warn=False)
+    return train_set, data.ImageDataset(val_samples, val_tf, warn=False), classes, stats
 
 
 def make_loader(dataset, batch_sampler, workers: int, device: torch.device):
@@ -242,7 +324,7 @@ def make_loader(dataset, batch_sampler, workers: int, device: torch.device):
 
     kw: dict[str, Any] = {}
     if workers > 0:
-        kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4)
+        kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4, worker_init_fn=ignore_stop_signals)
     # A private generator: the loader must not draw from the global RNG (dropout's), or resume would drift.
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batch_sampler, collate_fn=collate, pin_memory=device.type == "cuda",
@@ -293,6 +375,23 @@ def check_loader_memory(kind: str, samples, micro: int, crop: int, workers: int,
     need = shm.batches_in_flight(workers, 4) * micro * per_image
     shm.check_shared_memory(need, f"--loader {kind} with {workers} workers and batches of {micro}",
                             folder or shm.SHM)  # fmt: skip
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """In data-loader worker processes: leave Ctrl-C and SIGTERM to the main process, which stops at the next
+    step and saves a checkpoint. (A terminal's Ctrl-C and torchrun's killpg reach the whole process group; a
+    worker killed by them would fail the main process's next batch.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def stop_workers(loader) -> None:
+    """Shut a loader's persistent worker processes down now rather than at interpreter exit, where
+    multiprocessing ends them with SIGTERM, which they ignore (see :func:`ignore_stop_signals`)."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+        loader._iterator = None
 
 
 def _workers(cfg: TrainConfig, d: Dist) -> int:
@@ -355,6 +454,8 @@ class Progress:
     epoch: int
     step_in_epoch: int
     global_step: int
+    epoch_loss_sum: float = 0.0  # the training loss summed over the epoch's steps so far (across a resume)
+    epoch_loss_steps: int = 0
 
 
 # A terminal's progress line is redrawn about this often (seconds), from a loss copied to the host without waiting.
@@ -415,13 +516,16 @@ def pad_batch(images: torch.Tensor, labels: torch.Tensor, size: int, crop: int):
 
 
 def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan, prog: Progress, device,
-                    autocast, log: Logger, bad_files: set[str], save_ckpt) -> float:
+                    autocast, log: Logger, bad_files: set[str], save_ckpt, stop=None) -> float:
     """Run the rest of one epoch; return the mean training loss of the steps run.
 
     Host synchronisations: only every ``cfg.log_every`` steps, at the end of the epoch and at checkpoints
     (the loss read back, the finiteness check). A terminal's progress line in between is redrawn about once a
     second from a loss copied asynchronously (:class:`HostCopy`), so a run on a terminal syncs no more than a
     redirected one.
+
+    ``stop()`` is asked after every optimizer step: True (Ctrl-C or SIGTERM arrived) ends the epoch there, at a
+    step boundary, so a checkpoint holds exactly the state of an uninterrupted run after that step.
     """
     model.train()
     accum = cfg.accum_steps
@@ -442,7 +546,7 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
         mask = None
         if n < plan.micro:  # unreadable files were dropped: pad back to the batch shape (see pad_batch)
             images, labels, mask = pad_batch(images, labels, plan.micro, cfg.crop_size)
-        if cfg.channels_last and device.type == "cuda":
+        if cfg.channels_last and cuda_path(device):
             images = images.contiguous(memory_format=torch.channels_last)
         last_micro = (micro + 1) % accum == 0
         # DDP: average gradients only on the last micro-batch of an accumulated step
@@ -505,6 +609,8 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
             if not bool(finite):
                 raise NonFiniteLoss(f"non-finite loss at step {prog.global_step}")
             save_ckpt()
+        if stop is not None and stop():
+            break
         if cfg.max_steps and prog.global_step >= cfg.max_steps:
             break
     if not bool(finite):
@@ -532,11 +638,12 @@ def make_val_loader(cfg: TrainConfig, dataset, d: Dist, workers: int, device: to
 
         return GPULoader(dataset.samples, dataset.transform, batch_sampler=batches, device=device,
                          num_workers=min(workers, 8),
-                         channels_last=cfg.channels_last and device.type == "cuda")  # fmt: skip
+                         channels_last=cfg.channels_last and cuda_path(device))  # fmt: skip
     from .data import collate
 
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
-                                       pin_memory=device.type == "cuda")  # fmt: skip
+                                       pin_memory=device.type == "cuda",
+                                       worker_init_fn=ignore_stop_signals if workers else None)  # fmt: skip
 
 
 @torch.inference_mode()
@@ -559,7 +666,7 @@ def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_fi
         if images.shape[0] == 0:
             continue
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if cfg.channels_last and device.type == "cuda":
+        if cfg.channels_last and cuda_path(device):
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast():
             scores = model(images).float()
@@ -574,9 +681,10 @@ def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_fi
 
 
 def compile_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The training step's module: torch.compile'd on CUDA (``cfg.compile``), the module itself elsewhere.
+    """The training step's module: torch.compile'd on the CUDA path (``cfg.compile``; see :func:`cuda_path`), the
+    module itself elsewhere.
     Only the training step runs it, always at one batch shape (see :func:`pad_batch`): one graph a run."""
-    return torch.compile(model) if device.type == "cuda" and cfg.compile else model
+    return torch.compile(model) if cuda_path(device) and cfg.compile else model
 
 
 def setup_backends(cfg: TrainConfig, device_kind: str) -> None:
@@ -626,6 +734,22 @@ def _check_same_input(src: Path, cfg: TrainConfig) -> None:
         )
 
 
+def _input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
+    """--init-from a named source: feed the net what those weights expect (decided before config.toml is
+    written, so that a restart and `vgg eval` see it). torchvision's and timm's nets take ImageNet's mean and
+    std; the authors' Caffe weights are folded to take [0, 1] pixels minus the mean (vggnet.pretrained)."""
+    from .pretrained import convention
+
+    kind = convention(cfg.init_from)
+    if kind == "imagenet" and cfg.normalize != "imagenet":
+        print(f"--init-from {cfg.init_from}: normalising with ImageNet's mean and std, as those weights expect")
+        return dataclasses.replace(cfg, normalize="imagenet")
+    if kind == "caffe" and (cfg.normalize, cfg.pixel_range) != ("mean", 1):
+        print(f"--init-from {cfg.init_from}: the folded Caffe weights take [0, 1] pixels minus the mean RGB")
+        return dataclasses.replace(cfg, normalize="mean", pixel_range=1)
+    return cfg
+
+
 def _init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> None:
     """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune)."""
     from .init import init_from_net_a
@@ -651,27 +775,84 @@ def _init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> 
         log.line(f"init from {weights}: all layers")
 
 
+def _plan(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None):
+    """Which run folder, with which config, from which checkpoint: (cfg, run or None, ckpt, explicit lr, restart).
+
+    ``--resume RUN`` continues the newest valid checkpoint, or starts RUN again from step 0 with its
+    config.toml when it has none yet. A new run's command pointing (``--out``) at a folder that already holds a
+    run does the same, so one command line restarts a pre-empted job wherever it died. Either way a changed
+    key that a resumed run cannot take (see ``config.SAFE_ON_RESUME``) is refused, naming the keys.
+    """
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if resume is not None:
+        run = Path(resume)
+        if not run.is_dir():
+            raise FileNotFoundError(f"--resume {run}: no such run folder")
+        given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
+        what = "--resume with these options"
+    else:
+        cfg = config if isinstance(config, TrainConfig) else resolve(config)
+        run = Path(cfg.out) if cfg.out else None
+        if run is None or not (run / runs.CONFIG_FILE).is_file():
+            return cfg, run, None, False, False
+        given = cfg.to_dict()
+        what = "this command"
+    toml_path = run / runs.CONFIG_FILE
+    file_cfg = from_dict(read_toml(toml_path)).to_dict() if toml_path.is_file() else None
+    found, ckpt = newest_valid_checkpoint(run, rename_bad=rank0)
+    if ckpt is not None:
+        saved = from_dict(ckpt["config"]).to_dict()
+        if file_cfg is not None:  # config.toml edited by hand since the checkpoint: the same rules as flags
+            edits = config_changes(saved, file_cfg)
+            refuse_unsafe_changes(edits, f"{toml_path} (edited since the checkpoint)", run)
+            saved.update({k: new for k, (_, new) in edits.items()})
+    elif file_cfg is not None:
+        saved = file_cfg
+    else:
+        raise FileNotFoundError(
+            f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `vgg train --out {run}`"
+        )
+    changes = config_changes(saved, given)
+    changes.pop("out", None)
+    refuse_unsafe_changes(changes, what, run)
+    explicit = given if resume is not None else {k: new for k, (_, new) in changes.items()}
+    explicit.pop("out", None)
+    cfg = from_dict(dict(saved, **explicit, out=str(run)))
+    return cfg, run, ckpt, "lr" in explicit, ckpt is None
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM during training: remembered, and acted on at the next optimizer step (or at once
+    during a one-process validation, which changes no state); a second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.immediate = False
+
+    def __call__(self, signum, _frame) -> None:
+        again = bool(self.signum)
+        self.signum = self.signum or signum
+        if again or self.immediate:
+            raise KeyboardInterrupt
+
+
 def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None = None) -> Path:
     """Train a VGG net with the paper's recipe; return the run folder.
 
     ``config`` is a TrainConfig or a dict of its fields (resolved with the data set's preset).
-    ``resume``: a run folder whose newest checkpoint is continued exactly; its saved config is used, with
-    the keys of a ``config`` dict (for example a larger ``epochs``) applied over it.
-    """
-    ckpt = None
-    if resume is not None:
-        run = Path(resume)
-        found = latest_checkpoint(run)
-        if found is None:
-            raise FileNotFoundError(f"{run}/checkpoints has no checkpoint to resume from; start a new run instead")
-        ckpt = load_checkpoint(found)
-        # flags given with --resume (a longer --epochs, another --device or --workers) override the saved config
-        given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
-        cfg = from_dict(dict(ckpt["config"], **given))
-    else:
-        cfg = config if isinstance(config, TrainConfig) else resolve(config)
-        run = Path(cfg.out) if cfg.out else None
+    ``resume``: a run folder whose newest valid checkpoint is continued exactly (or which starts again from
+    step 0 when it has none yet); its saved config is used, with the keys of a ``config`` dict (for example a
+    larger ``epochs``) applied over it when they are safe to change (``config.SAFE_ON_RESUME``).
+    A new run whose ``out`` folder already holds a run with the same config continues it the same way.
 
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM stopped training, after saving a checkpoint.
+        NonFiniteLoss: the loss became NaN or infinite; the message names the checkpoint to continue from.
+    """
+    cfg, run, ckpt, explicit_lr, restart = _plan(config, resume)
+
+    if cfg.init_from and ckpt is None and not restart:
+        cfg = _input_for_released_weights(cfg)
     device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     setup_backends(cfg, device_kind)
     d = setup_distributed(device_kind)
@@ -679,126 +860,190 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
     if run is None:
         run = new_run_dir() if d.main else None
     run = _broadcast_path(run, d)
-    if resume is None and d.main and (run / runs.CONFIG_FILE).exists():
-        raise FileExistsError(f"{run} already holds a run; continue it with `vgg train --resume {run}` or pick another --out")
+    created = d.main and not run.exists()
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run)
+        _trim_metrics(run, ckpt["global_step"] if ckpt is not None else 0)
+        import tomli_w  # the resolved config first: a run killed in its statistics pass restarts from it
+
+        atomic_write(run / runs.CONFIG_FILE, lambda tmp: Path(tmp).write_text(tomli_w.dumps(cfg.to_dict())))
     if d.world > 1:
         dist.barrier()
+    started: list[bool] = []
+    try:
+        return _train(cfg, run, ckpt, explicit_lr, restart, d, device, started)
+    except BaseException:
+        if created and not started:  # a start that failed (bad data, no memory, ...) leaves no runs/NNN behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
+
+def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist, device,
+           started: list[bool]) -> Path:
     torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
     np.random.seed((cfg.seed + d.rank) % 2**32)
     random.seed(cfg.seed + d.rank)
     cuda = device.type == "cuda"
     log = Logger(run, d.main, cfg.tensorboard)
-    if cfg.init_from and ckpt is None and cfg.normalize != "imagenet":
-        from .pretrained import convention
+    try:
+        from .data import Stats
 
-        if convention(cfg.init_from) == "imagenet":  # torchvision's and timm's nets expect their mean and std
-            log.line(f"--init-from {cfg.init_from}: normalising with ImageNet's mean and std, as those weights expect")
-            cfg = dataclasses.replace(cfg, normalize="imagenet")
+        stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
+        train_set, val_set, classes, stats = build_data(cfg, d, stats)
 
-    from .data import Stats
+        model = create_model(
+            cfg.arch, num_classes=len(classes), width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size,
+            dropout=cfg.dropout, batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
+            init=cfg.init, seed=cfg.seed,
+        )  # fmt: skip
+        if cfg.init_from and ckpt is None:
+            if d.world > 1 and not Path(cfg.init_from).exists():
+                # a download: rank 0 fetches it first, so that ranks sharing its cache read that file rather than
+                # all downloading at once (downloads are atomic either way)
+                from .pretrained import resolve as resolve_weights
 
-    stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
-    train_set, val_set, classes, stats = build_data(cfg, d, stats)
-
-    model = create_model(
-        cfg.arch, num_classes=len(classes), width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size,
-        dropout=cfg.dropout, batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
-        init=cfg.init, seed=cfg.seed,
-    )  # fmt: skip
-    if cfg.init_from and ckpt is None:
-        if d.world > 1 and not Path(cfg.init_from).exists():
-            # a download: rank 0 fetches it first, so that ranks sharing its cache read that file rather than all
-            # downloading at once (downloads are atomic either way)
-            from .pretrained import resolve as resolve_weights
-
+                if d.main:
+                    resolve_weights(cfg.init_from)
+                dist.barrier()
+            _init_from(model, cfg.init_from, log, cfg)
+        # the weights file carries the input convention it was trained with (vggnet.pretrained): `vgg eval
+        # --weights` and create_model(pretrained=...) then need no run folder
+        norm, divide_std = runs.normalization(stats, cfg.normalize, cfg.pixel_range)
+        model.pretrained_cfg = make_cfg(
+            tuple(norm.mean), tuple(norm.std) if divide_std else (1.0, 1.0, 1.0), source=str(run),
+            num_classes=len(classes), classes=list(classes), resize=(cfg.scale_min + cfg.scale_max) // 2,
+            crop=cfg.crop_size,
+        )  # fmt: skip
+        model.to(device)
+        if cuda_path(device) and cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        fused = cuda_path(device) and cfg.fused
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, fused=fused or None)  # fmt: skip
+        plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays)
+        start_epoch, prog = 0, Progress(0, 0, 0)
+        if ckpt is not None:
+            unwrap(model).load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            plateau.load_state_dict(ckpt["plateau"])
+            # the schedule's knobs may change on resume; an explicit learning rate replaces its current one
+            plateau.patience, plateau.threshold, plateau.max_decays = cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays
+            if explicit_lr:
+                plateau.lr = cfg.lr
+            prog = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"],
+                            *ckpt.get("epoch_loss", (0.0, 0)))  # fmt: skip
+            start_epoch = ckpt["epoch"]
+            _set_rng_state(ckpt["rng"])
+            log.line(f"resuming {run} at epoch {prog.epoch + 1}, step {prog.step_in_epoch} ({prog.global_step} in all)")
+        else:
+            if restart:
+                log.line(f"{run} has no checkpoint yet: starting it again from step 0")
             if d.main:
-                resolve_weights(cfg.init_from)
-            dist.barrier()
-        _init_from(model, cfg.init_from, log, cfg)
-    # the weights file carries the input convention it was trained with (vggnet.pretrained): `vgg eval --weights`
-    # and create_model(pretrained=...) then need no run folder
-    norm, divide_std = runs.normalization(stats, cfg.normalize, cfg.pixel_range)
-    model.pretrained_cfg = make_cfg(
-        tuple(norm.mean), tuple(norm.std) if divide_std else (1.0, 1.0, 1.0), source=str(run),
-        num_classes=len(classes), classes=list(classes), resize=(cfg.scale_min + cfg.scale_max) // 2, crop=cfg.crop_size,
-    )  # fmt: skip
-    model.to(device)
-    if cuda and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    fused = cuda and cfg.fused
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, fused=fused or None)  # fmt: skip
-    plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays)
-    start_epoch, prog = 0, Progress(0, 0, 0)
-    if ckpt is not None:
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        plateau.load_state_dict(ckpt["plateau"])
-        if "lr" in given:  # an explicit learning rate on resume replaces the schedule's current one
-            plateau.lr = cfg.lr
-        prog = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"])
-        start_epoch = ckpt["epoch"]
-        _set_rng_state(ckpt["rng"])
-        log.line(f"resuming {run} at epoch {prog.epoch + 1}, step {prog.step_in_epoch} ({prog.global_step} in all)")
-    elif d.main:
-        import tomli_w
-
-        atomic_write(run / runs.CONFIG_FILE, lambda tmp: Path(tmp).write_text(tomli_w.dumps(cfg.to_dict())))
-        stats.save(run / runs.STATS_FILE)
-        atomic_write(run / runs.CLASSES_FILE, lambda tmp: Path(tmp).write_text(json.dumps(classes)))
+                stats.save(run / runs.STATS_FILE)
+                atomic_write(run / runs.CLASSES_FILE, lambda tmp: Path(tmp).write_text(json.dumps(classes)))
+    except BaseException:
+        log.close()
+        raise
 
     net = compile_model(model, cfg, device)  # before DDP wrapping; checkpoints save the unwrapped module
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-    amp = cuda and cfg.amp
+    amp = cuda_path(device) and cfg.amp
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
     plan = BatchPlan(len(train_set), cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
     loader, loader_kind = make_train_loader(cfg, train_set, plan, _workers(cfg, d), device)
     val_loader = make_val_loader(cfg, val_set, d, _workers(cfg, d), device, loader_kind)
     bad_files: set[str] = set()
+    reported: set[str] = set()
 
-    def save_ckpt() -> None:
-        if d.main:
-            save_checkpoint(run, model, optimizer, plateau, cfg, prog.epoch, prog.step_in_epoch, prog.global_step,
-                            cfg.keep_checkpoints)  # fmt: skip
-            _write_bad_files(run, bad_files)
+    def save_ckpt(rng: dict[str, Any] | None = None) -> Path | None:
+        if not d.main:
+            return None
+        path = save_checkpoint(run, model, optimizer, plateau, cfg, prog.epoch, prog.step_in_epoch, prog.global_step,
+                               cfg.keep_checkpoints, rng=rng,
+                               epoch_loss=(prog.epoch_loss_sum, prog.epoch_loss_steps))  # fmt: skip
+        _write_bad_files(run, bad_files)
+        return path
+
+    request = _StopRequest()
+    # the processes agree on stopping (a max over them) so they stop at the same step; a CPU flag, over gloo
+    stop_group = None
+    if d.world > 1:
+        stop_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def stop() -> bool:
+        flag = torch.tensor([request.signum], dtype=torch.int64)
+        if d.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=stop_group)
+            request.signum = request.signum or int(flag)
+        return bool(flag)
 
     n_params = sum(p.numel() for p in model.parameters())
     log.line(
         f"run {run}: {unwrap(model).name} ({n_params / 1e6:.2f}M parameters, {len(classes)} classes), "
         f"{len(train_set)} train / {len(val_set)} val images, S in [{cfg.scale_min}, {cfg.scale_max}], "
         f"crop {cfg.crop_size}, batch {cfg.batch_size} on {d.world} x {device}"
-        + (" (bf16, channels-last, compiled)" if cuda and cfg.amp and cfg.compile else "")
+        + (" (bf16, channels-last, compiled)" if cuda_path(device) and cfg.amp and cfg.compile else "")
         + f", {loader_kind} data path"
     )
-    started = time.perf_counter()
+    started.append(True)
+    t_start = time.perf_counter()
+    saved_at: Path | None = None
     interrupted = False
-    # Ctrl-C and SIGTERM (Slurm's pre-emption): save the position reached, then exit cleanly
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM (Slurm's pre-emption, torchrun's shutdown): finish the optimizer step under way, save
+    # a checkpoint of that exact state, then exit; resuming gives the same weights as an uninterrupted run
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            if stop():  # a signal during the previous epoch's bookkeeping
+                saved_at, interrupted = save_ckpt(), True
+                break
             if plateau.done or (cfg.max_steps and prog.global_step >= cfg.max_steps):
                 break
             if prog.epoch != epoch:
                 prog.epoch, prog.step_in_epoch = epoch, 0
+                prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0
             for group in optimizer.param_groups:
                 group["lr"] = plateau.lr
             plan.set_epoch(epoch, prog.step_in_epoch)
             t_epoch = time.perf_counter()
+            first = prog.step_in_epoch
             train_loss = train_one_epoch(net, loader, optimizer, cfg, plan, prog, device, autocast, log, bad_files,
-                                         save_ckpt)  # fmt: skip
+                                         save_ckpt, stop)  # fmt: skip
+            prog.epoch_loss_sum += train_loss * (prog.step_in_epoch - first)
+            prog.epoch_loss_steps += prog.step_in_epoch - first
+            if stop():  # asked again: every process must take the same branch
+                saved_at, interrupted = save_ckpt(), True
+                break
             if prog.step_in_epoch < plan.steps_per_epoch:  # stopped by max_steps inside the epoch
                 save_ckpt()
                 break
-            metrics = validate(model, val_set, cfg, device, autocast, d, bad_files, val_loader)  # uncompiled
+            # a one-process validation changes no state: a signal stops it at once, and the checkpoint takes
+            # the RNG state from before it (validation's loader draws its seed from the global RNG)
+            rng_before = _rng_state()
+            request.immediate = d.world == 1
+            try:
+                metrics = validate(model, val_set, cfg, device, autocast, d, bad_files, val_loader)  # uncompiled
+            except KeyboardInterrupt:
+                request.signum = request.signum or signal.SIGINT
+                saved_at, interrupted = save_ckpt(rng=rng_before), True
+                break
+            finally:
+                request.immediate = False
             plateau.step(metrics["val_top1_err"])
+            if bad_files - reported:
+                new = sorted(bad_files - reported)
+                reported.update(new)
+                log.line(f"skipped {len(new)} unreadable image(s), listed in {run / 'bad_files.txt'}: "
+                         f"{', '.join(new[:3])}{' ...' if len(new) > 3 else ''}")  # fmt: skip
+            train_loss = prog.epoch_loss_sum / max(prog.epoch_loss_steps, 1)
             prog.epoch, prog.step_in_epoch = epoch + 1, 0
+            prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0
             record = dict(epoch=epoch + 1, step=prog.global_step, train_loss=train_loss, lr=optimizer.param_groups[0]["lr"],
                           epoch_time_s=time.perf_counter() - t_epoch, peak_mem_mb=peak_memory_mb(device),
                           **metrics)  # fmt: skip
@@ -815,25 +1060,39 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
 
                 with contextlib.suppress(Exception):  # a plotting problem never stops training
                     plot_run(run)
-    except KeyboardInterrupt:
-        interrupted = True
-        log.line(f"interrupted: saving a checkpoint at step {prog.global_step}; continue with `vgg train --resume {run}`")
-        save_ckpt()
+    except KeyboardInterrupt:  # a second signal: stop at once, without a checkpoint of this moment
+        request.signum = request.signum or signal.SIGINT
+        saved_at, interrupted = None, True
     except NonFiniteLoss as e:
         last = latest_checkpoint(run)
+        lr = optimizer.param_groups[0]["lr"]
+        where = (f"nothing after the last good checkpoint {last} was kept" if last is not None
+                 else "no checkpoint had been written yet")  # fmt: skip
         raise NonFiniteLoss(
-            f"{e}: training stopped. The last good checkpoint is {last}. Lower --lr, use --init glorot, or check "
-            f"the data; resume from the checkpoint with `vgg train --resume {run}`"
+            f"{e} (epoch {prog.epoch + 1}): training stopped and {where}. The learning rate {lr:g} is too high "
+            f"for this net and data (or --init draws too large weights): continue with a lower one, "
+            f"`vgg train --resume {run} --lr {lr / 10:g}`{' (it starts again from step 0)' if last is None else ''}, "
+            f"or check the images"
         ) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop_workers(loader)
         log.close()
         if d.main:
             _write_bad_files(run, bad_files)
-    if d.main and not interrupted:
-        log.line(f"done in {time.perf_counter() - started:.0f}s: {run}" + _fallbacks(loader, val_loader))
     if interrupted:
-        raise KeyboardInterrupt
+        name = signal.Signals(request.signum).name
+        if saved_at is not None or not d.main:
+            msg = (f"{name}: stopped at step {prog.global_step} and saved {saved_at or 'a checkpoint'}; "
+                   f"continue with `vgg train --resume {run}`")  # fmt: skip
+        else:
+            last = latest_checkpoint(run)
+            msg = (f"{name} twice: stopped without saving this step; `vgg train --resume {run}` continues from "
+                   f"{last if last is not None else 'step 0 (no checkpoint yet)'}")  # fmt: skip
+        raise Interrupted(msg, request.signum)
+    if d.main:
+        log.line(f"done in {time.perf_counter() - t_start:.0f}s: {run}" + _fallbacks(loader, val_loader))
     return run
 
 

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from .io import BadImageError, load_image
 
 log = logging.getLogger(__name__)
+_reported: set[str] = set()  # bad files already logged by this process: once per run, not once per epoch
 
 Sample = tuple[str, int]
 Item = tuple[torch.Tensor | None, int, str]
@@ -64,9 +65,11 @@ class ImageDataset(Dataset):
         self,
         samples: Sequence[Sample],
         transform: Callable[[str, torch.Generator | None], torch.Tensor] | None = None,
+        warn: bool = True,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.warn = warn  # False: the caller reports the bad files it collects (training does, once per run)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -81,7 +84,9 @@ class ImageDataset(Dataset):
         try:
             image = self.transform(path, generator) if self.transform else load_image(path)
         except BadImageError as e:
-            log.warning("skipping bad image %s: %s", path, e.reason)
+            if self.warn and str(path) not in _reported:
+                _reported.add(str(path))
+                log.warning("skipping bad image %s: %s", path, e.reason)
             return None, int(label), str(path)
         return image, int(label), str(path)
 

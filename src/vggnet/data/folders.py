@@ -7,6 +7,7 @@ hidden files and folders (.DS_Store, .ipynb_checkpoints) and files without an im
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 
 from .dataset import Sample
 from .embedded import EMBEDDED, materialise
+
+log = logging.getLogger(__name__)
 
 # Extensions of the formats Pillow decodes (case-insensitive). A file's content, not its extension, decides
 # the decoder, so ImageNet's few PNG and CMYK files named .JPEG load correctly.
@@ -50,11 +53,40 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     return classes
 
 
-def _images_under(folder: Path) -> list[str]:
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _images_under(folder: Path, others: Sequence[str] = ()) -> list[str]:
+    """The images under ``folder``, following symbolic links, each real folder and file once.
+
+    A linked folder is skipped, with a warning, when it loops (leads back to a folder already walked, or to an
+    ancestor of ``folder``) or leads into ``others`` (the real paths of the other class folders): its images
+    would be counted many times, or labelled with this class.
+    """
     found = []
+    top = os.path.realpath(folder)
+    seen_dirs, seen_files = {top}, set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))  # prunes hidden folders; sorted walk order
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
+        keep = []
+        for d in sorted(d for d in dirnames if _visible(d)):  # prunes hidden folders; sorted walk order
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen_dirs or _inside(top, real):
+                log.warning("skipping %s: a symbolic link loop (it leads back to %s)", os.path.join(dirpath, d), real)
+            elif any(_inside(real, o) for o in others):
+                log.warning("skipping %s: a symbolic link into another class folder (%s)",
+                            os.path.join(dirpath, d), real)  # fmt: skip
+            else:
+                seen_dirs.add(real)
+                keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            if is_image_file(f):
+                path = os.path.join(dirpath, f)
+                real = os.path.realpath(path)
+                if real not in seen_files:  # two links to one image count once
+                    seen_files.add(real)
+                    found.append(path)
     return found
 
 
@@ -82,8 +114,9 @@ def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None) -
     classes = list(classes) if classes is not None else found
     index = {c: i for i, c in enumerate(classes)}
     samples: list[Sample] = []
+    reals = {c: os.path.realpath(root / c) for c in found}
     for c in found:
-        paths = _images_under(root / c)
+        paths = _images_under(root / c, [r for k, r in reals.items() if k != c and r != reals[c]])
         if not paths:
             exts = " ".join(sorted(IMAGE_EXTENSIONS))
             raise ValueError(f"class folder {root / c} has no images (extensions: {exts}); add images or remove it")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -58,6 +59,12 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     if not data:
         raise BadImageError(path, "the file is empty (0 bytes)")
     return data
+
+
+# Pillow warns (DecompressionBombWarning) on opening an image above MAX_IMAGE_PIXELS; _open refuses those
+# images itself with a BadImageError that the data set reports once, so the warning would only repeat it on
+# every epoch and in every worker. One filter, set once at import (filters are process-global, not per call).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _open(data: bytes, path: str | os.PathLike) -> Image.Image:
