@@ -53,7 +53,7 @@ def test_macs_agree_with_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
     model = vggnet.create_model("C", num_classes=7, **TINY)
-    for h, w in [(32, 32), (64, 96)]:
+    for h, w in [(32, 32), (64, 96), (40, 70)]:  # (40, 70): map sides rounded up by the ceil-mode pools
         x = torch.randn(1, 3, h, w)
         with FlopCounterMode(display=False) as fc:
             model.forward(x) if (h, w) == (32, 32) else model.dense(x)
@@ -163,6 +163,50 @@ def test_dense_corner_cell_equals_crop_without_padding_effects():
             f = model.features(crop)
             assert f.shape[-2:] == (1, 1)
             assert torch.allclose(scores[..., cell[0], cell[1]], model.classifier(f.flatten(1)), atol=1e-5)
+
+
+def _floor_mode_copy(model):
+    """The same net with torch's default floor-mode pools (what dense evaluation did before ceil mode)."""
+    import copy
+
+    floor = copy.deepcopy(model)
+    for m in floor.features:
+        if isinstance(m, torch.nn.MaxPool2d):
+            m.ceil_mode = False
+    return floor
+
+
+def test_ceil_mode_pools_are_bit_identical_at_multiples_of_32():
+    model = vggnet.create_model("B", num_classes=10, width=1 / 16, fc_width=32, crop_size=64, init="glorot").eval()
+    assert all(m.ceil_mode for m in model.features if isinstance(m, torch.nn.MaxPool2d))
+    floor = _floor_mode_copy(model)
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64)  # the crop size: the FC head
+        assert torch.equal(model(x), floor(x))
+        for h, w in [(64, 64), (96, 128), (128, 64)]:
+            x = torch.randn(1, 3, h, w)
+            assert torch.equal(model.dense(x), floor.dense(x))
+
+
+def test_dense_map_covers_a_non_multiple_of_32():
+    """The paper's Q fixes the short side only: a 375x500 photo at Q=256 is 256x341; Caffe's rounded-up pools
+    give a 2x5 map (floor mode: 2x4, the last 21 columns outside every window)."""
+    model = vggnet.create_model("A", num_classes=10, width=1 / 16, fc_width=32, init="glorot").eval()
+    with torch.no_grad():
+        assert model.dense(torch.randn(1, 3, 256, 341)).shape == (1, 10, 2, 5)
+        assert _floor_mode_copy(model).dense(torch.randn(1, 3, 256, 341)).shape == (1, 10, 2, 4)
+    assert model.macs(256, 341) > _floor_mode_copy(model).macs(256, 320)
+    tiny = vggnet.create_model("A", num_classes=10, **TINY, init="glorot").eval()
+    x = torch.randn(1, 3, 40, 70)
+    with torch.no_grad():
+        scores = tiny.dense(x)
+        assert scores.shape[-2:] == (2, 3)  # ceil(40/32) x ceil(70/32) windows of one position
+        last_col, last_row = x.clone(), x.clone()
+        last_col[..., :, -1] += 1
+        last_row[..., -1, :] += 1
+        # the last cell of each side has the perturbed pixels in its own window
+        assert ((tiny.dense(last_col) - scores).abs().amax(dim=1)[0, :, -1] > 0).all()
+        assert ((tiny.dense(last_row) - scores).abs().amax(dim=1)[0, -1, :] > 0).all()
 
 
 def test_dense_shares_weights():
