@@ -230,3 +230,14 @@ def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_
     rows = table((out / "REPORT.md").read_text(), "Table 3")  # scales of other recipes get rows of their own
     assert [(r[0], r[1]) for r in rows] == [("A", "- / S=32"), ("D", "- / S=32")]
     assert all(re.match(r"^\d+\.\d+$", r[3]) for r in rows) and rows[0][-1] == "-"
+
+
+def test_reproduce_and_eval_share_one_test_scale_rule():
+    from vggnet.evaluate import default_scales
+    from vggnet.reproduce import scales_for
+
+    assert scales_for((384, 384), 224) == (384, [352, 384, 416])  # the paper's {S-32, S, S+32}
+    assert scales_for((256, 512), 224) == (384, [256, 384, 512])
+    for scale, crop in [((32, 32), 32), ((48, 48), 32), ((32, 64), 32), ((160, 160), 128), ((128, 256), 128)]:
+        single, multi = scales_for(scale, crop)
+        assert multi == default_scales(*scale, crop) and [single] == default_scales(*scale, crop, multi=False)

@@ -58,6 +58,7 @@ from typing import Any
 
 from . import runs as runs_mod
 from .configs import weight_layers
+from .scales import eval_scales, scale_step
 
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's numbers (PAPER.md section 5; ILSVRC-2012 validation, top-1 / top-5 error %)
@@ -129,7 +130,6 @@ class Grid:
     cells: tuple[StageRun, ...]
     base: dict[str, Any]  # TrainConfig fields shared by every run
     subset: tuple[int, int] | None = None  # train on the first N train / M val images of each class (quick)
-    q_step: int = 4  # fixed-S nets are tested at {S - q_step, S, S + q_step}: the paper's 32, divided by 8
 
 
 # Shared by the small grids. Deviations from the paper's recipe, each for a reason measured on 2 CPU cores:
@@ -265,7 +265,6 @@ class Plan:
     flip: bool  # test-time flips (off for digits)
     subset: tuple[str, str, tuple[int, int]] | None = None  # (source data, folder, (train, val) a class) to make
     launcher: str = "vgg"  # how the per-run commands of the dry run are launched
-    q_step: int = 32  # fixed-S nets are tested at {S - q_step, S, S + q_step}: the paper's 32, divided like S
     _by_name: dict[str, RunSpec] = field(default_factory=dict, repr=False)
 
     def run(self, name: str) -> RunSpec:
@@ -362,8 +361,8 @@ def small_plan(grid: Grid, out: Path, seeds: Sequence[int] | None = None, data: 
             specs.append(RunSpec(name, cell.arch, cell.label, scale, seed, stage, depends, overrides))
     specs.sort(key=lambda r: (r.stage, r.seed))  # stage by stage: the order of the paper (and of the dry run)
     jobs = jobs or default_jobs(device)
-    return Plan(grid.name, grid.description, out, specs, _evals(specs, seeds, grid.q_step), seeds, jobs, device,
-                flip=bool(grid.base.get("flip", True)), subset=subset, q_step=grid.q_step)  # fmt: skip
+    return Plan(grid.name, grid.description, out, specs, _evals(specs, seeds), seeds, jobs, device,
+                flip=bool(grid.base.get("flip", True)), subset=subset)  # fmt: skip
 
 
 def default_recipes() -> Path:
@@ -421,35 +420,30 @@ def paper_plan(out: Path, recipes: str | os.PathLike | None = None, data: str | 
     specs.sort(key=lambda s: (s.stage, s.seed))
     world = os.environ.get("WORLD_SIZE", "")
     launcher = "torchrun --nproc-per-node=NGPUS -m vggnet" if not world else "vgg"
-    return Plan("paper", f"the paper's ImageNet recipes from {folder}", out, specs, _evals(specs, seeds, 32), seeds,
-                jobs=1, device=device, flip=True, launcher=launcher, q_step=32)  # fmt: skip
+    return Plan("paper", f"the paper's ImageNet recipes from {folder}", out, specs, _evals(specs, seeds), seeds,
+                jobs=1, device=device, flip=True, launcher=launcher)  # fmt: skip
 
 
-def scales_for(scale: tuple[int, int], crop: int, q_step: int) -> tuple[int, list[int]]:
-    """(single, multi): the test scales Q of a net trained at ``scale`` = (Smin, Smax) (section 3.2).
-
-    Single scale: S, or (Smin + Smax) / 2 when jittered. Several scales: {S - q_step, S, S + q_step} for a fixed
-    S (the paper's {S - 32, S, S + 32}, with ``q_step`` divided as S is at small scale), {Smin, (Smin + Smax) / 2,
-    Smax} when jittered. Every Q is at least the crop size (dense evaluation needs that much).
-    """
+def scales_for(scale: tuple[int, int], crop: int) -> tuple[int, list[int]]:
+    """(single, multi): the test scales Q of a net trained at ``scale`` = (Smin, Smax), by the one rule of
+    ``vggnet.scales`` that `vgg eval` uses too: S or (Smin + Smax) / 2; {S - step, S, S + step} (step: 32 at 224
+    crops, proportional to the crop) or {Smin, (Smin + Smax) / 2, Smax}; every Q at least the crop size."""
     lo, hi = scale
-    single = max((lo + hi) // 2, crop)
-    qs = [lo - q_step, lo, lo + q_step] if lo == hi else [lo, (lo + hi) // 2, hi]
-    return single, sorted({max(q, crop) for q in qs})
+    return eval_scales(lo, hi, crop, multi=False)[0], eval_scales(lo, hi, crop)
 
 
-def _evals(specs: Sequence[RunSpec], seeds: Sequence[int], q_step: int) -> list[EvalSpec]:
+def _evals(specs: Sequence[RunSpec], seeds: Sequence[int]) -> list[EvalSpec]:
     """Every run at its test scales; per seed, D and E jittered with every protocol and fused."""
     out = []
     for s in specs:
-        single, multi = scales_for(s.scale, s.config().crop_size, q_step)
+        single, multi = scales_for(s.scale, s.config().crop_size)
         if (s.arch, s.label) not in TABLE4:
             multi = [single]  # A and A-LRN appear in Table 3 only: one test scale
         out.append(EvalSpec(s.name, "scales", [s.name], s.seed, single, multi))
     for seed in seeds:
         pair = [next((s for s in specs if s.seed == seed and s.label == "256-512" and s.arch == a), None) for a in "DE"]
         if all(pair):
-            single, multi = scales_for(pair[0].scale, pair[0].config().crop_size, q_step)
+            single, multi = scales_for(pair[0].scale, pair[0].config().crop_size)
             out.append(EvalSpec(f"D+E-jittered-s{seed}", "protocols", [p.name for p in pair], seed, single, multi))
     return out
 
@@ -1439,11 +1433,12 @@ class Report:
             "",
         ]
         if self.small:
+            step = scale_step(p.runs[0].config().crop_size)  # the paper's 32 at 224, proportional to the crop
             lines += [
                 "Our scales stand for the paper's: "
                 + ", ".join(f"{self.scale_text(l)} for {paper_scale_text(l)}" for l in SCALE_LABELS)
                 + f"; test scales Q likewise (Q = S for a fixed S, the middle of the range for a jittered one; three "
-                f"scales {{S - {p.q_step}, S, S + {p.q_step}}} for the paper's {{S - 32, S, S + 32}}, or {{Smin, "
+                f"scales {{S - {step}, S, S + {step}}} for the paper's {{S - 32, S, S + 32}}, or {{Smin, "
                 f"middle, Smax}}, none below the crop size). Error rates on {self.classes or 'these'} classes are not "
                 "comparable with ImageNet's 1000: compare the *differences* between rows, which is what the findings "
                 "below do." + (f" Top-5 error on {self.classes} classes is near 0 and says little."
