@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import vggnet
-from vggnet.configs import CONFIGS, weight_layers
+from vggnet.configs import CONFIGS, TABLE1, weight_layers
 
 TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
 
@@ -43,7 +43,8 @@ def test_parameter_counts_equal_torchvision(tv):
 
 
 def test_weight_layers_and_flops():
-    assert [weight_layers(c) for c in CONFIGS] == [11, 11, 13, 16, 16, 19]
+    assert [weight_layers(c) for c in TABLE1] == [11, 11, 13, 16, 16, 19]
+    assert set(CONFIGS) == {*TABLE1, "B-5x5"}
     with torch.device("meta"):
         d = vggnet.create_model("D")
     assert round(d.macs(224) / 1e9, 2) == 15.47  # the paper's 15.47 GMAC
@@ -265,6 +266,33 @@ def test_init_from_net_a(deeper):
         if layer not in copied and key.endswith("weight"):
             assert torch.equal(value, before[key]), key
     assert not torch.equal(convs[(4, 0)].weight, a_convs[-2][2].weight)
+
+
+def test_b_5x5_is_section_4_1s_control_net():
+    """B with each pair of 3x3 convs replaced by one 5x5 conv: 5 convs 64-128-256-512-512, 8 weight layers."""
+    assert weight_layers("B-5x5") == 8
+    with torch.device("meta"):
+        net = vggnet.create_model("B-5x5")
+    assert count(net) == 134_503_528
+    assert [(m.kernel_size, m.padding, m.out_channels) for _, _, m in net.conv_layers()] == [
+        ((5, 5), (2, 2), c) for c in (64, 128, 256, 512, 512)
+    ]
+    assert [b for b, _, _ in net.conv_layers()] == [0, 1, 2, 3, 4]  # one conv a block, a pool after each
+    assert vggnet.parse_name("b-5x5_bn") == ("B-5x5", True)
+    assert "B-5x5" in vggnet.list_models()
+    tiny = vggnet.create_model("B-5x5", num_classes=10, init="glorot", **TINY).eval()
+    with torch.no_grad():
+        assert tiny.dense(torch.randn(1, 3, 64, 80)).shape == (1, 10, 2, 3)
+
+
+def test_init_from_net_a_gives_b_5x5_only_the_fc_layers():
+    a = vggnet.create_model("A", num_classes=10, init="glorot", seed=1, **TINY)
+    net = vggnet.create_model("B-5x5", num_classes=10, init="glorot", seed=2, **TINY)
+    convs = [m.weight.clone() for _, _, m in net.conv_layers()]
+    assert vggnet.init_from_net_a(net, a) == ["classifier.0", "classifier.3", "classifier.6"]
+    for src, dst in zip(a.fc_layers(), net.fc_layers()):
+        assert torch.equal(src.weight, dst.weight)
+    assert all(torch.equal(w, m.weight) for w, (_, _, m) in zip(convs, net.conv_layers()))
 
 
 def test_init_from_net_a_shape_mismatch_names_the_layer():

@@ -51,6 +51,8 @@ def cmd_params(args: argparse.Namespace) -> int:
             f"| {r['arch']} | {r['alias']} | {r['weight_layers']} | {r['params']:,} | {r['params'] / 1e6:.0f}M "
             f"| {r['gmacs']:.2f} | {r['gflops']:.2f} |"
         )
+    print()
+    print("B-5x5 is not in Table 2: section 4.1's control net, B with each pair of 3x3 convs replaced by one 5x5 conv.")
     return 0
 
 
