@@ -29,7 +29,7 @@ class VGG(nn.Module):
     """A VGG network of Table 1.
 
     Args:
-        config: a config letter, "A", "A-LRN", "B", "C", "D" or "E".
+        config: a config of Table 1, "A", "A-LRN", "B", "C", "D" or "E", or section 4.1's "B-5x5".
         num_classes: size of the last FC layer.
         width: multiplier on every conv's channel count (0.125 turns 64..512 into 8..64).
         fc_width: width of FC1 and FC2 (4096 in the paper).
@@ -174,7 +174,7 @@ class VGG(nn.Module):
 
 
 def create_model(name: str = "D", num_classes: int = 1000, **options: Any) -> VGG:
-    """Build a VGG net by config letter ("A", "A-LRN", "B", "C", "D", "E") or alias ("vgg16", "vgg16_bn", ...).
+    """Build a VGG net by config ("A", "A-LRN", "B", "C", "D", "E", "B-5x5") or alias ("vgg16", "vgg16_bn", ...).
 
     Options: ``width``, ``fc_width``, ``crop_size``, ``dropout``, ``batch_norm`` (overrides the name's _bn),
     ``in_chans``, and ``init`` ("paper", the default: N(0, variance 1e-2) weights and zero biases; "glorot";
