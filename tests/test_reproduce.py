@@ -23,28 +23,29 @@ def test_small_plan_follows_the_papers_stages(tmp_path):
     assert plan.seeds == [0, 1, 2] and len(plan.runs) == 13 * 3
     by = {r.name: r for r in plan.runs}
     for seed in plan.seeds:
-        a = by[f"A-S128-s{seed}"]
-        assert a.stage == 1 and a.depends is None and by[f"A-LRN-S128-s{seed}"].depends is None
+        a = by[f"A-S64-s{seed}"]
+        assert a.stage == 1 and a.depends is None and by[f"A-LRN-S64-s{seed}"].depends is None
         for net in ["B", "C", "D", "E", "B-5x5"]:  # deeper nets start from net A of the same seed (section 3.1)
-            r = by[f"{net}-S128-s{seed}"]
+            r = by[f"{net}-S64-s{seed}"]
             assert r.stage == 2 and r.depends == a.name and r.overrides["init_from"] == str(a.folder)
         for net in "CDE":
-            fixed, large, jit = by[f"{net}-S128-s{seed}"], by[f"{net}-S192-s{seed}"], by[f"{net}-S128-256-s{seed}"]
-            assert (large.stage, large.depends, large.scale) == (3, fixed.name, (192, 192))
-            assert (jit.stage, jit.depends, jit.scale) == (4, large.name, (128, 256))
+            fixed, large, jit = by[f"{net}-S64-s{seed}"], by[f"{net}-S96-s{seed}"], by[f"{net}-S64-128-s{seed}"]
+            assert (large.stage, large.depends, large.scale) == (3, fixed.name, (96, 96))
+            assert (jit.stage, jit.depends, jit.scale) == (4, large.name, (64, 128))
             assert large.config().lr == pytest.approx(fixed.config().lr / 10)  # S=384 from S=256 with lr / 10
             assert jit.config().lr == pytest.approx(large.config().lr)
             assert (fixed.config().lr_decays, large.config().lr_decays) == (2, 1)  # fine-tuning: one decay
-    cfg = by["D-S128-s0"].config()
-    assert (cfg.data, cfg.width, cfg.crop_size, cfg.flip, cfg.seed) == ("mnist-clutter", 0.0625, 128, False, 0)
-    # the design's geometry: block 5 works on 4x4 maps at the crop, dense windows overlap by 75%
-    assert cfg.crop_size // 32 >= 4
-    assert [e for e in plan.evals if e.runs == ["D-S128-256-s0"]][0].multi == [128, 192, 256]
-    assert [e for e in plan.evals if e.runs == ["D-S192-s0"]][0].multi == [174, 192, 210]
+    cfg = by["D-S64-s0"].config()
+    assert (cfg.data, cfg.width, cfg.crop_size, cfg.flip, cfg.seed) == ("mnist-clutter", 0.0625, 64, False, 0)
+    # the design's geometry: block 5's convs (after four pools) work on 4x4 maps at the crop; dense windows at
+    # a stride of 32 overlap by half
+    assert cfg.crop_size // 16 >= 4 and cfg.crop_size > 32
+    assert [e for e in plan.evals if e.runs == ["D-S64-128-s0"]][0].multi == [64, 96, 128]
+    assert [e for e in plan.evals if e.runs == ["D-S96-s0"]][0].multi == [87, 96, 105]
     # every run is evaluated; D and E jittered are also evaluated with every protocol and fused, per seed
     assert {e.runs[0] for e in plan.evals if e.kind == "scales"} == set(by)
     pairs = [e for e in plan.evals if e.kind == "protocols"]
-    assert [e.runs for e in pairs] == [[f"D-S128-256-s{s}", f"E-S128-256-s{s}"] for s in plan.seeds]
+    assert [e.runs for e in pairs] == [[f"D-S64-128-s{s}", f"E-S64-128-s{s}"] for s in plan.seeds]
     # stages run in order: a run never comes before the run it starts from
     order = [r.name for r in plan.runs]
     assert all(order.index(r.depends) < order.index(r.name) for r in plan.runs if r.depends)

@@ -1166,16 +1166,16 @@ class Report:
         return any(q > crop for cell in comp.treatment + comp.baseline for q in qs.get(cell, []))
 
     def caveats(self) -> list[str]:
-        """Measurement limits worth knowing before reading the tables (none at the paper's scales, none with the
-        small grid's 128 crops).
+        """Measurement limits worth knowing before reading the tables: none at the paper's scales, none from 64
+        crops up (block 5's convs on maps of at least 4x4, overlapping dense windows: the small grid's design).
 
         Dense evaluation scores windows of the crop size at a stride of 32 pixels (five 2x2 pools). With 224 crops
-        neighbouring windows share 86% of their pixels, with 128 crops 75%; with 32-pixel crops they share none.
-        (The pools round up, Caffe's ceil mode, so at any Q the windows cover the whole image.)
+        neighbouring windows share 86% of their pixels, with 64 crops 50%; with 32-pixel crops they share none,
+        and block 5 works on 2x2 maps. (The pools round up, Caffe's ceil mode: the windows cover the image.)
         """
         crop = self.plan.runs[0].config().crop_size
         qs = sorted({q for e in self.plan.evals for q in [e.single, *e.multi] if q > crop})
-        if not qs or crop >= 128:
+        if not qs or crop >= 64:
             return []
         overlap = max(0.0, 1 - 32 / crop)
         text = (
@@ -1373,8 +1373,8 @@ class Report:
         ]
         if p.grid in ("small", "quick"):
             lines += ["## Design", "", "Written before the results, which follow it whatever they say.", "",
-                      SMALL_DESIGN.strip() + ("\n\nThis is the quick check: the design at a toy size (64-pixel "
-                                              "crops, a few images and epochs), not a measurement."
+                      SMALL_DESIGN.strip() + ("\n\nThis is the quick check: the design's runs on a few images "
+                                              "for an epoch or two, not a measurement."
                                               if p.grid == "quick" else ""), ""]  # fmt: skip
         if self.small:
             step = scale_step(p.runs[0].config().crop_size)  # the paper's 32 at 224, proportional to the crop

@@ -6,7 +6,7 @@
   integers of [16, 48] px (a factor 3) and pasted at a uniformly random position of a black 64x64 canvas, with a
   fixed seed per digit. Scale jittering and multi-scale testing have something to act on: training scales S in
   [32, 64] and test scales Q in {32, 48, 64} are the paper's [256, 512] and {256, 384, 512} divided by 8.
-- ``mnist-clutter``: the harder variant for crops of 128 (the reproduction's small grid): a 128x128 canvas
+- ``mnist-clutter``: the harder variant of the reproduction's small grid (S from 64 to 128): a 128x128 canvas
   whose background is a random window of one of three real photos that installed packages ship
   (scikit-learn's ``china.jpg`` and ``flower.jpg``, matplotlib's ``grace_hopper.jpg``; grayscale, dimmed to at
   most 160 of 255), the digit trimmed to its ink with its longer side drawn from [32, 96] px (a factor 3, as
