@@ -120,7 +120,8 @@ class VGG(nn.Module):
         h = ceil(H/32) - crop/32 + 1 (likewise w) and the map covers every pixel: 256x341 gives 2x5 at 224 crops.
         At a multiple of 32 each cell equals the FC head applied to the matching crop window (at stride 32); at
         other sizes the last row and column of windows reach past the image's edge onto the pools' rounded-up
-        cells, which see only the pixels that are there. With ``head=False`` the map stops before the last layer: (N, fc_width, h, w), the paper's penultimate features (Appendix B).
+        cells, which see only the pixels that are there. With ``head=False`` the map stops before the last
+        layer: (N, fc_width, h, w), the paper's penultimate features (Appendix B).
         """
         # checked on the input, not the feature map: the rounded-up pools would give a full map from less
         if min(x.shape[-2:]) < 32 * self.positions:  # 32 * positions = the crop size
