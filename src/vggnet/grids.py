@@ -77,8 +77,8 @@ reasons, within the budget of 2 CPU cores:
   the paper's block 5 convs see 14x14 maps; at 64 ours see 4x4 (block 4: 8x8, block 3: 16x16). The previous
   small grid's 32 crops left block 5 on 2x2 maps (and block 4 on 4x4), where most of what the extra 3x3 convs
   of D and E see is zero padding. Dense windows (64 pixels at a stride of 32) overlap by 50% (the paper: 86%;
-  the previous grid: 0%). 128 crops would give 8x8 maps in block 5 and 75% overlap at about 3.5 times the
-  cost (pilot below), far beyond the budget: that is the geometry given up.
+  the previous grid: 0%). 128 crops would give 8x8 maps in block 5 and 75% overlap, at 2.7 times the CPU
+  time an epoch (pilot of net A): beyond the budget.
 - **Scales: the paper's divided by 4.** S = 64 for 256, S = 96 for 384, jittered [64, 128] for [256, 512];
   test scales by the rule of `vggnet.scales` ({S - 9, S, S + 9} for a fixed S at 64 crops, {Smin, middle,
   Smax} when jittered; none below the crop). The pools round up (Caffe's ceil mode), so dense evaluation at
@@ -86,8 +86,10 @@ reasons, within the budget of 2 CPU cores:
 - **Data: mnist-clutter,** the embedded digits on 128x128 canvases over windows of real photos, with
   fragments of other digits as clutter and the digit's size varying by a factor 3: not saturated (a net
   has to find the digit among strokes like its own), and scale jittering has sizes to act on.
-- **Nets: 1/16 width** (4-8-16-32-32 channels), FC layers 128 wide, batch 32, Kaiming init, no dropout, no
-  flips (digits are not mirror-symmetric): small enough for 3 seeds of 13 runs on 2 cores.
+- **Nets: 1/16 width** (4-8-16-32-32 channels), FC layers 128 wide, batch 32, lr 0.01, Kaiming init, no
+  dropout, no flips (digits are not mirror-symmetric). A pilot of net A stopped at its plateau after 24
+  epochs at 26% top-1 error (chance 90%), using about 10.5 CPU-s an epoch; by that measure the 3 seeds take
+  about an hour on 2 cores, a third over the 45 minutes aimed at (docs/reproduce-small/README.md).
 - **Every run stops at its plateau:** the paper's schedule (lr / 10 when the validation error has not
   improved for more than `lr_patience` = 1 epochs, at most 2 times, once in the fine-tuning stages 3 and 4,
   then stop at the next plateau). The epoch counts are caps that a run should not reach; the report counts
