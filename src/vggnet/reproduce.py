@@ -18,9 +18,9 @@ convs and three FC layers when the source is net A; B-5x5, whose convs are 5x5, 
 large fixed scale from the small one with lr / 10; the jittered nets fine-tuned from the large-scale ones.
 Grids (``vggnet.grids``):
 
-- ``small`` (default): the embedded ``mnist-clutter`` digits, nets at 1/16 width, 128-pixel crops, every scale
-  divided by 2 (S in {128, 192}, jittered [128, 256]), every run stopped by its plateau, 3 seeds; sized for 2
-  CPU cores (two runs at a time, one thread each). ``grids.SMALL_DESIGN`` gives the design and its reasons.
+- ``small`` (default): the embedded ``mnist-clutter`` digits, nets at 1/16 width, 64-pixel crops, every scale
+  divided by 4 (S in {64, 96}, jittered [64, 128]), every run stopped by its plateau, 3 seeds; for 2 CPU cores
+  (two runs at a time, one thread each; about an hour by a pilot's estimate). ``grids.SMALL_DESIGN`` gives the design and its reasons.
 - ``quick``: the same runs and evaluations with one seed, 64-pixel crops, one or two epochs a stage, on 60
   training and 20 validation images a class: a plumbing check (every table filled), not a measurement.
 - ``medium``: the paper's grid on a user's ImageNet-style subset (``--data DIR``) at 224 crops, for one GPU;
@@ -1619,7 +1619,7 @@ def _command_line(args: argparse.Namespace | None = None) -> str:
 def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `vgg reproduce [--quick | --scale small|quick|paper] [--data DIR] [--out DIR] ...`."""
     parser.add_argument("--scale", choices=("small", "quick", "medium", "paper"), default=None,
-                        help="small (default): mnist-clutter digits, narrow nets, 128 crops, 3 seeds, sized for 2 CPU "
+                        help="small (default): mnist-clutter digits, narrow nets, 64 crops, 3 seeds, about an hour on 2 CPU "
                              "cores; quick: a plumbing check with every table filled; medium: the paper's grid on an "
                              "ImageNet-style subset (--data DIR) at 224 crops on one GPU, with an estimate of GPU-"
                              "hours first; paper: the ImageNet recipes of recipes/imagenet (launch with torchrun for "
