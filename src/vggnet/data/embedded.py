@@ -92,7 +92,7 @@ def _photos() -> tuple[np.ndarray, ...]:
     missing = [str(p) for p in paths if not p.is_file()]
     if len(paths) < 3 or missing:
         raise FileNotFoundError(f"mnist-clutter needs the sample photos of matplotlib and scikit-learn; missing "
-                                f"{', '.join(missing) or 'scikit-learn'} (reinstall the project's dependencies)")  # fmt: skip
+                                f"{', '.join(missing) or 'scikit-learn'} (reinstall the project's dependencies)")
     return tuple(np.asarray(Image.open(p).convert("L")) for p in paths)
 
 
@@ -133,7 +133,8 @@ def _render_clutter(name: str, digit: np.ndarray, others: np.ndarray, rng: np.ra
             _paste_max(canvas, part, int(rng.integers(side - part.shape[0] + 1)),
                        int(rng.integers(side - part.shape[1] + 1)))  # fmt: skip
     glyph = _sized(_ink(digit), int(rng.integers(lo, hi + 1)))
-    _paste_max(canvas, glyph, int(rng.integers(side - glyph.shape[0] + 1)), int(rng.integers(side - glyph.shape[1] + 1)))
+    y, x = int(rng.integers(side - glyph.shape[0] + 1)), int(rng.integers(side - glyph.shape[1] + 1))
+    _paste_max(canvas, glyph, y, x)
     return canvas
 
 
