@@ -154,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "reproduce",
         help="run the paper's experiments (Tables 3-6, its findings) and write REPORT.md",
-        description="Train and evaluate the paper's grid: small scale on the embedded mnist-scale digits "
-        "(default), or the paper's ImageNet schedule with --scale paper.",
+        description="Train and evaluate the paper's grid (Tables 3-6 and section 4.1's B-5x5): small scale on the "
+        "embedded mnist-clutter digits (default), an ImageNet-style subset on one GPU with --scale medium --data "
+        "DIR, or the paper's ImageNet schedule with --scale paper.",
     )
     reproduce.add_reproduce_arguments(p)
     p.set_defaults(func=reproduce.run_reproduce_cli)
