@@ -71,7 +71,7 @@ class Grid:
 
 SMALL_DESIGN = """\
 The small grid is designed so that the comparisons can come out the way the paper's did, for the paper's
-reasons, within the budget of 2 CPU cores:
+reasons, on 2 CPU cores:
 
 - **Geometry: 64-pixel crops.** A block's convs work on the crop divided by 2 per pool before them: at 224
   the paper's block 5 convs see 14x14 maps; at 64 ours see 4x4 (block 4: 8x8, block 3: 16x16). The previous
