@@ -121,7 +121,7 @@ GRIDS: dict[str, Grid] = {
                     "and 64-pixel crops, every scale divided by 4; each run stops at its plateau",
         seeds=(0, 1, 2),
         scales=_SMALL_SCALES,
-        cells=tuple(staged_cells(epochs=(30, 24, 16, 16), lr=0.01, settings=[{}, {}, _FINE_TUNE, _FINE_TUNE])),
+        cells=tuple(staged_cells(epochs=(40, 36, 20, 20), lr=0.01, settings=[{}, {}, _FINE_TUNE, _FINE_TUNE])),
         base=_SMALL_BASE,
     ),
     "quick": Grid(
