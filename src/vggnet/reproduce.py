@@ -20,7 +20,7 @@ Grids (``vggnet.grids``):
 
 - ``small`` (default): the embedded ``mnist-clutter`` digits, nets at 1/16 width, 64-pixel crops, every scale
   divided by 4 (S in {64, 96}, jittered [64, 128]), every run stopped by its plateau, 3 seeds; for 2 CPU cores
-  (two runs at a time, one thread each; about an hour by a pilot's estimate). ``grids.SMALL_DESIGN`` gives
+  (two runs at a time, one thread each; about 1.5 hours by a pilot's estimate). ``grids.SMALL_DESIGN`` gives
   the design and its reasons.
 - ``quick``: the same runs and evaluations with one seed, one or two epochs a stage, on 60
   training and 20 validation images a class: a plumbing check (every table filled), not a measurement.
@@ -1620,7 +1620,7 @@ def _command_line(args: argparse.Namespace | None = None) -> str:
 def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `vgg reproduce [--quick | --scale small|quick|medium|paper] [--data DIR] [--out DIR] ...`."""
     parser.add_argument("--scale", choices=("small", "quick", "medium", "paper"), default=None,
-                        help="small (default): mnist-clutter digits, narrow nets, 64 crops, 3 seeds, about an hour "
+                        help="small (default): mnist-clutter digits, narrow nets, 64 crops, 3 seeds, about 1.5 hours "
                              "on 2 CPU cores; quick: a plumbing check with every table filled; medium: the paper's "
                              "grid on an ImageNet-style subset (--data DIR) at 224 crops on one GPU, with an "
                              "estimate of GPU-hours first; paper: the ImageNet recipes of recipes/imagenet (launch with torchrun for "
