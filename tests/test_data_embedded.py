@@ -123,6 +123,22 @@ def test_atomic_write_replaces_incomplete_and_keeps_a_winner(monkeypatch, tmp_pa
 
 
 def test_embedded_names():
-    assert set(EMBEDDED) == {"mnist", "mnist-scale"}
+    assert set(EMBEDDED) == {"mnist", "mnist-scale", "mnist-clutter"}
     with pytest.raises(ValueError, match="fixed train/val split"):
         resolve_data("mnist", val="somewhere")
+
+
+def test_mnist_clutter_images_are_digits_over_photos_with_clutter():
+    """The harder variant of the small reproduction grid, checked image by image without writing the set."""
+    digits, labels = embedded._mnist()
+    others = digits[:50]
+    imgs = [embedded._render_clutter("mnist-clutter", digits[i], others, np.random.default_rng((embedded._SEED, i)))
+            for i in range(60, 66)]  # fmt: skip
+    again = embedded._render_clutter("mnist-clutter", digits[60], others, np.random.default_rng((embedded._SEED, 60)))
+    assert np.array_equal(imgs[0], again)  # a fixed seed per image
+    for img in imgs:
+        assert img.shape == (128, 128) and img.dtype == np.uint8
+        assert img.max() >= 200  # the digit's ink, brighter than any background pixel
+        background = img[img <= 160]  # the photo is dimmed to at most 160
+        assert background.size > img.size / 2 and background.std() > 5  # mostly photo, not a black canvas
+    assert EMBEDDED["mnist-clutter"]["size"] == 128 and len(embedded._photos()) == 3

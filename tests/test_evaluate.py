@@ -139,11 +139,12 @@ def test_mixed_sizes_batched_equal_one_by_one(model, batch_size):
 
 def test_multi_scale_defaults_from_the_training_scales():
     assert default_scales(256, 256, 224) == [224, 256, 288]  # fixed S: {S-32, S, S+32}
-    assert default_scales(384, 384, 224) == [336, 384, 432]
+    assert default_scales(384, 384, 224) == [352, 384, 416]  # the paper's {S-32, S, S+32}, not S +- S/8
     assert default_scales(256, 512, 224) == [256, 384, 512]  # jittered: {Smin, (Smin+Smax)/2, Smax}
     assert default_scales(256, 256, 224, multi=False) == [256]
     assert default_scales(256, 512, 224, multi=False) == [384]
-    assert default_scales(32, 32, 32) == [32, 36]  # S - S/8 = 28 < crop: clamped to 32
+    assert default_scales(32, 32, 32) == [32, 37]  # step round(32/7) = 5; S - 5 = 27 < crop: clamped to 32
+    assert default_scales(160, 160, 128) == [142, 160, 178]  # step proportional to the crop: 128/7 -> 18
     assert default_scales(32, 64, 32) == [32, 48, 64]
     net = as_net(tiny_model())
     net.scale_range = (32, 48)
@@ -155,7 +156,7 @@ def test_multi_scale_defaults_from_the_training_scales():
     with pytest.raises(ValueError, match="crop size"):
         resolve_scales(net, "dense", [24])
     net.scale_range = None  # a bare model: S = crop * 256 / 224
-    assert resolve_scales(net, "dense") == [33, 37, 41]
+    assert resolve_scales(net, "dense") == [32, 37, 42]  # 37 +- 5 (the crop-proportional step)
 
 
 def test_grid_and_parsing():

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import vggnet
-from vggnet.configs import CONFIGS, weight_layers
+from vggnet.configs import CONFIGS, TABLE1, weight_layers
 
 TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
 
@@ -43,7 +43,8 @@ def test_parameter_counts_equal_torchvision(tv):
 
 
 def test_weight_layers_and_flops():
-    assert [weight_layers(c) for c in CONFIGS] == [11, 11, 13, 16, 16, 19]
+    assert [weight_layers(c) for c in TABLE1] == [11, 11, 13, 16, 16, 19]
+    assert set(CONFIGS) == {*TABLE1, "B-5x5"}
     with torch.device("meta"):
         d = vggnet.create_model("D")
     assert round(d.macs(224) / 1e9, 2) == 15.47  # the paper's 15.47 GMAC
@@ -53,7 +54,7 @@ def test_macs_agree_with_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
     model = vggnet.create_model("C", num_classes=7, **TINY)
-    for h, w in [(32, 32), (64, 96)]:
+    for h, w in [(32, 32), (64, 96), (40, 70)]:  # (40, 70): map sides rounded up by the ceil-mode pools
         x = torch.randn(1, 3, h, w)
         with FlopCounterMode(display=False) as fc:
             model.forward(x) if (h, w) == (32, 32) else model.dense(x)
@@ -165,6 +166,50 @@ def test_dense_corner_cell_equals_crop_without_padding_effects():
             assert torch.allclose(scores[..., cell[0], cell[1]], model.classifier(f.flatten(1)), atol=1e-5)
 
 
+def _floor_mode_copy(model):
+    """The same net with torch's default floor-mode pools (what dense evaluation did before ceil mode)."""
+    import copy
+
+    floor = copy.deepcopy(model)
+    for m in floor.features:
+        if isinstance(m, torch.nn.MaxPool2d):
+            m.ceil_mode = False
+    return floor
+
+
+def test_ceil_mode_pools_are_bit_identical_at_multiples_of_32():
+    model = vggnet.create_model("B", num_classes=10, width=1 / 16, fc_width=32, crop_size=64, init="glorot").eval()
+    assert all(m.ceil_mode for m in model.features if isinstance(m, torch.nn.MaxPool2d))
+    floor = _floor_mode_copy(model)
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64)  # the crop size: the FC head
+        assert torch.equal(model(x), floor(x))
+        for h, w in [(64, 64), (96, 128), (128, 64)]:
+            x = torch.randn(1, 3, h, w)
+            assert torch.equal(model.dense(x), floor.dense(x))
+
+
+def test_dense_map_covers_a_non_multiple_of_32():
+    """The paper's Q fixes the short side only: a 375x500 photo at Q=256 is 256x341; Caffe's rounded-up pools
+    give a 2x5 map (floor mode: 2x4, the last 21 columns outside every window)."""
+    model = vggnet.create_model("A", num_classes=10, width=1 / 16, fc_width=32, init="glorot").eval()
+    with torch.no_grad():
+        assert model.dense(torch.randn(1, 3, 256, 341)).shape == (1, 10, 2, 5)
+        assert _floor_mode_copy(model).dense(torch.randn(1, 3, 256, 341)).shape == (1, 10, 2, 4)
+    assert model.macs(256, 341) > _floor_mode_copy(model).macs(256, 320)
+    tiny = vggnet.create_model("A", num_classes=10, **TINY, init="glorot").eval()
+    x = torch.randn(1, 3, 40, 70)
+    with torch.no_grad():
+        scores = tiny.dense(x)
+        assert scores.shape[-2:] == (2, 3)  # ceil(40/32) x ceil(70/32) windows of one position
+        last_col, last_row = x.clone(), x.clone()
+        last_col[..., :, -1] += 1
+        last_row[..., -1, :] += 1
+        # the last cell of each side has the perturbed pixels in its own window
+        assert ((tiny.dense(last_col) - scores).abs().amax(dim=1)[0, :, -1] > 0).all()
+        assert ((tiny.dense(last_row) - scores).abs().amax(dim=1)[0, -1, :] > 0).all()
+
+
 def test_dense_shares_weights():
     model = vggnet.create_model("A", **TINY)
     n = count(model)
@@ -221,6 +266,33 @@ def test_init_from_net_a(deeper):
         if layer not in copied and key.endswith("weight"):
             assert torch.equal(value, before[key]), key
     assert not torch.equal(convs[(4, 0)].weight, a_convs[-2][2].weight)
+
+
+def test_b_5x5_is_section_4_1s_control_net():
+    """B with each pair of 3x3 convs replaced by one 5x5 conv: 5 convs 64-128-256-512-512, 8 weight layers."""
+    assert weight_layers("B-5x5") == 8
+    with torch.device("meta"):
+        net = vggnet.create_model("B-5x5")
+    assert count(net) == 134_503_528
+    assert [(m.kernel_size, m.padding, m.out_channels) for _, _, m in net.conv_layers()] == [
+        ((5, 5), (2, 2), c) for c in (64, 128, 256, 512, 512)
+    ]
+    assert [b for b, _, _ in net.conv_layers()] == [0, 1, 2, 3, 4]  # one conv a block, a pool after each
+    assert vggnet.parse_name("b-5x5_bn") == ("B-5x5", True)
+    assert "B-5x5" in vggnet.list_models()
+    tiny = vggnet.create_model("B-5x5", num_classes=10, init="glorot", **TINY).eval()
+    with torch.no_grad():
+        assert tiny.dense(torch.randn(1, 3, 64, 80)).shape == (1, 10, 2, 3)
+
+
+def test_init_from_net_a_gives_b_5x5_only_the_fc_layers():
+    a = vggnet.create_model("A", num_classes=10, init="glorot", seed=1, **TINY)
+    net = vggnet.create_model("B-5x5", num_classes=10, init="glorot", seed=2, **TINY)
+    convs = [m.weight.clone() for _, _, m in net.conv_layers()]
+    assert vggnet.init_from_net_a(net, a) == ["classifier.0", "classifier.3", "classifier.6"]
+    for src, dst in zip(a.fc_layers(), net.fc_layers()):
+        assert torch.equal(src.weight, dst.weight)
+    assert all(torch.equal(w, m.weight) for w, (_, _, m) in zip(convs, net.conv_layers()))
 
 
 def test_init_from_net_a_shape_mismatch_names_the_layer():

@@ -20,26 +20,32 @@ def cli(argv):
 
 def test_small_plan_follows_the_papers_stages(tmp_path):
     plan = rp.make_plan("small", out=tmp_path)
-    assert plan.seeds == [0, 1, 2] and len(plan.runs) == 12 * 3
+    assert plan.seeds == [0, 1, 2] and len(plan.runs) == 13 * 3
     by = {r.name: r for r in plan.runs}
     for seed in plan.seeds:
-        a = by[f"A-S32-s{seed}"]
-        assert a.stage == 1 and a.depends is None and by[f"A-LRN-S32-s{seed}"].depends is None
-        for net in "BCDE":  # deeper nets start from net A of the same seed (section 3.1)
-            r = by[f"{net}-S32-s{seed}"]
+        a = by[f"A-S64-s{seed}"]
+        assert a.stage == 1 and a.depends is None and by[f"A-LRN-S64-s{seed}"].depends is None
+        for net in ["B", "C", "D", "E", "B-5x5"]:  # deeper nets start from net A of the same seed (section 3.1)
+            r = by[f"{net}-S64-s{seed}"]
             assert r.stage == 2 and r.depends == a.name and r.overrides["init_from"] == str(a.folder)
         for net in "CDE":
-            fixed, large, jit = by[f"{net}-S32-s{seed}"], by[f"{net}-S48-s{seed}"], by[f"{net}-S32-64-s{seed}"]
-            assert (large.stage, large.depends, large.scale) == (3, fixed.name, (48, 48))
-            assert (jit.stage, jit.depends, jit.scale) == (4, large.name, (32, 64))
+            fixed, large, jit = by[f"{net}-S64-s{seed}"], by[f"{net}-S96-s{seed}"], by[f"{net}-S64-128-s{seed}"]
+            assert (large.stage, large.depends, large.scale) == (3, fixed.name, (96, 96))
+            assert (jit.stage, jit.depends, jit.scale) == (4, large.name, (64, 128))
             assert large.config().lr == pytest.approx(fixed.config().lr / 10)  # S=384 from S=256 with lr / 10
             assert jit.config().lr == pytest.approx(large.config().lr)
-    cfg = by["D-S32-s0"].config()
-    assert (cfg.data, cfg.width, cfg.crop_size, cfg.flip, cfg.seed) == ("mnist-scale", 0.125, 32, False, 0)
+            assert (fixed.config().lr_decays, large.config().lr_decays) == (2, 1)  # fine-tuning: one decay
+    cfg = by["D-S64-s0"].config()
+    assert (cfg.data, cfg.width, cfg.crop_size, cfg.flip, cfg.seed) == ("mnist-clutter", 0.0625, 64, False, 0)
+    # the design's geometry: block 5's convs (after four pools) work on 4x4 maps at the crop; dense windows at
+    # a stride of 32 overlap by half
+    assert cfg.crop_size // 16 >= 4 and cfg.crop_size > 32
+    assert [e for e in plan.evals if e.runs == ["D-S64-128-s0"]][0].multi == [64, 96, 128]
+    assert [e for e in plan.evals if e.runs == ["D-S96-s0"]][0].multi == [87, 96, 105]
     # every run is evaluated; D and E jittered are also evaluated with every protocol and fused, per seed
     assert {e.runs[0] for e in plan.evals if e.kind == "scales"} == set(by)
     pairs = [e for e in plan.evals if e.kind == "protocols"]
-    assert [e.runs for e in pairs] == [[f"D-S32-64-s{s}", f"E-S32-64-s{s}"] for s in plan.seeds]
+    assert [e.runs for e in pairs] == [[f"D-S64-128-s{s}", f"E-S64-128-s{s}"] for s in plan.seeds]
     # stages run in order: a run never comes before the run it starts from
     order = [r.name for r in plan.runs]
     assert all(order.index(r.depends) < order.index(r.name) for r in plan.runs if r.depends)
@@ -47,9 +53,9 @@ def test_small_plan_follows_the_papers_stages(tmp_path):
 
 def test_quick_plan_trains_on_a_subset(tmp_path):
     plan = rp.make_plan("quick", out=tmp_path, seeds=[3])
-    assert plan.seeds == [3] and len(plan.runs) == 12
+    assert plan.seeds == [3] and len(plan.runs) == 13
     source, folder, per_class = plan.subset
-    assert source == "mnist-scale" and per_class == (100, 30)
+    assert source == "mnist-clutter" and per_class == (60, 20)
     assert all(r.config().data == folder for r in plan.runs)
 
 
@@ -161,31 +167,36 @@ def test_quick_reproduction_fills_every_table_then_reuses_its_runs(tmp_path):
     assert cli(["--quick", "--out", str(out)]) == 0
     text = (out / "REPORT.md").read_text()
     number = re.compile(r"^\d+\.\d+( ± \d+\.\d+)?$")
-    for title, rows in (("Table 3", 12), ("Table 4", 10), ("Table 5", 6), ("Table 6", 3)):
+    for title, rows in (("Table 3", 13), ("Table 4", 10), ("Table 5", 6), ("Table 6", 3)):
         body = table(text, title)
         assert len(body) == rows, title
         for row in body:
-            assert all(number.match(c) for c in row[-4:]), (title, row)  # ours top-1/top-5, the paper's
+            paper = row[-2:] if row[0] != "B-5x5" else []  # the paper gives B-5x5 only relative to B
+            assert all(number.match(c) for c in row[-4:-2] + paper), (title, row)  # ours top-1/top-5, the paper's
+    assert [row[-2] for row in table(text, "Table 3") if row[0] == "B-5x5"] == ["B + 7% (30.7)"]
     findings = table(text, "Findings")
-    assert len(findings) == 15 and all(row[-1].split(":")[0] == "inconclusive" for row in findings)  # one seed
+    assert len(findings) == 16 and all(row[-1].split(":")[0] == "inconclusive" for row in findings)  # one seed
+    assert "Small filters, deeper, beat large filters, shallower" in text
+    assert text.index("## Design") < text.index("## Findings")
     assert "nan" not in text.lower()
     for name in ("error_vs_depth", "error_vs_test_scale", "learning_curves"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
         assert f"(plots/{name}.png)" in text
     data = json.loads((out / "results.json").read_text())
-    assert len(data["trained"]) == 12 and not data["reused"]
+    assert len(data["trained"]) == 13 and not data["reused"]
     assert data["tables"]["6"]["dense+multicrop"]["per_seed"]["0"][0] >= 0
     assert data["provenance"]["torch"] and data["command"] == f"vgg reproduce --quick --out {out}"
     # the staged initialisation happened: D's log names the layers it took from net A
-    assert "init from net A" in (out / "logs" / "D-S32-s0.log").read_text()
+    assert "init from net A" in (out / "logs" / "D-S64-s0.log").read_text()
+    assert "copied classifier.0, classifier.3, classifier.6" in (out / "logs" / "B-5x5-S64-s0.log").read_text()
 
     # a second call reuses the finished runs and cached evaluations; an interrupted run is resumed, not redone
     weights = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")}
-    (out / "runs" / "E-S32-64-s0" / "reproduce.json").unlink()  # as if stopped after its last checkpoint
+    (out / "runs" / "E-S64-128-s0" / "reproduce.json").unlink()  # as if stopped after its last checkpoint
     assert cli(["--quick", "--out", str(out)]) == 0
     data = json.loads((out / "results.json").read_text())
-    assert data["trained"] == ["E-S32-64-s0"] and len(data["reused"]) == 11
-    marker = json.loads((out / "runs" / "E-S32-64-s0" / "reproduce.json").read_text())
+    assert data["trained"] == ["E-S64-128-s0"] and len(data["reused"]) == 12
+    marker = json.loads((out / "runs" / "E-S64-128-s0" / "reproduce.json").read_text())
     assert marker["resumed"] and marker["epochs"] == 1
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")} == weights
     assert len(data["history"]) == 2
@@ -230,3 +241,43 @@ def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_
     rows = table((out / "REPORT.md").read_text(), "Table 3")  # scales of other recipes get rows of their own
     assert [(r[0], r[1]) for r in rows] == [("A", "- / S=32"), ("D", "- / S=32")]
     assert all(re.match(r"^\d+\.\d+$", r[3]) for r in rows) and rows[0][-1] == "-"
+
+
+def test_reproduce_and_eval_share_one_test_scale_rule():
+    from vggnet.evaluate import default_scales
+    from vggnet.reproduce import scales_for
+
+    assert scales_for((384, 384), 224) == (384, [352, 384, 416])  # the paper's {S-32, S, S+32}
+    assert scales_for((256, 512), 224) == (384, [256, 384, 512])
+    for scale, crop in [((32, 32), 32), ((48, 48), 32), ((32, 64), 32), ((160, 160), 128), ((128, 256), 128)]:
+        single, multi = scales_for(scale, crop)
+        assert multi == default_scales(*scale, crop) and [single] == default_scales(*scale, crop, multi=False)
+
+
+def test_medium_dry_run_prints_the_runs_and_an_estimate_of_gpu_hours(capsys, tmp_path):
+    from vggnet.budget import STATED_IMAGES_PER_S, forward_flops
+
+    data = tmp_path / "imagenette"
+    for split, n in (("train", 300), ("val", 1)):
+        for c in ("n01440764", "n02102040"):
+            (data / split / c).mkdir(parents=True)
+            for i in range(n):
+                (data / split / c / f"{i}.JPEG").write_bytes(b"")  # counted by name, never decoded
+    out = tmp_path / "m"
+    assert cli(["--scale", "medium", "--data", str(data), "--dry-run", "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "Plan (medium)" in text and "13 training runs in 4 stages" in text
+    assert "B-5x5-S256-s0: B-5x5, S=256, up to 74 epochs, lr 0.01, init from A-S256-s0" in text
+    assert "D-S256-512-s0: D, S in [256, 512]" in text
+    assert "Estimate: 600 training and 2 validation images, 2 classes, 224 crops; rate stated" in text
+    # a run's hours: epochs x images x its training FLOPs (3 forwards) / the stated FLOP rate of net D at 224
+    rate = STATED_IMAGES_PER_S * 3 * forward_flops("D", 1000, 224)
+    d_train = 3 * forward_flops("D", 2, 224)
+    d_hours = 74 * 600 * d_train / rate / 3600
+    assert f"  D-S256-s0: D, 74, {d_train / 1e9:.1f}, {rate / d_train:,.0f}, {d_hours:.3g}\n" in text
+    assert re.search(r"Total: at most [\d.]+ GPU-hours", text)
+    assert not out.exists()  # a dry run writes nothing
+    with pytest.raises(ValueError, match="needs --data DIR"):
+        cli(["--scale", "medium", "--dry-run"])
+    with pytest.raises(ValueError, match="no train/ or val/ in it"):
+        cli(["--scale", "medium", "--dry-run", "--data", str(data / "train")])

@@ -56,6 +56,8 @@ def cmd_params(args: argparse.Namespace) -> int:
             f"| {r['arch']} | {r['alias']} | {r['weight_layers']} | {r['params']:,} | {r['params'] / 1e6:.0f}M "
             f"| {r['gmacs']:.2f} | {r['gflops']:.2f} |"
         )
+    print()
+    print("B-5x5 is not in Table 2: section 4.1's control net, B with each pair of 3x3 convs replaced by one 5x5 conv.")
     return 0
 
 
@@ -189,8 +191,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "reproduce",
         help="run the paper's experiments (Tables 3-6, its findings) and write REPORT.md",
-        description="Train and evaluate the paper's grid: small scale on the embedded mnist-scale digits "
-        "(default), or the paper's ImageNet schedule with --scale paper.",
+        description="Train and evaluate the paper's grid (Tables 3-6 and section 4.1's B-5x5): small scale on the "
+        "embedded mnist-clutter digits (default), an ImageNet-style subset on one GPU with --scale medium --data "
+        "DIR, or the paper's ImageNet schedule with --scale paper.",
     )
     if want("reproduce"):
         from . import reproduce

@@ -124,6 +124,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         arch="A", width=0.25, fc_width=256, crop_size=32, scale_min=32, scale_max=64, flip=False, init="kaiming",
         epochs=10, batch_size=64, lr=0.02, lr_patience=1, lr_decays=2, stats_images=2000, log_every=20,
         dropout=0.3, workers=1,
+    ),    "mnist-clutter": dict(  # the small reproduction grid's nets: 64 crops, block 5's convs on 4x4 maps
+        arch="A", width=0.0625, fc_width=128, crop_size=64, scale_min=64, scale_max=128, flip=False,
+        init="kaiming", epochs=40, batch_size=32, lr=0.01, lr_patience=1, lr_decays=2, stats_images=1000,
+        log_every=50, dropout=0.0, workers=1,
     ),
 }
 

@@ -20,11 +20,12 @@ and crops of one scale, then over scales, then over the kinds of a combined prot
 equally, not 6 dense views against 150 crops), then over nets. That is, every protocol is a weighted average of
 the soft-max of its views.
 
-Default test scales follow the paper (``default_scales``): Q = {S - S/8, S, S + S/8} for a net trained at a
-fixed S (the paper's {S - 32, S, S + 32} at S = 256, kept proportional so that small nets get sensible scales),
-and Q = {Smin, (Smin + Smax)/2, Smax} for a net trained with scale jittering; single-scale evaluation uses S or
-(Smin + Smax)/2. Every Q is clamped to at least the crop size (dense evaluation and crops need an input at
-least that large) and duplicates are dropped, so a tiny net trained at S = crop = 32 is tested at {32, 36}.
+Default test scales follow the paper (``default_scales``, the rule of ``vggnet.scales`` that `vgg reproduce`
+uses too): Q = {S - 32, S, S + 32} for a net trained at a fixed S with 224 crops (the step proportional to the
+crop, round(crop / 7), for smaller nets), and Q = {Smin, (Smin + Smax)/2, Smax} for a net trained with scale
+jittering; single-scale evaluation uses S or (Smin + Smax)/2. Every Q is clamped to at least the crop size
+(dense evaluation and crops need an input at least that large) and duplicates are dropped, so a tiny net
+trained at S = crop = 32 is tested at {32, 37}.
 
 Efficiency: images of one chunk are rescaled on the device; for dense evaluation they are grouped by their
 rescaled shape and each group runs as batches (exact, no padding); crops of several images are batched
@@ -58,6 +59,7 @@ from .metrics import TopKErrors, effective_k
 from .model import spatial_average
 from .pretrained import NORMALIZE_HELP, load_pretrained, require_cfg
 from .runs import Run, is_run, load_run
+from .scales import eval_scales
 from .weights import unwrap
 
 # Protocol name -> the kinds of views whose posteriors it averages.
@@ -184,22 +186,13 @@ def as_nets(nets: Any, **kwargs: Any) -> list[Net]:
 
 
 def default_scales(scale_min: int, scale_max: int, crop_size: int, multi: bool = True) -> list[int]:
-    """The paper's test scales Q (section 3.2), clamped to >= crop size, de-duplicated and sorted.
+    """The paper's test scales Q (section 3.2): ``vggnet.scales.eval_scales``, the rule `vgg reproduce` uses too.
 
-    Fixed S (``scale_min == scale_max``): ``{S - S//8, S, S + S//8}`` (= {224, 256, 288} at S = 256); single
-    scale: ``[S]``. Jittered [Smin, Smax]: ``{Smin, (Smin + Smax)//2, Smax}`` (= {256, 384, 512}); single scale:
-    ``[(Smin + Smax)//2]``.
+    Fixed S: ``{S - 32, S, S + 32}`` at 224 crops (the step proportional to the crop for smaller nets);
+    single scale ``[S]``. Jittered [Smin, Smax]: ``{Smin, (Smin + Smax)//2, Smax}``; single scale
+    ``[(Smin + Smax)//2]``. Clamped to >= the crop size, de-duplicated, sorted.
     """
-    if scale_min > scale_max:
-        raise ValueError(f"scale_min {scale_min} > scale_max {scale_max}")
-    mid = (scale_min + scale_max) // 2
-    if not multi:
-        qs = [mid]
-    elif scale_min == scale_max:
-        qs = [mid - mid // 8, mid, mid + mid // 8]
-    else:
-        qs = [scale_min, mid, scale_max]
-    return sorted({max(q, crop_size) for q in qs})
+    return eval_scales(scale_min, scale_max, crop_size, multi=multi)
 
 
 def parse_protocols(protocols: str | Sequence[str]) -> list[str]:

@@ -63,7 +63,11 @@ def init_from_net_a(model: nn.Module, net_a: nn.Module | dict[str, torch.Tensor]
     The first four conv layers of A (block 1 conv 1, block 2 conv 1, block 3 convs 1-2) go to the layers at
     the same block and position of the deeper net, which have the same shapes in every config of Table 1;
     the three FC layers are copied whole. Every other layer keeps its (random) initialisation.
-    A shape mismatch raises an error naming the layer.
+
+    A target without 3x3 convs has no layer of A's kind: B-5x5 (section 4.1), whose convs are all 5x5,
+    takes only A's three FC layers ("FC-only" init from net A; its last conv map has A's
+    shape, so the head fits). A shape mismatch otherwise (width, fc_width, crop size, classes) raises an
+    error naming the layer.
     """
     from .model import VGG
 
@@ -81,6 +85,8 @@ def init_from_net_a(model: nn.Module, net_a: nn.Module | dict[str, torch.Tensor]
     dst_convs = {(b, p): m for b, p, m in model.conv_layers()}
     pairs: list[tuple[str, nn.Module, nn.Module]] = []
     names = {m: n for n, m in model.named_modules()}
+    if not any(m.kernel_size == src_convs[0][2].kernel_size for m in dst_convs.values()):
+        src_convs = []  # no 3x3 conv in the target (B-5x5): none of A's convs has a counterpart, only its FC layers
     for b, p, src in src_convs:
         dst = dst_convs.get((b, p))
         if dst is None:

