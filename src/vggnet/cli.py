@@ -147,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_predict_arguments(p)
     p.set_defaults(func=ev.run_predict_cli)
 
+    from . import localize
+
+    p = sub.add_parser(
+        "localize",
+        help="object localisation (Appendix A): train box regressors from a run, evaluate them (Tables 8-9)",
+        description="`vgg localize train --from RUN --regression scr|pcr [--finetune all|fc]` makes a localisation "
+        "run; `vgg localize eval LOCRUN... --protocol center,dense [--scales ...]` reports its errors.",
+    )
+    localize.add_localize_arguments(p)
+
     from . import reproduce
 
     p = sub.add_parser(
