@@ -157,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     localize.add_localize_arguments(p)
 
+    from . import descriptors, transfer
+
+    p = sub.add_parser(
+        "features",
+        help="very deep features (Appendix B): a net's image descriptors of a data set, into a safetensors file",
+        description="Describe every image of --data with a net applied densely without its last layer, averaged "
+        "over locations and flips, L2-normalised, at several scales averaged or stacked.",
+    )
+    descriptors.add_features_arguments(p)
+    p.set_defaults(func=descriptors.run_features_cli)
+    p = sub.add_parser(
+        "transfer",
+        help="a linear SVM on features files over random splits: accuracy, mean class recall, mAP (Tables 11-12)",
+    )
+    transfer.add_transfer_arguments(p)
+    p.set_defaults(func=transfer.run_transfer_cli)
+
     from . import reproduce
 
     p = sub.add_parser(
