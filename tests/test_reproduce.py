@@ -169,6 +169,9 @@ def test_quick_reproduction_fills_every_table_then_reuses_its_runs(tmp_path):
     findings = table(text, "Findings")
     assert len(findings) == 15 and all(row[-1].split(":")[0] == "inconclusive" for row in findings)  # one seed
     assert "nan" not in text.lower()
+    # Appendix A at laptop scale: SCR / PCR x all layers / FC only on a centre crop, then dense at one and three Q
+    assert len(table(text, "Table 8")) == 4 and len(table(text, "Table 9")) == 6
+    assert (out / "localize" / "localize.json").is_file()
     for name in ("error_vs_depth", "error_vs_test_scale", "learning_curves"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
         assert f"(plots/{name}.png)" in text

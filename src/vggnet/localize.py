@@ -13,7 +13,7 @@ for resume, eval/ for reports) plus ``localize.json`` naming the classification 
 Testing (``evaluate_localisation``):
 
 - ``center``: one centre crop at Q, the box of the ground-truth class (the paper's comparison of the variants,
-  its Table 8);
+  its Table 8; with several Q, their boxes are averaged);
 - ``dense``: the localisation net applied densely to the whole image rescaled to each Q; every location's box
   (the window at stride 32 that the location sees) is rated by the classification net's soft-max score of the
   class at the same location; the boxes of all scales are merged greedily (:func:`merge_boxes`, OverFeat's
@@ -123,6 +123,14 @@ def localisation_net(classifier: VGG, regression: str, num_classes: int | None =
     sd = {k: v for k, v in classifier.state_dict().items() if not k.startswith("classifier.6.")}
     sd.update({k: v for k, v in own.items() if k.startswith("classifier.6.")})
     net.load_state_dict(sd)
+    # The new last layer: small random weights (std 0.01) around a bias that predicts the centred half-size box,
+    # so that the first steps at lr 1e-3 refine a box instead of first pulling the outputs of a random layer back
+    # into [0, 1] (with the classification init's random last layer, one epoch of the quick grid ended with
+    # every validation box wrong).
+    last = net.classifier[6]
+    with torch.no_grad():
+        last.weight.normal_(0.0, 0.01)
+        last.bias.fill_(0.5)
     return net
 
 
@@ -498,16 +506,16 @@ def evaluate_localisation(loc_run: str | os.PathLike, protocol: str = "dense", s
         h, w = img.shape[-2:]
         gt = s.boxes
         if protocol == "center":
-            hits = []
+            found = []
             for q in scales:
                 tf = EvalTransform(norm, size=q, crop_size=crop, divide_std=divide_std)
                 x = tf.apply(img, tf.sample())[None].to(dev)
                 pred = select_boxes(loc.model(x), torch.tensor([s.label], device=dev), regression)[0].cpu()
                 nh, nw, top, left = crop_offsets(h, w, AugParams(q), crop)
                 box = B.to_xyxy(pred.float() * crop) + torch.tensor([left, top, left, top], dtype=torch.float32)
-                box = B.rescale_boxes(box[None], (nh, nw), (h, w))
-                hits.append(bool((B.iou(box, gt) > IOU_THRESHOLD).any()))
-            right = sum(hits) * 2 > len(hits) if len(hits) > 1 else hits[0]  # several Q: the majority (rarely used)
+                found.append(B.rescale_boxes(box[None], (nh, nw), (h, w)))
+            box = torch.cat(found).mean(0, keepdim=True)  # several Q: their boxes averaged, in the image's pixels
+            right = bool((B.iou(box, gt) > IOU_THRESHOLD).any())
             top1 += right
             top5 += right
             n += 1
@@ -611,7 +619,7 @@ def reproduce_localisation(plan, report: Path, log=print) -> str | None:
         for finetune in FINETUNE:
             folder = out / f"{regression}-{finetune}"
             if not (folder / "done.json").exists():
-                shutil_rmtree(folder)
+                _rmtree(folder)
                 train_localisation(LocConfig(from_run=str(source.folder), regression=regression, finetune=finetune,
                                              data=data, epochs=epochs, max_per_class=per_class,
                                              val_per_class=val_per_class, device=plan.device, out=str(folder),
@@ -639,7 +647,7 @@ def _quiet(_: str) -> None:
     pass
 
 
-def shutil_rmtree(folder: Path) -> None:
+def _rmtree(folder: Path) -> None:
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
