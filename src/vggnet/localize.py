@@ -28,6 +28,7 @@ none of its 5 predictions is correct (ILSVRC); top-1 uses the first prediction o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -498,55 +499,66 @@ def evaluate_localisation(loc_run: str | os.PathLike, protocol: str = "dense", s
     stride = _stride(loc.model)
     t0 = time.perf_counter()
     top1 = top5 = cls_right = n = 0
-    for s in samples:
-        try:
-            img = load_image(s.path)
-        except BadImageError:
+    chunk_size = 32  # images decoded and run together: batched forward passes, bounded memory
+    for first in range(0, len(samples), chunk_size):
+        chunk = []
+        for s in samples[first : first + chunk_size]:
+            with contextlib.suppress(BadImageError):  # an unreadable image is left out of the count
+                chunk.append((s, load_image(s.path)))
+        if not chunk:
             continue
-        h, w = img.shape[-2:]
-        gt = s.boxes
         if protocol == "center":
-            found = []
+            found: list[list[torch.Tensor]] = [[] for _ in chunk]
+            labels = torch.tensor([s.label for s, _ in chunk], device=dev)
             for q in scales:
                 tf = EvalTransform(norm, size=q, crop_size=crop, divide_std=divide_std)
-                x = tf.apply(img, tf.sample())[None].to(dev)
-                pred = select_boxes(loc.model(x), torch.tensor([s.label], device=dev), regression)[0].cpu()
-                nh, nw, top, left = crop_offsets(h, w, AugParams(q), crop)
-                box = B.to_xyxy(pred.float() * crop) + torch.tensor([left, top, left, top], dtype=torch.float32)
-                found.append(B.rescale_boxes(box[None], (nh, nw), (h, w)))
-            box = torch.cat(found).mean(0, keepdim=True)  # several Q: their boxes averaged, in the image's pixels
-            right = bool((B.iou(box, gt) > IOU_THRESHOLD).any())
-            top1 += right
-            top5 += right
-            n += 1
+                x = torch.stack([tf.apply(img, tf.sample()) for _, img in chunk]).to(dev)
+                pred = select_boxes(loc.model(x), labels, regression).cpu().float()
+                for k, (_, img) in enumerate(chunk):
+                    h, w = img.shape[-2:]
+                    nh, nw, top, left = crop_offsets(h, w, AugParams(q), crop)
+                    box = B.to_xyxy(pred[k] * crop) + torch.tensor([left, top, left, top], dtype=torch.float32)
+                    found[k].append(B.rescale_boxes(box[None], (nh, nw), (h, w)))
+            for k, (s, _) in enumerate(chunk):
+                box = torch.cat(found[k]).mean(0, keepdim=True)  # several Q: their boxes averaged, in the image's pixels
+                right = bool((B.iou(box, s.boxes) > IOU_THRESHOLD).any())
+                top1, top5, n = top1 + right, top5 + right, n + 1
             continue
-        all_boxes, all_scores, posteriors = [], [], []
+        maps: list[list[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]] = [[] for _ in chunk]
         for q in scales:
             tf = EvalTransform(norm, size=q, crop_size=None, divide_std=divide_std)
-            x = tf.apply(img, tf.sample())[None].to(dev)
-            scores = F.softmax(cls.model.dense(x).float(), 1)[0].cpu()  # (C, h, w)
-            box_map = loc.model.dense(x).float()[0].cpu()  # (4 or 4C, h, w)
-            nh, nw = x.shape[-2:]
-            posteriors.append(scores.mean((1, 2)))
-            if regression == "scr":
-                wb = window_boxes(box_map, crop, stride)  # (h, w, 4)
-                per_class = wb[None].expand(scores.shape[0], *wb.shape)
-            else:
+            views = [tf.apply(img, tf.sample()) for _, img in chunk]
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for k, v in enumerate(views):
+                groups.setdefault(tuple(v.shape), []).append(k)
+            for idx in groups.values():  # images of one rescaled size run as one batch
+                x = torch.stack([views[k] for k in idx]).to(dev)
+                scores = F.softmax(cls.model.dense(x).float(), 1).cpu()  # (B, C, h, w)
+                box_map = loc.model.dense(x).float().cpu()  # (B, 4 or 4C, h, w)
+                for j, k in enumerate(idx):
+                    maps[k].append((scores[j], box_map[j], tuple(x.shape[-2:])))
+        for k, (s, img) in enumerate(chunk):
+            h, w = img.shape[-2:]
+            all_boxes, all_scores, posteriors = [], [], []
+            for scores, box_map, (nh, nw) in maps[k]:
+                posteriors.append(scores.mean((1, 2)))
                 c = scores.shape[0]
-                per_class = torch.stack([window_boxes(box_map[4 * k : 4 * k + 4], crop, stride) for k in range(c)])
-            per_class = B.rescale_boxes(per_class, (nh, nw), (h, w))  # back to the image's pixels
-            all_boxes.append(per_class.flatten(1, 2))  # (C, h*w, 4)
-            all_scores.append(scores.flatten(1))  # (C, h*w)
-        boxes_c, scores_c = torch.cat(all_boxes, 1), torch.cat(all_scores, 1)
-        ranked = torch.stack(posteriors).mean(0).argsort(descending=True)[:5].tolist()
-        cls_right += ranked[0] == s.label
-        correct = []
-        for c in ranked:
-            merged, _ = merge_boxes(boxes_c[c], scores_c[c], merge_iou)
-            correct.append(c == s.label and bool((B.iou(merged[:1], gt) > IOU_THRESHOLD).any()))
-        top1 += correct[0]
-        top5 += any(correct)
-        n += 1
+                if regression == "scr":
+                    wb = window_boxes(box_map, crop, stride)  # (h, w, 4)
+                    per_class = wb[None].expand(c, *wb.shape)
+                else:
+                    per_class = torch.stack([window_boxes(box_map[4 * i : 4 * i + 4], crop, stride) for i in range(c)])
+                per_class = B.rescale_boxes(per_class, (nh, nw), (h, w))  # back to the image's pixels
+                all_boxes.append(per_class.flatten(1, 2))  # (C, h*w, 4)
+                all_scores.append(scores.flatten(1))  # (C, h*w)
+            boxes_c, scores_c = torch.cat(all_boxes, 1), torch.cat(all_scores, 1)
+            ranked = torch.stack(posteriors).mean(0).argsort(descending=True)[:5].tolist()
+            cls_right += ranked[0] == s.label
+            correct = []
+            for c in ranked:
+                merged, _ = merge_boxes(boxes_c[c], scores_c[c], merge_iou)
+                correct.append(c == s.label and bool((B.iou(merged[:1], s.boxes) > IOU_THRESHOLD).any()))
+            top1, top5, n = top1 + correct[0], top5 + any(correct), n + 1
     n = max(n, 1)
     return LocResult(
         run=str(loc_run), regression=regression, finetune=info.get("finetune", "?"), protocol=protocol,
@@ -593,7 +605,7 @@ def _scales(r: LocResult) -> str:
 # ---- laptop-scale tables for `vgg reproduce` --------------------------------------------------------------------
 
 # (epochs, training images per class, validation images per class) of the localisation nets of each grid
-_REPRODUCE = {"quick": (1, 30, 10), "small": (4, 200, 50)}
+_REPRODUCE = {"quick": (1, 20, 5), "small": (4, 200, 50)}
 
 
 def reproduce_localisation(plan, report: Path, log=print) -> str | None:
@@ -613,30 +625,44 @@ def reproduce_localisation(plan, report: Path, log=print) -> str | None:
         return None
     epochs, per_class, val_per_class = settings
     out = plan.out / "localize"
-    results: list[LocResult] = []
-    t0 = time.perf_counter()
-    for regression in REGRESSIONS:
-        for finetune in FINETUNE:
-            folder = out / f"{regression}-{finetune}"
-            if not (folder / "done.json").exists():
-                _rmtree(folder)
-                train_localisation(LocConfig(from_run=str(source.folder), regression=regression, finetune=finetune,
-                                             data=data, epochs=epochs, max_per_class=per_class,
-                                             val_per_class=val_per_class, device=plan.device, out=str(folder),
-                                             batch_size=32), log_fn=_quiet)  # fmt: skip
-                (folder / "done.json").write_text("{}\n")
-            results.append(evaluate_localisation(folder, "center", data=data, max_per_class=val_per_class,
-                                                 device=plan.device))  # fmt: skip
-    best = out / "pcr-all"
-    s = int(json.loads((best / LOC_FILE).read_text())["scale"])
-    for scales in ([s], [s, s + s // 2, 2 * s]):
-        results.append(evaluate_localisation(best, "dense", scales=scales, data=data, max_per_class=val_per_class,
-                                             device=plan.device))  # fmt: skip
+    folders = [out / f"{regression}-{finetune}" for regression in REGRESSIONS for finetune in FINETUNE]
+    threads = torch.get_num_threads()
+    if plan.device == "cpu":
+        torch.set_num_threads(1)  # small nets: one thread, as the plan's jobs (threads spinning on 2 shared cores)
+    try:
+        cached = out / "localize.json"
+        if cached.is_file() and all((f / "done.json").is_file() for f in folders):  # nothing retrained: reuse
+            saved = json.loads(cached.read_text())
+            results, seconds = [LocResult(**r) for r in saved["results"]], saved["seconds"]
+        else:
+            t0 = time.perf_counter()
+            results = []
+            for folder in folders:
+                regression, finetune = folder.name.split("-")
+                if not (folder / "done.json").exists():
+                    _rmtree(folder)
+                    train_localisation(LocConfig(from_run=str(source.folder), regression=regression, finetune=finetune,
+                                                 data=data, epochs=epochs, max_per_class=per_class,
+                                                 val_per_class=val_per_class, device=plan.device, out=str(folder),
+                                                 batch_size=32), log_fn=_quiet)  # fmt: skip
+                    (folder / "done.json").write_text("{}\n")
+                results.append(evaluate_localisation(folder, "center", data=data, max_per_class=val_per_class,
+                                                     device=plan.device))  # fmt: skip
+            best = out / "pcr-all"
+            s = int(json.loads((best / LOC_FILE).read_text())["scale"])
+            for scales in ([s], [s, s + s // 2, 2 * s]):
+                results.append(evaluate_localisation(best, "dense", scales=scales, data=data,
+                                                     max_per_class=val_per_class, device=plan.device))  # fmt: skip
+            seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    s = results[0].scales[0]
     text = markdown_tables(results)
     intro = (f"Localisation (Appendix A) at laptop scale: net D of `{source.name}` (S = {s}) turned into box "
              f"regressors, {epochs} epoch(s) at lr 1e-3 on {per_class} images a class of {data}, tested on "
-             f"{val_per_class} validation images a class; {time.perf_counter() - t0:.0f} s in all.")
-    write_report(out, "localize", intro + "\n\n" + text, {"results": [r.to_dict() for r in results]})
+             f"{val_per_class} validation images a class; {seconds:.0f} s in all (training and evaluation).")
+    write_report(out, "localize", intro + "\n\n" + text, {"results": [r.to_dict() for r in results],
+                                                          "seconds": seconds})  # fmt: skip
     with open(report, "a") as f:
         f.write("\n" + intro + "\n\n" + text)
     log(f"localisation tables: {out / 'localize.md'}")
