@@ -173,3 +173,9 @@ def test_cli_localize_train_and_eval(tmp_path, capsys):
     assert "is not a localisation run" in capsys.readouterr().err
     assert main(["localize", "eval", str(out), "--protocol", "sideways"]) == 2
     assert main(["localize", "train", "--regression", "pcr"]) == 2
+    # data without any box: a one-line error, and the list of what was skipped
+    (data / "boxes.csv").unlink()
+    capsys.readouterr()
+    assert main(["localize", "train", "--from", str(cls), "--device", "cpu", "--out", str(tmp_path / "none")]) == 2
+    assert "no usable boxes" in capsys.readouterr().err
+    assert "no box" in (tmp_path / "none" / "bad_boxes.txt").read_text()

@@ -273,11 +273,11 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
     if list(classes) != list(src.classes) and [str(c) for c in classes] != [str(c) for c in src.classes]:
         raise ValueError(f"the classes of {cfg.data} differ from those of {cfg.from_run}; localise on the data the "
                          "classification run was trained on")  # fmt: skip
+    both = B.BoxReport(report.skipped + val_report.skipped)
+    both.write(run / "bad_boxes.txt")
     if not train_samples or not val_samples:
-        raise ValueError(f"{cfg.data}: no usable boxes ({report.summary()}; val: {val_report.summary()}); see "
-                         f"{run / 'bad_boxes.txt'}")  # fmt: skip
-    report.skipped += val_report.skipped
-    report.write(run / "bad_boxes.txt")
+        raise ValueError(f"{cfg.data}: no usable boxes (train: {report.summary()}; val: {val_report.summary()}); "
+                         f"see {run / 'bad_boxes.txt'}, and give boxes as a boxes.csv or VOC XML files")  # fmt: skip
 
     stats: Stats = src.stats
     norm, divide_std = runs.normalization(stats, cfg.normalize)
@@ -321,7 +321,7 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
     say(f"localisation run {run}: {cfg.regression.upper()} from {cfg.from_run} ({model.name}, fine-tuning "
         f"{cfg.finetune} layers: {trainable / 1e6:.2f}M parameters), {len(train_set)} train / {len(val_set)} val "
         f"images with boxes at S = {cfg.scale}, crop {crop}, lr {cfg.lr:g}"
-        + (f"; skipped {len(report.skipped)} (see bad_boxes.txt)" if report.skipped else ""))  # fmt: skip
+        + (f"; skipped {len(both.skipped)} (see bad_boxes.txt)" if both.skipped else ""))  # fmt: skip
     started = time.perf_counter()
     try:
         while epoch < cfg.epochs and not plateau.done:
