@@ -190,7 +190,10 @@ def write_box_csv(path: str | os.PathLike, rows: Sequence[tuple[str, float, floa
     atomic_write(path, write)
 
 
-def read_voc_xml(path: str | os.PathLike) -> tuple[list[tuple[str, tuple[float, float, float, float]]], tuple[int, int] | None]:
+Objects = list[tuple[str, tuple[float, float, float, float]]]  # (class, (x0, y0, x1, y1)) of one image
+
+
+def read_voc_xml(path: str | os.PathLike) -> tuple[Objects, tuple[int, int] | None]:
     """The objects of a PASCAL VOC annotation as [(class, (x0, y0, x1, y1))] in our coordinates, and the
     (width, height) it records (None when absent). A file that is not VOC XML raises ValueError."""
     try:
@@ -336,6 +339,6 @@ def box_samples(spec: str | os.PathLike, split: str = "train", csv_file: str | o
 
 
 __all__ = [
-    "BOXES_FILE", "BoxReport", "BoxSample", "area", "attach_boxes", "augment_boxes", "box_problem", "box_samples", "crop_boxes",
-    "flip_boxes", "iou", "read_box_csv", "read_voc_xml", "rescale_boxes", "to_cxcywh", "to_xyxy", "write_box_csv",
+    "BOXES_FILE", "BoxReport", "BoxSample", "area", "attach_boxes", "augment_boxes", "box_problem", "box_samples",
+    "crop_boxes", "flip_boxes", "iou", "read_box_csv", "read_voc_xml", "rescale_boxes", "to_cxcywh", "to_xyxy", "write_box_csv",
 ]  # fmt: skip

@@ -181,7 +181,9 @@ def compute_features(data: str, run: str | None = None, weights: str | None = No
                      log=print) -> Features:  # fmt: skip
     """Descriptors of every image of ``data`` by a run's net (``run``), a weights file, the same net with random
     weights (``random_init``), or raw pixels (``raw_pixels`` = side), written to ``out`` when given."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     if how not in AGGREGATES:
         raise ValueError(f"--aggregate must be mean or stack, got {how!r}")
     mean, std = torch.zeros(3), torch.ones(3)

@@ -65,7 +65,9 @@ class LocConfig:
     from_run: str  # the classification run the net starts from (its S, stats and classes)
     regression: str = "pcr"  # scr: one box for all classes; pcr: one box per class
     finetune: str = "all"  # all: every layer; fc: the FC layers only (the conv layers frozen)
-    data: str = ""  # data with boxes: an embedded data set or a folder with a boxes.csv / VOC XML; default: mnist-scale when the run's data is an embedded set, else the run's data
+    # data with boxes: an embedded set or a folder with a boxes.csv / VOC XML files; default: mnist-scale when
+    # the run's data is an embedded set, else the run's data
+    data: str = ""
     boxes: str = ""  # a box CSV (default: boxes.csv at the data's root, or VOC XML beside the images)
     scale: int = 0  # training scale S; 0: the classification run's smallest S (the paper: the same S, no jittering)
     epochs: int = 6
@@ -354,8 +356,8 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
             metrics = validate_localisation(model, val_set, cfg.regression, device, cfg.batch_size)
             plateau.step(metrics["val_loc_err"])
             epoch, step_in_epoch = epoch + 1, 0
-            record = dict(epoch=epoch, step=global_step, train_loss=total / max(n, 1), lr=optimizer.param_groups[0]["lr"],
-                          epoch_time_s=time.perf_counter() - t0, **metrics)  # fmt: skip
+            record = dict(epoch=epoch, step=global_step, train_loss=total / max(n, 1),
+                          lr=optimizer.param_groups[0]["lr"], epoch_time_s=time.perf_counter() - t0, **metrics)
             log.record("epoch", **record)
             say(f"epoch {epoch}/{cfg.epochs}: box loss {record['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
                 f"val loc. error (centre crop, true class) {metrics['val_loc_err']:.2%}, {record['epoch_time_s']:.0f}s")
@@ -393,7 +395,8 @@ def validate_localisation(model: VGG, dataset: BoxDataset, regression: str, devi
 # ---- greedy merging (OverFeat) ----------------------------------------------------------------------------------
 
 
-def merge_boxes(boxes: torch.Tensor, scores: torch.Tensor, threshold: float = MERGE_IOU) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_boxes(boxes: torch.Tensor, scores: torch.Tensor,
+                threshold: float = MERGE_IOU) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """OverFeat's greedy merging: repeatedly join the two closest boxes until no two are close.
 
     Two boxes are close when their IoU exceeds ``threshold``; the closest pair (highest IoU) is joined first. A

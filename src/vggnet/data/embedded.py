@@ -8,9 +8,9 @@
   [32, 64] and test scales Q in {32, 48, 64} are the paper's [256, 512] and {256, 384, 512} divided by 8.
 
 - ``uci-digits``: scikit-learn's bundled UCI handwritten digits (``sklearn.datasets.load_digits``: 1,797 8x8
-  images, 16 grey levels, by 43 writers: a different source from MNIST), stored at their native 8x8 (levels scaled to
-  0..255). A data set that no net here trains on, for the transfer experiments of the paper's Appendix B;
-  rescale it to Q >= the crop size to use it.
+  images, 16 grey levels, by 43 writers: a different source from MNIST), stored at their native 8x8 (levels
+  scaled to 0..255). A data set that no net here trains on, for the transfer experiments of the paper's
+  Appendix B; rescale it to Q >= the crop size to use it.
 
 Split: per class, the first 80% of the digits in the source's order are ``train``, the other 20% ``val``
 (mnist, mnist-scale: 400 and 100 a class, 4,000 training and 1,000 validation images) in class folders
