@@ -123,7 +123,7 @@ def test_atomic_write_replaces_incomplete_and_keeps_a_winner(monkeypatch, tmp_pa
 
 
 def test_embedded_names():
-    assert set(EMBEDDED) == {"mnist", "mnist-scale", "mnist-clutter"}
+    assert set(EMBEDDED) == {"mnist", "mnist-scale", "mnist-clutter", "uci-digits"}
     with pytest.raises(ValueError, match="fixed train/val split"):
         resolve_data("mnist", val="somewhere")
 

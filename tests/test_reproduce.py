@@ -179,6 +179,9 @@ def test_quick_reproduction_fills_every_table_then_reuses_its_runs(tmp_path):
     assert "Small filters, deeper, beat large filters, shallower" in text
     assert text.index("## Design") < text.index("## Findings")
     assert "nan" not in text.lower()
+    # Appendix A at laptop scale: SCR / PCR x all layers / FC only on a centre crop, then dense at one and three Q
+    assert len(table(text, "Table 8")) == 4 and len(table(text, "Table 9")) == 6
+    assert (out / "localize" / "localize.json").is_file()
     for name in ("error_vs_depth", "error_vs_test_scale", "learning_curves"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
         assert f"(plots/{name}.png)" in text

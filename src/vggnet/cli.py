@@ -189,6 +189,37 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.set_defaults(func=export.run_export_cli)
 
     p = sub.add_parser(
+        "localize",
+        help="object localisation (Appendix A): train box regressors from a run, evaluate them (Tables 8-9)",
+        description="`vgg localize train --from RUN --regression scr|pcr [--finetune all|fc]` makes a localisation "
+        "run; `vgg localize eval LOCRUN... --protocol center,dense [--scales ...]` reports its errors.",
+    )
+    if want("localize"):
+        from . import localize
+
+        localize.add_localize_arguments(p)
+    p = sub.add_parser(
+        "features",
+        help="very deep features (Appendix B): a net's image descriptors of a data set, into a safetensors file",
+        description="Describe every image of --data with a net applied densely without its last layer, averaged "
+        "over locations and flips, L2-normalised, at several scales averaged or stacked.",
+    )
+    if want("features"):
+        from . import descriptors
+
+        descriptors.add_features_arguments(p)
+        p.set_defaults(func=descriptors.run_features_cli)
+    p = sub.add_parser(
+        "transfer",
+        help="a linear SVM on features files over random splits: accuracy, mean class recall, mAP (Tables 11-12)",
+    )
+    if want("transfer"):
+        from . import transfer
+
+        transfer.add_transfer_arguments(p)
+        p.set_defaults(func=transfer.run_transfer_cli)
+
+    p = sub.add_parser(
         "reproduce",
         help="run the paper's experiments (Tables 3-6, its findings) and write REPORT.md",
         description="Train and evaluate the paper's grid (Tables 3-6 and section 4.1's B-5x5): small scale on the "

@@ -11,6 +11,8 @@ A reproduction is a *plan* (training runs in the paper's stages, then evaluation
       REPORT.md              our numbers beside the paper's, table by table, and the findings checked
       results.json           every number of the report, per seed and aggregated, with provenance
       plots/*.png            error against depth, error against test scale, learning curves of the stages
+      localize/              small and quick grids: localisation runs from net D and Tables 8-9 (Appendix A),
+                             appended to REPORT.md (vggnet.localize.reproduce_localisation)
 
 The paper's staged initialisation (section 3.1) is the plan's dependency graph: net A (and A-LRN) from random
 weights; B..E and B-5x5 (section 4.1) at the small fixed scale from the A run (train() copies A's first four
@@ -1562,6 +1564,9 @@ def reproduce(scale: str = "small", out: str | os.PathLike | None = None, seeds:
     command = command or _command_line()
     outcome["history"] = _record_history(plan, outcome, command)
     report = Report(plan, outcome, command).write()
+    from .localize import reproduce_localisation
+
+    reproduce_localisation(plan, report, log)  # Appendix A's tables, appended to REPORT.md (small and quick grids)
     log(f"done in {outcome['seconds'] / 60:.1f} min: {report}")
     return report
 

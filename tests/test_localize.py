@@ -1,0 +1,181 @@
+"""Localisation (Appendix A): SCR / PCR heads, greedy merging, dense window boxes, training, both protocols, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import tomli_w
+import torch
+from PIL import Image
+
+from vggnet import boxes as B
+from vggnet import localize as L
+from vggnet.cli import main
+from vggnet.data import Stats
+from vggnet.model import create_model
+from vggnet.weights import save_weights
+
+TINY = dict(width=0.125, fc_width=64, crop_size=32)
+
+
+# ---- heads ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("regression, outputs", [("scr", 4), ("pcr", 12)])
+def test_scr_and_pcr_heads(regression, outputs):
+    cls = create_model("A", num_classes=3, **TINY).eval()
+    loc = L.localisation_net(cls, regression).eval()
+    assert loc.classifier[6].out_features == outputs == L.box_outputs(regression, 3)
+    # every layer but the last is the classification net's
+    for k, v in cls.state_dict().items():
+        if not k.startswith("classifier.6."):
+            assert torch.equal(v, loc.state_dict()[k]), k
+    x = torch.randn(2, 3, 32, 32)
+    out = loc(x)
+    labels = torch.tensor([2, 0])
+    picked = L.select_boxes(out, labels, regression)
+    assert picked.shape == (2, 4)
+    if regression == "pcr":  # the box of each image's class: outputs 8..11 for class 2, 0..3 for class 0
+        assert torch.equal(picked[0], out[0, 8:12]) and torch.equal(picked[1], out[1, 0:4])
+    else:
+        assert torch.equal(picked, out)
+    # dense mode gives the same box at a window as the crop does, for maps too (N, 4 or 4C, h, w)
+    dense = loc.dense(torch.randn(1, 3, 64, 64))
+    assert dense.shape == (1, outputs, 2, 2)
+    assert L.select_boxes(dense, torch.tensor([1]), regression).shape == (1, 4, 2, 2)
+
+
+def test_euclidean_loss():
+    pred, target = torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.tensor([[0.5, 0.5, 0.4, 0.2]])
+    assert L.box_loss(pred, target).item() == pytest.approx(0.5 * 0.04)
+    assert L.box_loss(target, target).item() == 0
+
+
+# ---- merging ----------------------------------------------------------------------------------------------------
+
+
+def test_merging_averages_overlapping_boxes_and_adds_their_scores():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [100, 100, 110, 110]])
+    merged, scores = L.merge_boxes(boxes, torch.tensor([0.3, 0.4, 0.5]))
+    assert merged.tolist() == [[0.5, 0.5, 10.5, 10.5], [100, 100, 110, 110]]  # the average of the two close ones
+    assert scores.tolist() == pytest.approx([0.7, 0.5])  # two agreeing windows outrank a lone confident one
+
+
+def test_merging_keeps_apart_boxes_that_do_not_overlap_enough():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [6, 0, 16, 10]])  # IoU 4/16 = 0.25
+    merged, scores = L.merge_boxes(boxes, torch.tensor([0.2, 0.9]))
+    assert merged.tolist() == [[6, 0, 16, 10], [0, 0, 10, 10]] and scores.tolist() == pytest.approx([0.9, 0.2])
+    merged, _ = L.merge_boxes(boxes, torch.tensor([0.2, 0.9]), threshold=0.2)  # a looser criterion joins them
+    assert merged.tolist() == [[3, 0, 13, 10]]
+
+
+def test_merging_is_greedy_closest_pair_first_and_chains():
+    # a and b are nearly the same box; c overlaps their average enough only once they are merged... then joins
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 11], [0, 2, 10, 12], [50, 50, 60, 60]])
+    merged, scores = L.merge_boxes(boxes, torch.ones(4))
+    assert len(merged) == 2 and scores.tolist() == [3, 1]
+    assert merged[0].tolist() == pytest.approx([0, 2 / 3, 10, 11])  # the mean of all three members
+    empty, none = L.merge_boxes(torch.zeros(0, 4), torch.zeros(0))
+    assert empty.shape == (0, 4) and none.shape == (0,)
+
+
+def test_window_boxes_place_each_location_at_its_window():
+    box_map = torch.zeros(4, 2, 3)
+    box_map[:, :, :] = torch.tensor([0.5, 0.5, 1.0, 1.0])[:, None, None]  # the whole window, everywhere
+    wb = L.window_boxes(box_map, crop=32, stride=32)
+    assert wb.shape == (2, 3, 4)
+    assert wb[0, 0].tolist() == [0, 0, 32, 32] and wb[1, 2].tolist() == [64, 32, 96, 64]
+
+
+# ---- a tiny run end to end ----------------------------------------------------------------------------------------
+
+
+def make_data(root: Path, per_class: int = 4) -> None:
+    """Two classes of 48x64 images, a bright rectangle (class 0) or a dimmer one (class 1), with boxes.csv."""
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in (0, 1):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                x0, y0 = (int(v) for v in torch.randint(0, 30, (2,), generator=g))
+                img = Image.new("RGB", (64, 48))
+                img.paste((255, 255, 255) if c == 0 else (120, 200, 40), (x0, y0, x0 + 24, y0 + 16))
+                img.save(folder / f"{i}.png")
+                rows.append([f"{split}/c{c}/{i}.png", x0, y0, x0 + 24, y0 + 16, f"c{c}"])
+    rows.append(["train/c0/0.png", 5, 5, 5, 30, "c0"])  # a zero-area box: skipped, counted
+    with open(root / "boxes.csv", "w", newline="") as f:
+        csv.writer(f).writerows([list(B.CSV_HEADER), *rows])
+
+
+def make_run(folder: Path, data: Path) -> Path:
+    """A classification run folder (untrained weights) as `vgg train` leaves it."""
+    folder.mkdir(parents=True)
+    save_weights(create_model("A", num_classes=2, init="kaiming", seed=0, **TINY), folder / "model.safetensors")
+    config = dict(arch="A", data=str(data), scale_min=48, scale_max=48, normalize="mean", **TINY)
+    (folder / "config.toml").write_text(tomli_w.dumps(config))
+    Stats((0.2, 0.2, 0.2), (0.3, 0.3, 0.3), (0.1, 0.01, 0.001), ((1, 0, 0), (0, 1, 0), (0, 0, 1))).save(
+        folder / "stats.json"
+    )
+    (folder / "classes.json").write_text(json.dumps(["c0", "c1"]))
+    return folder
+
+
+def test_train_resume_and_evaluate_both_protocols(tmp_path):
+    data = tmp_path / "data"
+    make_data(data)
+    cls = make_run(tmp_path / "cls", data)
+    cfg = dict(from_run=str(cls), regression="pcr", finetune="fc", epochs=2, batch_size=4, device="cpu",
+               out=str(tmp_path / "loc"), max_steps=1)  # fmt: skip
+    run = L.train_localisation(cfg)
+    assert (run / "checkpoints").is_dir() and not (run / "metrics.jsonl").read_text().count('"epoch"')
+    assert "zero or negative area" in (run / "bad_boxes.txt").read_text()
+    saved = json.loads((run / "localize.json").read_text())
+    assert saved["regression"] == "pcr" and saved["scale"] == 48 and saved["num_classes"] == 2
+    features_before = {k: v.clone() for k, v in L.load_loc_run(run)[0].model.state_dict().items()}
+    L.train_localisation({"max_steps": 0}, resume=run)  # to the end of epoch 2
+    epochs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(0 <= e["val_loc_err"] <= 1 for e in epochs)
+    after = L.load_loc_run(run)[0].model.state_dict()
+    # FC-only fine-tuning: the conv layers are the classification net's, the last layer moved
+    assert all(torch.equal(after[k], features_before[k]) for k in after if k.startswith("features."))
+    assert not torch.equal(after["classifier.6.weight"], features_before["classifier.6.weight"])
+    with pytest.raises(FileExistsError):
+        L.train_localisation(cfg)
+
+    center = L.evaluate_localisation(run, "center", device="cpu")
+    dense = L.evaluate_localisation(run, "dense", scales=[48, 64], device="cpu")
+    assert center.images == dense.images == 8
+    assert center.top1_loc_err == center.top5_loc_err  # the true class: one prediction
+    assert dense.top5_loc_err <= dense.top1_loc_err and dense.top1_cls_err is not None
+    text = L.markdown_tables([center, dense])
+    assert "## Table 8" in text and "## Table 9" in text and "| PCR" in text and "48,64" in text
+
+
+def test_cli_localize_train_and_eval(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_data(data, per_class=2)
+    cls = make_run(tmp_path / "cls", data)
+    out = tmp_path / "scr"
+    assert main(["localize", "train", "--from", str(cls), "--regression", "scr", "--epochs", "1", "--batch-size", "4",
+                 "--device", "cpu", "--out", str(out)]) == 0  # fmt: skip
+    assert main(["localize", "eval", str(out), "--protocol", "center,dense", "--scales", "48", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "Table 8" in text and "SCR" in text
+    report = json.loads((out / "eval" / "localize.json").read_text())
+    assert [r["protocol"] for r in report["results"]] == ["center", "dense"]
+    # user mistakes: one line, exit 2
+    assert main(["localize", "eval", str(cls)]) == 2
+    assert "is not a localisation run" in capsys.readouterr().err
+    assert main(["localize", "eval", str(out), "--protocol", "sideways"]) == 2
+    assert main(["localize", "train", "--regression", "pcr"]) == 2
+    # data without any box: a one-line error, and the list of what was skipped
+    (data / "boxes.csv").unlink()
+    capsys.readouterr()
+    assert main(["localize", "train", "--from", str(cls), "--device", "cpu", "--out", str(tmp_path / "none")]) == 2
+    assert "no usable boxes" in capsys.readouterr().err
+    assert "no box" in (tmp_path / "none" / "bad_boxes.txt").read_text()
