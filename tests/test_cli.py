@@ -115,3 +115,13 @@ def test_broken_pipe_is_silent():
     proc.stdout.close()  # before the table is printed: every write fails
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_every_subcommand_is_known_to_the_lazy_parser():
+    """`vgg X` builds only X's options; a command missing from COMMANDS would get none and reject its flags."""
+    import argparse
+
+    from vggnet.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMANDS)

@@ -27,19 +27,6 @@ train_mod = sys.modules["vggnet.train"]  # the module (the package attribute vgg
 SRC = str(Path(__file__).parents[1] / "src")
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imgs")
-    g = torch.Generator().manual_seed(0)
-    for c, colour in enumerate([(200, 60, 60), (60, 60, 200)]):
-        (root / f"class{c}").mkdir()
-        for i in range(20):
-            base = torch.tensor(colour, dtype=torch.float32)[:, None, None]
-            img = (base + 60 * torch.randn(3, 40, 48, generator=g)).clamp(0, 255).byte()
-            Image.fromarray(img.permute(1, 2, 0).numpy()).save(root / f"class{c}" / f"{i}.png")
-    return root
-
-
 def options(folder, out, **kw):
     values = dict(
         arch="A", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=40, data=str(folder),

@@ -221,13 +221,15 @@ def test_dense_shares_weights():
 # ---- init ---------------------------------------------------------------------------------------------------
 
 
-def test_paper_init_statistics():
-    model = vggnet.create_model("A", num_classes=100, width=0.25, fc_width=512)
+@pytest.mark.parametrize("scheme, std", [("paper", 0.01), ("paper-literal", 0.1)])
+def test_paper_init_statistics(scheme, std):
+    # the default reads the paper's "variance 1e-2" as the authors' Caffe filler, std 0.01 (docs/paper-check.md)
+    model = vggnet.create_model("A", num_classes=100, width=0.25, fc_width=512, **({} if scheme == "paper" else {"init": scheme}))
     for m in model.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             if m.weight.numel() >= 1000:
-                assert abs(m.weight.std().item() - 0.1) < 0.005, m
-                assert abs(m.weight.mean().item()) < 0.01
+                assert abs(m.weight.std().item() - std) < 0.05 * std, m
+                assert abs(m.weight.mean().item()) < 0.1 * std
             assert (m.bias == 0).all()
 
 

@@ -7,26 +7,11 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from PIL import Image
 
 import vggnet
 from vggnet.config import resolve
 from vggnet.train import BatchPlan, NonFiniteLoss, Plateau, latest_checkpoint, load_checkpoint, train
 from vggnet.weights import read_state_dict
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """Two classes of small coloured images with noise: learnable, not trivial."""
-    root = tmp_path_factory.mktemp("imgs")
-    g = torch.Generator().manual_seed(0)
-    for c, colour in enumerate([(200, 60, 60), (60, 60, 200)]):
-        (root / f"class{c}").mkdir()
-        for i in range(20):
-            base = torch.tensor(colour, dtype=torch.float32)[:, None, None]
-            img = (base + 60 * torch.randn(3, 40, 48, generator=g)).clamp(0, 255).byte()
-            Image.fromarray(img.permute(1, 2, 0).numpy()).save(root / f"class{c}" / f"{i}.png")
-    return root
 
 
 def small(folder, tmp_path, **kw):

@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("params", "train", "eval", "fuse", "predict", "reproduce")
+COMMANDS = ("params", "train", "eval", "fuse", "predict", "export", "localize", "features", "transfer", "reproduce")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
