@@ -142,3 +142,11 @@ def test_mnist_clutter_images_are_digits_over_photos_with_clutter():
         background = img[img <= 160]  # the photo is dimmed to at most 160
         assert background.size > img.size / 2 and background.std() > 5  # mostly photo, not a black canvas
     assert EMBEDDED["mnist-clutter"]["size"] == 128 and len(embedded._photos()) == 3
+    # the digit's box (localisation): drawing the image again with a list fills in where the digit was pasted
+    box: list = []
+    img = embedded._render_clutter("mnist-clutter", digits[60], others, np.random.default_rng((embedded._SEED, 60)), box)
+    assert np.array_equal(img, imgs[0])
+    x0, y0, x1, y1 = box
+    lo, hi = EMBEDDED["mnist-clutter"]["digit_size"]
+    assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128 and lo <= max(x1 - x0, y1 - y0) <= hi
+    assert img[y0:y1, x0:x1].max() >= 200  # the digit's ink lies inside its box

@@ -38,7 +38,7 @@ def test_head_features_and_intermediates(name, x):
     assert list(inter) == m.layer_names
     assert torch.equal(inter["fc8"], logits) and torch.equal(inter["pool5"], f)
     blocks = {"A": (1, 1, 2, 2, 2), "A-LRN": (1, 1, 2, 2, 2), "B": (2, 2, 2, 2, 2), "C": (2, 2, 3, 3, 3),
-              "D": (2, 2, 3, 3, 3), "E": (2, 2, 4, 4, 4), "D-BN": (2, 2, 3, 3, 3)}[name]  # fmt: skip
+              "D": (2, 2, 3, 3, 3), "E": (2, 2, 4, 4, 4), "D-BN": (2, 2, 3, 3, 3), "B-5x5": (1, 1, 1, 1, 1)}[name]  # fmt: skip
     for b, n in enumerate(blocks, 1):
         last = f"conv{b}_{n}"
         assert last in inter and f"conv{b}_{n + 1}" not in inter

@@ -147,8 +147,10 @@ def _sized(ink: np.ndarray, longer: int) -> np.ndarray:
     return np.asarray(Image.fromarray(ink).resize((nw, nh), Image.Resampling.BILINEAR))
 
 
-def _render_clutter(name: str, digit: np.ndarray, others: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One mnist-clutter image: photo background, fragments of ``others`` (digits of its split), the digit."""
+def _render_clutter(name: str, digit: np.ndarray, others: np.ndarray, rng: np.random.Generator,
+                    box: list | None = None) -> np.ndarray:
+    """One mnist-clutter image: photo background, fragments of ``others`` (digits of its split), the digit.
+    ``box``: a list that receives the digit's box (x0, y0, x1, y1), x1 and y1 exclusive."""
     spec = EMBEDDED[name]
     side, (lo, hi) = spec["size"], spec["digit_size"]
     photos = _photos()
@@ -170,6 +172,8 @@ def _render_clutter(name: str, digit: np.ndarray, others: np.ndarray, rng: np.ra
     glyph = _sized(_ink(digit), int(rng.integers(lo, hi + 1)))
     y, x = int(rng.integers(side - glyph.shape[0] + 1)), int(rng.integers(side - glyph.shape[1] + 1))
     _paste_max(canvas, glyph, y, x)
+    if box is not None:
+        box[:] = [x, y, x + glyph.shape[1], y + glyph.shape[0]]
     return canvas
 
 
@@ -218,13 +222,23 @@ def _jobs(name: str, root: Path) -> tuple[list[tuple[int, Path]], list[str]]:
 def _write_boxes(name: str, root: Path) -> Path:
     from ..boxes import write_box_csv
 
-    if EMBEDDED[name].get("clutter"):
-        raise ValueError(f"{name} records no boxes (its digits are drawn among clutter); use mnist-scale")
-
     digits, labels = _source(name)
     draws = np.random.default_rng(_SEED).random((len(digits), 3))
     jobs, _ = _jobs(name, root)
-    rows = [(str(path.relative_to(root)), *_box(name, digits[i], draws[i]), str(labels[i])) for i, path in jobs]
+    if EMBEDDED[name].get("clutter"):  # the digit's box comes out of drawing the image again (same seed)
+        split_of = {i: path.parent.parent.name for i, path in jobs}
+        pools = {sp: digits[[i for i, _ in jobs if split_of[i] == sp]] for sp in ("train", "val")}
+
+        def box_of(i: int) -> list:
+            box: list = []
+            _render_clutter(name, digits[i], pools[split_of[i]], np.random.default_rng((_SEED, int(i))), box)
+            return box
+    else:
+
+        def box_of(i: int) -> tuple[int, int, int, int]:
+            return _box(name, digits[i], draws[i])
+
+    rows = [(str(path.relative_to(root)), *box_of(i), str(labels[i])) for i, path in jobs]
     write_box_csv(root / BOXES_FILE, rows)
     return root / BOXES_FILE
 
