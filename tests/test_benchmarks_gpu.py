@@ -42,13 +42,7 @@ def test_cpu_smoke_run_prints_every_row(tmp_path):
 
 
 def test_jpegs_without_any_source_package(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = bench  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(bench)
-    finally:
-        del sys.modules["bench_gpu"]
+    bench = _load_bench()
     bench._SOURCES.clear()  # neither scikit-image nor matplotlib: textures synthesised with numpy
     for i in (0, 4):
         bench._make_one((str(tmp_path / f"{i}.jpg"), i, 50, 40, 0))

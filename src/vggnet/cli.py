@@ -8,6 +8,7 @@ traceback is shown with ``--debug`` (or ``VGG_DEBUG=1``). Only the chosen comman
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -128,7 +129,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("params", "train", "eval", "fuse", "predict", "export", "localize", "features", "transfer", "reproduce")
+# The commands that live in their own modules: (name, module, function adding its options, function running it
+# or None when the options set it themselves, help, description). Their modules import torch, so a command's
+# module is imported only when that command runs (or for the full parser).
+_MODULE_COMMANDS = (
+    ("eval", "evaluate", "add_eval_arguments", "run_eval_cli",
+     "evaluate runs with the paper's protocols (dense, multi-crop, both, centre)", None),
+    ("fuse", "evaluate", "add_fuse_arguments", "run_fuse_cli",
+     "fuse several runs: average their soft-max posteriors (Table 6)", None),
+    ("predict", "evaluate", "add_predict_arguments", "run_predict_cli",
+     "top-5 classes of images (dense, multi-scale, flips)", None),
+    ("export", "export", "add_export_arguments", "run_export_cli",
+     "write a run or --weights as ONNX (crop or dense net), safetensors, or a torchvision/timm state dict", None),
+    ("localize", "localize", "add_localize_arguments", None,
+     "object localisation (Appendix A): train box regressors from a run, evaluate them (Tables 8-9)",
+     "`vgg localize train --from RUN --regression scr|pcr [--finetune all|fc]` makes a localisation run; "
+     "`vgg localize eval LOCRUN... --protocol center,dense [--scales ...]` reports its errors."),
+    ("features", "descriptors", "add_features_arguments", "run_features_cli",
+     "very deep features (Appendix B): a net's image descriptors of a data set, into a safetensors file",
+     "Describe every image of --data with a net applied densely without its last layer, averaged over "
+     "locations and flips, L2-normalised, at several scales averaged or stacked."),
+    ("transfer", "transfer", "add_transfer_arguments", "run_transfer_cli",
+     "a linear SVM on features files over random splits: accuracy, mean class recall, mAP (Tables 11-12)", None),
+    ("reproduce", "reproduce", "add_reproduce_arguments", "run_reproduce_cli",
+     "run the paper's experiments (Tables 3-6, its findings) and write REPORT.md",
+     "Train and evaluate the paper's grid (Tables 3-6 and section 4.1's B-5x5): small scale on the embedded "
+     "mnist-clutter digits (default), an ImageNet-style subset on one GPU with --scale medium --data DIR, or "
+     "the paper's ImageNet schedule with --scale paper."),
+)  # fmt: skip
+COMMANDS = ("params", "train") + tuple(c[0] for c in _MODULE_COMMANDS)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -159,78 +188,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_train_arguments(p)
         p.set_defaults(func=cmd_train)
 
-    ev = None
-    if want("eval") or want("fuse") or want("predict"):
-        import importlib
-
-        ev = importlib.import_module("vggnet.evaluate")  # the module; the package attribute is the function
-
-    p = sub.add_parser("eval", help="evaluate runs with the paper's protocols (dense, multi-crop, both, centre)")
-    if want("eval"):
-        ev.add_eval_arguments(p)
-        p.set_defaults(func=ev.run_eval_cli)
-    p = sub.add_parser("fuse", help="fuse several runs: average their soft-max posteriors (Table 6)")
-    if want("fuse"):
-        ev.add_fuse_arguments(p)
-        p.set_defaults(func=ev.run_fuse_cli)
-    p = sub.add_parser("predict", help="top-5 classes of images (dense, multi-scale, flips)")
-    if want("predict"):
-        ev.add_predict_arguments(p)
-        p.set_defaults(func=ev.run_predict_cli)
-
-    p = sub.add_parser(
-        "export",
-        help="write a run or --weights as ONNX (crop or dense net), safetensors, or a torchvision/timm state dict",
-    )
-    if want("export"):
-        from . import export
-
-        export.add_export_arguments(p)
-        p.set_defaults(func=export.run_export_cli)
-
-    p = sub.add_parser(
-        "localize",
-        help="object localisation (Appendix A): train box regressors from a run, evaluate them (Tables 8-9)",
-        description="`vgg localize train --from RUN --regression scr|pcr [--finetune all|fc]` makes a localisation "
-        "run; `vgg localize eval LOCRUN... --protocol center,dense [--scales ...]` reports its errors.",
-    )
-    if want("localize"):
-        from . import localize
-
-        localize.add_localize_arguments(p)
-    p = sub.add_parser(
-        "features",
-        help="very deep features (Appendix B): a net's image descriptors of a data set, into a safetensors file",
-        description="Describe every image of --data with a net applied densely without its last layer, averaged "
-        "over locations and flips, L2-normalised, at several scales averaged or stacked.",
-    )
-    if want("features"):
-        from . import descriptors
-
-        descriptors.add_features_arguments(p)
-        p.set_defaults(func=descriptors.run_features_cli)
-    p = sub.add_parser(
-        "transfer",
-        help="a linear SVM on features files over random splits: accuracy, mean class recall, mAP (Tables 11-12)",
-    )
-    if want("transfer"):
-        from . import transfer
-
-        transfer.add_transfer_arguments(p)
-        p.set_defaults(func=transfer.run_transfer_cli)
-
-    p = sub.add_parser(
-        "reproduce",
-        help="run the paper's experiments (Tables 3-6, its findings) and write REPORT.md",
-        description="Train and evaluate the paper's grid (Tables 3-6 and section 4.1's B-5x5): small scale on the "
-        "embedded mnist-clutter digits (default), an ImageNet-style subset on one GPU with --scale medium --data "
-        "DIR, or the paper's ImageNet schedule with --scale paper.",
-    )
-    if want("reproduce"):
-        from . import reproduce
-
-        reproduce.add_reproduce_arguments(p)
-        p.set_defaults(func=reproduce.run_reproduce_cli)
+    for name, module, adder, runner, text, description in _MODULE_COMMANDS:
+        p = sub.add_parser(name, help=text, description=description)
+        if want(name):
+            # importlib: the package attribute vggnet.evaluate is the function, not the module
+            mod = importlib.import_module(f"vggnet.{module}")
+            getattr(mod, adder)(p)
+            if runner is not None:
+                p.set_defaults(func=getattr(mod, runner))
     return parser
 
 

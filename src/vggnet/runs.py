@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import LEGACY_PIXEL_RANGE
+
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.toml"
 STATS_FILE = "stats.json"
@@ -102,8 +104,6 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     stats = Stats.load(path / STATS_FILE)
     classes = json.loads((path / CLASSES_FILE).read_text())
     model = load_model(path / MODEL_FILE).to(device).eval()
-    from .config import LEGACY_PIXEL_RANGE
-
     norm, divide_std = normalization(stats, config.get("normalize", "mean"), config.get("pixel_range", LEGACY_PIXEL_RANGE))
     mean = torch.tensor(norm.mean, dtype=torch.float32)
     std = torch.tensor(norm.std if divide_std else (1.0, 1.0, 1.0), dtype=torch.float32)

@@ -719,14 +719,9 @@ def _broadcast_path(path: Path | None, d: Dist) -> Path:
 
 def _check_same_input(src: Path, cfg: TrainConfig) -> None:
     """--init-from a run: the new run must feed its net the same kind of input (normalisation and pixel range)."""
-    import tomllib
-
-    from .config import LEGACY_PIXEL_RANGE
-
-    with open(src / runs.CONFIG_FILE, "rb") as f:
-        theirs = tomllib.load(f)
+    source = from_dict(read_toml(src / runs.CONFIG_FILE))  # a run saved before pixel_range reads as [0, 1]
     mine = {"normalize": cfg.normalize, "pixel_range": cfg.pixel_range}
-    theirs = {"normalize": theirs.get("normalize", "mean"), "pixel_range": theirs.get("pixel_range", LEGACY_PIXEL_RANGE)}
+    theirs = {"normalize": source.normalize, "pixel_range": source.pixel_range}
     if mine["normalize"] != theirs["normalize"] or (mine["normalize"] == "mean" and mine != theirs):
         raise ValueError(
             f"--init-from {src}: that run fed its net {theirs} but this one would feed {mine}; the weights expect "
