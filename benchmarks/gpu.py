@@ -444,7 +444,8 @@ class Bench:
             del loader
 
     def dense_rows(self, model: nn.Module) -> None:
-        from vggnet.evaluate import Runtime, dense_posteriors
+        from vggnet.evaluate import dense_posteriors
+        from vggnet.runtime import Runtime
         from vggnet.model import spatial_average
 
         s = self.s

@@ -59,6 +59,7 @@ from .metrics import TopKErrors, effective_k
 from .model import spatial_average
 from .pretrained import NORMALIZE_HELP, load_pretrained, require_cfg
 from .runs import Run, is_run, load_run
+from .runtime import Runtime, runtime
 from .scales import eval_scales
 from .weights import unwrap
 
@@ -247,48 +248,6 @@ def resolve_scales(net: Net, protocol: str, scales: str | int | Sequence[int] | 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Device and precision, decided once
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the nets run: channels-last everywhere; bf16 autocast on CUDA, float32 on the CPU."""
-
-    device: torch.device
-    amp: bool = False
-    channels_last: bool = False
-
-    def autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
-
-    def input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def sync(self) -> None:
-        # timing needs the queued GPU work done; a no-op on the CPU
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        model.to(self.device).eval()
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return model
-
-
-def runtime(device: str | torch.device = "auto") -> Runtime:
-    """The runtime for ``device``: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ..."""
-    if isinstance(device, str) and device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
-        return Runtime(dev, amp=True, channels_last=True)
-    # channels-last helps oneDNN's CPU convolutions too (measured 1.5-3x for inference of the demo net)
-    return Runtime(dev, channels_last=True)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Views: small composable functions (airbench's infer_mirror style)
 

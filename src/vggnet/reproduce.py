@@ -65,6 +65,7 @@ from typing import Any
 from . import runs as runs_mod
 from .configs import weight_layers
 from .grids import GRIDS, SCALE_LABELS, SMALL_DESIGN, Grid, StageRun, staged_cells  # noqa: F401 (re-exported)
+from .runtime import is_main, rank, setup_distributed, world_size
 from .scales import eval_scales, scale_step
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -351,8 +352,7 @@ def paper_plan(out: Path, recipes: str | os.PathLike | None = None, data: str | 
                                      f"order; rename the files so that sources come first") from None  # fmt: skip
             specs.append(RunSpec(name, arch, label, cfg_scale, seed, stage, depends, overrides, recipe=str(f)))
     specs.sort(key=lambda s: (s.stage, s.seed))
-    world = os.environ.get("WORLD_SIZE", "")
-    launcher = "torchrun --nproc-per-node=NGPUS -m vggnet" if not world else "vgg"
+    launcher = "torchrun --nproc-per-node=NGPUS -m vggnet" if world_size() <= 1 else "vgg"
     return Plan("paper", f"the paper's ImageNet recipes from {folder}", out, specs, _evals(specs, seeds), seeds,
                 jobs=1, device=device, flip=True, launcher=launcher)  # fmt: skip
 
@@ -477,7 +477,7 @@ def train_task(spec: RunSpec, log: str | None = None) -> dict[str, Any]:
         else:  # new, or started but stopped before its first checkpoint: train() starts it again from step 0
             train(spec.config())
     seconds = time.perf_counter() - t0
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main():
         return {}
     epochs = _epochs_done(folder)
     marker = dict(name=spec.name, seconds=round(seconds, 1), resumed=state == "resume", epochs=len(epochs),
@@ -577,8 +577,7 @@ def execute(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
     t_start = time.perf_counter()
     provenance = provenance_info(plan.device)  # at the start: the code and machine that run the plan
     plan.out.mkdir(parents=True, exist_ok=True)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world = world_size()
     for r in plan.runs:
         check_config(r)
     _prepare_data(plan)
@@ -618,7 +617,7 @@ def execute(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     pending = [t for t in tasks if t.name not in done]
     if world > 1:
-        _execute_distributed(plan, pending, finish, log, rank, t_start)
+        _execute_distributed(plan, pending, finish, log, rank(), t_start)
     elif plan.jobs <= 1:
         for t in pending:  # plan order is dependency order
             log(f"[{_clock(t_start)}] {'training' if t.kind == 'train' else 'evaluating'} {t.spec.name}")
@@ -686,8 +685,6 @@ def _execute_pool(plan: Plan, pending: list[Task], done: dict[str, Any], finish,
 def _execute_distributed(plan: Plan, pending: list[Task], finish, log, rank: int, t_start: float) -> None:
     """torchrun: every process trains the runs in order (DDP); then the group closes and rank 0 evaluates."""
     import torch.distributed as dist
-
-    from .train import setup_distributed
 
     setup_distributed("cuda" if plan.device != "cpu" and _cuda() else "cpu")
     for t in (t for t in pending if t.kind == "train"):
@@ -983,7 +980,7 @@ def provenance_info(device: str) -> dict[str, Any]:
     info.setdefault("cpu", platform.processor() or platform.machine())
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    info["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+    info["world_size"] = world_size()
     with contextlib.suppress(Exception):
         root = Path(__file__).resolve().parents[2]
         info["git"] = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
@@ -1551,15 +1548,15 @@ def reproduce(scale: str = "small", out: str | os.PathLike | None = None, seeds:
     processes other than rank 0 return after training, with the output folder as their result.
     """
     plan = make_plan(scale, out, seeds, data, recipes, device, jobs)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main():
         log = _quiet  # under torchrun, rank 0 speaks for all
     log(f"reproduce ({plan.grid}): {len(plan.runs)} runs, {len(plan.evals)} evaluations, {plan.jobs} job(s), "
         f"output in {plan.out}")  # fmt: skip
-    if plan.grid == "medium" and int(os.environ.get("RANK", "0")) == 0:  # hours of GPU time: say so first
+    if plan.grid == "medium" and is_main():  # hours of GPU time: say so first
         log(plan.describe())
         log(_estimate(plan))
     outcome = execute(plan, log)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main():
         return plan.out
     command = command or _command_line()
     outcome["history"] = _record_history(plan, outcome, command)

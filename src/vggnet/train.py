@@ -38,6 +38,7 @@ from . import runs
 from .config import TrainConfig, config_changes, from_dict, read_toml, refuse_unsafe_changes, resolve
 from .model import create_model
 from .pretrained import make_cfg
+from .runtime import Dist, cuda_path, is_main, pick_device, setup_distributed
 from .weights import atomic_write, read_state_dict, save_weights, unwrap
 
 
@@ -51,50 +52,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.signum = int(signum)
-
-
-# ---- distributed set-up (torchrun's environment) ---------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_kind: str) -> Dist:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op for one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def cuda_path(device: torch.device) -> bool:
-    """Whether training takes the CUDA code path (bf16 autocast, channels-last, torch.compile, fused SGD, as
-    the --amp/--channels-last/--compile/--fused flags allow): on CUDA, and on the CPU when the environment has
-    VGGNET_CUDA_PATH_ON_CPU=1, so that a CPU-only CI runs that path too (bf16 autocast and inductor work there)."""
-    return device.type == "cuda" or os.environ.get("VGGNET_CUDA_PATH_ON_CPU", "") == "1"
-
-
-def pick_device(name: str, d: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu (or auto)")
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-    return device
 
 
 # ---- the batch plan: which images each process sees at each step --------------------------------------------
@@ -778,7 +735,7 @@ def _plan(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike
     run does the same, so one command line restarts a pre-empted job wherever it died. Either way a changed
     key that a resumed run cannot take (see ``config.SAFE_ON_RESUME``) is refused, naming the keys.
     """
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    rank0 = is_main()
     if resume is not None:
         run = Path(resume)
         if not run.is_dir():

@@ -13,11 +13,11 @@ import json
 import os
 import sys
 
-from . import configs
+from .. import configs
 
 
 def _params_rows(num_classes: int, size: int) -> list[dict]:
-    from .model import create_model
+    from ..model import create_model
 
     names = list(configs.CONFIGS) + [f"{c}-BN" for c in configs.CONFIGS]
     rows = []
@@ -75,7 +75,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """One dashed option per TrainConfig field, grouped; defaults stay None so recipes and presets can fill them."""
     from dataclasses import fields
 
-    from .config import TrainConfig, field_help
+    from ..config import TrainConfig, field_help
 
     helps = field_help()
     groups = {title: p.add_argument_group(title) for title in _GROUPS}
@@ -97,8 +97,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from . import config as config_mod
-    from .train import train
+    from .. import config as config_mod
+    from ..runtime import is_main
+    from ..train import train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(config_mod.TrainConfig)}
     if args.scale:
@@ -116,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = train(given, resume=args.resume)
     else:
         run = train(config_mod.resolve(overrides, recipe=args.recipe))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main():
         print(f"run folder: {run}")
         if not (run / "model.safetensors").is_file():  # stopped by --max-steps inside the first epoch
             print(f"  no weights yet (they are written at the end of each epoch); continue with "
