@@ -11,7 +11,7 @@ dependencies = ["torch", "safetensors"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # a clone is usable without installing it
 
-from vggnet.model import create_model as _create  # noqa: E402
+from vggnet import create_model as _create  # noqa: E402
 
 
 def _entry(name: str):

@@ -16,7 +16,7 @@ from vggnet import descriptors as D
 from vggnet import transfer as T
 from vggnet.cli import main
 from vggnet.data import Stats, materialise, rescale, resolve_data
-from vggnet.model import create_model
+from vggnet import create_model
 from vggnet.weights import save_weights
 
 TINY = dict(width=0.125, fc_width=64, crop_size=32)

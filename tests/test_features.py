@@ -9,7 +9,7 @@ import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import vggnet
-from vggnet.configs import CONFIGS
+from vggnet.architectures import CONFIGS
 from vggnet.perceptual import PerceptualLoss, gram
 
 TINY = dict(width=0.125, fc_width=64, crop_size=32)

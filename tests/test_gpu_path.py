@@ -20,7 +20,7 @@ from PIL import Image
 from torch.overrides import TorchFunctionMode
 
 from vggnet.config import TrainConfig, resolve
-from vggnet.model import create_model
+from vggnet import create_model
 
 T = importlib.import_module("vggnet.train")  # the module: the package exports its train function as vggnet.train
 

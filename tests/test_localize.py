@@ -15,7 +15,7 @@ from vggnet import boxes as B
 from vggnet import localize as L
 from vggnet.cli import main
 from vggnet.data import Stats
-from vggnet.model import create_model
+from vggnet import create_model
 from vggnet.weights import save_weights
 
 TINY = dict(width=0.125, fc_width=64, crop_size=32)

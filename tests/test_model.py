@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import vggnet
-from vggnet.configs import CONFIGS, TABLE1, weight_layers
+from vggnet.architectures import CONFIGS, TABLE1, weight_layers
 
 TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
 

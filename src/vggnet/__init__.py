@@ -11,10 +11,10 @@ import types
 
 # Attributes load on first use, so that `vgg --help` and `import vggnet.config` do not wait for torch.
 _LAZY = {
-    "CONFIGS": "configs", "list_models": "configs", "parse_name": "configs",
-    "init_from_net_a": "init", "init_weights": "init", "VGGFeatures": "features", "PerceptualLoss": "perceptual",
+    "CONFIGS": "architectures", "list_models": "architectures", "parse_name": "architectures",
+    "init_from_net_a": "weights", "init_weights": "init", "VGGFeatures": "features", "PerceptualLoss": "perceptual",
     "transforms": "pretrained",
-    "VGG": "model", "create_model": "model", "spatial_average": "model",
+    "VGG": "model", "create_model": "factory", "spatial_average": "model",
     "export_weights": "weights", "load_model": "weights", "load_weights": "weights", "save_weights": "weights",
     "TrainConfig": "config", "evaluate": "evaluate", "predict": "evaluate", "load_run": "runs", "train": "train",
 }  # fmt: skip

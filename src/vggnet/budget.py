@@ -29,7 +29,7 @@ def forward_flops(arch: str, num_classes: int, height: int, image_width: int | N
     of the net built on the meta device with ``options`` (width, fc_width, crop_size, batch_norm)."""
     import torch
 
-    from .model import create_model
+    from .factory import create_model
 
     opts = {k: v for k, v in options.items() if k in ("width", "fc_width", "crop_size", "batch_norm")}
     with torch.device("meta"):
@@ -54,7 +54,7 @@ def measure_rate(crop: int, device: str = "cuda", steps: int = 5, batch: int = 6
 
     if not (device.startswith("cuda") or device == "auto") or not torch.cuda.is_available():
         return None
-    from .model import create_model
+    from .factory import create_model
 
     dev = torch.device("cuda" if device == "auto" else device)
     model = create_model(STATED_NET, num_classes=1000, crop_size=crop).to(dev).to(memory_format=torch.channels_last)

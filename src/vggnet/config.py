@@ -10,63 +10,86 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .configs import parse_name
+from .architectures import parse_name
+
+
+def option(default: Any, help: str) -> Any:
+    """A TrainConfig field with its command-line help beside it (``vgg train --help`` reads it from here)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     # --- model
-    arch: str = "A"  # config letter (A, A-LRN, B, C, D, E) or alias (vgg16, vgg16_bn, ...)
-    width: float = 1.0  # multiplier on conv channels (1/4 turns 64..512 into 16..128)
-    fc_width: int = 4096  # width of FC1 and FC2
-    crop_size: int = 224  # training crop; a multiple of 32
-    dropout: float = 0.5  # after FC1 and FC2
-    batch_norm: bool = False  # not in the paper; torchvision's _bn nets
-    init: str = "paper"  # paper: N(0, 0.01^2) as the authors' Caffe filler; paper-literal: std 0.1; glorot; kaiming
-    init_from: str = ""  # a run folder (or weights file): net A -> deeper net transfer, same net -> fine-tune
+    arch: str = option("A", "config letter (A, A-LRN, B, C, D, E) or alias (vgg16, vgg16_bn, ...)")
+    width: float = option(1.0, "multiplier on conv channels (1/4 turns 64..512 into 16..128)")
+    fc_width: int = option(4096, "width of FC1 and FC2")
+    crop_size: int = option(224, "training crop; a multiple of 32")
+    dropout: float = option(0.5, "dropout ratio after FC1 and FC2")
+    batch_norm: bool = option(False, "not in the paper; torchvision's _bn nets")
+    init: str = option(
+        "paper",
+        "paper: N(0, 0.01^2) as the authors' Caffe filler; paper-literal: std 0.1; glorot; kaiming",
+    )
+    init_from: str = option("", "a run folder (or weights file): net A -> deeper net transfer, same net -> fine-tune")
     # --- data
-    data: str = "mnist"  # "mnist", "mnist-scale", or a folder (train/ and val/, or one class tree)
-    val: str = ""  # a separate validation folder
-    val_fraction: float = 0.1  # held-out share when data is one class tree
-    class_names: str = ""  # optional file of class names
-    scale_min: int = 256  # training scale S (smallest side) is drawn from [scale_min, scale_max]
-    scale_max: int = 256  # equal to scale_min for single-scale training
-    flip: bool = True  # random horizontal flips
-    colour_shift: float = 0.1  # std of AlexNet's PCA colour shift alphas; 0 turns it off
-    normalize: str = "mean"  # mean: subtract mean RGB (the paper); standardize: also divide by its std; imagenet
-    pixel_range: int = 0  # with normalize=mean: 255 feeds pixels 0-255 minus the mean RGB (the authors' Caffe); 1: [0, 1]; 0: 255 for the paper's init, 1 for glorot/kaiming
-    stats_images: int = 10000  # images sampled for the mean RGB / PCA statistics
-    workers: int = -1  # data loader processes; -1: one per CPU core, up to 8
+    data: str = option(
+        "mnist",
+        "an embedded set (mnist, mnist-scale, mnist-clutter, uci-digits) or a folder (train/ and val/, or one "
+        "class tree)",
+    )
+    val: str = option("", "a separate validation folder")
+    val_fraction: float = option(0.1, "held-out share when data is one class tree")
+    class_names: str = option("", "optional file of class names")
+    scale_min: int = option(256, "training scale S (smallest side) is drawn from [scale_min, scale_max]")
+    scale_max: int = option(256, "equal to scale_min for single-scale training")
+    flip: bool = option(True, "random horizontal flips")
+    colour_shift: float = option(0.1, "std of AlexNet's PCA colour shift alphas; 0 turns it off")
+    normalize: str = option(
+        "mean",
+        "mean: subtract mean RGB (the paper); standardize: also divide by its std; imagenet",
+    )
+    pixel_range: int = option(
+        0,
+        "with normalize=mean: 255 feeds pixels 0-255 minus the mean RGB (the authors' Caffe); 1: [0, 1]; 0: "
+        "255 for the paper's init, 1 for glorot/kaiming",
+    )
+    stats_images: int = option(10000, "images sampled for the mean RGB / PCA statistics")
+    workers: int = option(-1, "data loader processes; -1: one per CPU core, up to 8")
     # --- optimisation (section 3.1)
-    epochs: int = 74
-    batch_size: int = 256  # the global batch: summed over processes and accumulation steps
-    accum_steps: int = 1  # gradient accumulation: micro-batch = batch_size / (processes * accum_steps)
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_patience: int = 2  # epochs without improvement of the val top-1 error before lr /= 10
-    lr_threshold: float = 1e-3  # an improvement smaller than this (absolute error) does not count
-    lr_decays: int = 3  # at most this many decreases; training stops at the plateau after the last
-    label_smoothing: float = 0.0
+    epochs: int = option(74, "the most epochs to run; the plateau schedule usually stops earlier (the paper: 74)")
+    batch_size: int = option(256, "the global batch: summed over processes and accumulation steps")
+    accum_steps: int = option(1, "gradient accumulation: micro-batch = batch_size / (processes * accum_steps)")
+    lr: float = option(1e-2, "initial learning rate of SGD (the paper: 1e-2, divided by 10 at each plateau)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "L2 penalty multiplier (the paper: 5e-4)")
+    lr_patience: int = option(2, "epochs without improvement of the val top-1 error before lr /= 10")
+    lr_threshold: float = option(1e-3, "an improvement smaller than this (absolute error) does not count")
+    lr_decays: int = option(3, "at most this many decreases; training stops at the plateau after the last")
+    label_smoothing: float = option(0.0, "not in the paper; 0 turns it off")
     # --- system
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    amp: bool = True  # bf16 autocast (CUDA only)
-    channels_last: bool = True  # (CUDA only)
-    compile: bool = True  # torch.compile (CUDA only)
-    fused: bool = True  # fused SGD kernel (CUDA only)
-    loader: str = "auto"  # auto: gpu on CUDA with JPEG data, else cpu; cpu: decode + augment in worker processes; gpu: nvJPEG decode + batched augmentation on the device
-    seed: int = 0
-    out: str = ""  # run folder; default: a new numbered folder under ./runs
-    log_every: int = 50  # optimizer steps between log lines
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: at epoch ends only)
-    keep_checkpoints: int = 2  # the newest K checkpoints are kept
-    max_steps: int = 0  # stop after this many optimizer steps in all (0: no limit)
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
-    tensorboard: bool = True  # log to RUN/tensorboard when tensorboard is installed
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    amp: bool = option(True, "bf16 autocast (CUDA only)")
+    channels_last: bool = option(True, "channels-last memory format (CUDA only)")
+    compile: bool = option(True, "torch.compile (CUDA only)")
+    fused: bool = option(True, "fused SGD kernel (CUDA only)")
+    loader: str = option(
+        "auto",
+        "auto: gpu on CUDA with JPEG data, else cpu; cpu: decode + augment in worker processes; gpu: nvJPEG "
+        "decode + batched augmentation on the device",
+    )
+    seed: int = option(0, "seeds the init, the data order and every augmentation (runs are reproducible)")
+    out: str = option("", "run folder; default: a new numbered folder under ./runs")
+    log_every: int = option(50, "optimizer steps between log lines")
+    checkpoint_every: int = option(0, "optimizer steps between checkpoints (0: at epoch ends only)")
+    keep_checkpoints: int = option(2, "the newest K checkpoints are kept")
+    max_steps: int = option(0, "stop after this many optimizer steps in all (0: no limit)")
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms (slower)")
+    tensorboard: bool = option(True, "log to RUN/tensorboard when tensorboard is installed")
 
     def __post_init__(self) -> None:
         if self.scale_max < self.scale_min:
@@ -225,19 +248,11 @@ LEGACY_PIXEL_RANGE = 1
 
 
 def field_help() -> dict[str, str]:
-    """The comment after each field, as help text for the command line."""
-    import inspect
-    import re
-
-    out = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.*)", line)
-        if m:
-            out[m.group(1)] = m.group(2)
-    return out
+    """Each option's help text, from its field's metadata."""
+    return {f.name: f.metadata.get("help", "") for f in fields(TrainConfig)}
 
 
 __all__ = [
-    "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "from_dict", "read_recipe", "read_toml",
+    "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "field_help", "from_dict", "read_recipe", "read_toml",
     "refuse_unsafe_changes", "resolve",
 ]  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .configs import CONFIGS
+from .architectures import CONFIGS
 from .model import FeatureInfo, feature_info, layer_names, make_features, run_layers
 
 

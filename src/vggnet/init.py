@@ -1,4 +1,5 @@
-"""Initialisation: the paper's N(0, 0.01^2), Glorot, Kaiming, and the paper's init of deeper nets from net A.
+"""Random initialisation: the paper's N(0, 0.01^2), Glorot, Kaiming. (The paper's init of deeper nets from net A
+copies trained layers: :func:`vggnet.weights.init_from_net_a`.)
 
 Which reading of "zero mean and 10^-2 variance" (section 3.1) is the default, and why (issue 10; measured in
 docs/paper-check.md): the authors trained with Caffe, whose Gaussian filler takes a standard deviation and whose
@@ -55,53 +56,3 @@ def init_weights(model: nn.Module, scheme: str = "paper", generator: torch.Gener
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     return model
-
-
-def init_from_net_a(model: nn.Module, net_a: nn.Module | dict[str, torch.Tensor]) -> list[str]:
-    """Copy the paper's layers of a trained net A into a deeper net (section 3.1); return the names copied.
-
-    The first four conv layers of A (block 1 conv 1, block 2 conv 1, block 3 convs 1-2) go to the layers at
-    the same block and position of the deeper net, which have the same shapes in every config of Table 1;
-    the three FC layers are copied whole. Every other layer keeps its (random) initialisation.
-
-    A target without 3x3 convs has no layer of A's kind: B-5x5 (section 4.1), whose convs are all 5x5,
-    takes only A's three FC layers ("FC-only" init from net A; its last conv map has A's
-    shape, so the head fits). A shape mismatch otherwise (width, fc_width, crop size, classes) raises an
-    error naming the layer.
-    """
-    from .model import VGG
-
-    if not isinstance(model, VGG):
-        raise TypeError("init_from_net_a needs a vggnet VGG model")
-    if isinstance(net_a, dict):
-        arch = dict(model.arch, config="A", batch_norm=False)
-        source = VGG(**arch)
-        from .weights import convert_state_dict
-
-        source.load_state_dict(convert_state_dict(net_a, source), strict=False)
-    else:
-        source = net_a
-    src_convs = source.conv_layers()[:4]
-    dst_convs = {(b, p): m for b, p, m in model.conv_layers()}
-    pairs: list[tuple[str, nn.Module, nn.Module]] = []
-    names = {m: n for n, m in model.named_modules()}
-    if not any(m.kernel_size == src_convs[0][2].kernel_size for m in dst_convs.values()):
-        src_convs = []  # no 3x3 conv in the target (B-5x5): none of A's convs has a counterpart, only its FC layers
-    for b, p, src in src_convs:
-        dst = dst_convs.get((b, p))
-        if dst is None:
-            raise ValueError(f"init from net A: the target net has no conv at block {b + 1}, position {p + 1}")
-        pairs.append((names[dst], src, dst))
-    for src, dst in zip(source.fc_layers(), model.fc_layers()):
-        pairs.append((names[dst], src, dst))
-    for name, src, dst in pairs:
-        if src.weight.shape != dst.weight.shape:
-            raise ValueError(
-                f"init from net A: layer {name} has shape {tuple(dst.weight.shape)} but net A's has "
-                f"{tuple(src.weight.shape)}; build both nets with the same width, fc_width, crop_size and num_classes"
-            )
-    with torch.no_grad():
-        for _, src, dst in pairs:
-            dst.weight.copy_(src.weight)
-            dst.bias.copy_(src.bias)
-    return [name for name, _, _ in pairs]

@@ -8,16 +8,15 @@ evaluation share one set of weights.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from .configs import CONFIGS, parse_name, parse_token
+from .architectures import CONFIGS, parse_token
+from .init import init_weights
 
 # AlexNet's LRN: b = a / (k + alpha * sum(a^2))^beta over 5 channels. torch divides alpha by the window size
 # (as Caffe does), so the AlexNet alpha of 1e-4 is passed multiplied by 5.
@@ -201,8 +200,6 @@ class VGG(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(fc_width, num_classes),
         )
-        from .init import init_weights
-
         init_weights(self, "paper")
 
     @property
@@ -345,55 +342,6 @@ class VGG(nn.Module):
         for fc in self.fc_layers():
             total += hh * ww * fc.in_features * fc.out_features
         return total
-
-
-def create_model(
-    name: str = "D",
-    num_classes: int | None = None,
-    pretrained: str | os.PathLike | None = None,
-    features_only: bool = False,
-    out_indices: Sequence[int] | None = None,
-    **options: Any,
-) -> nn.Module:
-    """Build a VGG net by config letter ("A", "A-LRN", "B", "C", "D", "E", "B-5x5") or alias ("vgg16", "vgg16_bn", ...).
-
-    Options: ``width``, ``fc_width``, ``crop_size``, ``dropout``, ``batch_norm`` (overrides the name's _bn),
-    ``in_chans``, ``inplace_relu``, and ``init`` ("paper", the default: N(0, 0.01^2) weights and zero biases, the
-    authors' Caffe filler, for inputs on the 0-255 scale; "paper-literal": std 0.1; "glorot"; "kaiming"), ``seed`` (an int: the init is drawn from torch.Generator seeded with it).
-
-    ``pretrained``: weights to load, downloaded only when asked (vggnet.pretrained): a local file, a URL, or a
-    named source ("torchvision:vgg16", "timm:vgg16.tv_in1k", "caffe:vgg16"); the model then carries their
-    input convention in ``model.pretrained_cfg`` (``normalize="imagenet" | "caffe" | "mean:R,G,B"`` states it for
-    a file that has none). ``num_classes`` (default: the weights' classes, else 1000) other than the weights'
-    keeps every layer but the last. ``features_only=True``: the conv layers alone (``VGGFeatures``, no FC
-    layer allocated) returning the maps of the stages ``out_indices`` (0-4 the last ReLU of each block,
-    5 pool5) or of ``layers=[...]`` by the paper's names.
-    """
-    if pretrained is not None or features_only:
-        # imported here: both modules build on this one
-        from .features import VGGFeatures
-        from .pretrained import load_pretrained
-
-        options.pop("init", None), options.pop("seed", None)
-        if pretrained is not None:
-            return load_pretrained(name, pretrained, num_classes, features_only, out_indices, **options)
-        config, bn = parse_name(name)
-        if options.get("batch_norm") is None:
-            options["batch_norm"] = bn
-        keep = ("width", "batch_norm", "in_chans", "layers", "inplace_relu")
-        return VGGFeatures(config, out_indices=out_indices, **{k: v for k, v in options.items() if k in keep})
-    config, bn = parse_name(name)
-    init = options.pop("init", "paper")
-    seed = options.pop("seed", None)
-    if options.get("batch_norm") is None:
-        options["batch_norm"] = bn
-    model = VGG(config, num_classes=1000 if num_classes is None else num_classes, **options)
-    if init != "paper" or seed is not None:
-        from .init import init_weights
-
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        init_weights(model, init, generator=gen)
-    return model
 
 
 def spatial_average(scores: torch.Tensor) -> torch.Tensor:

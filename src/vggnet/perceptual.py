@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .features import VGGFeatures
-from .model import create_model
+from .factory import create_model
 from .pretrained import normalization_cfg, require_cfg
 from .weights import unwrap
 

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .configs import CONFIGS, parse_name, parse_token
+from .architectures import CONFIGS, parse_name, parse_token
+from .features import VGGFeatures
 from .model import VGG, layer_names
 from .weights import (
     PRETRAINED_CFG_KEY,
@@ -321,8 +322,6 @@ def load_pretrained(
     ``normalize`` states the convention of a file that does not carry one (``imagenet``, ``caffe``, ``mean:R,G,B``).
     With ``features_only`` only the conv layers are built and loaded (fc6 is never allocated).
     """
-    from .features import VGGFeatures
-
     layers = options.pop("layers", None)
     path, source = resolve(pretrained)
     try:

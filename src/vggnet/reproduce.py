@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runs as runs_mod
-from .configs import weight_layers
+from .architectures import weight_layers
 from .grids import GRIDS, SCALE_LABELS, SMALL_DESIGN, Grid, StageRun, staged_cells  # noqa: F401 (re-exported)
 from .runtime import is_main, rank, setup_distributed, world_size
 from .scales import eval_scales, scale_step
@@ -316,7 +316,7 @@ def paper_plan(out: Path, recipes: str | os.PathLike | None = None, data: str | 
     seed (and its folder under OUT/runs); ``out``, ``seed`` and (when given) ``data`` are replaced.
     """
     from .config import read_recipe, resolve
-    from .configs import parse_name
+    from .architectures import parse_name
 
     folder = Path(recipes) if recipes else default_recipes()
     files = sorted(folder.glob("*.toml"))

@@ -36,7 +36,7 @@ from torch import nn
 
 from . import runs
 from .config import TrainConfig, config_changes, from_dict, read_toml, refuse_unsafe_changes, resolve
-from .model import create_model
+from .factory import create_model
 from .pretrained import make_cfg
 from .runtime import Dist, cuda_path, is_main, pick_device, setup_distributed
 from .weights import atomic_write, read_state_dict, save_weights, unwrap
@@ -704,7 +704,7 @@ def _input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
 
 def _init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> None:
     """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune)."""
-    from .init import init_from_net_a
+    from .weights import init_from_net_a
     from .weights import load_weights
 
     src = Path(source)

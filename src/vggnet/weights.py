@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from .files import atomic_write  # noqa: F401 (re-exported: older imports of weights.atomic_write)
+from .model import HEAD_NAMES, VGG, layer_names
 
 ARCH_KEY = "vggnet.arch"
 PRETRAINED_CFG_KEY = "vggnet.pretrained_cfg"  # the input convention of the weights (vggnet.pretrained)
@@ -32,23 +34,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
@@ -160,8 +145,6 @@ def from_caffe_names(sd: dict[str, torch.Tensor], config: str, batch_norm: bool 
 
     fc6 and fc7 may be stored as convolutions (as in a fully convolutional conversion): they are flattened.
     """
-    from .model import HEAD_NAMES, layer_names
-
     index = {n: f"features.{i}" for i, n in enumerate(layer_names(config, batch_norm))}
     index.update({n: f"classifier.{i}" for i, n in enumerate(HEAD_NAMES)})
     out = {}
@@ -242,11 +225,55 @@ def load_weights(model: nn.Module, path: str | os.PathLike, head: bool = True) -
 
 def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     """Build the net saved in one of our safetensors files (its architecture is in the metadata) and load it."""
-    from .model import VGG
-
     _, meta = read_state_dict(path)
     if ARCH_KEY not in meta:
         raise ValueError(f"{path}: no vggnet architecture in the file; create the model and call load_weights")
     arch = json.loads(meta[ARCH_KEY])
     arch.update(overrides)
     return load_weights(VGG(**arch), path)
+
+
+def init_from_net_a(model: nn.Module, net_a: nn.Module | dict[str, torch.Tensor]) -> list[str]:
+    """Copy the paper's layers of a trained net A into a deeper net (section 3.1); return the names copied.
+
+    The first four conv layers of A (block 1 conv 1, block 2 conv 1, block 3 convs 1-2) go to the layers at
+    the same block and position of the deeper net, which have the same shapes in every config of Table 1;
+    the three FC layers are copied whole. Every other layer keeps its (random) initialisation.
+
+    A target without 3x3 convs has no layer of A's kind: B-5x5 (section 4.1), whose convs are all 5x5,
+    takes only A's three FC layers ("FC-only" init from net A; its last conv map has A's
+    shape, so the head fits). A shape mismatch otherwise (width, fc_width, crop size, classes) raises an
+    error naming the layer.
+    """
+    if not isinstance(model, VGG):
+        raise TypeError("init_from_net_a needs a vggnet VGG model")
+    if isinstance(net_a, dict):
+        arch = dict(model.arch, config="A", batch_norm=False)
+        source = VGG(**arch)
+        source.load_state_dict(convert_state_dict(net_a, source), strict=False)
+    else:
+        source = net_a
+    src_convs = source.conv_layers()[:4]
+    dst_convs = {(b, p): m for b, p, m in model.conv_layers()}
+    pairs: list[tuple[str, nn.Module, nn.Module]] = []
+    names = {m: n for n, m in model.named_modules()}
+    if not any(m.kernel_size == src_convs[0][2].kernel_size for m in dst_convs.values()):
+        src_convs = []  # no 3x3 conv in the target (B-5x5): none of A's convs has a counterpart, only its FC layers
+    for b, p, src in src_convs:
+        dst = dst_convs.get((b, p))
+        if dst is None:
+            raise ValueError(f"init from net A: the target net has no conv at block {b + 1}, position {p + 1}")
+        pairs.append((names[dst], src, dst))
+    for src, dst in zip(source.fc_layers(), model.fc_layers()):
+        pairs.append((names[dst], src, dst))
+    for name, src, dst in pairs:
+        if src.weight.shape != dst.weight.shape:
+            raise ValueError(
+                f"init from net A: layer {name} has shape {tuple(dst.weight.shape)} but net A's has "
+                f"{tuple(src.weight.shape)}; build both nets with the same width, fc_width, crop_size and num_classes"
+            )
+    with torch.no_grad():
+        for _, src, dst in pairs:
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+    return [name for name, _, _ in pairs]

@@ -13,13 +13,13 @@ import json
 import os
 import sys
 
-from .. import configs
+from .. import architectures
 
 
 def _params_rows(num_classes: int, size: int) -> list[dict]:
-    from ..model import create_model
+    from ..factory import create_model
 
-    names = list(configs.CONFIGS) + [f"{c}-BN" for c in configs.CONFIGS]
+    names = list(architectures.CONFIGS) + [f"{c}-BN" for c in architectures.CONFIGS]
     rows = []
     for name in names:
         # the meta device builds the net without allocating its 130M+ weights
@@ -27,14 +27,14 @@ def _params_rows(num_classes: int, size: int) -> list[dict]:
 
         with torch.device("meta"):
             model = create_model(name, num_classes=num_classes)
-        config, bn = configs.parse_name(name)
-        aliases = [a for a, c in configs.ALIASES.items() if c == config]
+        config, bn = architectures.parse_name(name)
+        aliases = [a for a, c in architectures.ALIASES.items() if c == config]
         macs = model.macs(size)
         rows.append(
             dict(
                 arch=name,
                 alias=(aliases[0] + ("_bn" if bn else "")) if aliases else "",
-                weight_layers=configs.weight_layers(config),
+                weight_layers=architectures.weight_layers(config),
                 params=sum(p.numel() for p in model.parameters()),
                 gmacs=round(macs / 1e9, 3),
                 gflops=round(2 * macs / 1e9, 3),

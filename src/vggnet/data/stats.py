@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..files import atomic_write_text
 from .io import BadImageError, load_image, rescale
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,7 @@ class Stats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the statistics as JSON (atomically: a reader never sees half a file)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"pixel_scale": "[0, 1]", **asdict(self)}, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"pixel_scale": "[0, 1]", **asdict(self)}, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Stats:
