@@ -4,10 +4,10 @@ Rows:
 
 - (a) our training step on synthetic batches already on the GPU: config D, 1000 classes, batch 256, 224 crops,
   bf16 autocast, channels-last, torch.compile, fused SGD (momentum 0.9, weight decay 5e-4), dropout 0.5. The
-  step is ``vggnet.train.train_one_epoch`` itself, the loop ``vgg train`` runs.
+  step is ``vggnet.training.train_one_epoch`` itself, the loop ``vgg train`` runs.
 - (b) torchvision's vgg16 through the same loop with the same settings (PERFORMANCE.md: about 5,000 images/s).
 - (c) our training from a folder of JPEGs with the paper's augmentation (S jittered in [256, 512], random 224
-  crop, flip, PCA colour shift, mean subtraction), the batches built by ``vggnet.train.make_train_loader`` as
+  crop, flip, PCA colour shift, mean subtraction), the batches built by ``vggnet.training.make_train_loader`` as
   ``vgg train`` builds them: the GPU data path (``--loader gpu``: workers read the bytes, nvJPEG decodes, the
   augmentation runs batched on the GPU, both in background threads) and the CPU path (``--loader cpu``: decode
   and augment in worker processes). The target is >= 98% of (a). Rows (c0): each data path alone, without
@@ -210,9 +210,9 @@ class Clock:
 
 
 def train_rate(net: nn.Module, optimizer, batches: Iterable, warmup: int, steps: int, s: Setup) -> dict[str, float]:
-    """Images/s of ``vggnet.train.train_one_epoch`` over ``steps`` batches after ``warmup`` batches."""
+    """Images/s of ``vggnet.training.train_one_epoch`` over ``steps`` batches after ``warmup`` batches."""
     from vggnet.config import TrainConfig
-    from vggnet.train import BatchPlan, Logger, NonFiniteLoss, Progress, train_one_epoch
+    from vggnet.training import BatchPlan, Logger, NonFiniteLoss, Progress, train_one_epoch
 
     device = torch.device(s.device)
     clock = Clock(device)
@@ -410,7 +410,7 @@ class Bench:
         """(batches, description) as `vgg train --loader KIND` builds them, for n_batches batches of the plan."""
         from vggnet.config import TrainConfig
         from vggnet.data import IMAGENET_STATS, ImageDataset, TrainTransform, scan_folder
-        from vggnet.train import BatchPlan, make_train_loader
+        from vggnet.training import BatchPlan, make_train_loader
 
         s = self.s
         files, _ = scan_folder(self.root)
@@ -641,7 +641,7 @@ def provenance(s: Setup, data: dict[str, Any]) -> list[str]:
         f"Python {platform.python_version()}",
         f"training: config D at width {s.width:g}, FC {s.fc_width}, {s.classes} classes, {s.crop} crops, batch "
         f"{s.batch}, dropout 0.5, {precision}, {'torch.compile' if s.compile else 'eager'}, "
-        f"{'fused ' if dev.type == 'cuda' else ''}SGD (momentum 0.9, weight decay 5e-4); vggnet.train.train_one_epoch",
+        f"{'fused ' if dev.type == 'cuda' else ''}SGD (momentum 0.9, weight decay 5e-4); vggnet.training.train_one_epoch",
         f"augmentation (c): S in [{s.scale[0]}, {s.scale[1]}], random {s.crop} crop, flip, PCA colour shift (std "
         f"0.1), mean RGB subtracted (ImageNet statistics)",
         f"timing: {s.steps} steps after {s.warmup} (a, b, e); {s.data_steps} after {s.data_warmup} (c, gpu) or after "

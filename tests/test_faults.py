@@ -9,6 +9,7 @@ import math
 import os
 import random
 import signal
+import importlib
 import subprocess
 import sys
 import time
@@ -19,10 +20,11 @@ import torch
 from PIL import Image
 
 from vggnet.config import SAFE_ON_RESUME, resolve
-from vggnet.train import Interrupted, NonFiniteLoss, latest_checkpoint, load_checkpoint, train
+from vggnet.training import Interrupted, NonFiniteLoss, latest_checkpoint, load_checkpoint, train
 from vggnet.weights import read_state_dict
 
-train_mod = sys.modules["vggnet.train"]  # the module (the package attribute vggnet.train is the function)
+loop_mod = importlib.import_module("vggnet.training.loop")  # where the training step calls F and validate runs
+run_mod = importlib.import_module("vggnet.training.run")  # where a run builds its net and calls validate
 
 SRC = str(Path(__file__).parents[1] / "src")
 
@@ -80,7 +82,7 @@ class _Signal:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_step_then_resume_is_bit_identical(folder, tmp_path, straight, monkeypatch, sig):
     cfg = small(folder, tmp_path / "run", accum_steps=2)
-    monkeypatch.setattr(train_mod, "F", _Signal(sig, at=5))  # the first micro-batch of step 3
+    monkeypatch.setattr(loop_mod, "F", _Signal(sig, at=5))  # the first micro-batch of step 3
     with pytest.raises(Interrupted, match="continue with `vgg train --resume") as e:
         train(cfg)
     assert e.value.signum == sig
@@ -96,13 +98,13 @@ def test_signal_mid_step_then_resume_is_bit_identical(folder, tmp_path, straight
 
 def test_signal_during_validation_then_resume(folder, tmp_path, straight, monkeypatch):
     cfg = small(folder, tmp_path / "run", accum_steps=2)
-    real = train_mod.validate
+    real = run_mod.validate
 
     def interrupted_validate(*a, **kw):
         os.kill(os.getpid(), signal.SIGINT)
         return real(*a, **kw)
 
-    monkeypatch.setattr(train_mod, "validate", interrupted_validate)
+    monkeypatch.setattr(run_mod, "validate", interrupted_validate)
     with pytest.raises(Interrupted):
         train(cfg)
     monkeypatch.undo()
@@ -320,14 +322,14 @@ def test_cuda_defaults_run_on_the_cpu(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("VGGNET_CUDA_PATH_ON_CPU", "1")
     torch._dynamo.reset()
     dtypes = []
-    real = train_mod.create_model
+    real = run_mod.create_model
 
     def recording(*a, **kw):
         model = real(*a, **kw)
         model.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
         return model
 
-    monkeypatch.setattr(train_mod, "create_model", recording)
+    monkeypatch.setattr(run_mod, "create_model", recording)
     run = train(small(folder, tmp_path / "run", epochs=1, dropout=0.0))  # 4 steps, validation, checkpoint
     ckpt = load_checkpoint(latest_checkpoint(run))
     assert ckpt["model"]["features.0.weight"].is_contiguous(memory_format=torch.channels_last)

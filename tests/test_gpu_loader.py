@@ -14,7 +14,7 @@ from vggnet.config import TrainConfig, resolve
 from vggnet.data import EvalTransform, ImageDataset, TrainTransform, collate, scan_folder
 from vggnet.data import gpu
 from vggnet.data.gpu import EncodedDataset, GPULoader, augment_batch, background, collate_encoded
-from vggnet.train import BatchPlan, make_loader, make_train_loader, pick_loader, train
+from vggnet.training import BatchPlan, make_loader, make_train_loader, pick_loader, train
 from vggnet.weights import read_state_dict
 
 

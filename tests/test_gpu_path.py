@@ -21,8 +21,10 @@ from torch.overrides import TorchFunctionMode
 
 from vggnet.config import TrainConfig, resolve
 from vggnet import create_model
+from vggnet.runtime import Dist
 
-T = importlib.import_module("vggnet.train")  # the module: the package exports its train function as vggnet.train
+T = importlib.import_module("vggnet.training")
+loop_mod = importlib.import_module("vggnet.training.loop")  # where the progress bar's redraw interval is read
 
 
 def tiny(seed: int = 0):
@@ -68,7 +70,7 @@ def run_epoch(tmp_path: Path, tty: bool, data, model=None, **cfg_kw):
 
 
 def test_terminal_run_reads_the_device_no_more_than_a_redirected_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(T, "PROGRESS_SECONDS", 0.0)  # the worst case: a redraw after every step
+    monkeypatch.setattr(loop_mod, "PROGRESS_SECONDS", 0.0)  # the worst case: a redraw after every step
     data = batches(6)
     redirected, loss_a, a = run_epoch(tmp_path, False, data, log_every=100)
     capsys.readouterr()
@@ -136,7 +138,7 @@ def test_compiled_step_compiles_once_over_epochs_with_validation(split_folder, t
 
     torch._dynamo.reset()
     counter = CompileCounter()
-    monkeypatch.setattr(T, "compile_model", lambda model, cfg, device: torch.compile(model, backend=counter))
+    monkeypatch.setattr(importlib.import_module("vggnet.training.run"), "compile_model", lambda model, cfg, device: torch.compile(model, backend=counter))
     cfg = resolve(dict(
         arch="A", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=36, data=str(split_folder),
         batch_size=4, epochs=2, workers=0, device="cpu", log_every=1, tensorboard=False, stats_images=8,
@@ -201,9 +203,9 @@ def test_resume_on_a_machine_with_fewer_gpus_restores_the_gpus_it_has(monkeypatc
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(device))
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("would fail for GPU 1"))
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(8, dtype=torch.uint8)] * 2)
-    state = T._rng_state()  # saved on 2 GPUs
+    state = T.rng_state()  # saved on 2 GPUs
     assert len(state["cuda"]) == 2
-    T._set_rng_state(state)
+    T.set_rng_state(state)
     assert calls == [0]
 
 
@@ -214,7 +216,7 @@ def test_validation_through_the_gpu_path_equals_the_cpu_path(split_folder):
     samples, _ = scan_folder(split_folder / "val")
     ds = ImageDataset(samples, EvalTransform(None, 36, 32))
     cfg = TrainConfig(arch="A", crop_size=32, scale_min=32, scale_max=40, batch_size=4)
-    model, cpu, d = tiny(), torch.device("cpu"), T.Dist()
+    model, cpu, d = tiny(), torch.device("cpu"), Dist()
     got = {kind: T.validate(model, ds, cfg, cpu, contextlib.nullcontext, d, set(),
                             T.make_val_loader(cfg, ds, d, 0, cpu, kind)) for kind in ("gpu", "cpu")}  # fmt: skip
     assert got["gpu"] == got["cpu"] and got["cpu"]["val_images"] == 5
@@ -244,7 +246,7 @@ def test_the_run_summary_counts_the_gpu_paths_fallbacks():
 
     train_loader = SimpleNamespace(counts=Counter(cpu=2, refused=1, splits=4))
     val_loader = SimpleNamespace(counts=Counter(cpu=1))
-    text = T._fallbacks(train_loader, val_loader, object())  # a DataLoader of the CPU path has no counts
+    text = T.fallback_note(train_loader, val_loader, object())  # a DataLoader of the CPU path has no counts
     assert text == "; GPU data path: 4 images decoded on the CPU (3 not RGB or grey JPEGs, 1 refused by the device " \
                    "decoder after 4 failed batched calls)"
-    assert T._fallbacks(SimpleNamespace(counts=Counter())) == ""
+    assert T.fallback_note(SimpleNamespace(counts=Counter())) == ""

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 import vggnet
 from vggnet.config import resolve
-from vggnet.train import BatchPlan, NonFiniteLoss, Plateau, latest_checkpoint, load_checkpoint, train
+from vggnet.training import BatchPlan, NonFiniteLoss, Plateau, latest_checkpoint, load_checkpoint, train
 from vggnet.weights import read_state_dict
 
 

@@ -47,7 +47,7 @@ from . import boxes as B
 from . import runs
 from .data.transforms import AugParams, crop_offsets
 from .model import VGG
-from .train import BatchPlan, Logger, Plateau, latest_checkpoint, load_checkpoint, save_checkpoint
+from .training import BatchPlan, Logger, Plateau, latest_checkpoint, load_checkpoint, save_checkpoint
 from .weights import atomic_write, save_weights
 
 REGRESSIONS = ("scr", "pcr")
@@ -255,7 +255,7 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
     if cfg.scale < crop:
         raise ValueError(f"--scale {cfg.scale} is smaller than the crop {crop}")
     if run is None:
-        from .train import new_run_dir
+        from .training import new_run_dir
 
         run = new_run_dir(Path("runs") / "localize")
     if resume is None and (run / runs.CONFIG_FILE).exists():

@@ -465,7 +465,7 @@ def _output_to(log: Path | None):
 
 def train_task(spec: RunSpec, log: str | None = None) -> dict[str, Any]:
     """Train (or resume) one run of the plan and write its marker; returns the marker."""
-    from .train import train
+    from .training import train
 
     folder = spec.folder
     state = run_state(spec)

@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .. import config as config_mod
     from ..runtime import is_main
-    from ..train import train
+    from ..training import train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(config_mod.TrainConfig)}
     if args.scale:

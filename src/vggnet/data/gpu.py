@@ -343,7 +343,7 @@ class GPULoader:
         num_workers: processes reading files and drawing parameters.
         drop_last: drop the last incomplete batch.
         batch_sampler: instead of ``sampler`` and ``batch_size``: yields lists of keys, one list a batch (the
-            training loop's :class:`~vggnet.train.BatchPlan`).
+            training loop's :class:`~vggnet.training.BatchPlan`).
         channels_last: return the images in channels-last memory format (the layout the net runs in on CUDA).
         prefetch: batches prepared ahead, per stage; at least 1 on CUDA.
 

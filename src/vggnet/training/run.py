@@ -1,0 +1,506 @@
+"""A training run: its folder, its config, where it starts from, and the epoch loop under the plateau schedule.
+
+``train(config)`` decides the run (:func:`plan_run`: a new folder, or the same folder continued from its newest
+valid checkpoint), sets up the device and the process group, builds the data, the net and the optimizer
+(:func:`_build`), then runs epochs (:func:`_epochs`) until the schedule's last plateau, ``epochs`` or
+``max_steps``. Ctrl-C and SIGTERM finish the optimizer step under way and save a checkpoint of that state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import runs
+from ..config import TrainConfig, config_changes, from_dict, read_toml, refuse_unsafe_changes, resolve
+from ..data import Stats
+from ..factory import create_model
+from ..files import atomic_write_text
+from ..plots import plot_run
+from ..pretrained import convention, init_from_pretrained, make_cfg
+from ..pretrained import resolve as resolve_weights
+from ..runtime import Dist, cuda_path, is_main, pick_device, setup_distributed
+from ..weights import init_from_net_a, load_weights, read_state_dict, save_weights, unwrap
+from .checkpoints import (
+    latest_checkpoint, newest_valid_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
+    trim_metrics, write_bad_files,
+)  # fmt: skip
+from .loaders import build_data, fallback_note, loader_workers, make_train_loader, make_val_loader, stop_workers
+from .loop import NonFiniteLoss, compile_model, peak_memory_mb, setup_backends, train_one_epoch, validate
+from .progress import Logger, Progress
+from .schedule import BatchPlan, Plateau
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was saved; ``signum`` is the signal's number."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+def new_run_dir(root: Path = Path("runs")) -> Path:
+    """The next free numbered folder under ``root`` (runs/001, runs/002, ...)."""
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+    return root / f"{max(taken, default=0) + 1:03d}"
+
+
+def _broadcast_path(path: Path | None, d: Dist) -> Path:
+    if d.world == 1:
+        return path
+    box = [str(path) if d.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def _check_same_input(src: Path, cfg: TrainConfig) -> None:
+    """--init-from a run: the new run must feed its net the same kind of input (normalisation and pixel range)."""
+    source = from_dict(read_toml(src / runs.CONFIG_FILE))  # a run saved before pixel_range reads as [0, 1]
+    mine = {"normalize": cfg.normalize, "pixel_range": cfg.pixel_range}
+    theirs = {"normalize": source.normalize, "pixel_range": source.pixel_range}
+    if mine["normalize"] != theirs["normalize"] or (mine["normalize"] == "mean" and mine != theirs):
+        raise ValueError(
+            f"--init-from {src}: that run fed its net {theirs} but this one would feed {mine}; the weights expect "
+            f"their own input, so pass --normalize {theirs['normalize']} --pixel-range {theirs['pixel_range']}"
+        )
+
+
+def _input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
+    """--init-from a named source: feed the net what those weights expect (decided before config.toml is
+    written, so that a restart and `vgg eval` see it). torchvision's and timm's nets take ImageNet's mean and
+    std; the authors' Caffe weights are folded to take [0, 1] pixels minus the mean (vggnet.pretrained)."""
+    kind = convention(cfg.init_from)
+    if kind == "imagenet" and cfg.normalize != "imagenet":
+        print(f"--init-from {cfg.init_from}: normalising with ImageNet's mean and std, as those weights expect")
+        return dataclasses.replace(cfg, normalize="imagenet")
+    if kind == "caffe" and (cfg.normalize, cfg.pixel_range) != ("mean", 1):
+        print(f"--init-from {cfg.init_from}: the folded Caffe weights take [0, 1] pixels minus the mean RGB")
+        return dataclasses.replace(cfg, normalize="mean", pixel_range=1)
+    return cfg
+
+
+def _init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> None:
+    """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune)."""
+    src = Path(source)
+    if not src.exists():  # a URL or a named source (torchvision:vgg16, timm:..., caffe:vgg16)
+        log.line(init_from_pretrained(model, source))
+        return
+    weights = src / runs.MODEL_FILE if src.is_dir() else src
+    if src.is_dir() and (src / runs.CONFIG_FILE).is_file():
+        _check_same_input(src, cfg)
+    sd, meta = read_state_dict(weights)
+    src_config = json.loads(meta["vggnet.arch"])["config"] if "vggnet.arch" in meta else None
+    ours = unwrap(model)
+    if src_config == "A" and ours.arch["config"] != "A":
+        copied = init_from_net_a(ours, sd)
+        log.line(f"init from net A ({weights}): copied {', '.join(copied)}")
+    else:
+        load_weights(ours, weights)
+        log.line(f"init from {weights}: all layers")
+
+
+def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None):
+    """Which run folder, with which config, from which checkpoint: (cfg, run or None, ckpt, explicit lr, restart).
+
+    ``--resume RUN`` continues the newest valid checkpoint, or starts RUN again from step 0 with its
+    config.toml when it has none yet. A new run's command pointing (``--out``) at a folder that already holds a
+    run does the same, so one command line restarts a pre-empted job wherever it died. Either way a changed
+    key that a resumed run cannot take (see ``config.SAFE_ON_RESUME``) is refused, naming the keys.
+    """
+    rank0 = is_main()
+    if resume is not None:
+        run = Path(resume)
+        if not run.is_dir():
+            raise FileNotFoundError(f"--resume {run}: no such run folder")
+        given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
+        what = "--resume with these options"
+    else:
+        cfg = config if isinstance(config, TrainConfig) else resolve(config)
+        run = Path(cfg.out) if cfg.out else None
+        if run is None or not (run / runs.CONFIG_FILE).is_file():
+            return cfg, run, None, False, False
+        given = cfg.to_dict()
+        what = "this command"
+    toml_path = run / runs.CONFIG_FILE
+    file_cfg = from_dict(read_toml(toml_path)).to_dict() if toml_path.is_file() else None
+    found, ckpt = newest_valid_checkpoint(run, rename_bad=rank0)
+    if ckpt is not None:
+        saved = from_dict(ckpt["config"]).to_dict()
+        if file_cfg is not None:  # config.toml edited by hand since the checkpoint: the same rules as flags
+            edits = config_changes(saved, file_cfg)
+            refuse_unsafe_changes(edits, f"{toml_path} (edited since the checkpoint)", run)
+            saved.update({k: new for k, (_, new) in edits.items()})
+    elif file_cfg is not None:
+        saved = file_cfg
+    else:
+        raise FileNotFoundError(
+            f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `vgg train --out {run}`"
+        )
+    changes = config_changes(saved, given)
+    changes.pop("out", None)
+    refuse_unsafe_changes(changes, what, run)
+    explicit = given if resume is not None else {k: new for k, (_, new) in changes.items()}
+    explicit.pop("out", None)
+    cfg = from_dict(dict(saved, **explicit, out=str(run)))
+    return cfg, run, ckpt, "lr" in explicit, ckpt is None
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM during training: remembered, and acted on at the next optimizer step (or at once
+    during a one-process validation, which changes no state); a second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.immediate = False
+
+    def __call__(self, signum, _frame) -> None:
+        again = bool(self.signum)
+        self.signum = self.signum or signum
+        if again or self.immediate:
+            raise KeyboardInterrupt
+
+
+def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None = None) -> Path:
+    """Train a VGG net with the paper's recipe; return the run folder.
+
+    ``config`` is a TrainConfig or a dict of its fields (resolved with the data set's preset).
+    ``resume``: a run folder whose newest valid checkpoint is continued exactly (or which starts again from
+    step 0 when it has none yet); its saved config is used, with the keys of a ``config`` dict (for example a
+    larger ``epochs``) applied over it when they are safe to change (``config.SAFE_ON_RESUME``).
+    A new run whose ``out`` folder already holds a run with the same config continues it the same way.
+
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM stopped training, after saving a checkpoint.
+        NonFiniteLoss: the loss became NaN or infinite; the message names the checkpoint to continue from.
+    """
+    cfg, run, ckpt, explicit_lr, restart = plan_run(config, resume)
+
+    if cfg.init_from and ckpt is None and not restart:
+        cfg = _input_for_released_weights(cfg)
+    device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    setup_backends(cfg, device_kind)
+    d = setup_distributed(device_kind)
+    device = pick_device(cfg.device, d)
+    if run is None:
+        run = new_run_dir() if d.main else None
+    run = _broadcast_path(run, d)
+    created = d.main and not run.exists()
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run)
+        trim_metrics(run, ckpt["global_step"] if ckpt is not None else 0)
+        # the resolved config first: a run killed in its statistics pass restarts from it
+        atomic_write_text(run / runs.CONFIG_FILE, tomli_w.dumps(cfg.to_dict()))
+    if d.world > 1:
+        dist.barrier()
+    started: list[bool] = []
+    try:
+        return _train(cfg, run, ckpt, explicit_lr, restart, d, device, started)
+    except BaseException:
+        if created and not started:  # a start that failed (bad data, no memory, ...) leaves no runs/NNN behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+@dataclass
+class _Run:
+    """Everything the epoch loop of one run works with."""
+
+    cfg: TrainConfig
+    run: Path
+    d: Dist
+    device: torch.device
+    log: Logger
+    model: nn.Module  # the plain module: checkpoints, weights and validation use it
+    optimizer: torch.optim.Optimizer
+    plateau: Plateau
+    prog: Progress
+    start_epoch: int
+    train_set: Any
+    val_set: Any
+    classes: list[str]
+    net: nn.Module | None = None  # what the training step runs: compiled and DDP-wrapped as configured
+    plan: BatchPlan | None = None
+    loader: Any = None
+    val_loader: Any = None
+    loader_kind: str = "cpu"
+    bad_files: set[str] = field(default_factory=set)
+    reported: set[str] = field(default_factory=set)
+    request: _StopRequest = field(default_factory=_StopRequest)
+    stop_group: Any = None
+    saved_at: Path | None = None  # the checkpoint written when a signal stopped the run
+
+    def autocast(self) -> Any:
+        amp = cuda_path(self.device) and self.cfg.amp
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+    def save_ckpt(self, rng: dict[str, Any] | None = None) -> Path | None:
+        if not self.d.main:
+            return None
+        p = self.prog
+        path = save_checkpoint(self.run, self.model, self.optimizer, self.plateau, self.cfg, p.epoch, p.step_in_epoch,
+                               p.global_step, self.cfg.keep_checkpoints, rng=rng,
+                               epoch_loss=(p.epoch_loss_sum, p.epoch_loss_steps))  # fmt: skip
+        write_bad_files(self.run, self.bad_files)
+        return path
+
+    def stop(self) -> bool:
+        """Whether a stop signal arrived, agreed over the processes (a max) so they stop at the same step."""
+        flag = torch.tensor([self.request.signum], dtype=torch.int64)
+        if self.d.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.stop_group)
+            self.request.signum = self.request.signum or int(flag)
+        return bool(flag)
+
+
+def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist, device,
+           started: list[bool]) -> Path:
+    torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
+    np.random.seed((cfg.seed + d.rank) % 2**32)
+    random.seed(cfg.seed + d.rank)
+    log = Logger(run, d.main, cfg.tensorboard)
+    try:
+        r = _build(cfg, run, ckpt, explicit_lr, restart, d, device, log)
+    except BaseException:
+        log.close()
+        raise
+    _start(r)
+    started.append(True)
+    return _epochs(r)
+
+
+def _build(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist, device,
+           log: Logger) -> _Run:
+    """The data, the net (initialised, or from the checkpoint), the optimizer and the schedule of a run."""
+    stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
+    train_set, val_set, classes, stats = build_data(cfg, d, stats)
+    model = _make_model(cfg, classes, stats, run, d, log, fresh=ckpt is None)
+    model.to(device)
+    if cuda_path(device) and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                fused=(cuda_path(device) and cfg.fused) or None)  # fmt: skip
+    plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays)
+    r = _Run(cfg, run, d, device, log, model, optimizer, plateau, Progress(0, 0, 0), 0, train_set, val_set, classes)
+    if ckpt is not None:
+        _restore(r, ckpt, explicit_lr)
+        log.line(f"resuming {run} at epoch {r.prog.epoch + 1}, step {r.prog.step_in_epoch} "
+                 f"({r.prog.global_step} in all)")  # fmt: skip
+    else:
+        if restart:
+            log.line(f"{run} has no checkpoint yet: starting it again from step 0")
+        if d.main:
+            stats.save(run / runs.STATS_FILE)
+            atomic_write_text(run / runs.CLASSES_FILE, json.dumps(classes))
+    return r
+
+
+def _make_model(cfg: TrainConfig, classes: list[str], stats: Stats, run: Path, d: Dist, log: Logger,
+                fresh: bool) -> nn.Module:
+    """The net of the config, initialised (``--init``, or ``--init-from`` for a fresh run), carrying the input
+    convention it trains with: `vgg eval --weights` and create_model(pretrained=...) then need no run folder."""
+    model = create_model(
+        cfg.arch, num_classes=len(classes), width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size,
+        dropout=cfg.dropout, batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
+        init=cfg.init, seed=cfg.seed,
+    )  # fmt: skip
+    if cfg.init_from and fresh:
+        if d.world > 1 and not Path(cfg.init_from).exists():
+            # a download: rank 0 fetches it first, so that ranks sharing its cache read that file rather than
+            # all downloading at once (downloads are atomic either way)
+            if d.main:
+                resolve_weights(cfg.init_from)
+            dist.barrier()
+        _init_from(model, cfg.init_from, log, cfg)
+    norm, divide_std = runs.normalization(stats, cfg.normalize, cfg.pixel_range)
+    model.pretrained_cfg = make_cfg(
+        tuple(norm.mean), tuple(norm.std) if divide_std else (1.0, 1.0, 1.0), source=str(run),
+        num_classes=len(classes), classes=list(classes), resize=(cfg.scale_min + cfg.scale_max) // 2,
+        crop=cfg.crop_size,
+    )  # fmt: skip
+    return model
+
+
+def _restore(r: _Run, ckpt: dict[str, Any], explicit_lr: bool) -> None:
+    """Continue from a checkpoint: weights, momentum, schedule, position and RNG states."""
+    cfg = r.cfg
+    unwrap(r.model).load_state_dict(ckpt["model"])
+    r.optimizer.load_state_dict(ckpt["optimizer"])
+    r.plateau.load_state_dict(ckpt["plateau"])
+    # the schedule's knobs may change on resume; an explicit learning rate replaces its current one
+    r.plateau.patience, r.plateau.threshold, r.plateau.max_decays = cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays
+    if explicit_lr:
+        r.plateau.lr = cfg.lr
+    r.prog = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], *ckpt.get("epoch_loss", (0.0, 0)))
+    r.start_epoch = ckpt["epoch"]
+    set_rng_state(ckpt["rng"])
+
+
+def _start(r: _Run) -> None:
+    """The training step's module (compiled, DDP-wrapped), the loaders and the stop agreement; one summary line."""
+    cfg, d, device = r.cfg, r.d, r.device
+    r.net = compile_model(r.model, cfg, device)  # before DDP wrapping; checkpoints save the unwrapped module
+    if d.world > 1:
+        r.net = nn.parallel.DistributedDataParallel(r.net, device_ids=[device.index] if device.type == "cuda" else None)
+        # the processes agree on stopping over a CPU flag, through gloo
+        r.stop_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    r.plan = BatchPlan(len(r.train_set), cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
+    r.loader, r.loader_kind = make_train_loader(cfg, r.train_set, r.plan, loader_workers(cfg, d), device)
+    r.val_loader = make_val_loader(cfg, r.val_set, d, loader_workers(cfg, d), device, r.loader_kind)
+    n_params = sum(p.numel() for p in r.model.parameters())
+    r.log.line(
+        f"run {r.run}: {unwrap(r.model).name} ({n_params / 1e6:.2f}M parameters, {len(r.classes)} classes)"
+        f", {len(r.train_set)} train / {len(r.val_set)} val images, S in [{cfg.scale_min}, "
+        f"{cfg.scale_max}], crop {cfg.crop_size}, batch {cfg.batch_size} on {d.world} x {device}"
+        + (" (bf16, channels-last, compiled)" if cuda_path(device) and cfg.amp and cfg.compile else "")
+        + f", {r.loader_kind} data path"
+    )
+
+
+def _epochs(r: _Run) -> Path:
+    """The epoch loop, under Ctrl-C / SIGTERM handlers that stop at a step boundary with a checkpoint."""
+    t_start = time.perf_counter()
+    saved_at: Path | None = None
+    interrupted = False
+    # Ctrl-C and SIGTERM (Slurm's pre-emption, torchrun's shutdown): finish the optimizer step under way, save
+    # a checkpoint of that exact state, then exit; resuming gives the same weights as an uninterrupted run
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = {sig: signal.signal(sig, r.request) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        for epoch in range(r.start_epoch, r.cfg.epochs):
+            outcome = _one_epoch(r, epoch)
+            if outcome == "interrupted":
+                saved_at, interrupted = r.saved_at, True
+            if outcome != "next":
+                break
+    except KeyboardInterrupt:  # a second signal: stop at once, without a checkpoint of this moment
+        r.request.signum = r.request.signum or signal.SIGINT
+        saved_at, interrupted = None, True
+    except NonFiniteLoss as e:
+        raise NonFiniteLoss(_non_finite_message(e, r)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop_workers(r.loader)
+        r.log.close()
+        if r.d.main:
+            write_bad_files(r.run, r.bad_files)
+    if interrupted:
+        raise Interrupted(_interrupted_message(r, saved_at), r.request.signum)
+    if r.d.main:
+        r.log.line(f"done in {time.perf_counter() - t_start:.0f}s: {r.run}" + fallback_note(r.loader, r.val_loader))
+    return r.run
+
+
+def _one_epoch(r: _Run, epoch: int) -> str:
+    """Train and validate one epoch: "next", "done" (schedule, max_steps) or "interrupted" (r.saved_at set)."""
+    cfg, prog = r.cfg, r.prog
+    if r.stop():  # a signal during the previous epoch's bookkeeping
+        r.saved_at = r.save_ckpt()
+        return "interrupted"
+    if r.plateau.done or (cfg.max_steps and prog.global_step >= cfg.max_steps):
+        return "done"
+    if prog.epoch != epoch:
+        prog.epoch, prog.step_in_epoch = epoch, 0
+        prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0
+    for group in r.optimizer.param_groups:
+        group["lr"] = r.plateau.lr
+    r.plan.set_epoch(epoch, prog.step_in_epoch)
+    t_epoch = time.perf_counter()
+    first = prog.step_in_epoch
+    train_loss = train_one_epoch(r.net, r.loader, r.optimizer, cfg, r.plan, prog, r.device, r.autocast, r.log,
+                                 r.bad_files, r.save_ckpt, r.stop)  # fmt: skip
+    prog.epoch_loss_sum += train_loss * (prog.step_in_epoch - first)
+    prog.epoch_loss_steps += prog.step_in_epoch - first
+    if r.stop():  # asked again: every process must take the same branch
+        r.saved_at = r.save_ckpt()
+        return "interrupted"
+    if prog.step_in_epoch < r.plan.steps_per_epoch:  # stopped by max_steps inside the epoch
+        r.save_ckpt()
+        return "done"
+    # a one-process validation changes no state: a signal stops it at once, and the checkpoint takes the RNG
+    # state from before it (validation's loader draws its seed from the global RNG)
+    rng_before = rng_state()
+    r.request.immediate = r.d.world == 1
+    try:
+        metrics = validate(r.model, r.val_set, cfg, r.device, r.autocast, r.d, r.bad_files, r.val_loader)  # uncompiled
+    except KeyboardInterrupt:
+        r.request.signum = r.request.signum or signal.SIGINT
+        r.saved_at = r.save_ckpt(rng=rng_before)
+        return "interrupted"
+    finally:
+        r.request.immediate = False
+    _end_epoch(r, epoch, metrics, time.perf_counter() - t_epoch)
+    return "next"
+
+
+def _end_epoch(r: _Run, epoch: int, metrics: dict[str, float], seconds: float) -> None:
+    """The schedule steps on the validation error; the epoch is logged; weights, checkpoint and plots written."""
+    prog = r.prog
+    r.plateau.step(metrics["val_top1_err"])
+    if r.bad_files - r.reported:
+        new = sorted(r.bad_files - r.reported)
+        r.reported.update(new)
+        r.log.line(f"skipped {len(new)} unreadable image(s), listed in {r.run / 'bad_files.txt'}: "
+                   f"{', '.join(new[:3])}{' ...' if len(new) > 3 else ''}")  # fmt: skip
+    train_loss = prog.epoch_loss_sum / max(prog.epoch_loss_steps, 1)
+    prog.epoch, prog.step_in_epoch = epoch + 1, 0
+    prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0
+    lr = r.optimizer.param_groups[0]["lr"]
+    record = dict(epoch=epoch + 1, step=prog.global_step, train_loss=train_loss, lr=lr, epoch_time_s=seconds,
+                  peak_mem_mb=peak_memory_mb(r.device), **metrics)  # fmt: skip
+    r.log.record("epoch", **record)
+    r.log.line(
+        f"epoch {epoch + 1}/{r.cfg.epochs}: train loss {train_loss:.4f}, val top-1 err "
+        f"{metrics['val_top1_err']:.2%}, lr {lr:.1e}, {seconds:.0f}s"
+        + (f", lr -> {r.plateau.lr:.1e}" if r.plateau.lr != lr else "")
+    )
+    if r.d.main:
+        save_weights(r.model, r.run / runs.MODEL_FILE)
+        r.save_ckpt()
+        with contextlib.suppress(Exception):  # a plotting problem never stops training
+            plot_run(r.run)
+
+
+def _non_finite_message(e: NonFiniteLoss, r: _Run) -> str:
+    """What went wrong, what was kept, and the command that continues with a lower learning rate."""
+    last = latest_checkpoint(r.run)
+    lr = r.optimizer.param_groups[0]["lr"]
+    where = (f"nothing after the last good checkpoint {last} was kept" if last is not None
+             else "no checkpoint had been written yet")  # fmt: skip
+    return (
+        f"{e} (epoch {r.prog.epoch + 1}): training stopped and {where}. The learning rate {lr:g} is too high "
+        f"for this net and data (or --init draws too large weights): continue with a lower one, "
+        f"`vgg train --resume {r.run} --lr {lr / 10:g}`{' (it starts again from step 0)' if last is None else ''}, "
+        f"or check the images"
+    )
+
+
+def _interrupted_message(r: _Run, saved_at: Path | None) -> str:
+    name = signal.Signals(r.request.signum).name
+    if saved_at is not None or not r.d.main:
+        return (f"{name}: stopped at step {r.prog.global_step} and saved {saved_at or 'a checkpoint'}; "
+                f"continue with `vgg train --resume {r.run}`")  # fmt: skip
+    last = latest_checkpoint(r.run)
+    return (f"{name} twice: stopped without saving this step; `vgg train --resume {r.run}` continues from "
+            f"{last if last is not None else 'step 0 (no checkpoint yet)'}")  # fmt: skip
+
+
+__all__ = ["Interrupted", "new_run_dir", "plan_run", "train"]
