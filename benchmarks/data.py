@@ -1,7 +1,7 @@
 """Decoded + augmented images per second per CPU core: vggnet's CPU path against torchvision's PIL pipeline.
 
-Makes its own ImageNet-like JPEGs (500x375 and 375x500, quality 90) from the photos shipped with matplotlib
-(and scikit-learn when installed), or synthesises textured images if none are found, then times in one process
+Makes its own ImageNet-like JPEGs (500x375 and 375x500, quality 90: vggnet.data.synthetic) from the photos that
+installed packages ship, or textures if none are found, then times in one process
 with one thread (= per core), interleaving the pipelines, the median over repeats:
 
 - torchvision: PIL decode, Resize(256), RandomCrop(224), RandomHorizontalFlip, ToTensor, Normalize;
@@ -22,59 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
-
-
-def _sources() -> list[Image.Image]:
-    found = []
-    try:
-        import matplotlib.cbook as cbook
-
-        found.append(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
-    except Exception:
-        pass
-    try:
-        import sklearn.datasets
-
-        found += [Image.fromarray(a) for a in sklearn.datasets.load_sample_images().images]
-    except Exception:
-        pass
-    return found
-
-
-def _synthetic(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    """Smooth colour fields plus fine texture: compresses like a photo, unlike white noise."""
-    low = Image.fromarray(rng.integers(0, 256, (h // 25, w // 25, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-    texture = rng.normal(0, 18, (h, w, 1)) * np.sin(np.arange(w) / rng.uniform(2, 9))[None, :, None]
-    return Image.fromarray(np.clip(np.asarray(low, np.float64) + texture, 0, 255).astype(np.uint8))
-
-
-def make_images(folder: Path, n: int, seed: int = 0) -> list[str]:
-    """n JPEGs of 500x375 (one in five 375x500), quality 90: random crops, flips and tints of the sources."""
-    rng = np.random.default_rng(seed)
-    sources = _sources()
-    paths = []
-    for i in range(n):
-        w, h = (375, 500) if i % 5 == 4 else (500, 375)
-        if sources:
-            src = sources[i % len(sources)]
-            # the largest box of the target aspect, scaled by 60-100%, at a random place
-            k = rng.uniform(0.6, 1.0) * min(src.width / w, src.height / h)
-            bw, bh = int(w * k), int(h * k)
-            x, y = int(rng.integers(0, src.width - bw + 1)), int(rng.integers(0, src.height - bh + 1))
-            im = src.resize((w, h), Image.BILINEAR, box=(x, y, x + bw, y + bh))
-            if rng.random() < 0.5:
-                im = im.transpose(Image.FLIP_LEFT_RIGHT)
-            tint = rng.uniform(0.8, 1.2, 3)
-            im = Image.fromarray(np.clip(np.asarray(im) * tint, 0, 255).astype(np.uint8))
-        else:
-            im = _synthetic(rng, w, h)
-        path = folder / f"{i:05d}.jpg"
-        im.save(path, "JPEG", quality=90)
-        paths.append(str(path))
-    return paths
 
 
 def _rate(fn, items) -> float:
@@ -99,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from vggnet.data import IMAGENET_STATS, ImageDataset, TrainTransform
+    from vggnet.data.synthetic import make_jpeg_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.dir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         paths = sorted(str(q) for q in folder.glob("*.jpg"))[: args.n]
         if len(paths) < args.n:
-            paths = make_images(folder, args.n)
+            paths = make_jpeg_folder(folder, args.n, classes=0)
         kb = sum(Path(q).stat().st_size for q in paths) / len(paths) / 1024
 
         tv = T.Compose([

@@ -46,7 +46,6 @@ import contextlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import platform
 import shutil
@@ -105,80 +104,16 @@ def cpu_setup() -> Setup:
 
 # ---- the JPEG folder ------------------------------------------------------------------------------------------
 
-_SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "camera",
-            "coins", "brick", "grass")  # fmt: skip  (files inside the scikit-image wheel: nothing is downloaded)
-_SOURCES: list[np.ndarray] = []
-
-
-def _rgb(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype != np.uint8:
-        a = np.clip(a * (255 if a.max() <= 1 else 1), 0, 255).astype(np.uint8)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(a[:, :, :3])
-
-
-def load_sources() -> list[str]:
-    """Photos shipped with installed packages (into _SOURCES); their names."""
-    names = []
-    with contextlib.suppress(ImportError):
-        import skimage.data
-
-        for name in _SKIMAGE:
-            with contextlib.suppress(Exception):
-                _SOURCES.append(_rgb(getattr(skimage.data, name)()))
-                names.append(f"skimage.data.{name}")
-    with contextlib.suppress(Exception):
-        import matplotlib.cbook as cbook
-
-        with cbook.get_sample_data("grace_hopper.jpg") as f:
-            _SOURCES.append(_rgb(np.asarray(Image.open(f).convert("RGB"))))
-        names.append("matplotlib grace_hopper.jpg")
-    return names
-
-
-def _make_one(job: tuple[str, int, int, int, int]) -> int:
-    """Write one JPEG: a random crop of a source photo (or a texture), flipped and tinted; returns its bytes."""
-    path, i, w, h, seed = job
-    rng = np.random.default_rng([seed, i])
-    if i % 5 == 4:
-        w, h = h, w  # one in five is portrait
-    if _SOURCES:
-        src = Image.fromarray(_SOURCES[i % len(_SOURCES)])
-        k = rng.uniform(0.6, 1.0) * min(src.width / w, src.height / h)  # the largest box of the target aspect, 60-100%
-        bw, bh = max(1, int(w * k)), max(1, int(h * k))
-        x, y = int(rng.integers(0, src.width - bw + 1)), int(rng.integers(0, src.height - bh + 1))
-        im = src.resize((w, h), Image.BILINEAR, box=(x, y, x + bw, y + bh))
-        if rng.random() < 0.5:
-            im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        a = np.asarray(im, np.float32) * rng.uniform(0.8, 1.2, 3)
-    else:  # smooth colour fields plus fine texture: compresses like a photo, unlike white noise
-        low = Image.fromarray(rng.integers(0, 256, (max(2, h // 25), max(2, w // 25), 3), dtype=np.uint8))
-        a = np.asarray(low.resize((w, h), Image.BICUBIC), np.float32)
-        a = a + rng.normal(0, 18, (h, w, 1)) * np.sin(np.arange(w) / rng.uniform(2, 9))[None, :, None]
-    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
-    return os.path.getsize(path)
-
-
 def make_jpegs(root: Path, s: Setup, seed: int = 0) -> dict[str, Any]:
     """s.images JPEGs in s.folders class folders under root (kept when already there); a description."""
-    names = load_sources()
+    from vggnet.data.synthetic import make_jpeg_folder, photo_sources
+
+    names = [name for name, _ in photo_sources()]
+    paths = make_jpeg_folder(root, s.images, classes=s.folders, size=s.image_size, seed=seed,
+                             processes=min(16, os.cpu_count() or 1))  # fmt: skip
+    sizes = [os.path.getsize(p) for p in paths]
     w, h = s.image_size
-    jobs = []
-    for i in range(s.images):
-        folder = root / f"class{i % s.folders:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        jobs.append((str(folder / f"{i:06d}.jpg"), i, w, h, seed))
-    todo = [j for j in jobs if not os.path.exists(j[0])]
-    if len(todo) > 200:  # before any CUDA work: forked processes must not inherit a CUDA context
-        with multiprocessing.get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
-            pool.map(_make_one, todo, chunksize=16)
-    else:
-        for job in todo:
-            _make_one(job)
-    sizes = [os.path.getsize(j[0]) for j in jobs]
-    return dict(images=len(jobs), classes=s.folders, size=f"{w}x{h}", kb=sum(sizes) / len(sizes) / 1024,
+    return dict(images=len(paths), classes=s.folders, size=f"{w}x{h}", kb=sum(sizes) / len(sizes) / 1024,
                 sources=names or ["numpy textures"])  # fmt: skip
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vggnet.data.synthetic import write_jpeg
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 
@@ -42,10 +44,8 @@ def test_cpu_smoke_run_prints_every_row(tmp_path):
 
 
 def test_jpegs_without_any_source_package(tmp_path):
-    bench = _load_bench()
-    bench._SOURCES.clear()  # neither scikit-image nor matplotlib: textures synthesised with numpy
-    for i in (0, 4):
-        bench._make_one((str(tmp_path / f"{i}.jpg"), i, 50, 40, 0))
+    for i in (0, 4):  # sources=(): no package ships a photo; textures synthesised with numpy
+        write_jpeg(tmp_path / f"{i}.jpg", i, (50, 40), seed=0, sources=())
     sizes = [Image.open(tmp_path / f"{i}.jpg").size for i in (0, 4)]
     assert sizes == [(50, 40), (40, 50)]  # one in five is portrait
     assert np.asarray(Image.open(tmp_path / "0.jpg")).std() > 5

@@ -161,3 +161,17 @@ def test_demo_recipe_file_is_the_mnist_preset():
     recipe = read_recipe(Path(__file__).parents[1] / "recipes" / "demo.toml")
     assert recipe == dict(PRESETS["mnist"], data="mnist")
     assert resolve({}) == resolve({}, recipe=Path(__file__).parents[1] / "recipes" / "demo.toml")
+
+
+def test_config_toml_round_trips_awkward_values():
+    import math
+    import tomllib
+
+    from vggnet.config import TrainConfig, from_dict, toml_text
+
+    cfg = TrainConfig(out='runs/a "quoted" \\ path\té\n', data="/data/ImageNet 2012", lr=1e-5, lr_threshold=math.inf,
+                      flip=False, width=1 / 3)  # fmt: skip
+    back = from_dict(tomllib.loads(toml_text(cfg.to_dict())))
+    assert back == cfg
+    with pytest.raises(TypeError, match="config key x"):
+        toml_text({"x": [1, 2]})

@@ -8,6 +8,7 @@ The resolved config is written into the run folder (config.toml) and into every 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -187,6 +188,22 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a UTF-8 text file (TOML); fix the file") from None
 
 
+def toml_text(values: dict[str, Any]) -> str:
+    """A flat dict of strings, numbers and booleans as TOML (what config.toml holds; read back by read_toml)."""
+    lines = []
+    for k, v in values.items():
+        if isinstance(v, bool):
+            text = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            text = repr(v)  # Python's int and float forms are TOML's (1e-05, inf, nan included)
+        elif isinstance(v, str):
+            text = json.dumps(v)  # JSON's string escapes are valid in TOML's basic strings
+        else:
+            raise TypeError(f"config key {k}: cannot write a {type(v).__name__} as a TOML value")
+        lines.append(f"{k} = {text}")
+    return "\n".join(lines) + "\n"
+
+
 # Keys a resumed run may change: how and how long it runs, never what it learns from or into. ``lr`` given on
 # resume replaces the schedule's current rate; the schedule's knobs apply from the resumed epoch on.
 SAFE_ON_RESUME = frozenset(
@@ -254,5 +271,5 @@ def field_help() -> dict[str, str]:
 
 __all__ = [
     "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "field_help", "from_dict", "read_recipe", "read_toml",
-    "refuse_unsafe_changes", "resolve",
+    "refuse_unsafe_changes", "resolve", "toml_text",
 ]  # fmt: skip

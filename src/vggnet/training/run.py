@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomli_w
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .. import runs
-from ..config import TrainConfig, config_changes, from_dict, read_toml, refuse_unsafe_changes, resolve
+from ..config import (
+    TrainConfig, config_changes, from_dict, read_toml, refuse_unsafe_changes, resolve, toml_text,
+)  # fmt: skip
 from ..data import Stats
 from ..factory import create_model
 from ..files import atomic_write_text
@@ -87,11 +88,12 @@ def _input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
     written, so that a restart and `vgg eval` see it). torchvision's and timm's nets take ImageNet's mean and
     std; the authors' Caffe weights are folded to take [0, 1] pixels minus the mean (vggnet.pretrained)."""
     kind = convention(cfg.init_from)
+    say = print if is_main() else (lambda *_: None)  # under torchrun, rank 0 speaks for all
     if kind == "imagenet" and cfg.normalize != "imagenet":
-        print(f"--init-from {cfg.init_from}: normalising with ImageNet's mean and std, as those weights expect")
+        say(f"--init-from {cfg.init_from}: normalising with ImageNet's mean and std, as those weights expect")
         return dataclasses.replace(cfg, normalize="imagenet")
     if kind == "caffe" and (cfg.normalize, cfg.pixel_range) != ("mean", 1):
-        print(f"--init-from {cfg.init_from}: the folded Caffe weights take [0, 1] pixels minus the mean RGB")
+        say(f"--init-from {cfg.init_from}: the folded Caffe weights take [0, 1] pixels minus the mean RGB")
         return dataclasses.replace(cfg, normalize="mean", pixel_range=1)
     return cfg
 
@@ -207,7 +209,7 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         remove_stale_temporaries(run)
         trim_metrics(run, ckpt["global_step"] if ckpt is not None else 0)
         # the resolved config first: a run killed in its statistics pass restarts from it
-        atomic_write_text(run / runs.CONFIG_FILE, tomli_w.dumps(cfg.to_dict()))
+        atomic_write_text(run / runs.CONFIG_FILE, toml_text(cfg.to_dict()))
     if d.world > 1:
         dist.barrier()
     started: list[bool] = []
