@@ -20,7 +20,8 @@ def test_params_json(capsys):
 
 def test_params_table_via_console_entry_point():
     out = subprocess.run([sys.executable, "-m", "vggnet", "params"], capture_output=True, text=True, check=True)
-    assert "| D | vgg16 | 16 | 138,357,544 | 138M |" in out.stdout
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines() if line.startswith("| D ")]
+    assert rows and rows[0][:5] == ["D", "vgg16", "16", "138,357,544", "138M"]
 
 
 # ---- failures: one line on stderr, a non-zero exit code, no traceback (--debug shows it) -----------------------

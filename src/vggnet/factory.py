@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import parse_name
+from .architectures import ALIASES, CONFIGS, parse_name, weight_layers
 from .features import VGGFeatures
 from .init import init_weights
 from .model import VGG
@@ -63,4 +63,28 @@ def create_model(
     return model
 
 
-__all__ = ["create_model"]
+def model_table(num_classes: int = 1000, size: int = 224) -> list[dict]:
+    """Table 2 and more, one row a net (the configs and their batch-norm variants): name, torchvision alias,
+    weight layers, parameters, and multiply-accumulates / FLOPs per ``size`` x ``size`` image."""
+    names = list(CONFIGS) + [f"{c}-BN" for c in CONFIGS]
+    rows = []
+    for name in names:
+        with torch.device("meta"):  # builds the net without allocating its 130M+ weights
+            model = create_model(name, num_classes=num_classes)
+        config, bn = parse_name(name)
+        aliases = [a for a, c in ALIASES.items() if c == config]
+        macs = model.macs(size)
+        rows.append(
+            dict(
+                arch=name,
+                alias=(aliases[0] + ("_bn" if bn else "")) if aliases else "",
+                weight_layers=weight_layers(config),
+                params=sum(p.numel() for p in model.parameters()),
+                gmacs=round(macs / 1e9, 3),
+                gflops=round(2 * macs / 1e9, 3),
+            )
+        )
+    return rows
+
+
+__all__ = ["create_model", "model_table"]

@@ -13,50 +13,23 @@ import json
 import os
 import sys
 
-from .. import architectures
-
-
-def _params_rows(num_classes: int, size: int) -> list[dict]:
-    from ..factory import create_model
-
-    names = list(architectures.CONFIGS) + [f"{c}-BN" for c in architectures.CONFIGS]
-    rows = []
-    for name in names:
-        # the meta device builds the net without allocating its 130M+ weights
-        import torch
-
-        with torch.device("meta"):
-            model = create_model(name, num_classes=num_classes)
-        config, bn = architectures.parse_name(name)
-        aliases = [a for a, c in architectures.ALIASES.items() if c == config]
-        macs = model.macs(size)
-        rows.append(
-            dict(
-                arch=name,
-                alias=(aliases[0] + ("_bn" if bn else "")) if aliases else "",
-                weight_layers=architectures.weight_layers(config),
-                params=sum(p.numel() for p in model.parameters()),
-                gmacs=round(macs / 1e9, 3),
-                gflops=round(2 * macs / 1e9, 3),
-            )
-        )
-    return rows
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    rows = _params_rows(args.num_classes, args.size)
+    # imported when the command runs: they import torch, which `vgg --help` must not wait for
+    from ..factory import model_table
+    from ..report import markdown_table
+
+    rows = model_table(args.num_classes, args.size)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     print(f"Table 2: parameters of the VGG nets ({args.num_classes} classes; GMAC/GFLOP per {args.size}x{args.size} image)")
     print()
-    print("| net | alias | weight layers | parameters | millions | GMAC | GFLOP |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['arch']} | {r['alias']} | {r['weight_layers']} | {r['params']:,} | {r['params'] / 1e6:.0f}M "
-            f"| {r['gmacs']:.2f} | {r['gflops']:.2f} |"
-        )
+    headers = ("net", "alias", "weight layers", "parameters", "millions", "GMAC", "GFLOP")
+    cells = [(r["arch"], r["alias"], r["weight_layers"], f"{r['params']:,}", f"{r['params'] / 1e6:.0f}M",
+              f"{r['gmacs']:.2f}", f"{r['gflops']:.2f}") for r in rows]  # fmt: skip
+    print(markdown_table(headers, cells, align="llrrrrr"))
     print()
     print("B-5x5 is not in Table 2: section 4.1's control net, B with each pair of 3x3 convs replaced by one 5x5 conv.")
     return 0
