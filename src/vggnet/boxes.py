@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
+from .data import resolve_data
+from .data.boxfile import CSV_HEADER, write_box_csv  # noqa: F401 (part of this module's API)
+from .data.embedded import EMBEDDED, boxes_file
 from .data.io import rescaled_size
 from .data.transforms import AugParams, crop_offsets
 
 BOXES_FILE = "boxes.csv"
-CSV_HEADER = ("image", "x0", "y0", "x1", "y1", "class")
-
-
 # ---- geometry ---------------------------------------------------------------------------------------------------
 
 
@@ -177,19 +177,6 @@ def read_box_csv(path: str | os.PathLike) -> dict[str, list[tuple[str, tuple[flo
     return out
 
 
-def write_box_csv(path: str | os.PathLike, rows: Sequence[tuple[str, float, float, float, float, str]]) -> None:
-    """Write (image, x0, y0, x1, y1, class) rows with a header, atomically."""
-    from .weights import atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(CSV_HEADER)
-            w.writerows([r[0], *(f"{v:g}" for v in r[1:5]), r[5]] for r in rows)
-
-    atomic_write(path, write)
-
-
 Objects = list[tuple[str, tuple[float, float, float, float]]]  # (class, (x0, y0, x1, y1)) of one image
 
 
@@ -317,9 +304,6 @@ def box_samples(spec: str | os.PathLike, split: str = "train", csv_file: str | o
     ``train/`` and ``val/`` class trees and a box CSV or VOC XML files. ``max_per_class`` keeps the first N
     images of each class (0: all).
     """
-    from .data import resolve_data
-    from .data.embedded import EMBEDDED, boxes_file
-
     train, val, classes = resolve_data(spec, cache_dir=cache_dir)
     if str(spec) in EMBEDDED:
         root = boxes_file(str(spec), cache_dir).parent

@@ -14,7 +14,6 @@ never mix.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -29,7 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from safetensors.torch import save_file
+
+from .data import IMAGENET_STATS, resolve_data
 from .data.io import BadImageError, load_image, rescale
+from .files import atomic_write
+from .init import init_weights
+from .model import VGG
+from .runs import load_run
+from .runtime import pick_device
+from .weights import load_model
 
 AGGREGATES = ("mean", "stack")
 
@@ -115,10 +123,6 @@ class Features:
 
 
 def save_features(path: str | os.PathLike, f: Features) -> Path:
-    from safetensors.torch import save_file
-
-    from .weights import atomic_write
-
     meta = {k: json.dumps(v) for k, v in dict(f.meta, files=f.files, classes=f.classes).items()}
     tensors = {"descriptors": f.descriptors.float().contiguous(), "labels": f.labels.long().contiguous()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -169,10 +173,25 @@ def _sha256(path: Path) -> str:
 
 def _data_samples(data: str) -> tuple[list[tuple[str, int]], list[str]]:
     """Every image of a data spec (train and val together: transfer draws its own splits)."""
-    from .data import resolve_data
-
     train, val, classes = resolve_data(data, val_fraction=0.0)
     return sorted(train + val, key=lambda s: (s[1], s[0])), list(classes)
+
+
+def _describing_net(run: str | None, weights: str | None, random_init: bool):
+    """(net, its description, a hash naming its weights, input mean, input std) of a run, a run's net with random
+    weights, or a weights file (ImageNet's normalisation: a file carries no data statistics)."""
+    if run:
+        r = load_run(run)
+        if not random_init:
+            return r.model, f"run {Path(run).resolve()}", _sha256(Path(run) / "model.safetensors"), r.mean, r.std
+        init = str(r.config.get("init", "paper"))  # the run's own initialisation, before any training
+        model = init_weights(VGG(**r.model.arch), init, generator=torch.Generator().manual_seed(0))
+        net = f"random weights ({model.name} of run {Path(run).resolve()})"
+        return model, net, f"random-{init}-seed0", r.mean, r.std
+    if weights:
+        mean, std = torch.tensor(IMAGENET_STATS.mean), torch.tensor(IMAGENET_STATS.std)
+        return load_model(weights), f"weights {Path(weights).resolve()}", _sha256(Path(weights)), mean, std
+    raise ValueError("vgg features needs a RUN folder, --weights FILE or --raw-pixels SIDE")
 
 
 def compute_features(data: str, run: str | None = None, weights: str | None = None, scales: Sequence[int] = (256,),
@@ -181,40 +200,14 @@ def compute_features(data: str, run: str | None = None, weights: str | None = No
                      log=print) -> Features:  # fmt: skip
     """Descriptors of every image of ``data`` by a run's net (``run``), a weights file, the same net with random
     weights (``random_init``), or raw pixels (``raw_pixels`` = side), written to ``out`` when given."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = pick_device(device)
     if how not in AGGREGATES:
         raise ValueError(f"--aggregate must be mean or stack, got {how!r}")
-    mean, std = torch.zeros(3), torch.ones(3)
-    model = None
     if raw_pixels:
         net, sha, scales, how, flip = f"raw pixels {raw_pixels}x{raw_pixels}", "", [raw_pixels], "mean", False
-    elif run:
-        from .runs import load_run
-
-        r = load_run(run)
-        model, sha = r.model, _sha256(Path(run) / "model.safetensors")
-        net = f"run {Path(run).resolve()}"
-        mean, std = r.mean, r.std
-        if random_init:
-            from .init import init_weights
-            from .model import VGG
-
-            init = str(r.config.get("init", "paper"))  # the run's own initialisation, before any training
-            model = VGG(**model.arch)
-            init_weights(model, init, generator=torch.Generator().manual_seed(0))
-            net, sha = f"random weights ({model.name} of run {Path(run).resolve()})", f"random-{init}-seed0"
-    elif weights:
-        from .data import IMAGENET_STATS
-        from .weights import load_model
-
-        model, sha = load_model(weights), _sha256(Path(weights))
-        net = f"weights {Path(weights).resolve()}"
-        # weights without a run folder carry no statistics: torchvision's ImageNet normalisation
-        mean, std = torch.tensor(IMAGENET_STATS.mean), torch.tensor(IMAGENET_STATS.std)
+        model, mean, std = None, torch.zeros(3), torch.ones(3)
     else:
-        raise ValueError("vgg features needs a RUN folder, --weights FILE or --raw-pixels SIDE")
+        model, net, sha, mean, std = _describing_net(run, weights, random_init)
     request = dict(net=net, net_sha256=sha, scales=list(map(int, scales)), aggregate=how, flip=flip, data=str(data))
     if out is not None and check_request(out, request):
         log(f"{out} is up to date (same net, scales and data)")
@@ -242,42 +235,6 @@ def compute_features(data: str, run: str | None = None, weights: str | None = No
     if out is not None:
         save_features(out, feats)
     return feats
-
-
-# ---- the command line -------------------------------------------------------------------------------------------
-
-
-def add_features_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", metavar="RUN", help="a run folder whose net describes the images")
-    p.add_argument("--weights", metavar="FILE", help="a weights file instead of a run (ImageNet normalisation)")
-    p.add_argument("--data", required=True, help="images: an embedded data set (uci-digits, mnist, ...) or a class "
-                   "folder tree; all its images (train and val) are described")  # fmt: skip
-    p.add_argument("--scales", default="256,384,512", help="test scales Q, comma-separated (default 256,384,512)")
-    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="average the scales' descriptors or "
-                   "stack (concatenate) them (default mean)")  # fmt: skip
-    p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with the flipped image")
-    p.add_argument("--random-init", action="store_true", help="baseline: the run's net with random weights")
-    p.add_argument("--raw-pixels", type=int, default=0, metavar="SIDE",
-                   help="baseline: the pixels rescaled to SIDE x SIDE, no net")  # fmt: skip
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="the features file")
-
-
-def run_features_cli(args: argparse.Namespace) -> int:
-    try:
-        scales = [int(v) for v in args.scales.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--scales takes comma-separated integers, got {args.scales!r}") from None
-    if not scales:
-        raise ValueError("--scales is empty")
-    feats = compute_features(args.data, run=args.run, weights=args.weights, scales=scales, how=args.aggregate,
-                             flip=args.flip, random_init=args.random_init, raw_pixels=args.raw_pixels,
-                             device=args.device, out=args.out)  # fmt: skip
-    n, d = feats.descriptors.shape
-    print(f"{args.out}: {n} descriptors of {d} dimensions ({feats.net}; scales {feats.meta['scales']}, "
-          f"{feats.meta['aggregate']}; {feats.meta.get('seconds', 0):.0f}s)")
-    print(f"classify them with: vgg transfer {args.out} --classifier linear-svm")
-    return 0
 
 
 __all__ = [

@@ -7,7 +7,6 @@ The exported graph takes the normalised input, as the torch model does; the weig
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -17,7 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .weights import ARCH_KEY, PRETRAINED_CFG_KEY, atomic_write, unwrap
+from .files import atomic_write
+from .pretrained import load_pretrained, make_cfg
+from .runs import load_run
+from .weights import ARCH_KEY, PRETRAINED_CFG_KEY, export_weights, save_weights, unwrap
 
 
 class DenseNet(nn.Module):
@@ -98,74 +100,38 @@ def check_onnx(
     return diffs
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Command-line glue (wired into `vgg` by cli.py)
-
 FORMATS = ("onnx", "safetensors", "torchvision", "timm")
 
 
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `vgg export [RUN] [--weights W] --format onnx [--dense] --out FILE`."""
-    parser.add_argument("run", nargs="?", metavar="RUN", help="a run folder (or give --weights)")
-    parser.add_argument("--weights", default=None, metavar="FILE|URL|SOURCE",
-                        help="weights instead of a run: a file, a URL, or torchvision:vgg16, timm:..., caffe:vgg16")
-    parser.add_argument("--normalize", default=None, metavar="imagenet|caffe|mean:R,G,B",
-                        help="the input convention of --weights that do not carry one (kept in the file's metadata)")
-    parser.add_argument("--format", default="onnx", choices=FORMATS,
-                        help="onnx (default), safetensors (ours, with the input convention), or a torchvision / "
-                             "timm state dict")  # fmt: skip
-    parser.add_argument("--dense", action="store_true",
-                        help="ONNX of the dense (fully convolutional) net: dynamic batch, height and width")
-    parser.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the ONNX file in onnxruntime against torch (default on when onnxruntime is installed)")
-
-
-def run_export_cli(args: argparse.Namespace) -> int:
-    """`vgg export`: write the net of a run or of --weights in another format."""
-    if bool(args.run) == bool(args.weights):
+def net_to_export(run: str | os.PathLike | None = None, weights: str | None = None,
+                  normalize: str | None = None) -> nn.Module:
+    """The net of a run folder or of ``weights`` (a file, URL or named source), in eval mode, carrying its input
+    convention (``pretrained_cfg``: a run made before weights carried one gets it from its stats.json)."""
+    if bool(run) == bool(weights):
         raise ValueError("give a run folder or --weights FILE|SOURCE (one of them)")
-    if args.run:
-        from .runs import load_run
+    if weights:
+        return load_pretrained(None, weights, normalize=normalize).eval()
+    r = load_run(run)
+    model = r.model
+    if not getattr(model, "pretrained_cfg", None):  # older runs: their convention from stats.json
+        s = r.config.get("scale_min", model.crop_size)
+        model.pretrained_cfg = make_cfg(tuple(r.mean.tolist()), tuple(r.std.tolist()), source=str(r.path),
+                                        num_classes=model.num_classes, classes=list(r.classes), resize=s,
+                                        crop=model.crop_size)  # fmt: skip
+    return model.eval()
 
-        run = load_run(args.run)
-        model = run.model
-        if not getattr(model, "pretrained_cfg", None):  # older runs: their convention from stats.json
-            from .pretrained import make_cfg
 
-            s = run.config.get("scale_min", model.crop_size)
-            model.pretrained_cfg = make_cfg(tuple(run.mean.tolist()), tuple(run.std.tolist()), source=str(run.path),
-                                            num_classes=model.num_classes, classes=list(run.classes), resize=s,
-                                            crop=model.crop_size)  # fmt: skip
-    else:
-        from .pretrained import load_pretrained
-
-        model = load_pretrained(None, args.weights, normalize=args.normalize)
-    model.eval()
-    if args.dense and args.format != "onnx":
+def export(model: nn.Module, out: str | os.PathLike, format: str = "onnx", dense: bool = False) -> Path:
+    """Write ``model`` as ONNX (crop or dense net), our safetensors, or a torchvision / timm state dict."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    if dense and format != "onnx":
         raise ValueError("--dense applies to --format onnx (the weights are the same for crops and dense)")
-    if args.format == "onnx":
-        path = export_onnx(model, args.out, dense=args.dense)
-        print(f"wrote {path} ({'dense: batch, height and width dynamic' if args.dense else 'crops: batch dynamic'}; "
-              f"input {model.crop_size}x{model.crop_size} or larger, normalised as its metadata says)")  # fmt: skip
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return 0
-        if args.check:
-            c = model.crop_size
-            sizes = [(c, c), (c + 32, c + 64), (c + 75, c + 41)] if args.dense else [(c, c)]
-            diffs = check_onnx(model, path, sizes, dense=args.dense)
-            print(f"checked in onnxruntime at {', '.join(f'{h}x{w}' for h, w in sizes)}: max |diff| "
-                  f"{max(diffs):.2g}")  # fmt: skip
-        return 0
-    if args.format == "safetensors":
-        from .weights import save_weights
+    if format == "onnx":
+        return export_onnx(model, out, dense=dense)
+    if format == "safetensors":
+        return save_weights(model, out)
+    return export_weights(model, out, layout=format)
 
-        path = save_weights(model, args.out)
-    else:
-        from .weights import export_weights
 
-        path = export_weights(model, args.out, layout=args.format)
-    print(f"wrote {path}")
-    return 0
+__all__ = ["DenseNet", "FORMATS", "check_onnx", "export", "export_onnx", "net_to_export"]

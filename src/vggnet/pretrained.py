@@ -324,14 +324,51 @@ def load_pretrained(
     """
     layers = options.pop("layers", None)
     path, source = resolve(pretrained)
+    sd, meta = _read_weights(path)
+    sd, arch = _arch_of(name, sd, meta, source, path, options)
+    file_classes = arch.get("num_classes", 1000)
+    cfg, fold = _convention_of(normalize, source, pretrained, meta, arch)
+    if cfg is not None and cfg.get("num_classes") is None:
+        cfg["num_classes"] = file_classes
+    where = source or str(path)
+    if features_only:
+        model: nn.Module = VGGFeatures(
+            arch["config"], width=arch.get("width", 1.0), batch_norm=arch.get("batch_norm", False),
+            in_chans=arch.get("in_chans", 3), out_indices=out_indices, layers=layers,
+            inplace_relu=arch.get("inplace_relu", True),
+        )  # fmt: skip
+        own = model.state_dict()
+        sd = {k: v for k, v in sd.items() if k in own}
+    else:
+        model = VGG(**{k: v for k, v in arch.items() if k in _VGG_ARGS})
+    check_state_dict(model, sd, where)
+    model.load_state_dict(sd)
+    if fold:
+        fold_caffe(model)
+    if cfg is not None:
+        cfg.setdefault("source", where)
+    model.pretrained_cfg = cfg
+    if not features_only and num_classes is not None and num_classes != file_classes:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict and metadata of a weights file; a cached download that does not read is removed."""
     try:
-        sd, meta = read_state_dict(path)
+        return read_state_dict(path)
     except (ValueError, RuntimeError) as e:
         if path.resolve().is_relative_to(_hub_dir().resolve()):
             path.unlink(missing_ok=True)  # a cached file that does not read (truncated) must not stay
             raise WeightsError(f"{path} was not a readable weights file (truncated download?) and was removed; "
                                f"run again to download it anew") from None  # fmt: skip
         raise WeightsError(str(e).splitlines()[0]) from None
+
+
+def _arch_of(name: str | None, sd: dict[str, torch.Tensor], meta: dict[str, str], source: str | None, path: Path,
+             options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(the state dict in our layout, the architecture it fits): from our file's metadata, the named source, or
+    the tensors' shapes (the config too when ``name`` is None); ``options`` override it."""
     if source:
         config, bn = parse_name(SOURCES[source]["arch"])
     elif name is None and "vggnet.arch" not in meta:
@@ -353,42 +390,20 @@ def load_pretrained(
     if "vggnet.arch" not in meta:
         arch.update(_infer_arch(sd))
     arch.update({k: v for k, v in options.items() if v is not None})
-    file_classes = arch.get("num_classes", 1000)
+    return sd, arch
 
-    cfg: dict[str, Any] | None = None
-    fold = False
+
+def _convention_of(normalize: str | None, source: str | None, pretrained: str | os.PathLike, meta: dict[str, str],
+                   arch: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """(the input convention of the weights, whether to fold Caffe's BGR 0-255 input into conv1): as stated by
+    ``normalize``, by the named source, or by our file's metadata; None when nothing says."""
     if normalize:
-        cfg, fold = normalization_cfg(normalize, source or str(pretrained), arch.get("crop_size", 224))
-    elif source:
-        cfg, fold = _source_cfg(source, SOURCES[source]), SOURCES[source]["convention"] == "caffe"
-    elif PRETRAINED_CFG_KEY in meta:
-        cfg = json.loads(meta[PRETRAINED_CFG_KEY])  # our files carry their convention, already canonical
-    if cfg is not None and cfg.get("num_classes") is None:
-        cfg["num_classes"] = file_classes
-
-    where = source or str(path)
-    if features_only:
-        model: nn.Module = VGGFeatures(
-            arch["config"], width=arch.get("width", 1.0), batch_norm=arch.get("batch_norm", False),
-            in_chans=arch.get("in_chans", 3), out_indices=out_indices, layers=layers,
-            inplace_relu=arch.get("inplace_relu", True),
-        )  # fmt: skip
-        own = model.state_dict()
-        sd = {k: v for k, v in sd.items() if k in own}
-        check_state_dict(model, sd, where)
-        model.load_state_dict(sd)
-    else:
-        model = VGG(**{k: v for k, v in arch.items() if k in _VGG_ARGS})
-        check_state_dict(model, sd, where)
-        model.load_state_dict(sd)
-    if fold:
-        fold_caffe(model)
-    if cfg is not None:
-        cfg.setdefault("source", where)
-    model.pretrained_cfg = cfg
-    if not features_only and num_classes is not None and num_classes != file_classes:
-        model.reset_classifier(num_classes)
-    return model
+        return normalization_cfg(normalize, source or str(pretrained), arch.get("crop_size", 224))
+    if source:
+        return _source_cfg(source, SOURCES[source]), SOURCES[source]["convention"] == "caffe"
+    if PRETRAINED_CFG_KEY in meta:
+        return json.loads(meta[PRETRAINED_CFG_KEY]), False  # our files carry their convention, already canonical
+    return None, False
 
 
 _VGG_ARGS = ("config", "num_classes", "width", "fc_width", "crop_size", "dropout", "batch_norm", "in_chans",

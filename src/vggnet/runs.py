@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import LEGACY_PIXEL_RANGE
+from .config import LEGACY_PIXEL_RANGE, read_toml
+from .data import IMAGENET_STATS, Stats
+from .weights import load_model
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.toml"
@@ -65,8 +66,6 @@ def normalization(stats, mode: str, pixel_range: int = 1):
     and divide by the per-channel std of the training set (inputs of unit variance). "imagenet": torchvision's ImageNet
     mean and std (for weights trained that way); the PCA for the colour shift stays the training set's.
     """
-    from .data import IMAGENET_STATS, Stats
-
     if mode == "mean":
         if pixel_range == 255:
             return Stats(stats.mean, (1 / 255,) * 3, stats.eigval, stats.eigvec, stats.images, stats.pixels), True
@@ -86,8 +85,6 @@ def is_run(path: str | os.PathLike) -> bool:
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
     """Load a run folder's model (eval mode), config, class names and statistics."""
-    from .weights import load_model
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} does not exist; pass a folder made by `vgg train`")
@@ -97,10 +94,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
                 f"{path / name} is missing: {path} is not a finished `vgg train` run "
                 f"(an interrupted run can be continued with `vgg train --resume {path}`)"
             )
-    with open(path / CONFIG_FILE, "rb") as f:
-        config = tomllib.load(f)
-    from .data import Stats
-
+    config = read_toml(path / CONFIG_FILE)
     stats = Stats.load(path / STATS_FILE)
     classes = json.loads((path / CLASSES_FILE).read_text())
     model = load_model(path / MODEL_FILE).to(device).eval()

@@ -12,7 +12,6 @@ chosen by stratified cross-validation on the training split only. Reported over 
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .descriptors import Features, load_features
+from .report import markdown_table
 
 CLASSIFIERS = ("linear-svm",)
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -49,6 +49,7 @@ def random_splits(labels: np.ndarray, per_class: int, n_splits: int, seed: int =
 
 def fit_linear_svm(x: np.ndarray, y: np.ndarray, cs: Sequence[float] = C_GRID, folds: int = 3, seed: int = 0):
     """A LinearSVC with C chosen by stratified ``folds``-fold cross-validation on (x, y); returns (svm, C)."""
+    # scikit-learn takes a second to import: only when an SVM is fitted (deliberate lazy import)
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.svm import LinearSVC
 
@@ -126,41 +127,11 @@ def _ms(values: Sequence[float]) -> str:
 def markdown(results: Sequence[TransferResult]) -> str:
     """A table in the shape of the paper's Tables 11-12: descriptor (net, scales, aggregation) x training images
     per class; accuracy, mean class recall and mAP in %, mean ± std over the random splits."""
-    from .report import markdown_table
-
     rows = [(Path(r.file).name, r.net if len(r.net) < 60 else "..." + r.net[-57:], ",".join(map(str, r.scales)),
              r.aggregate, r.dims, r.per_class, _ms(r.accuracy), _ms(r.mean_class_recall), _ms(r.map))
             for r in results]  # fmt: skip
     return markdown_table(["features", "net", "Q", "aggregate", "dims", "train / class", "accuracy %",
                            "mean class recall %", "mAP %"], rows, "lllllrrrr")  # fmt: skip
-
-
-def add_transfer_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="features files made by `vgg features`")
-    p.add_argument("--classifier", choices=CLASSIFIERS, default="linear-svm")
-    p.add_argument("--train-per-class", default="5,10,30", help="training images per class, comma-separated "
-                   "(one table row each; default 5,10,30)")  # fmt: skip
-    p.add_argument("--splits", type=int, default=5, help="random splits per setting (default 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="DIR", help="write transfer.md and transfer.json here")
-
-
-def run_transfer_cli(args: argparse.Namespace) -> int:
-    try:
-        ns = [int(v) for v in args.train_per_class.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--train-per-class takes comma-separated integers, got {args.train_per_class!r}") from None
-    if not ns or min(ns) < 1 or args.splits < 1:
-        raise ValueError("--train-per-class and --splits must be positive")
-    results = [transfer(f, n, args.splits, args.seed, args.classifier) for f in args.files for n in ns]
-    text = markdown(results)
-    print(text)
-    if args.out:
-        from .report import write_report
-
-        md, _ = write_report(args.out, "transfer", text, {"results": [r.to_dict() for r in results]})
-        print(f"report: {md}")
-    return 0
 
 
 __all__ = ["TransferResult", "fit_linear_svm", "markdown", "random_splits", "scores", "transfer"]

@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .boxfile import write_box_csv
+
 # name -> (canvas side, digit size range or None): the whole definition of each data set
 EMBEDDED: dict[str, dict] = {
     "mnist": {"size": 32, "digit_size": None},
@@ -220,8 +222,6 @@ def _jobs(name: str, root: Path) -> tuple[list[tuple[int, Path]], list[str]]:
 
 
 def _write_boxes(name: str, root: Path) -> Path:
-    from ..boxes import write_box_csv
-
     digits, labels = _source(name)
     draws = np.random.default_rng(_SEED).random((len(digits), 3))
     jobs, _ = _jobs(name, root)

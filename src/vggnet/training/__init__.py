@@ -1,6 +1,7 @@
 """Training: the paper's recipe (section 3.1) on one CPU, one GPU, or many through DDP.
 
-- :mod:`.run`: ``train(config)``, the run folder, resuming, the epoch loop and its stop signals;
+- :mod:`.run`: ``train(config)``, the epoch loop and its stop signals;
+- :mod:`.setup`: where a run starts: its folder, config, checkpoint and ``--init-from`` weights;
 - :mod:`.loop`: one epoch of SGD (gradient accumulation, padded micro-batches) and one validation pass;
 - :mod:`.schedule`: the batch plan (which images each process sees at each step) and the plateau schedule;
 - :mod:`.checkpoints`: checkpoints written atomically, the newest valid one found on resume;
@@ -23,8 +24,9 @@ from .loaders import (
 )  # fmt: skip
 from .loop import NonFiniteLoss, pad_batch, setup_backends, train_one_epoch, validate
 from .progress import HostCopy, Logger, Progress
-from .run import Interrupted, new_run_dir, plan_run, train
+from .run import Interrupted, train
 from .schedule import BatchPlan, Plateau
+from .setup import new_run_dir, plan_run
 
 __all__ = [
     "BatchPlan", "HostCopy", "Interrupted", "Logger", "NonFiniteLoss", "Plateau", "Progress", "build_data",

@@ -9,7 +9,6 @@ valid checkpoint), sets up the device and the process group, builds the data, th
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import random
@@ -28,24 +27,25 @@ from torch import nn
 
 from .. import runs
 from ..config import (
-    TrainConfig, config_changes, from_dict, read_toml, refuse_unsafe_changes, resolve, toml_text,
+    TrainConfig, toml_text,
 )  # fmt: skip
 from ..data import Stats
 from ..factory import create_model
 from ..files import atomic_write_text
 from ..plots import plot_run
-from ..pretrained import convention, init_from_pretrained, make_cfg
+from ..pretrained import make_cfg
 from ..pretrained import resolve as resolve_weights
-from ..runtime import Dist, cuda_path, is_main, pick_device, setup_distributed
-from ..weights import init_from_net_a, load_weights, read_state_dict, save_weights, unwrap
+from ..runtime import Dist, cuda_path, pick_device, setup_distributed
+from ..weights import save_weights, unwrap
 from .checkpoints import (
-    latest_checkpoint, newest_valid_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
+    latest_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
     trim_metrics, write_bad_files,
 )  # fmt: skip
 from .loaders import build_data, fallback_note, loader_workers, make_train_loader, make_val_loader, stop_workers
 from .loop import NonFiniteLoss, compile_model, peak_memory_mb, setup_backends, train_one_epoch, validate
 from .progress import Logger, Progress
 from .schedule import BatchPlan, Plateau
+from .setup import broadcast_path, init_from, input_for_released_weights, new_run_dir, plan_run
 
 
 class Interrupted(KeyboardInterrupt):
@@ -54,114 +54,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.signum = int(signum)
-
-
-def new_run_dir(root: Path = Path("runs")) -> Path:
-    """The next free numbered folder under ``root`` (runs/001, runs/002, ...)."""
-    root.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
-    return root / f"{max(taken, default=0) + 1:03d}"
-
-
-def _broadcast_path(path: Path | None, d: Dist) -> Path:
-    if d.world == 1:
-        return path
-    box = [str(path) if d.main else None]
-    dist.broadcast_object_list(box, src=0)
-    return Path(box[0])
-
-
-def _check_same_input(src: Path, cfg: TrainConfig) -> None:
-    """--init-from a run: the new run must feed its net the same kind of input (normalisation and pixel range)."""
-    source = from_dict(read_toml(src / runs.CONFIG_FILE))  # a run saved before pixel_range reads as [0, 1]
-    mine = {"normalize": cfg.normalize, "pixel_range": cfg.pixel_range}
-    theirs = {"normalize": source.normalize, "pixel_range": source.pixel_range}
-    if mine["normalize"] != theirs["normalize"] or (mine["normalize"] == "mean" and mine != theirs):
-        raise ValueError(
-            f"--init-from {src}: that run fed its net {theirs} but this one would feed {mine}; the weights expect "
-            f"their own input, so pass --normalize {theirs['normalize']} --pixel-range {theirs['pixel_range']}"
-        )
-
-
-def _input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
-    """--init-from a named source: feed the net what those weights expect (decided before config.toml is
-    written, so that a restart and `vgg eval` see it). torchvision's and timm's nets take ImageNet's mean and
-    std; the authors' Caffe weights are folded to take [0, 1] pixels minus the mean (vggnet.pretrained)."""
-    kind = convention(cfg.init_from)
-    say = print if is_main() else (lambda *_: None)  # under torchrun, rank 0 speaks for all
-    if kind == "imagenet" and cfg.normalize != "imagenet":
-        say(f"--init-from {cfg.init_from}: normalising with ImageNet's mean and std, as those weights expect")
-        return dataclasses.replace(cfg, normalize="imagenet")
-    if kind == "caffe" and (cfg.normalize, cfg.pixel_range) != ("mean", 1):
-        say(f"--init-from {cfg.init_from}: the folded Caffe weights take [0, 1] pixels minus the mean RGB")
-        return dataclasses.replace(cfg, normalize="mean", pixel_range=1)
-    return cfg
-
-
-def _init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> None:
-    """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune)."""
-    src = Path(source)
-    if not src.exists():  # a URL or a named source (torchvision:vgg16, timm:..., caffe:vgg16)
-        log.line(init_from_pretrained(model, source))
-        return
-    weights = src / runs.MODEL_FILE if src.is_dir() else src
-    if src.is_dir() and (src / runs.CONFIG_FILE).is_file():
-        _check_same_input(src, cfg)
-    sd, meta = read_state_dict(weights)
-    src_config = json.loads(meta["vggnet.arch"])["config"] if "vggnet.arch" in meta else None
-    ours = unwrap(model)
-    if src_config == "A" and ours.arch["config"] != "A":
-        copied = init_from_net_a(ours, sd)
-        log.line(f"init from net A ({weights}): copied {', '.join(copied)}")
-    else:
-        load_weights(ours, weights)
-        log.line(f"init from {weights}: all layers")
-
-
-def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None):
-    """Which run folder, with which config, from which checkpoint: (cfg, run or None, ckpt, explicit lr, restart).
-
-    ``--resume RUN`` continues the newest valid checkpoint, or starts RUN again from step 0 with its
-    config.toml when it has none yet. A new run's command pointing (``--out``) at a folder that already holds a
-    run does the same, so one command line restarts a pre-empted job wherever it died. Either way a changed
-    key that a resumed run cannot take (see ``config.SAFE_ON_RESUME``) is refused, naming the keys.
-    """
-    rank0 = is_main()
-    if resume is not None:
-        run = Path(resume)
-        if not run.is_dir():
-            raise FileNotFoundError(f"--resume {run}: no such run folder")
-        given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
-        what = "--resume with these options"
-    else:
-        cfg = config if isinstance(config, TrainConfig) else resolve(config)
-        run = Path(cfg.out) if cfg.out else None
-        if run is None or not (run / runs.CONFIG_FILE).is_file():
-            return cfg, run, None, False, False
-        given = cfg.to_dict()
-        what = "this command"
-    toml_path = run / runs.CONFIG_FILE
-    file_cfg = from_dict(read_toml(toml_path)).to_dict() if toml_path.is_file() else None
-    found, ckpt = newest_valid_checkpoint(run, rename_bad=rank0)
-    if ckpt is not None:
-        saved = from_dict(ckpt["config"]).to_dict()
-        if file_cfg is not None:  # config.toml edited by hand since the checkpoint: the same rules as flags
-            edits = config_changes(saved, file_cfg)
-            refuse_unsafe_changes(edits, f"{toml_path} (edited since the checkpoint)", run)
-            saved.update({k: new for k, (_, new) in edits.items()})
-    elif file_cfg is not None:
-        saved = file_cfg
-    else:
-        raise FileNotFoundError(
-            f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `vgg train --out {run}`"
-        )
-    changes = config_changes(saved, given)
-    changes.pop("out", None)
-    refuse_unsafe_changes(changes, what, run)
-    explicit = given if resume is not None else {k: new for k, (_, new) in changes.items()}
-    explicit.pop("out", None)
-    cfg = from_dict(dict(saved, **explicit, out=str(run)))
-    return cfg, run, ckpt, "lr" in explicit, ckpt is None
 
 
 class _StopRequest:
@@ -195,14 +87,14 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
     cfg, run, ckpt, explicit_lr, restart = plan_run(config, resume)
 
     if cfg.init_from and ckpt is None and not restart:
-        cfg = _input_for_released_weights(cfg)
+        cfg = input_for_released_weights(cfg)
     device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     setup_backends(cfg, device_kind)
     d = setup_distributed(device_kind)
     device = pick_device(cfg.device, d)
     if run is None:
         run = new_run_dir() if d.main else None
-    run = _broadcast_path(run, d)
+    run = broadcast_path(run, d)
     created = d.main and not run.exists()
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
@@ -330,7 +222,7 @@ def _make_model(cfg: TrainConfig, classes: list[str], stats: Stats, run: Path, d
             if d.main:
                 resolve_weights(cfg.init_from)
             dist.barrier()
-        _init_from(model, cfg.init_from, log, cfg)
+        init_from(model, cfg.init_from, log, cfg)
     norm, divide_std = runs.normalization(stats, cfg.normalize, cfg.pixel_range)
     model.pretrained_cfg = make_cfg(
         tuple(norm.mean), tuple(norm.std) if divide_std else (1.0, 1.0, 1.0), source=str(run),
@@ -505,4 +397,4 @@ def _interrupted_message(r: _Run, saved_at: Path | None) -> str:
             f"{last if last is not None else 'step 0 (no checkpoint yet)'}")  # fmt: skip
 
 
-__all__ = ["Interrupted", "new_run_dir", "plan_run", "train"]
+__all__ = ["Interrupted", "train"]
