@@ -258,6 +258,32 @@ def new_stream(device: torch.device):
     return torch.cuda.Stream(device) if device.type == "cuda" else None
 
 
+def _produce(source: Iterable, fn: Callable[[Any], Any], device: torch.device, stream, put) -> None:
+    """The thread of :func:`background`: ``put`` each ``fn(item)`` (with an event after its work on CUDA), then
+    the end, or the exception; stops when ``put`` fails (the consumer left) and closes an upstream stage."""
+    cuda = device.type == "cuda"
+    try:
+        with ExitStack() as ctx:
+            if cuda:  # the current device and stream are per thread
+                ctx.enter_context(torch.cuda.device(device))
+                ctx.enter_context(torch.cuda.stream(stream))
+            for item in source:
+                out = fn(item)
+                event = None
+                if cuda:
+                    event = torch.cuda.Event()
+                    event.record(stream)
+                if not put((_ITEM, out, event)):
+                    return
+        put((_END, None, None))
+    except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+        put((_ERROR, e, None))
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:  # an upstream stage: stop its thread too
+            close()
+
+
 def background(source: Iterable, fn: Callable[[Any], Any], depth: int, device: torch.device,
                stream=None) -> Iterator[Any]:  # fmt: skip
     """``fn(item)`` for each item of ``source``, in order, computed up to ``depth`` items ahead in a thread.
@@ -284,29 +310,7 @@ def background(source: Iterable, fn: Callable[[Any], Any], depth: int, device: t
                 pass
         return False
 
-    def work() -> None:
-        try:
-            with ExitStack() as ctx:
-                if cuda:  # the current device and stream are per thread
-                    ctx.enter_context(torch.cuda.device(device))
-                    ctx.enter_context(torch.cuda.stream(stream))
-                for item in source:
-                    out = fn(item)
-                    event = None
-                    if cuda:
-                        event = torch.cuda.Event()
-                        event.record(stream)
-                    if not put((_ITEM, out, event)):
-                        return
-            put((_END, None, None))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            put((_ERROR, e, None))
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:  # an upstream stage: stop its thread too
-                close()
-
-    thread = threading.Thread(target=work, name="vggnet-data", daemon=True)
+    thread = threading.Thread(target=_produce, args=(source, fn, device, stream, put), name="vggnet-data", daemon=True)
     thread.start()
     try:
         while True:
