@@ -38,6 +38,9 @@ from ..weights import atomic_write
 from .plan import EvalSpec, Plan, RunSpec, cuda_available
 from .published import EVAL_PROTOCOLS
 
+# ---------------------------------------------------------------------------------------------------------------
+# Run folders: finished, interrupted, or made differently
+
 MARKER = "reproduce.json"
 # Fields that may differ between the plan and a finished run without changing its numbers: where it ran
 # and how it logged, and paths (a moved output folder keeps its runs).

@@ -16,7 +16,7 @@ from ..plots import read_epochs
 from ..report import markdown_table, provenance
 from ..scales import scale_step
 from ..weights import atomic_write
-from . import figures
+from .figures import draw as draw_figures
 from .findings import Comparison, check, claims, collect, fmt, stats, verdict
 from .grids import SCALE_LABELS, SMALL_DESIGN
 from .plan import Plan
@@ -252,9 +252,7 @@ class Report:
                    "train s", "trained by"]  # fmt: skip
         return markdown_table(headers, rows, "lrllllrrl")
 
-    # -- plots
-
-    # -- the whole report
+    # -- the whole report (the figures are drawn by figures.py)
 
     def markdown(self, plots: Sequence[Path]) -> str:
         """REPORT.md: the summary, the design (small grids), the findings, Tables 3-6, the figures, the runs."""
@@ -432,7 +430,7 @@ class Report:
         """Write plots, REPORT.md and results.json into the output folder; returns REPORT.md's path."""
         plots: list[Path] = []
         try:
-            plots = figures.draw(self.plan, self.cells, self.scale_text)
+            plots = draw_figures(self.plan, self.cells, self.scale_text)
         except Exception as e:  # noqa: BLE001 - a plotting problem never loses the numbers
             print(f"warning: plots failed ({type(e).__name__}: {e})", file=sys.stderr)
         out = self.plan.out
