@@ -47,7 +47,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -557,23 +556,25 @@ def preflight_table(checks: list[Check]) -> str:
 
 
 def provenance(s: Setup, data: dict[str, Any]) -> list[str]:
-    import torchvision
+    """The benchmark's setup as lines: vggnet's one provenance record (date, versions, cores) and what was run."""
+    from vggnet.report import provenance as record
 
+    info = record(s.device)
     dev = torch.device(s.device)
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
         hw = (f"{p.name} ({p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs), CUDA "
               f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")  # fmt: skip
     else:
-        hw = f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch thread(s)"
+        hw = f"CPU ({info['cpu']}), {torch.get_num_threads()} torch thread(s)"
     precision = "bf16 autocast, channels-last" if s.amp and s.channels_last else "float32"
     mfu = f"MFU: of {s.peak_tflops:g} TFLOP/s" if s.peak_tflops else "no MFU (no peak rate given)"
     return [
         f"benchmarks/gpu.py{' --cpu: a smoke run at tiny sizes, its numbers mean nothing' if dev.type == 'cpu' else ''}"
-        f" ({time.strftime('%Y-%m-%d %H:%M')})",
-        f"hardware: {hw}; {os.cpu_count()} CPU cores",
-        f"software: torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"Python {platform.python_version()}",
+        f" ({info['date'][:16]})",
+        f"hardware: {hw}; {info['cpu_count']} CPU cores",
+        f"software: torch {info['torch']}, torchvision {info['torchvision']}, Python {info['python']}"
+        + (f", vggnet {info['git']}" if info.get("git") else ""),
         f"training: config D at width {s.width:g}, FC {s.fc_width}, {s.classes} classes, {s.crop} crops, batch "
         f"{s.batch}, dropout 0.5, {precision}, {'torch.compile' if s.compile else 'eager'}, "
         f"{'fused ' if dev.type == 'cuda' else ''}SGD (momentum 0.9, weight decay 5e-4); vggnet.training.train_one_epoch",

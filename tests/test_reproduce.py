@@ -7,12 +7,13 @@ import re
 import pytest
 
 from vggnet import reproduce as rp
+from vggnet.cli.reproduce import add_reproduce_arguments, run_reproduce_cli
 
 
 def cli(argv):
     parser = argparse.ArgumentParser(prog="vgg reproduce")
-    rp.add_reproduce_arguments(parser)
-    return rp.run_reproduce_cli(parser.parse_args(argv))
+    add_reproduce_arguments(parser)
+    return run_reproduce_cli(parser.parse_args(argv))
 
 
 # ---- plans -------------------------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_
     (recipes / "1-A.toml").write_text(common + 'arch = "A"\nout = "runs/t/A"\n')
     (recipes / "2-D.toml").write_text(common + 'arch = "D"\ninit_from = "runs/t/A"\nout = "runs/t/D"\n')
     script = tmp_path / "main.py"
-    script.write_text("import argparse, sys\nfrom vggnet import reproduce as rp\nif __name__ == '__main__':\n"
+    script.write_text("import argparse, sys\nfrom vggnet.cli import reproduce as rp\nif __name__ == '__main__':\n"
                       "    p = argparse.ArgumentParser()\n    rp.add_reproduce_arguments(p)\n"
                       "    sys.exit(rp.run_reproduce_cli(p.parse_args(sys.argv[1:])))\n")  # fmt: skip
     with socket.socket() as s:
@@ -246,19 +247,29 @@ def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_
     assert all(re.match(r"^\d+\.\d+$", r[3]) for r in rows) and rows[0][-1] == "-"
 
 
-def test_reproduce_and_eval_share_one_test_scale_rule():
+def test_reproduce_and_eval_share_one_test_scale_rule(tmp_path):
     from vggnet.evaluate import default_scales
-    from vggnet.reproduce import scales_for
+
+    def scales_for(scale, crop):  # the rule as `vgg eval` applies it: vggnet.scales
+        return default_scales(*scale, crop, multi=False)[0], default_scales(*scale, crop)
 
     assert scales_for((384, 384), 224) == (384, [352, 384, 416])  # the paper's {S-32, S, S+32}
     assert scales_for((256, 512), 224) == (384, [256, 384, 512])
-    for scale, crop in [((32, 32), 32), ((48, 48), 32), ((32, 64), 32), ((160, 160), 128), ((128, 256), 128)]:
-        single, multi = scales_for(scale, crop)
-        assert multi == default_scales(*scale, crop) and [single] == default_scales(*scale, crop, multi=False)
+    # every evaluation of the plans is at the test scales `vgg eval` would choose for its run
+    data = tmp_path / "subset"
+    for split in ("train", "val"):
+        (data / split / "c0").mkdir(parents=True)
+    for plan in (rp.make_plan("small", out=tmp_path / "s", seeds=[0]), rp.make_plan("medium", out=tmp_path / "m",
+                                                                                      data=str(data))):  # fmt: skip
+        for e in plan.evals:
+            run = plan.run(e.runs[0])
+            single, multi = scales_for(run.scale, run.config().crop_size)
+            assert (e.single, e.multi) == (single, multi if len(e.multi) > 1 else [single]), e.name
+            assert rp.eval_scales_of(run) == (single, multi)
 
 
 def test_medium_dry_run_prints_the_runs_and_an_estimate_of_gpu_hours(capsys, tmp_path):
-    from vggnet.budget import STATED_IMAGES_PER_S, forward_flops
+    from vggnet.reproduce.budget import STATED_IMAGES_PER_S, forward_flops
 
     data = tmp_path / "imagenette"
     for split, n in (("train", 300), ("val", 1)):
@@ -284,3 +295,44 @@ def test_medium_dry_run_prints_the_runs_and_an_estimate_of_gpu_hours(capsys, tmp
         cli(["--scale", "medium", "--dry-run"])
     with pytest.raises(ValueError, match="no train/ or val/ in it"):
         cli(["--scale", "medium", "--dry-run", "--data", str(data / "train")])
+
+
+# ---- the command line: --grid (and its old name --scale), --seeds N or a list ------------------------------
+
+
+def test_seeds_take_a_count_or_a_list(capsys, tmp_path):
+    from vggnet.cli.reproduce import parse_seeds
+
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("1") == [0]  # a count: seeds 0..N-1
+    assert parse_seeds("0,3,5") == [0, 3, 5] and parse_seeds("4,") == [4]  # a list: those seeds
+    for bad, message in (("0", "at least 1"), ("a", "a count N or comma-separated"), (",", "empty")):
+        with pytest.raises(ValueError, match=message):
+            parse_seeds(bad)
+    assert cli(["--seeds", "2", "--dry-run", "--out", str(tmp_path / "a")]) == 0
+    assert "seeds 0, 1; 26 training runs" in capsys.readouterr().out
+    assert cli(["--seeds", "0,3,5", "--dry-run", "--out", str(tmp_path / "b")]) == 0
+    text = capsys.readouterr().out
+    assert "seeds 0, 3, 5; 39 training runs" in text and "A-S64-s5:" in text and "A-S64-s1:" not in text
+
+
+def test_grid_names_the_grid_and_scale_still_works(capsys, tmp_path):
+    from vggnet.cli import build_parser
+
+    assert cli(["--grid", "quick", "--dry-run", "--out", str(tmp_path / "g")]) == 0
+    by_grid = capsys.readouterr().out
+    assert cli(["--scale", "quick", "--dry-run", "--out", str(tmp_path / "g")]) == 0  # the old name, hidden
+    assert capsys.readouterr().out == by_grid and by_grid.startswith("Plan (quick)")
+    with pytest.raises(ValueError, match="--quick and --grid paper contradict"):
+        cli(["--quick", "--grid", "paper", "--dry-run"])
+    text = build_parser("reproduce")._subparsers._group_actions[0].choices["reproduce"].format_help()
+    assert "--grid {small,quick,medium,paper}" in text and "--scale" not in text
+
+
+def test_reproduce_package_modules_stay_small():
+    """Issue 11: no room of the reproduction over 500 lines (the 1,700-line module it replaced was a hall)."""
+    from pathlib import Path
+
+    folder = Path(rp.__file__).parent
+    sizes = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert {"plan.py", "execute.py", "findings.py", "report.py", "figures.py", "published.py"} <= set(sizes)
+    assert all(n <= 500 for n in sizes.values()), sizes

@@ -111,3 +111,19 @@ def test_nested_and_ddp_prefixed_state_dicts(tmp_path):
     dst = vggnet.create_model("A", num_classes=10, width=1 / 16, fc_width=32, crop_size=32)
     vggnet.load_weights(dst, path)
     assert torch.equal(dst.features[0].weight, src.features[0].weight)
+
+
+def test_a_safetensors_header_that_starts_like_a_pickle_keeps_its_metadata(tmp_path):
+    """A header length whose low byte is 0x80 (a pickle's first byte) is still read as safetensors, metadata and
+    all: a run folder's path in the metadata once made net A's weights lose their architecture."""
+    from safetensors.torch import save_file
+
+    tensors = {"w": torch.zeros(3)}
+    path = tmp_path / "w.safetensors"
+    for pad in range(300):
+        save_file(tensors, path, metadata={"vggnet.arch": '{"config": "A"}', "pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    sd, meta = read_state_dict(path)
+    assert meta["vggnet.arch"] == '{"config": "A"}' and torch.equal(sd["w"], tensors["w"])

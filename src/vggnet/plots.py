@@ -9,6 +9,7 @@ from . import runs
 
 
 def read_metrics(run: str | Path) -> list[dict]:
+    """The rows of RUN/metrics.jsonl (a step row per logged step, an epoch row per epoch); [] without the file."""
     path = Path(run) / runs.METRICS_FILE
     if not path.is_file():
         return []
@@ -21,9 +22,19 @@ def read_metrics(run: str | Path) -> list[dict]:
     return rows
 
 
+def epoch_rows(rows: list[dict]) -> list[dict]:
+    """The epoch rows among metrics rows (validation errors, lr): what learning curves and reports read."""
+    return [r for r in rows if r.get("kind") == "epoch"]
+
+
+def read_epochs(run: str | Path) -> list[dict]:
+    """The epoch rows of RUN/metrics.jsonl."""
+    return epoch_rows(read_metrics(run))
+
+
 def plot_run(run: str | Path) -> list[Path]:
     """Plot training loss (per logged step) and validation top-1 / top-5 error (per epoch); return the files."""
-    import matplotlib
+    import matplotlib  # here, not at the top: matplotlib takes a second to import and only plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -31,7 +42,7 @@ def plot_run(run: str | Path) -> list[Path]:
     run = Path(run)
     rows = read_metrics(run)
     steps = [r for r in rows if r.get("kind") == "step"]
-    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    epochs = epoch_rows(rows)
     out = run / "plots"
     out.mkdir(exist_ok=True)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))

@@ -6,15 +6,21 @@ evaluations.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
+
+from .runtime import world_size
+from .files import atomic_write
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
@@ -31,25 +37,56 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
 
 
 def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
-    """Where and with what a result was produced (airbench's habit): time, host, torch, device."""
+    """Where and with what a result was produced (airbench's habit): time, host, Python, torch and torchvision,
+    the device (``"auto"``: CUDA when there is one), the CPU model and cores, the GPUs, the torchrun world size
+    and the git commit of the code (when it runs from a checkout). The one record of provenance that `vgg eval`,
+    `vgg reproduce` and the benchmarks write."""
     info: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "host": platform.node(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
         "threads": torch.get_num_threads(),
     }
     if device is not None:
-        dev = torch.device(device)
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
         info["device"] = str(dev)
         info["device_name"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    info["cpu_count"] = os.cpu_count()
+    info["cpu"] = _cpu_model()
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    info["world_size"] = world_size()
+    git = _git_describe()
+    if git:
+        info["git"] = git
     return info
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _git_describe() -> str | None:
+    """``git describe --always --dirty`` of the checkout this package runs from; None outside one."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():  # an installed wheel: no checkout to describe
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=10)  # fmt: skip
+        return out.stdout.strip() or None
+    return None
 
 
 def write_report(folder: str | os.PathLike, name: str, markdown: str, data: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``folder/name.md`` and ``folder/name.json`` atomically; returns both paths."""
-    from .weights import atomic_write
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     md, js = folder / f"{name}.md", folder / f"{name}.json"

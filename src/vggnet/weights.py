@@ -59,7 +59,10 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise FileNotFoundError(f"weights file {path} does not exist; pass the path of a .safetensors or .pth file")
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # zip (torch.save) or legacy pickle
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Checked first: a header length
+    # whose low byte is 0x80 would otherwise read as a pickle's first byte (and the metadata be lost)
+    safetensors = head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+    if not safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):  # zip (torch.save) or legacy pickle
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - report any unpickling refusal with the file name

@@ -125,11 +125,11 @@ _MODULE_COMMANDS = (
      "locations and flips, L2-normalised, at several scales averaged or stacked."),
     ("transfer", "cli.transfer", "add_transfer_arguments", "run_transfer_cli",
      "a linear SVM on features files over random splits: accuracy, mean class recall, mAP (Tables 11-12)", None),
-    ("reproduce", "reproduce", "add_reproduce_arguments", "run_reproduce_cli",
+    ("reproduce", "cli.reproduce", "add_reproduce_arguments", "run_reproduce_cli",
      "run the paper's experiments (Tables 3-6, its findings) and write REPORT.md",
      "Train and evaluate the paper's grid (Tables 3-6 and section 4.1's B-5x5): small scale on the embedded "
-     "mnist-clutter digits (default), an ImageNet-style subset on one GPU with --scale medium --data DIR, or "
-     "the paper's ImageNet schedule with --scale paper."),
+     "mnist-clutter digits (default), an ImageNet-style subset on one GPU with --grid medium --data DIR, or "
+     "the paper's ImageNet schedule with --grid paper."),
 )  # fmt: skip
 COMMANDS = ("params", "train") + tuple(c[0] for c in _MODULE_COMMANDS)
 

@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..factory import create_model
+
 STATED_IMAGES_PER_S = 5000.0  # net D at 224, training, one H200 (PERFORMANCE.md)
 STATED_NET, STATED_CROP = "D", 224
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -27,10 +31,6 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".
 def forward_flops(arch: str, num_classes: int, height: int, image_width: int | None = None, **options: Any) -> float:
     """FLOPs (2 x multiply-accumulates) of one forward pass at ``height`` x ``image_width`` (square by default),
     of the net built on the meta device with ``options`` (width, fc_width, crop_size, batch_norm)."""
-    import torch
-
-    from .factory import create_model
-
     opts = {k: v for k, v in options.items() if k in ("width", "fc_width", "crop_size", "batch_norm")}
     with torch.device("meta"):
         model = create_model(arch, num_classes=num_classes, **opts)
@@ -50,12 +50,8 @@ def count_images(folder: str | os.PathLike) -> tuple[int, int]:
 
 def measure_rate(crop: int, device: str = "cuda", steps: int = 5, batch: int = 64) -> float | None:
     """Training images/s of net D at ``crop`` on ``device`` (bf16, channels-last, eager), or None without CUDA."""
-    import torch
-
     if not (device.startswith("cuda") or device == "auto") or not torch.cuda.is_available():
         return None
-    from .factory import create_model
-
     dev = torch.device("cuda" if device == "auto" else device)
     model = create_model(STATED_NET, num_classes=1000, crop_size=crop).to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

@@ -1,4 +1,4 @@
-"""The grids of `vgg reproduce`: which runs the paper's experiments take, at what size (used by reproduce.py).
+"""The grids of `vgg reproduce`: which runs the paper's experiments take, at what size (read by ``plan.py``).
 
 The paper's staged plan (section 3.1) is the same at every size: A and A-LRN from random weights; B, C, D, E
 and section 4.1's B-5x5 at the small fixed scale from net A; C, D, E at the large fixed scale from their
@@ -10,7 +10,7 @@ plateau schedule stops a run first) and the settings every run shares.
 (the design and its reasons are in ``SMALL_DESIGN``, which the report prints before its results).
 ``quick``: the same code path at a toy size, a plumbing check. ``medium``: the paper's grid on a user's
 ImageNet-style subset at 224 crops, for one GPU. (``paper``, the recipes of recipes/imagenet, is built from
-the TOML files by reproduce.paper_plan.)
+the TOML files by ``plan.paper_plan``.)
 """
 
 from __future__ import annotations

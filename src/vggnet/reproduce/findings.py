@@ -1,0 +1,194 @@
+"""The paper's findings (section 4) as checks on our numbers.
+
+Per-seed errors of every table cell are collected from the evaluations (``collect``). Findings are checked on
+the top-1 error, paired by seed (all runs of one seed share a data order and a staged initialisation): a claim
+is *supported* when the mean per-seed difference goes the paper's way by more than one standard deviation of the
+per-seed differences, *not supported* when it goes the other way by more than that, and *inconclusive*
+otherwise (or with a single seed, which has no spread).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .grids import SCALE_LABELS
+from .plan import Plan
+from .published import EVAL_PROTOCOLS, TABLE4, paper_value
+
+def stats(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value: no spread)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def fmt(values: Sequence[float], sign: bool = False) -> str:
+    """'mean ± std' with two decimals (``sign``: with + or -); the mean alone for one seed."""
+    mean, std = stats(values)
+    m = f"{mean:+.2f}" if sign else f"{mean:.2f}"
+    return m if std is None else f"{m} ± {std:.2f}"
+
+
+def collect(plan: Plan, evals: dict[str, Any]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """Per-seed [top-1, top-5] errors (%) of every table cell: {table: {cell: {seed: [t1, t5]}}}.
+
+    Cells: Table 3 and 4 "<arch>@<label>" (label: the paper's training scale), Table 5 "<arch>@<protocol>",
+    Table 6 "<protocol>"; "perq" holds the error at each test scale ("<arch>@<label>@<Q>").
+    """
+    cells: dict[str, dict[str, dict[int, list[float]]]] = {t: defaultdict(dict) for t in ("3", "4", "5", "6", "perq")}
+    for e in plan.evals:
+        res = evals.get(e.name)
+        if res is None:
+            continue
+        if e.kind == "scales":
+            r = plan.run(e.runs[0])
+            key = f"{r.arch}@{r.label}"
+            cells["3"][key][r.seed] = res["per_q"][str(res["single_q"])]
+            if (r.arch, r.label) in TABLE4:  # the paper's Table 4 leaves out A and A-LRN
+                cells["4"][key][r.seed] = res["multi"]
+            for q, err in res["per_q"].items():
+                cells["perq"][f"{key}@{q}"][r.seed] = err
+        else:
+            for run_name in e.runs:
+                r = plan.run(run_name)
+                for p, err in res["rows"][run_name].items():
+                    cells["5"][f"{r.arch}@{p}"][r.seed] = err
+            for p, err in res["rows"]["fused"].items():
+                cells["6"][p][e.seed] = err
+    return {t: dict(v) for t, v in cells.items()}
+
+
+@dataclass
+class Comparison:
+    """Top-1 error of ``treatment`` against ``baseline`` (each the mean of its cells, per seed).
+
+    ``expect`` "lower": the paper finds the treatment better. "not_lower": the paper finds it no better (LRN).
+    """
+
+    label: str
+    treatment: list[tuple[str, str]]  # (table, cell)
+    baseline: list[tuple[str, str]]
+    expect: str = "lower"
+
+
+@dataclass
+class Claim:
+    key: str
+    text: str
+    comparisons: list[Comparison]
+    note: str = ""
+
+
+def claims(scale_label: Callable[[str], str]) -> list[Claim]:
+    """The paper's findings (section 4) as comparisons of table cells. ``scale_label`` names a paper scale
+    ("256") the way the report shows ours ("S=32")."""
+
+    def t3(*cells: str) -> list[tuple[str, str]]:
+        return [("3", c) for c in cells]
+
+    cde = ("C", "D", "E")
+    fixed = [f"{a}@{s}" for a in ("B", "C", "D", "E") for s in ("256", "384") if (a, s) in TABLE4]
+    jit = [f"{a}@256-512" for a in cde]
+    s256, s384, sj = scale_label("256"), scale_label("384"), scale_label("256-512")
+    return [
+        Claim("lrn", "LRN does not help (A-LRN vs A, Table 3)",
+              [Comparison(f"A-LRN vs A at {s256}", t3("A-LRN@256"), t3("A@256"), "not_lower")]),
+        Claim("depth", f"Error falls with depth (Table 3, {s256})",
+              [Comparison(f"B (13 layers) vs A (11) at {s256}", t3("B@256"), t3("A@256")),
+               Comparison(f"D (16) vs B (13) at {s256}", t3("D@256"), t3("B@256")),
+               Comparison(f"E (19) vs A (11) at {s256}", t3("E@256"), t3("A@256"))],
+              note="the paper finds the error saturating at 19 layers: E 27.3 vs D 27.0 at S=256, 25.5 vs 25.6 "
+                   "jittered; D vs E is shown below the table without a verdict"),
+        Claim("filters", f"Small filters, deeper, beat large filters, shallower (section 4.1, {s256})",
+              [Comparison(f"B (13 layers, 3x3) vs B-5x5 (8 layers, 5x5) at {s256}", t3("B@256"), t3("B-5x5@256"))],
+              note="the paper measures B-5x5's top-1 error 7% above B's (one centre crop) and gives no Table 3 "
+                   "row; the paper difference is B's 28.7 against 7% more (30.7)"),
+        Claim("conv1", "1x1 convs (C) help less than 3x3 (D) (Table 3, all three training scales)",
+              [Comparison(f"D vs C, mean over {s256}, {s384}, {sj}", t3(*[f"D@{s}" for s in SCALE_LABELS]),
+                          t3(*[f"C@{s}" for s in SCALE_LABELS]))]),
+        Claim("jitter", "Scale jittering in training beats a fixed S (C, D, E; at one test scale, Table 3, and at "
+                        "several, Table 4)",
+              [Comparison(f"{sj} vs {s} at one test scale", t3(*jit), t3(*[f"{a}@{l}" for a in cde]))
+               for s, l in ((s256, "256"), (s384, "384"))]
+              + [Comparison(f"{sj} vs {s} at several test scales", [("4", c) for c in jit],
+                            [("4", f"{a}@{l}") for a in cde]) for s, l in ((s256, "256"), (s384, "384"))]),
+        Claim("multiscale", "Multi-scale testing beats one test scale (Table 4 vs Table 3)",
+              [Comparison("fixed-S nets (B; C, D, E at both fixed S)", [("4", c) for c in fixed], t3(*fixed)),
+               Comparison("jittered nets (C, D, E)", [("4", c) for c in jit], t3(*jit))]),
+        Claim("densecrop", "Dense + multi-crop beats either alone (Table 5, D and E jittered)",
+              [Comparison("dense+multi-crop vs dense", [("5", f"{a}@dense+multicrop") for a in "DE"],
+                          [("5", f"{a}@dense") for a in "DE"]),
+               Comparison("dense+multi-crop vs multi-crop", [("5", f"{a}@dense+multicrop") for a in "DE"],
+                          [("5", f"{a}@multicrop") for a in "DE"])]),
+        Claim("fusion", "Fusing D and E beats each net (Table 6 vs Table 5, mean over the three protocols)",
+              [Comparison(f"D+E fused vs {a}", [("6", p) for p in EVAL_PROTOCOLS],
+                          [("5", f"{a}@{p}") for p in EVAL_PROTOCOLS]) for a in "DE"]),
+    ]  # fmt: skip
+
+
+def check(comp: Comparison, cells: dict[str, dict[str, dict[int, list[float]]]]) -> dict[str, Any]:
+    """Evaluate one comparison on our per-seed numbers and on the paper's: verdict, means, spread."""
+
+    def side(refs: list[tuple[str, str]]) -> dict[int, float] | None:
+        per = [cells.get(t, {}).get(c) for t, c in refs]
+        if any(p is None for p in per):
+            return None
+        seeds = set.intersection(*(set(p) for p in per))
+        return {s: sum(p[s][0] for p in per) / len(per) for s in sorted(seeds)}
+
+    def paper(refs: list[tuple[str, str]]) -> float | None:
+        vals = [paper_value(t, c) for t, c in refs]
+        return None if any(v is None for v in vals) else sum(vals) / len(vals)
+
+    out: dict[str, Any] = dict(label=comp.label, expect=comp.expect)
+    pt, pb = paper(comp.treatment), paper(comp.baseline)
+    out["paper_diff"] = None if pt is None or pb is None else round(pt - pb, 2)
+    t, b = side(comp.treatment), side(comp.baseline)
+    if t is None or b is None:
+        out.update(verdict="not measured", reason="a run of this comparison is not in the plan")
+        return out
+    seeds = sorted(set(t) & set(b))
+    diffs = [t[s] - b[s] for s in seeds]
+    mean, std = stats(diffs)
+    out.update(seeds=seeds, treatment=[t[s] for s in seeds], baseline=[b[s] for s in seeds], diffs=diffs,
+               diff_mean=mean, diff_std=std)  # fmt: skip
+    way = "lower" if mean < 0 else "higher" if mean > 0 else "equal"
+    if std is None:
+        out.update(verdict="inconclusive", reason=f"one seed, no spread (treatment {way} by {abs(mean):.2f})")
+    elif comp.expect == "lower":
+        if mean < 0 and -mean > std:
+            out.update(verdict="supported", reason=f"lower by {-mean:.2f} ± {std:.2f}")
+        elif mean > 0 and mean > std:
+            out.update(verdict="not supported", reason=f"higher by {mean:.2f} ± {std:.2f}")
+        else:
+            out.update(verdict="inconclusive", reason=f"difference {mean:+.2f} ± {std:.2f}, within one std")
+    else:  # the paper says the treatment does not help: contradicted only by a gain beyond the spread
+        if mean < 0 and -mean > std:
+            out.update(verdict="not supported", reason=f"the treatment helps: lower by {-mean:.2f} ± {std:.2f}")
+        else:
+            within = "within one std" if abs(mean) <= std else "worse"
+            out.update(verdict="supported", reason=f"no gain: difference {mean:+.2f} ± {std:.2f} ({within})")
+    return out
+
+
+def verdict(results: list[dict[str, Any]]) -> str:
+    """A claim's verdict from its comparisons' (see the module doc)."""
+    v = [r["verdict"] for r in results if r["verdict"] != "not measured"]
+    if not v:
+        return "not measured"
+    if "not supported" in v:
+        return "not supported" if v.count("not supported") == len(v) else "partly contradicted"
+    if all(x == "supported" for x in v):
+        return "supported"
+    if "supported" in v:
+        return f"partly supported ({v.count('supported')} of {len(v)} comparisons)"
+    return "inconclusive"
+
+
+__all__ = ["Claim", "Comparison", "check", "claims", "collect", "fmt", "stats", "verdict"]
