@@ -14,11 +14,16 @@ import torch
 from PIL import Image
 
 import vggnet
-from vggnet.data import Stats
-from vggnet.evaluate import (
+from vggnet.cli.evaluate import (
     add_eval_arguments,
     add_fuse_arguments,
     add_predict_arguments,
+    run_eval_cli,
+    run_fuse_cli,
+    run_predict_cli,
+)
+from vggnet.data import Stats
+from vggnet.evaluation import (
     as_net,
     center_crop,
     default_scales,
@@ -33,9 +38,6 @@ from vggnet.evaluate import (
     predict,
     resolve_eval_samples,
     resolve_scales,
-    run_eval_cli,
-    run_fuse_cli,
-    run_predict_cli,
 )
 from vggnet.runs import load_run
 

@@ -247,7 +247,7 @@ def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_
 
 
 def test_reproduce_and_eval_share_one_test_scale_rule():
-    from vggnet.evaluate import default_scales
+    from vggnet.evaluation import default_scales
     from vggnet.reproduce import scales_for
 
     assert scales_for((384, 384), 224) == (384, [352, 384, 416])  # the paper's {S-32, S, S+32}

@@ -16,15 +16,15 @@ _LAZY = {
     "transforms": "pretrained",
     "VGG": "model", "create_model": "model", "spatial_average": "model",
     "export_weights": "weights", "load_model": "weights", "load_weights": "weights", "save_weights": "weights",
-    "TrainConfig": "config", "evaluate": "evaluate", "predict": "evaluate", "load_run": "runs", "train": "train",
+    "TrainConfig": "config", "evaluate": "evaluation", "predict": "evaluation", "load_run": "runs", "train": "train",
 }  # fmt: skip
 
 
 class _Package(types.ModuleType):
-    # `vggnet.train` and `vggnet.evaluate` are the functions; importing the modules of the same name (which
-    # sets the package attribute) must not replace them. The modules stay importable: `from vggnet.train import`.
+    # `vggnet.train` is the function; importing the module of the same name (which sets the package attribute)
+    # must not replace it. The module stays importable: `from vggnet.train import`.
     def __setattr__(self, name: str, value: object) -> None:
-        if name in ("train", "evaluate") and isinstance(value, types.ModuleType):
+        if name == "train" and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 

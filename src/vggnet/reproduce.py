@@ -496,7 +496,7 @@ def eval_task(spec: EvalSpec, folders: list[str], device: str) -> dict[str, Any]
     error against Q all of them) and at the multi-scale set (Table 4). ``protocols``: the two jittered nets with
     dense, multi-crop and both at the multi-scale set, each and fused (Tables 5 and 6).
     """
-    from .evaluate import evaluate, resolve_eval_samples
+    from .evaluation import evaluate, resolve_eval_samples
     from .runs import load_run
 
     loaded = [load_run(f) for f in folders]
