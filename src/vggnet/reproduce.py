@@ -1561,7 +1561,7 @@ def reproduce(scale: str = "small", out: str | os.PathLike | None = None, seeds:
     command = command or _command_line()
     outcome["history"] = _record_history(plan, outcome, command)
     report = Report(plan, outcome, command).write()
-    from .localize import reproduce_localisation
+    from .localisation import reproduce_localisation
 
     reproduce_localisation(plan, report, log)  # Appendix A's tables, appended to REPORT.md (small and quick grids)
     log(f"done in {outcome['seconds'] / 60:.1f} min: {report}")

@@ -211,7 +211,9 @@ class _Tally:
             self.kept_labels.append(labels)
 
 
-def _results(nets: Sequence[Net], plans: Sequence[Plan], tally: _Tally, flip: bool, timer: Timer) -> list[ProtocolResult]:
+def _results(
+    nets: Sequence[Net], plans: Sequence[Plan], tally: _Tally, flip: bool, timer: Timer
+) -> list[ProtocolResult]:
     """The table's rows: each net's, then the fusion's, under each protocol, with their compute time."""
 
     def seconds(net: Net, plan: Plan, p: str) -> float:
