@@ -220,6 +220,8 @@ def _jobs(name: str, root: Path) -> tuple[list[tuple[int, Path]], list[str]]:
 
 
 def _write_boxes(name: str, root: Path) -> Path:
+    # imported here: vggnet.boxes builds on this package (data.io, data.transforms), so a top-level import would
+    # close a loop data -> boxes -> data; only the boxed variants (mnist-scale) need it
     from ..boxes import write_box_csv
 
     digits, labels = _source(name)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .folders import scan_folder
 from .io import BadImageError, load_image, rescale
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,6 @@ def _identity(x):
 def _paths(source) -> list[str]:
     samples = getattr(source, "samples", source)  # an ImageDataset, or anything holding .samples
     if isinstance(samples, (str, os.PathLike)):
-        from .folders import scan_folder
-
         samples, _ = scan_folder(samples)
     return [str(s[0]) if isinstance(s, (tuple, list)) else str(s) for s in samples]
 
