@@ -11,7 +11,7 @@ The paper's net D at Q = 384 on a GPU (the performance page's dense-evaluation t
 
 Images are random uint8 tensors held in memory (decoding is not measured here), in four aspect ratios
 (4:3, 3:4, 3:2, 1:1) so that dense evaluation sees several shape groups, as with real photos. Each protocol's
-images/s is its compute time (rescale and forward passes, GPU synchronised) as ``vggnet.evaluate`` reports
+images/s is its compute time (rescale and forward passes, GPU synchronised) as ``vggnet.evaluation`` reports
 it, the median of ``--repeats`` runs after one warm-up run. GFLOP/image counts the conv and FC layers of every
 view; TFLOP/s is that times images/s.
 """
@@ -25,8 +25,9 @@ import sys
 import torch
 
 import vggnet
-from vggnet.evaluate import PROTOCOLS, evaluate, parse_protocols, runtime
+from vggnet.evaluation import PROTOCOLS, evaluate, parse_protocols
 from vggnet.report import markdown_table, provenance
+from vggnet.runtime import runtime
 
 PRESETS = {
     # the paper's net D, ImageNet-sized: 224 crops, evaluated at Q = 384

@@ -13,7 +13,7 @@ Rows:
   and augment in worker processes). The target is >= 98% of (a). Rows (c0): each data path alone, without
   training: its own ceiling.
 - (d) dense evaluation of square images at Q = 384 and Q = 256, one view an image (the whole image through the
-  fully convolutional net, spatial average, soft-max): eager through ``vggnet.evaluate.dense_posteriors`` as
+  fully convolutional net, spatial average, soft-max): eager through ``vggnet.evaluation.dense_posteriors`` as
   ``vgg eval`` runs it, and the same computation under torch.compile.
 - (e) with ``--variants``: (a) under the compile modes max-autotune-no-cudagraphs and reduce-overhead (CUDA
   graphs); max-autotune alone compiles for several minutes.
@@ -378,7 +378,7 @@ class Bench:
             del loader
 
     def dense_rows(self, model: nn.Module) -> None:
-        from vggnet.evaluate import dense_posteriors
+        from vggnet.evaluation import dense_posteriors
         from vggnet.runtime import Runtime
         from vggnet.model import spatial_average
 
@@ -406,7 +406,7 @@ class Bench:
             xs = [torch.randn(3, q, q, device=self.device) for _ in range(s.dense_batch)]
             x = rt.input(torch.stack(xs))
             gflop = dense_flops(model, q, self.device) / 1e9
-            self.row("(d)", f"dense eval Q = {q}: eager, as `vgg eval` (evaluate.dense_posteriors)",
+            self.row("(d)", f"dense eval Q = {q}: eager, as `vgg eval` (evaluation.dense_posteriors)",
                      lambda: timed(lambda: dense_posteriors(model, xs, flip=False, batch_size=len(xs), rt=rt), len(xs)),
                      gflop)  # fmt: skip
             if s.compile:

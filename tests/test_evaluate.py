@@ -14,11 +14,16 @@ import torch
 from PIL import Image
 
 import vggnet
-from vggnet.data import Stats
-from vggnet.evaluate import (
+from vggnet.cli.evaluate import (
     add_eval_arguments,
     add_fuse_arguments,
     add_predict_arguments,
+    run_eval_cli,
+    run_fuse_cli,
+    run_predict_cli,
+)
+from vggnet.data import Stats
+from vggnet.evaluation import (
     as_net,
     center_crop,
     default_scales,
@@ -33,9 +38,6 @@ from vggnet.evaluate import (
     predict,
     resolve_eval_samples,
     resolve_scales,
-    run_eval_cli,
-    run_fuse_cli,
-    run_predict_cli,
 )
 from vggnet.runs import load_run
 
@@ -345,3 +347,34 @@ def test_run_default_split_and_display_names(tmp_path):
     (run / "config.toml").write_text(text + f"class_names = {json.dumps(str(names))}\n")
     samples = resolve_eval_samples(load_run(run), make_images(tmp_path / "wnids", classes=["c2", "c9"]))
     assert sorted({y for _, y in samples}) == [2, 9]
+
+
+def test_evaluation_is_a_package_and_evaluate_the_function():
+    import importlib.util
+
+    import vggnet.evaluation
+
+    # no module named vggnet.evaluate to shadow the function (nor a predict module inside the package)
+    assert importlib.util.find_spec("vggnet.evaluate") is None
+    assert callable(vggnet.evaluate) and vggnet.evaluate is vggnet.evaluation.evaluate
+    assert callable(vggnet.evaluation.predict) and vggnet.predict is vggnet.evaluation.predict
+
+
+def test_test_folders_are_scanned_as_training_scans_them(tmp_path):
+    from vggnet.data import list_images, scan_folder
+
+    root = make_images(tmp_path / "tree", classes=CLASSES[:3])
+    nested = root / "c1" / "more"
+    nested.mkdir()
+    shutil.copy(root / "c1" / "0.png", nested / "deep.png")
+    (root / "c2" / ".hidden").mkdir()
+    shutil.copy(root / "c2" / "0.png", root / "c2" / ".hidden" / "x.png")  # hidden folders are skipped
+    (root / "c0" / "notes.txt").write_text("not an image")
+    (root / "c0" / "twin.png").symlink_to(root / "c0" / "0.png")  # the same file twice counts once
+    trained, _ = scan_folder(root)
+    tested = folder_samples(root, CLASSES[:3])
+    assert sorted(map(tuple, trained)) == sorted(tested)  # the same images, labelled alike
+    assert any(p.endswith("deep.png") for p, _ in tested) and not any(".hidden" in p for p, _ in tested)
+    assert sorted(list_images(root / "c1")) == sorted(p for p, y in tested if y == 1)
+    # a test folder may hold a subset of the net's classes: labels by name, not by folder order
+    assert {y for _, y in folder_samples(make_images(tmp_path / "few", classes=["c7", "c2"]), CLASSES)} == {2, 7}

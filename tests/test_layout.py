@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vggnet"
 MAX_MODULE_LINES = 500
-MAX_FUNCTION_LINES = 60
+MAX_FUNCTION_LINES = 60  # lines of code: a function's docstring does not count
 
 # Imports of the package's own modules that stay inside a function, each with its reason.
 LAZY_OK: dict[tuple[str, str], str] = {
@@ -82,6 +82,9 @@ def test_no_function_is_a_hall():
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
+                doc = node.body[0]
+                if isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str):
+                    n -= doc.end_lineno - doc.lineno + 1  # the docstring is reading, not code
                 if n > MAX_FUNCTION_LINES and (rel, node.name) not in LONG_OK:
                     long[f"{rel}::{node.name}"] = n
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines without a written reason: {long}"

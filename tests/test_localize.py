@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from vggnet import boxes as B
-from vggnet import localize as L
+from vggnet import localisation as L
 from vggnet.cli import main
 from vggnet.data import Stats
 from vggnet import create_model

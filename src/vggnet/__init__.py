@@ -6,27 +6,17 @@ The six networks of Table 1, the paper's training recipe and its evaluation prot
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
-# Attributes load on first use, so that `vgg --help` and `import vggnet.config` do not wait for torch.
+# Attributes load on first use, so that `vgg --help` and `import vggnet.config` do not wait for torch. The
+# functions train and evaluate live in the packages vggnet.training and vggnet.evaluation: no module shadows them.
 _LAZY = {
     "CONFIGS": "architectures", "list_models": "architectures", "parse_name": "architectures",
     "init_from_net_a": "weights", "init_weights": "init", "VGGFeatures": "features", "PerceptualLoss": "perceptual",
     "transforms": "pretrained",
     "VGG": "model", "create_model": "factory", "spatial_average": "model",
     "export_weights": "weights", "load_model": "weights", "load_weights": "weights", "save_weights": "weights",
-    "TrainConfig": "config", "evaluate": "evaluate", "predict": "evaluate", "load_run": "runs", "train": "training",
+    "TrainConfig": "config", "evaluate": "evaluation", "predict": "evaluation", "load_run": "runs", "train": "training",
 }  # fmt: skip
-
-
-class _Package(types.ModuleType):
-    # `vggnet.evaluate` is the function; importing the module of the same name (which sets the package
-    # attribute) must not replace it. The module stays importable: `from vggnet.evaluate import`.
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in ("evaluate",) and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
 
 
 def __getattr__(name: str):
@@ -44,8 +34,6 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
-
-sys.modules[__name__].__class__ = _Package
 
 __version__ = "0.1.0"
 

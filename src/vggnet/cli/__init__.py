@@ -107,15 +107,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 # or None when the options set it themselves, help, description). Their modules import torch, so a command's
 # module is imported only when that command runs (or for the full parser).
 _MODULE_COMMANDS = (
-    ("eval", "evaluate", "add_eval_arguments", "run_eval_cli",
+    ("eval", "cli.evaluate", "add_eval_arguments", "run_eval_cli",
      "evaluate runs with the paper's protocols (dense, multi-crop, both, centre)", None),
-    ("fuse", "evaluate", "add_fuse_arguments", "run_fuse_cli",
+    ("fuse", "cli.evaluate", "add_fuse_arguments", "run_fuse_cli",
      "fuse several runs: average their soft-max posteriors (Table 6)", None),
-    ("predict", "evaluate", "add_predict_arguments", "run_predict_cli",
+    ("predict", "cli.evaluate", "add_predict_arguments", "run_predict_cli",
      "top-5 classes of images (dense, multi-scale, flips)", None),
     ("export", "cli.export", "add_export_arguments", "run_export_cli",
      "write a run or --weights as ONNX (crop or dense net), safetensors, or a torchvision/timm state dict", None),
-    ("localize", "localize", "add_localize_arguments", None,
+    ("localize", "cli.localize", "add_localize_arguments", None,
      "object localisation (Appendix A): train box regressors from a run, evaluate them (Tables 8-9)",
      "`vgg localize train --from RUN --regression scr|pcr [--finetune all|fc]` makes a localisation run; "
      "`vgg localize eval LOCRUN... --protocol center,dense [--scales ...]` reports its errors."),
@@ -165,8 +165,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, module, adder, runner, text, description in _MODULE_COMMANDS:
         p = sub.add_parser(name, help=text, description=description)
         if want(name):
-            # importlib: the package attribute vggnet.evaluate is the function, not the module
-            mod = importlib.import_module(f"vggnet.{module}")
+            mod = importlib.import_module(f"vggnet.{module}")  # e.g. vggnet.cli.evaluate
             getattr(mod, adder)(p)
             if runner is not None:
                 p.set_defaults(func=getattr(mod, runner))

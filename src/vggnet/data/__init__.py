@@ -8,18 +8,41 @@ The usual path, from a data spec to batches::
     loader = DataLoader(ds, batch_size=64, sampler=SeededSampler(len(ds), seed=0), collate_fn=collate)
     for images, labels, bad in loader: ...
 
-Pixels are floats on the [0, 1] scale minus the training set's mean RGB (optionally divided by its std).
-:mod:`vggnet.data.gpu` holds the GPU path (nvJPEG decoding, batched augmentation).
+(Training itself draws its (index, seed) keys from ``vggnet.training.BatchPlan``; ``SeededSampler`` gives keys of
+the same kind to a plain DataLoader.) Pixels are floats on the [0, 1] scale minus the training set's mean RGB
+(optionally divided by its std). :mod:`vggnet.data.gpu` holds the GPU path (nvJPEG decoding, batched
+augmentation). The test-time protocols' preprocessing lives here too: ``folder_samples`` (a test folder
+labelled by a net's class names), ``DecodedImages`` (decoding only), ``prepare_images`` (rescale to Q and
+normalise, on the device) and ``center_crop``.
 """
 
 from __future__ import annotations
 
-from .dataset import ImageDataset, SeededSampler, collate, collate_list, sample_seed
+from .dataset import DecodedImages, ImageDataset, SeededSampler, collate, collate_list, sample_seed
 from .embedded import EMBEDDED, data_cache_dir, materialise
-from .folders import IMAGE_EXTENSIONS, find_classes, read_class_names, resolve_data, scan_folder, split_samples
-from .io import BadImageError, decode_bytes, load_image, rescale, rescaled_size
+from .folders import (
+    IMAGE_EXTENSIONS,
+    find_classes,
+    folder_samples,
+    list_images,
+    read_class_names,
+    resolve_data,
+    scan_folder,
+    split_samples,
+)
+from .io import BadImageError, Source, decode_bytes, load_image, rescale, rescaled_size, to_image
 from .stats import IMAGENET_STATS, Stats, compute_stats
-from .transforms import AugParams, EvalTransform, TrainTransform, draw_params, resized_crop
+from .transforms import (
+    AugParams,
+    EvalTransform,
+    TrainTransform,
+    center_crop,
+    draw_params,
+    eval_rescale,
+    normalize,
+    prepare_images,
+    resized_crop,
+)
 
 __all__ = [
     "EMBEDDED",
@@ -27,20 +50,28 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "AugParams",
     "BadImageError",
+    "DecodedImages",
     "EvalTransform",
     "ImageDataset",
     "SeededSampler",
+    "Source",
     "Stats",
     "TrainTransform",
+    "center_crop",
     "collate",
     "collate_list",
     "compute_stats",
     "data_cache_dir",
     "decode_bytes",
     "draw_params",
+    "eval_rescale",
     "find_classes",
+    "folder_samples",
+    "list_images",
     "load_image",
     "materialise",
+    "normalize",
+    "prepare_images",
     "read_class_names",
     "resized_crop",
     "rescale",
@@ -49,4 +80,5 @@ __all__ = [
     "sample_seed",
     "scan_folder",
     "split_samples",
+    "to_image",
 ]

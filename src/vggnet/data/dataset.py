@@ -3,22 +3,28 @@
 Randomness contract: ``ImageDataset[(index, seed)]`` draws every random number of that sample's augmentation
 (S, crop position, flip, colour alpha) from ``torch.Generator().manual_seed(seed)``, never from global or
 worker RNG state, so the same (index, seed) gives a bit-identical tensor in any process, worker or rank. The
-training loop gets such keys from :class:`SeededSampler`, whose seeds depend only on (seed, epoch, index):
-resuming an epoch, or splitting it over any number of workers and ranks, reproduces every sample exactly.
-A plain int index draws from torch's global RNG instead, like any torchvision transform (not reproducible
-across worker counts; for evaluation transforms, which draw nothing, it makes no difference).
+training loop gets such keys from its batch plan (``vggnet.training.BatchPlan``: a seeded permutation and one
+seed per sample, per epoch), so resuming an epoch, or splitting it over any number of workers and ranks,
+reproduces every sample exactly. :class:`SeededSampler` yields keys of the same kind one at a time, for a
+plain ``DataLoader`` (the tests use it; training does not). A plain int index draws from torch's global RNG
+instead, like any torchvision transform (not reproducible across worker counts; for evaluation transforms,
+which draw nothing, it makes no difference).
+
+:class:`DecodedImages` is the test-time protocols' data set: it only decodes (to uint8), because evaluation
+rescales each image on the device to several test scales Q.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .io import BadImageError, load_image
+from .io import BadImageError, Source, load_image, to_image
 
 log = logging.getLogger(__name__)
 _reported: set[str] = set()  # bad files already logged by this process: once per run, not once per epoch
@@ -89,6 +95,32 @@ class ImageDataset(Dataset):
                 log.warning("skipping bad image %s: %s", path, e.reason)
             return None, int(label), str(path)
         return image, int(label), str(path)
+
+
+class DecodedImages(Dataset):
+    """(image source, label) samples decoded to uint8 (3, H, W) for the test-time protocols.
+
+    ``dataset[i]`` is ``(i, image, label, error)``: a source is a file path (decoded with ``min_side``, see
+    :func:`~vggnet.data.load_image`) or an image already in memory (see :func:`~vggnet.data.to_image`). A file
+    that cannot be decoded yields image None and the reason, never an exception, so that an evaluation skips it
+    and names it in its report.
+    """
+
+    def __init__(self, items: Sequence[tuple[Source, int]], min_side: int | None = None) -> None:
+        self.items = items
+        self.min_side = min_side
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, int, str | None]:
+        src, label = self.items[i]
+        if isinstance(src, (str, os.PathLike)):
+            try:
+                return i, load_image(src, min_side=self.min_side), int(label), None
+            except Exception as e:  # noqa: BLE001 - any decoder failure: skip the file and report it
+                return i, None, int(label), f"{src}: {type(e).__name__}: {e}"
+        return i, to_image(src), int(label), None
 
 
 def _split(batch: Sequence[Item]) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:

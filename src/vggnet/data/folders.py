@@ -114,15 +114,53 @@ def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None) -
     classes = list(classes) if classes is not None else found
     index = {c: i for i, c in enumerate(classes)}
     samples: list[Sample] = []
-    reals = {c: os.path.realpath(root / c) for c in found}
-    for c in found:
-        paths = _images_under(root / c, [r for k, r in reals.items() if k != c and r != reals[c]])
+    for c, paths in _class_images(root, found).items():
         if not paths:
             exts = " ".join(sorted(IMAGE_EXTENSIONS))
             raise ValueError(f"class folder {root / c} has no images (extensions: {exts}); add images or remove it")
         samples.extend((p, index[c]) for p in paths)
     samples.sort(key=lambda s: s[1])  # stable: by class index, files in walk order within a class
     return samples, classes
+
+
+def _class_images(root: Path, folders: Sequence[str]) -> dict[str, list[str]]:
+    """The images under each class folder of ``root``, in the folders' order (see :func:`_images_under`)."""
+    reals = {c: os.path.realpath(root / c) for c in folders}
+    return {c: _images_under(root / c, [r for k, r in reals.items() if k != c and r != reals[c]]) for c in folders}
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Every image under ``folder``, recursively, in sorted walk order: hidden files and folders and files
+    without an image extension are skipped, each real file counts once (e.g. the images given to `vgg predict`)."""
+    return _images_under(Path(folder).expanduser())
+
+
+def folder_samples(
+    root: str | os.PathLike, classes: Sequence[str], names: dict[str, str] | None = None
+) -> list[Sample]:
+    """(path, label) of every image under ``root/<class>/``, labelled by ``classes.index(<class>)``: the
+    evaluation side of :func:`scan_folder`, which labels a test folder by the names of a net's classes.
+
+    ``names`` maps folder names to class names where they differ (ImageNet's n01440764 -> "tench, ...").
+    A class folder that is not among ``classes`` is an error (the net cannot score a class it does not have);
+    classes without a folder, and class folders without images, are fine, as long as there is one image.
+    Samples come folder by folder in sorted folder order.
+    """
+    root = Path(root).expanduser()
+    folders = find_classes(root)
+    names = names or {}
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [f for f in folders if names.get(f, f) not in index]
+    if unknown:
+        shown = ", ".join(list(classes)[:8]) + (", ..." if len(classes) > 8 else "")
+        raise ValueError(
+            f"{root}: class folder(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not among the "
+            f"net's {len(classes)} classes ({shown}); folder names must match the run's classes.json"
+        )
+    samples = [(p, index[names.get(f, f)]) for f, paths in _class_images(root, folders).items() for p in paths]
+    if not samples:
+        raise ValueError(f"{root}: the class folders hold no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return samples
 
 
 def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:

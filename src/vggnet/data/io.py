@@ -21,7 +21,7 @@ import io
 import math
 import os
 import warnings
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import numpy as np
 import torch
@@ -38,6 +38,11 @@ _TV_JPEG_MODES = ("RGB", "L", "CMYK")
 # Pillow modes that hold 16 (or 32) bit integers: Pillow's own convert("RGB") clips these to 255 instead of
 # scaling them, so they are scaled here (the high byte of a 16-bit value).
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+# An image as the test-time protocols take it: a file path, or pixels already in memory (a uint8 tensor, a
+# numpy array, a PIL image; see to_image).
+Source = Union[str, os.PathLike, torch.Tensor, np.ndarray]
 
 
 class BadImageError(ValueError):
@@ -199,3 +204,27 @@ def rescale(img: torch.Tensor, size: int) -> torch.Tensor:
     if not native:
         y = y.round_().clamp_(0, 255).to(img.dtype)
     return y
+
+
+def to_image(src: object, min_side: int | None = None) -> torch.Tensor:
+    """A (3, H, W) uint8 tensor from a path, a uint8 tensor ((H, W), (1|3, H, W)), an array (H, W[, 3]) or PIL.
+
+    ``min_side``: the smallest side the caller will rescale to; a large JPEG file may be decoded at a reduced
+    size that is still at least that (:func:`load_image`).
+    """
+    if isinstance(src, (str, os.PathLike)):
+        return load_image(src, min_side=min_side)
+    if hasattr(src, "convert") and hasattr(src, "size"):  # a PIL image
+        src = np.asarray(src.convert("RGB"))
+    if isinstance(src, np.ndarray):
+        a = torch.from_numpy(np.ascontiguousarray(src))
+        src = a[None] if a.dim() == 2 else a.permute(2, 0, 1)
+    if not isinstance(src, torch.Tensor):
+        raise TypeError(f"cannot read an image from {type(src).__name__}")
+    if src.dtype != torch.uint8:
+        raise TypeError(f"image tensors must be uint8 (pixels 0..255), got {src.dtype}")
+    if src.dim() == 2:
+        src = src[None]
+    if src.dim() != 3 or src.shape[0] not in (1, 3):
+        raise ValueError(f"an image tensor must be (3, H, W) or (H, W), got shape {tuple(src.shape)}")
+    return src.expand(3, -1, -1).contiguous() if src.shape[0] == 1 else src

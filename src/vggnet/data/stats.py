@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..files import atomic_write_text
+from .folders import scan_folder
 from .io import BadImageError, load_image, rescale
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,6 @@ def _identity(x):
 def _paths(source) -> list[str]:
     samples = getattr(source, "samples", source)  # an ImageDataset, or anything holding .samples
     if isinstance(samples, (str, os.PathLike)):
-        from .folders import scan_folder
-
         samples, _ = scan_folder(samples)
     return [str(s[0]) if isinstance(s, (tuple, list)) else str(s) for s in samples]
 

@@ -10,12 +10,21 @@ to the resampling kernel's numerics.
 Pixel scale: decoded images are uint8; the output is ``(x / 255 + shift - mean) / std`` with x / 255 in [0, 1],
 ``shift`` the colour shift, ``mean`` the training set's mean RGB and ``std`` 1 (the paper) or the per-channel
 std (weights trained with torchvision's normalisation).
+
+The test-time protocols (vggnet.evaluation) take a batch of decoded images to several test scales Q on the
+device rather than one image through one transform: :func:`prepare_images` (rescale with :func:`eval_rescale`,
+as :class:`EvalTransform` does, then :func:`normalize`) and :func:`center_crop` are their preprocessing, kept
+here beside the transforms. Two centre conventions stand side by side and are kept as they were measured:
+the protocols' :func:`center_crop` rounds the offset down, ``(H - crop) // 2``; :class:`EvalTransform` (and
+localisation, which shares its box geometry with training) takes :func:`crop_offsets` at position 0.5,
+``floor((H - crop + 1) / 2)``: one pixel apart when ``H - crop`` is odd.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -116,6 +125,13 @@ def crop_window(height: int, width: int, size: int, crop: int, top: float = 0.5,
     return CropWindow(y0, y1, x0, x1, ky, kx, fy, fx)
 
 
+def eval_rescale(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The test-time isotropic rescale to smaller side ``size``: uint8 stays uint8 on the CPU (torch's
+    vectorised kernel); elsewhere it runs in float32 without rounding (the CUDA antialiased kernel takes
+    floating point only, and rounding back to uint8 would only lose precision before the normalisation)."""
+    return rescale(img if img.device.type == "cpu" or img.is_floating_point() else img.float(), size)
+
+
 def resized_crop(img: torch.Tensor, size: int, crop: int | None, top: float = 0.5, left: float = 0.5) -> torch.Tensor:
     """The crop of an image isotropically rescaled to smaller side ``size``, at fractional position (top, left).
 
@@ -129,7 +145,7 @@ def resized_crop(img: torch.Tensor, size: int, crop: int | None, top: float = 0.
     """
     h, w = img.shape[-2:]
     if crop is None:
-        return rescale(img if img.device.type == "cpu" or img.is_floating_point() else img.float(), size)
+        return eval_rescale(img, size)
     batched = img.dim() == 4
     out = resample_windows(img if batched else img[None], [crop_window(h, w, size, crop, top, left)], crop)
     return out if batched else out[0]
@@ -324,7 +340,7 @@ class EvalTransform(ImageTransform):
     def resample(self, img: torch.Tensor, params: AugParams) -> torch.Tensor:
         # The whole rescale, then the crop: exact, unlike resized_crop's half-pixel rounding, and at test time
         # (one crop per image, no scale jitter) the saving of resampling only the crop is small.
-        x = rescale(img if img.device.type == "cpu" or img.is_floating_point() else img.float(), params.scale)
+        x = eval_rescale(img, params.scale)
         if self.crop_size is None:
             return x
         _, _, top, left = crop_offsets(img.shape[-2], img.shape[-1], params, self.crop_size)
@@ -332,3 +348,39 @@ class EvalTransform(ImageTransform):
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size}, crop_size={self.crop_size}, divide_std={self.divide_std})"
+
+
+# ---- the test-time protocols' preprocessing (vggnet.evaluation) -----------------------------------------------
+
+
+def normalize(img: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) pixels on [0, 255] -> the net's input ``(pixels / 255 - mean) / std``, in float32."""
+    mean = mean.to(img.device, torch.float32)[:, None, None]
+    std = std.to(img.device, torch.float32)[:, None, None]
+    return (img.float() / 255 - mean) / std
+
+
+def prepare_images(images: Sequence[torch.Tensor], q: int, mean: torch.Tensor, std: torch.Tensor) -> list[torch.Tensor]:
+    """uint8 (3, H, W) images rescaled to smaller side Q (:func:`eval_rescale`) and normalised, on the images'
+    device.
+
+    Images of one size are rescaled as one batch (few large kernels rather than many small ones).
+    """
+    out: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, img in enumerate(images):
+        groups[tuple(img.shape)].append(i)
+    for idx in groups.values():
+        x = torch.stack([images[i] for i in idx])
+        x = normalize(eval_rescale(x, q), mean, std)
+        for i, xi in zip(idx, x):
+            out[i] = xi
+    return out
+
+
+def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
+    """(..., H, W) -> (..., crop, crop), the crop at offsets ((H - crop)//2, (W - crop)//2)."""
+    t, l = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
+    if t < 0 or l < 0:
+        raise ValueError(f"cannot take a {crop}-pixel centre crop of {tuple(x.shape[-2:])}")
+    return x[..., t : t + crop, l : l + crop]

@@ -12,7 +12,7 @@ A reproduction is a *plan* (training runs in the paper's stages, then evaluation
       results.json           every number of the report, per seed and aggregated, with provenance
       plots/*.png            error against depth, error against test scale, learning curves of the stages
       localize/              small and quick grids: localisation runs from net D and Tables 8-9 (Appendix A),
-                             appended to REPORT.md (vggnet.localize.reproduce_localisation)
+                             appended to REPORT.md (vggnet.localisation.reproduce_localisation)
 
 The rooms of the package, in the order a reproduction passes through them:
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..localize import reproduce_localisation
+from ..localisation import reproduce_localisation
 from ..runtime import is_main
 from .budget import estimate_text, measure_rate
 from .execute import execute

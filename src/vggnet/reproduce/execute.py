@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from .. import runs as runs_mod
 from ..data import EMBEDDED, materialise, resolve_data
-from ..evaluate import evaluate, resolve_eval_samples
+from ..evaluation import evaluate, resolve_eval_samples
 from ..plots import read_epochs
 from ..report import provenance
 from ..runs import load_run

@@ -1,0 +1,77 @@
+"""Prediction: the top classes of images with their posteriors (by default dense, multi-scale, with flips)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.io import Source
+from ..metrics import effective_k
+from ..runtime import runtime
+from .driver import DEFAULT_BATCH_SIZE, Timer, eval_mode, stream
+from .nets import FUSED, as_nets
+from .protocols import parse_protocols, plan_scales
+
+
+@dataclass
+class Prediction:
+    """The top classes of one image: labels, class names and posteriors, best first."""
+
+    image: str
+    labels: list[int]
+    names: list[str]
+    probs: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "top": [{"label": l, "class": c, "prob": p}
+                                             for l, c, p in zip(self.labels, self.names, self.probs)]}  # fmt: skip
+
+
+def predict(
+    nets: Any,
+    images: Source | Sequence[Source],
+    top: int = 5,
+    protocol: str = "dense",
+    scales: str | int | Sequence[int] | None = None,
+    flip: bool = True,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    classes: Sequence[str] | None = None,
+) -> list[Prediction]:
+    """The ``top`` classes of each image with their posteriors; by default dense, multi-scale, with flips.
+
+    ``nets``: a model, a Run, a run folder or a list (fused). ``images``: a path, a uint8 tensor, or a list of
+    them. An unreadable file is an error here (unlike ``evaluate``, which skips it).
+    """
+    rt = runtime(device)
+    net_list = as_nets(nets, mean=mean, std=std, classes=classes)
+    (protocol,) = parse_protocols([protocol])
+    single = isinstance(images, (str, os.PathLike, torch.Tensor, np.ndarray)) or hasattr(images, "convert")
+    image_list = [images] if single else list(images)  # type: ignore[list-item]
+    names = net_list[0].classes or [str(i) for i in range(net_list[0].num_classes)]
+    bs = batch_size or DEFAULT_BATCH_SIZE
+    plans = plan_scales(net_list, [protocol], scales)
+    k = effective_k(top, net_list[0].num_classes)
+    preds: list[Prediction | None] = [None] * len(image_list)
+    items = [(src, 0) for src in image_list]
+    row = FUSED if len(net_list) > 1 else net_list[0].name
+    with torch.inference_mode(), eval_mode([n.model for n in net_list], rt):
+        for idx, _, out, bad in stream(net_list, items, plans, flip, bs, rt, 0, Timer(rt)):
+            if bad:
+                raise ValueError(f"cannot read image {bad[0]}")
+            p, lab = out[row][protocol].float().cpu().topk(k, dim=1)
+            for i, pi, li in zip(idx, p.tolist(), lab.tolist()):
+                src = image_list[i]
+                label = str(src) if isinstance(src, (str, os.PathLike)) else f"image {i}"
+                preds[i] = Prediction(label, li, [names[j] for j in li], pi)
+    return preds  # type: ignore[return-value]
+
+
+__all__ = ["Prediction", "predict"]
