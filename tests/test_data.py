@@ -30,18 +30,19 @@ from vggnet.data import (
     compute_stats,
     decode_bytes,
     draw_params,
+    epoch_keys,
     find_classes,
     load_image,
     read_class_names,
     rescale,
     resized_crop,
     resolve_data,
-    sample_seed,
     scan_folder,
     split_samples,
 )
 from vggnet.data.gpu import EncodedDataset, GPULoader, augment_batch, decode_batch
 from vggnet.data.transforms import _span, colour_shift, crop_offsets
+from vggnet.training import BatchPlan
 
 RNG = np.random.default_rng(0)
 
@@ -433,7 +434,10 @@ def test_seeded_sampler():
     s = SeededSampler(10, seed=7)
     first = list(s)
     assert sorted(i for i, _ in first) == list(range(10)) and first == list(s)
-    assert all(seed == sample_seed(7, 0, i) for i, seed in first)
+    order, seeds = epoch_keys(10, 7, 0)
+    assert first == list(zip(order, seeds))  # one rule for the order and the seeds: epoch_keys
+    one_batch = next(iter(BatchPlan(10, 10, world=1, rank=0, accum=1, seed=7)))
+    assert one_batch == first  # ... which training's batch plan follows too
     s.set_epoch(1)
     assert [i for i, _ in s] != [i for i, _ in first]
     s.set_epoch(1, start=4)
@@ -452,9 +456,11 @@ def test_seeded_sampler():
     for b in range(2):
         merged = sorted(k for sh in shards for k in sh[2 * b : 2 * b + 2])
         assert merged == sorted(padded[6 * b : 6 * b + 6])
-    assert sample_seed(7, 1, 3) != sample_seed(7, 2, 3) != sample_seed(8, 1, 3)
-    assert 0 <= sample_seed(2**70, -1, -5) < 2**63
-    assert [i for i, _ in SeededSampler(5, shuffle=False)] == [0, 1, 2, 3, 4]
+    seeds_of = {e: dict(zip(*epoch_keys(10, 7, e))) for e in (1, 2)}
+    assert seeds_of[1] != seeds_of[2] and dict(zip(*epoch_keys(10, 8, 1))) != seeds_of[1]
+    assert all(0 <= v < 2**62 for v in seeds_of[1].values())
+    unshuffled = list(SeededSampler(5, shuffle=False))
+    assert [i for i, _ in unshuffled] == [0, 1, 2, 3, 4] and dict(unshuffled) == dict(zip(*epoch_keys(5, 0, 0)))
 
 
 # -------------------------------------------------------------------------------------------- statistics

@@ -9,8 +9,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from ..data.folders import list_images
-from ..evaluation import evaluate, parse_scales, predict, resolve_eval_samples, weights_net, write_eval_report
+from ..evaluation import (
+    evaluate,
+    parse_scales,
+    predict,
+    resolve_eval_samples,
+    weights_net,
+    write_eval_report,
+)
 from ..pretrained import NORMALIZE_HELP
 from ..runs import Run, is_run, load_run
 
@@ -64,9 +73,22 @@ def _flip(args: argparse.Namespace, runs: Sequence[Run]) -> bool:
     return trained
 
 
-def _progress(line: str) -> None:
-    if sys.stderr.isatty():
-        print(f"\r{line}", end="", file=sys.stderr, flush=True)
+class _Progress:
+    """`vgg eval`'s progress on a terminal: a tqdm bar over the images, on stderr; nothing when redirected."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _cli_nets(args: argparse.Namespace, runs: Sequence[Run]) -> list[Any]:
@@ -85,12 +107,14 @@ def run_eval_cli(args: argparse.Namespace) -> int:
                          f"{'' if args.data is None else f', not {args.data!r}'}")  # fmt: skip
     nets = _cli_nets(args, runs)
     samples: Any = resolve_eval_samples(runs[0], args.data) if runs else Path(args.data).expanduser()
-    result = evaluate(
-        nets, samples, protocols=args.protocol, scales=parse_scales(args.scales), flip=_flip(args, runs),
-        batch_size=args.batch_size, device=args.device, limit=args.limit, workers=args.workers, log=_progress,
-    )  # fmt: skip
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    progress = _Progress()
+    try:
+        result = evaluate(
+            nets, samples, protocols=args.protocol, scales=parse_scales(args.scales), flip=_flip(args, runs),
+            batch_size=args.batch_size, device=args.device, limit=args.limit, workers=args.workers, log=progress,
+        )  # fmt: skip
+    finally:
+        progress.close()
     result.data = args.data or f"the validation data of {runs[0].path} (data = {runs[0].config.get('data')!r})"
     print(json.dumps(result.to_dict(), indent=1) if args.json else result.markdown())
     if not args.no_save:

@@ -18,7 +18,7 @@ normalise, on the device) and ``center_crop``.
 
 from __future__ import annotations
 
-from .dataset import DecodedImages, ImageDataset, SeededSampler, collate, collate_list, sample_seed
+from .dataset import DecodedImages, ImageDataset, SeededSampler, collate, collate_list, epoch_keys
 from .embedded import EMBEDDED, data_cache_dir, materialise
 from .folders import (
     IMAGE_EXTENSIONS,
@@ -60,6 +60,7 @@ __all__ = [
     "center_crop",
     "collate",
     "collate_list",
+    "epoch_keys",
     "compute_stats",
     "data_cache_dir",
     "decode_bytes",
@@ -77,7 +78,6 @@ __all__ = [
     "rescale",
     "rescaled_size",
     "resolve_data",
-    "sample_seed",
     "scan_folder",
     "split_samples",
     "to_image",

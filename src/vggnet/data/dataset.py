@@ -5,8 +5,8 @@ Randomness contract: ``ImageDataset[(index, seed)]`` draws every random number o
 worker RNG state, so the same (index, seed) gives a bit-identical tensor in any process, worker or rank. The
 training loop gets such keys from its batch plan (``vggnet.training.BatchPlan``: a seeded permutation and one
 seed per sample, per epoch), so resuming an epoch, or splitting it over any number of workers and ranks,
-reproduces every sample exactly. :class:`SeededSampler` yields keys of the same kind one at a time, for a
-plain ``DataLoader`` (the tests use it; training does not). A plain int index draws from torch's global RNG
+reproduces every sample exactly. :class:`SeededSampler` yields keys by the same rule (:func:`epoch_keys`) one at
+a time, for a plain ``DataLoader``. A plain int index draws from torch's global RNG
 instead, like any torchvision transform (not reproducible across worker counts; for evaluation transforms,
 which draw nothing, it makes no difference).
 
@@ -32,24 +32,13 @@ _reported: set[str] = set()  # bad files already logged by this process: once pe
 Sample = tuple[str, int]
 Item = tuple[torch.Tensor | None, int, str]
 
-_MASK = (1 << 64) - 1
-
-
-def _mix(z: int) -> int:
-    """splitmix64's finaliser: a bijective 64-bit mixer, so nearby inputs give unrelated seeds."""
-    z = (z + 0x9E3779B97F4A7C15) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
-
-
-def _epoch_key(seed: int, epoch: int) -> int:
-    return _mix(_mix(seed & _MASK) ^ (epoch & _MASK))
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded ``seed`` (63 bits, >= 0)."""
-    return _mix(_epoch_key(seed, epoch) ^ (index & _MASK)) >> 1
+def epoch_keys(n: int, seed: int, epoch: int) -> tuple[list[int], list[int]]:
+    """The one rule for an epoch's data order and augmentation seeds: (a permutation of range(n), one seed per
+    position of it), drawn from (seed, epoch) alone. Training's batch plan and :class:`SeededSampler` both use it."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    seeds = torch.randint(0, 2**62, (n,), generator=g).tolist()
+    return order, seeds
 
 
 class ImageDataset(Dataset):
@@ -162,7 +151,7 @@ class SeededSampler(Sampler[tuple[int, int]]):
     Args:
         num_samples: length of the data set.
         seed: the run's seed.
-        shuffle: shuffle per epoch (False: index order; seeds are still per (epoch, index)).
+        shuffle: shuffle per epoch (False: index order, each index keeping its seed of the epoch).
         rank, world_size: this process's shard.
     """
 
@@ -185,13 +174,9 @@ class SeededSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         n = self.num_samples
-        if self.shuffle:
-            g = torch.Generator().manual_seed(_epoch_key(self.seed, self.epoch) >> 1)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
+        order, seeds = epoch_keys(n, self.seed, self.epoch)
+        keys = list(zip(order, seeds)) if self.shuffle else sorted(zip(order, seeds))
         total = self._per_rank() * self.world_size
         if n and total > n:
-            order += (order * math.ceil((total - n) / n))[: total - n]
-        for index in order[self.rank : total : self.world_size][self.start :]:
-            yield index, sample_seed(self.seed, self.epoch, index)
+            keys += (keys * math.ceil((total - n) / n))[: total - n]
+        yield from keys[self.rank : total : self.world_size][self.start :]

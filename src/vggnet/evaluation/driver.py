@@ -152,7 +152,7 @@ def stream(
     rt: Runtime,
     workers: int,
     timer: Timer,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[int, int], None] | None = None,
 ) -> Iterator[Chunk]:
     """Per chunk of decoded images: (sample indices, labels, {net or "fused": {protocol: (n, C)}}, bad files)."""
     # a chunk holds several batches so that images of one rescaled shape can share dense batches; pinned host
@@ -182,7 +182,7 @@ def stream(
         elif bad:
             yield [], torch.zeros(0, dtype=torch.long), {}, bad
         if log:
-            log(f"{done}/{len(items)} images")
+            log(done, len(items))
 
 
 class _Tally:
@@ -259,7 +259,7 @@ def evaluate(
     std: Sequence[float] | None = None,
     classes: Sequence[str] | None = None,
     return_posteriors: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Top-1 / top-5 error of one or several nets (and of their fusion) under the paper's test protocols.
 
@@ -279,7 +279,7 @@ def evaluate(
         workers: DataLoader decoding processes; default min(8, CPUs - 1) on CUDA, 0 on CPU.
         mean, std, classes: for bare models (runs carry their own).
         return_posteriors: keep each row's (N, C) posteriors in the result.
-        log: called with a progress line after each chunk of images.
+        log: called with (images done, images in all) after each chunk of images (a progress bar).
     """
     t_start = time.perf_counter()
     rt = runtime(device)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from ..data.dataset import epoch_keys
 
 
 class BatchPlan:
@@ -45,9 +45,7 @@ class BatchPlan:
         return (self.steps_per_epoch - self.start_step) * self.accum
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
+        order, seeds = epoch_keys(self.n, self.seed, self.epoch)
         share = self.batch_size // self.world
         for step in range(self.start_step, self.steps_per_epoch):
             lo = step * self.batch_size + self.rank * share
