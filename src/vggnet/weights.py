@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .files import atomic_write  # noqa: F401 (re-exported: older imports of weights.atomic_write)
+from .files import atomic_write
 from .model import HEAD_NAMES, VGG, layer_names
 
 ARCH_KEY = "vggnet.arch"

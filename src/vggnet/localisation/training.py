@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomli_w
 import torch
 
 from .. import boxes as B
 from .. import runs
+from ..config import toml_text
 from ..data import EMBEDDED
 from ..data.io import BadImageError, load_image
 from ..data.stats import Stats
@@ -32,7 +32,8 @@ from ..data.transforms import EvalTransform, TrainTransform
 from ..model import VGG
 from ..runtime import pick_device
 from ..training import BatchPlan, Logger, Plateau, latest_checkpoint, load_checkpoint, new_run_dir, save_checkpoint
-from ..weights import atomic_write, save_weights
+from ..files import atomic_write_text
+from ..weights import save_weights
 from .nets import IOU_THRESHOLD, LOC_FIELDS, LOC_FILE, LocConfig, box_loss, localisation_net, select_boxes
 
 
@@ -133,12 +134,12 @@ def _datasets(cfg: LocConfig, src: runs.Run, run: Path) -> tuple[BoxDataset, Box
 
 def _write_run_files(run: Path, cfg: LocConfig, src: runs.Run, num_classes: int) -> None:
     """config.toml, stats.json, classes.json and localize.json of a new localisation run."""
-    atomic_write(run / runs.CONFIG_FILE, lambda tmp: Path(tmp).write_text(tomli_w.dumps(cfg.to_dict())))
+    atomic_write_text(run / runs.CONFIG_FILE, toml_text(cfg.to_dict()))
     src.stats.save(run / runs.STATS_FILE)
-    atomic_write(run / runs.CLASSES_FILE, lambda tmp: Path(tmp).write_text(json.dumps(list(src.classes))))
+    atomic_write_text(run / runs.CLASSES_FILE, json.dumps(list(src.classes)))
     info = dict(from_run=str(Path(cfg.from_run).resolve()), regression=cfg.regression, finetune=cfg.finetune,
                 num_classes=num_classes, scale=cfg.scale, crop_size=cfg.crop_size, data=cfg.data)  # fmt: skip
-    atomic_write(run / LOC_FILE, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1) + "\n"))
+    atomic_write_text(run / LOC_FILE, json.dumps(info, indent=1) + "\n")
 
 
 @dataclass
