@@ -20,7 +20,7 @@ import torch
 import torchvision
 
 from .runtime import world_size
-from .files import atomic_write
+from .files import atomic_write_text
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
@@ -90,6 +90,6 @@ def write_report(folder: str | os.PathLike, name: str, markdown: str, data: dict
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     md, js = folder / f"{name}.md", folder / f"{name}.json"
-    atomic_write(md, lambda tmp: Path(tmp).write_text(markdown.rstrip() + "\n"))
-    atomic_write(js, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+    atomic_write_text(md, markdown.rstrip() + "\n")
+    atomic_write_text(js, json.dumps(data, indent=1) + "\n")
     return md, js

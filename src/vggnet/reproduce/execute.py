@@ -34,7 +34,7 @@ from ..report import provenance
 from ..runs import load_run
 from ..runtime import is_main, rank, setup_distributed, world_size
 from ..training import train
-from ..files import atomic_write
+from ..files import atomic_write_text
 from .plan import EvalSpec, Plan, RunSpec, cuda_available
 from .published import EVAL_PROTOCOLS
 
@@ -115,7 +115,7 @@ def train_task(spec: RunSpec, log: str | None = None) -> dict[str, Any]:
     marker = dict(name=spec.name, seconds=round(seconds, 1), resumed=state == "resume", epochs=len(epochs),
                   val_top1_err=epochs[-1]["val_top1_err"] if epochs else None,
                   finished=time.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
-    atomic_write(folder / MARKER, lambda tmp: Path(tmp).write_text(json.dumps(marker, indent=1) + "\n"))
+    atomic_write_text(folder / MARKER, json.dumps(marker, indent=1) + "\n")
     return marker
 
 
@@ -388,7 +388,7 @@ def _save_eval(plan: Plan, spec: EvalSpec, result: dict[str, Any]) -> None:
     path = plan.out / "eval" / f"{spec.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps(dict(key=_eval_cache_key(plan, spec), result=result), indent=1)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(body + "\n"))
+    atomic_write_text(path, body + "\n")
 
 
 __all__ = ["MARKER", "Progress", "Task", "check_config", "eval_task", "execute", "make_subset", "run_state",

@@ -15,7 +15,7 @@ from ..config import TrainConfig
 from ..plots import read_epochs
 from ..report import markdown_table, provenance
 from ..scales import scale_step
-from ..files import atomic_write
+from ..files import atomic_write_text
 from .figures import draw as draw_figures
 from .findings import Comparison, check, claims, collect, fmt, stats, verdict
 from .grids import SCALE_LABELS, SMALL_DESIGN
@@ -436,9 +436,9 @@ class Report:
         out = self.plan.out
         report = out / "REPORT.md"
         text = self.markdown(plots)
-        atomic_write(report, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(report, text)
         body = json.dumps(self.data(), indent=1, default=str)
-        atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(body + "\n"))
+        atomic_write_text(out / "results.json", body + "\n")
         return report
 
 

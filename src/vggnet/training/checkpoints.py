@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import runs
 from ..config import TrainConfig
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_text
 from ..weights import unwrap
 from .schedule import Plateau
 
@@ -130,13 +130,13 @@ def trim_metrics(run: Path, global_step: int) -> None:
             continue
         if row.get("step", 0) <= global_step:
             keep.append(line)
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 def write_bad_files(run: Path, bad: set[str]) -> None:
     """List the unreadable images a run skipped in RUN/bad_files.txt (none: no file)."""
     if bad:
-        atomic_write(run / "bad_files.txt", lambda tmp: Path(tmp).write_text("\n".join(sorted(bad)) + "\n"))
+        atomic_write_text(run / "bad_files.txt", "\n".join(sorted(bad)) + "\n")
 
 
 __all__ = [
