@@ -315,6 +315,28 @@ def test_train_transform_shape_and_range(tmp_path):
     assert torch.allclose(scaled, expect, atol=1e-5)
 
 
+def test_cached_transform_decodes_each_file_once_and_changes_nothing(tmp_path, monkeypatch):
+    """cache_images: the same tensors as decoding at every use, each file decoded once; flips and the colour
+    shift work on copies, so the cached image stays as decoded."""
+    import vggnet.data.transforms as tf_module
+
+    paths = [save(tmp_path / f"{i}.png", photo(40, 56, seed=i)) for i in range(3)]
+    stats = Stats(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5), eigval=(0.2, 0.1, 0.05), eigvec=IMAGENET_STATS.eigvec)
+    plain = TrainTransform(stats, crop_size=32, scale=(32, 48), flip=True)
+    cached = TrainTransform(stats, crop_size=32, scale=(32, 48), flip=True)
+    cached.cache = {}
+    calls = []
+    real = tf_module.load_image
+    monkeypatch.setattr(tf_module, "load_image", lambda p, min_side=None: calls.append(p) or real(p, min_side))
+    for epoch in range(4):
+        for i, p in enumerate(paths):
+            g1, g2 = torch.Generator().manual_seed(10 * epoch + i), torch.Generator().manual_seed(10 * epoch + i)
+            assert torch.equal(plain(p, g1), cached(p, g2))
+    assert len(calls) == 4 * 3 + 3  # the plain transform every time, the cached one once a file
+    for p in paths:
+        assert torch.equal(cached.cache[str(p)], real(p))
+
+
 def test_eval_transform_whole_image_and_centre_crop(tmp_path):
     path = save(tmp_path / "a.png", photo(40, 60))
     whole = EvalTransform(None, size=48)(path)

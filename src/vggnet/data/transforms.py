@@ -207,6 +207,10 @@ class ImageTransform:
     """
 
     crop_size: int | None
+    # decoded images by path, kept in memory when a dict (one per process: each loader worker fills its own);
+    # None decodes every file at every use. For data sets that fit in memory, like the embedded ones, whose
+    # decoding is most of a small net's epoch on the CPU (TrainConfig.cache_images).
+    cache: dict[str, torch.Tensor] | None = None
 
     def __init__(self, stats: Stats | None, divide_std: bool) -> None:
         self.stats = stats
@@ -264,7 +268,19 @@ class ImageTransform:
 
     def __call__(self, path: str | os.PathLike, generator: torch.Generator | None = None) -> torch.Tensor:
         params = self.sample(generator)
-        return self.apply(load_image(path, min_side=params.scale), params)
+        return self.apply(self.decode(path, params.scale), params)
+
+    def decode(self, path: str | os.PathLike, min_side: int | None = None) -> torch.Tensor:
+        """The decoded uint8 image of ``path``: from :attr:`cache` when it is a dict (filled on first use, a
+        JPEG then decoded at full size whatever ``min_side``), else from the file (at reduced size when a JPEG
+        is much larger than ``min_side``)."""
+        if self.cache is None:
+            return load_image(path, min_side=min_side)
+        key = os.fspath(path)
+        img = self.cache.get(key)
+        if img is None:
+            img = self.cache[key] = load_image(path)
+        return img
 
 
 class TrainTransform(ImageTransform):

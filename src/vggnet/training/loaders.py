@@ -41,6 +41,8 @@ def build_data(cfg: TrainConfig, d: Dist, stats=None):
     # (Q = S, or Q = (Smin + Smax) / 2 for a jittered net); the full protocols live in `vgg eval`.
     q = (cfg.scale_min + cfg.scale_max) // 2
     val_tf = data.EvalTransform(norm, size=q, crop_size=cfg.crop_size, divide_std=divide_std)
+    if cfg.cache_images:
+        train_tf.cache, val_tf.cache = {}, {}
     # the loop reports bad files itself, once per run (loader workers are separate processes, some per epoch)
     train_set = data.ImageDataset(train_samples, train_tf, warn=False)
     return train_set, data.ImageDataset(val_samples, val_tf, warn=False), classes, stats
