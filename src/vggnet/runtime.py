@@ -7,7 +7,7 @@ One home for what training, evaluation and the reproduction all need to know abo
 - ``Dist`` and ``setup_distributed``: joining the process group (NCCL on CUDA, gloo on the CPU).
 - ``pick_device``: "auto" / "cpu" / "cuda" / "cuda:N" to a ``torch.device``, with a one-line error when CUDA is
   asked for and absent; under torchrun each process takes the GPU of its local rank.
-- ``cuda_path``: whether training takes the CUDA code path (bf16, channels-last, compile, fused SGD).
+- ``cuda_path``: whether training takes the CUDA code path (bf16, compile, fused SGD).
 - ``Runtime`` / ``runtime``: the inference runtime of evaluation: device, bf16 autocast, channels-last.
 """
 
@@ -66,9 +66,10 @@ def setup_distributed(device_kind: str) -> Dist:
 
 
 def cuda_path(device: torch.device) -> bool:
-    """Whether training takes the CUDA code path (bf16 autocast, channels-last, torch.compile, fused SGD, as
-    the --amp/--channels-last/--compile/--fused flags allow): on CUDA, and on the CPU when the environment has
-    VGGNET_CUDA_PATH_ON_CPU=1, so that a CPU-only CI runs that path too (bf16 autocast and inductor work there)."""
+    """Whether training takes the CUDA code path (bf16 autocast, torch.compile, fused SGD, as the
+    --amp/--compile/--fused flags allow; channels-last, which helps oneDNN's CPU convs too, applies on every
+    device): on CUDA, and on the CPU when the environment has VGGNET_CUDA_PATH_ON_CPU=1, so that a CPU-only CI
+    runs that path too (bf16 autocast and inductor work there)."""
     return device.type == "cuda" or os.environ.get("VGGNET_CUDA_PATH_ON_CPU", "") == "1"
 
 

@@ -67,7 +67,7 @@ def forward_backward(model, images: torch.Tensor, labels: torch.Tensor, cfg: Tra
     mask = None
     if n < plan.micro:  # unreadable files were dropped: pad back to the batch shape (see pad_batch)
         images, labels, mask = pad_batch(images, labels, plan.micro, cfg.crop_size)
-    if cfg.channels_last and cuda_path(device):
+    if cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     sync = model.no_sync() if (hasattr(model, "no_sync") and not last_micro) else contextlib.nullcontext()
     # a forward on placeholders alone must not move a batch-norm net's running statistics
@@ -192,7 +192,7 @@ def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_fi
         if images.shape[0] == 0:
             continue
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if cfg.channels_last and cuda_path(device):
+        if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast():
             scores = model(images).float()

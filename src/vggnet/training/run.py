@@ -187,7 +187,7 @@ def _build(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
     train_set, val_set, classes, stats = build_data(cfg, d, stats)
     model = _make_model(cfg, classes, stats, run, d, log, fresh=ckpt is None)
     model.to(device)
-    if cuda_path(device) and cfg.channels_last:
+    if cfg.channels_last:  # on the CPU too: oneDNN's convs are faster on it (half the time of net E at 1/16 width)
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 fused=(cuda_path(device) and cfg.fused) or None)  # fmt: skip
