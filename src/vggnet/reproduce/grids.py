@@ -88,20 +88,26 @@ reasons, on 2 CPU cores:
   has to find the digit among strokes like its own), and scale jittering has sizes to act on.
 - **Nets: 1/16 width** (4-8-16-32-32 channels), FC layers 128 wide, batch 32, lr 0.01, Kaiming init, no
   dropout, no flips (digits are not mirror-symmetric). In a pilot net A stopped at its plateau after 24
-  epochs at 26% top-1 error (chance 90%), about 10.5 CPU-s an epoch; D from A needed more than 24 epochs
-  (25% after 22, at 15.8 CPU-s an epoch). By those figures the 3 seeds take about 1.5 hours on 2 cores,
-  twice the 45 minutes aimed at: the budget is what was given up (docs/reproduce-small/README.md).
+  epochs at 26% top-1 error (chance 90%).
+- **Budget.** A one-seed run of this grid (docs/reproduce-small/one-seed) took 28.6 min on 2 cores, 54 min
+  of training summed over its 13 runs of 8-30 epochs: 3 seeds at that pace take about 86 minutes, twice the
+  45 aimed at. Two changes that leave every net, scale and schedule as they are halve it: the decoded
+  images stay in memory (`cache_images`; decoding the PNGs was 40% of net A's epoch), and training runs
+  in the channels-last memory format, in which oneDNN's CPU convolutions at this width take 0.7 (A) to
+  0.45 (C, E) of the time. In a 3-epoch pilot net A's epoch went from 10.5 to 5 CPU-s and E's from 15.8
+  to 6.5, which puts the 3 seeds at about 40 minutes on 2 cores.
 - **Every run stops at its plateau:** the paper's schedule (lr / 10 when the validation error has not
   improved for more than `lr_patience` = 1 epochs, at most 2 times, once in the fine-tuning stages 3 and 4,
   then stop at the next plateau). The epoch counts are caps that a run should not reach; the report counts
-  the runs still improving at their last epoch and those that reached their cap (both 0 when every run
-  stopped at its plateau).
+  the runs still improving at their last epoch (better than every epoch before it by more than the
+  schedule's `lr_threshold`, 0.1 points: one image of 1,000, the rule that decides a plateau) and those
+  that reached their cap (both 0 when every run stopped at its plateau).
 """
 
 _SMALL_BASE: dict[str, Any] = dict(
     data="mnist-clutter", crop_size=64, fc_width=128, width=0.0625, flip=False, init="kaiming", dropout=0.0,
     batch_size=32, colour_shift=0.1, normalize="mean", lr_patience=1, lr_decays=2, stats_images=1000,
-    workers=0, log_every=50, tensorboard=False,
+    workers=0, log_every=50, tensorboard=False, cache_images=True,
 )  # fmt: skip
 _SMALL_SCALES = {"256": (64, 64), "384": (96, 96), "256-512": (64, 128)}  # the paper's divided by 4
 # fine-tuning stages start at lr / 10: one decay (to lr / 100) before the plateau that ends them

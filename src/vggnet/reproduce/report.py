@@ -211,15 +211,21 @@ class Report:
         return [text]
 
     def convergence_note(self) -> str:
-        """Per stage, how many runs ended on their best validation epoch: nets still improving when stopped are
-        compared before they converged (the paper trains each to its plateau)."""
-        parts = []
+        """Per stage, how many runs were still improving at their last epoch (better than every earlier epoch by
+        more than the plateau schedule's ``lr_threshold``, the rule that decides a plateau; a last epoch better
+        by less is counted apart): nets still improving when stopped are compared before they converged (the
+        paper trains each to its plateau)."""
+        parts, within = [], 0
         for stage in sorted({r.stage for r in self.plan.runs}):
-            rows = [read_epochs(r.folder) for r in self.plan.runs if r.stage == stage]
-            errs = [[e["val_top1_err"] for e in rs] for rs in rows if len(rs) >= 2]
+            rows = [(read_epochs(r.folder), r.config().lr_threshold) for r in self.plan.runs if r.stage == stage]
+            errs = [([e["val_top1_err"] for e in rs], thr) for rs, thr in rows if len(rs) >= 2]
             if errs:
-                improving = sum(e[-1] < min(e[:-1]) for e in errs)
+                improving = sum(e[-1] < min(e[:-1]) - thr for e, thr in errs)
+                within += sum(min(e[:-1]) - thr <= e[-1] < min(e[:-1]) for e, thr in errs)
                 parts.append(f"stage {stage}: {improving} of {len(errs)}")
+        if parts and within:
+            parts.append(f"runs whose last epoch was their best by no more than the threshold (not an improvement "
+                         f"to the schedule): {within}")  # fmt: skip
         capped = [r.name for r in self.plan.runs if (m := self.outcome["markers"].get(r.name))
                   and m.get("epochs") is not None and m["epochs"] >= r.config().epochs]  # fmt: skip
         if parts:
@@ -333,7 +339,8 @@ class Report:
             lines += [f"Depth saturation (no verdict): {note}.", ""]
         still = self.convergence_note()
         if still:
-            lines += ["Runs still improving at their last epoch (the last epoch the best so far, one centre crop): "
+            lines += ["Runs still improving at their last epoch (the last epoch better than every earlier one by "
+                      "more than the plateau schedule's threshold, one centre crop): "
                       f"{still}. A run still improving was compared before it converged (the paper trains each net "
                       "to the plateau of its validation error; so does every grid here, the epochs being caps).",
                       ""]  # fmt: skip
