@@ -336,3 +336,25 @@ def test_reproduce_package_modules_stay_small():
     sizes = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
     assert {"plan.py", "execute.py", "findings.py", "report.py", "figures.py", "published.py"} <= set(sizes)
     assert all(n <= 500 for n in sizes.values()), sizes
+
+
+def test_still_improving_is_the_plateau_schedules_own_rule():
+    """The report's "still improving" count uses the schedule's threshold: a last epoch the schedule counts as
+    progress (it resets the plateau's bad epochs) is "improving", a new best by no more than the threshold
+    is "within" (the schedule counts it as a bad epoch), anything else "flat"."""
+    import random
+
+    from vggnet.reproduce.report import last_epoch_trend
+    from vggnet.training import Plateau
+
+    assert last_epoch_trend([0.30, 0.25, 0.248], 1e-3) == "improving"
+    assert last_epoch_trend([0.30, 0.25, 0.2495], 1e-3) == "within"
+    assert last_epoch_trend([0.30, 0.25, 0.26], 1e-3) == "flat"
+    rng = random.Random(0)
+    for _ in range(500):
+        errors = [rng.randint(200, 260) / 1000 for _ in range(rng.randint(2, 8))]
+        plateau = Plateau(lr=0.01, patience=100, threshold=1e-3, max_decays=2)  # no decay resets the count
+        for e in errors:
+            plateau.step(e)
+        counted_as_progress = plateau.bad_epochs == 0  # the last step reset the schedule's bad epochs
+        assert (last_epoch_trend(errors, 1e-3) == "improving") == counted_as_progress, errors

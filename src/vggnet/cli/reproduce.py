@@ -17,7 +17,7 @@ GRID_NAMES = ("small", "quick", "medium", "paper")
 def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `vgg reproduce [--quick | --grid small|quick|medium|paper] [--data DIR] [--out DIR] ...`."""
     parser.add_argument("--grid", choices=GRID_NAMES, default=None,
-                        help="small (default): mnist-clutter digits, narrow nets, 64 crops, 3 seeds, about 1.5 hours "
+                        help="small (default): mnist-clutter digits, narrow nets, 64 crops, 3 seeds, about 45 minutes "
                              "on 2 CPU cores; quick: a plumbing check with every table filled; medium: the paper's "
                              "grid on an ImageNet-style subset (--data DIR) at 224 crops on one GPU, with an "
                              "estimate of GPU-hours first; paper: the ImageNet recipes of recipes/imagenet (launch "

@@ -89,12 +89,12 @@ reasons, on 2 CPU cores:
 - **Nets: 1/16 width** (4-8-16-32-32 channels), FC layers 128 wide, batch 32, lr 0.01, Kaiming init, no
   dropout, no flips (digits are not mirror-symmetric). In a pilot net A stopped at its plateau after 24
   epochs at 26% top-1 error (chance 90%).
-- **Budget.** A one-seed run of this grid (docs/reproduce-small/one-seed) took 28.6 min on 2 cores, 54 min
-  of training summed over its 13 runs of 8-30 epochs: 3 seeds at that pace take about 86 minutes, twice the
-  45 aimed at. Two changes that leave every net, scale and schedule as they are halve it: the decoded
-  images stay in memory (`cache_images`; decoding the PNGs was 40% of net A's epoch), and training runs
-  in the channels-last memory format, in which oneDNN's CPU convolutions at this width take 0.7 (A) to
-  0.45 (C, E) of the time. In a 3-epoch pilot net A's epoch went from 10.5 to 5 CPU-s and E's from 15.8
+- **Budget.** A one-seed run of this grid (docs/reproduce-small/one-seed at commit bf5c1c1) took 28.6 min
+  on 2 cores, 54 min of training summed over its 13 runs of 8-30 epochs: 3 seeds at that pace take about 86
+  minutes, twice the 45 aimed at. Two changes that leave every net, scale and schedule as they are halve
+  it: the decoded images stay in memory (`cache_images`; decoding the PNGs was 40% of net A's epoch), and
+  training runs in the channels-last memory format, in which oneDNN's CPU convolutions at this width take
+  0.7 (A) to 0.45 (C, E) of the time. In a 3-epoch pilot net A's epoch went from 10.5 to 5 CPU-s and E's from 15.8
   to 6.5, which puts the 3 seeds at about 40 minutes on 2 cores.
 - **Every run stops at its plateau:** the paper's schedule (lr / 10 when the validation error has not
   improved for more than `lr_patience` = 1 epochs, at most 2 times, once in the fine-tuning stages 3 and 4,

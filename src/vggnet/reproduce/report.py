@@ -26,6 +26,16 @@ from .published import (
 )  # fmt: skip
 
 
+
+def last_epoch_trend(errors: Sequence[float], threshold: float) -> str:
+    """How a run's last validation error compares with all before it, by the plateau schedule's own rule
+    (:class:`vggnet.training.Plateau`): "improving" when it beats the best before it by more than ``threshold``
+    (the schedule would count it as progress), "within" when it is the best by no more than that, else "flat"."""
+    best = min(errors[:-1])
+    if errors[-1] < best - threshold:
+        return "improving"
+    return "within" if errors[-1] < best else "flat"
+
 class Report:
     """Builds REPORT.md, results.json and the plots from a plan and its results."""
 
@@ -218,11 +228,10 @@ class Report:
         parts, within = [], 0
         for stage in sorted({r.stage for r in self.plan.runs}):
             rows = [(read_epochs(r.folder), r.config().lr_threshold) for r in self.plan.runs if r.stage == stage]
-            errs = [([e["val_top1_err"] for e in rs], thr) for rs, thr in rows if len(rs) >= 2]
-            if errs:
-                improving = sum(e[-1] < min(e[:-1]) - thr for e, thr in errs)
-                within += sum(min(e[:-1]) - thr <= e[-1] < min(e[:-1]) for e, thr in errs)
-                parts.append(f"stage {stage}: {improving} of {len(errs)}")
+            trends = [last_epoch_trend([e["val_top1_err"] for e in rs], thr) for rs, thr in rows if len(rs) >= 2]
+            if trends:
+                within += trends.count("within")
+                parts.append(f"stage {stage}: {trends.count('improving')} of {len(trends)}")
         if parts and within:
             parts.append(f"runs whose last epoch was their best by no more than the threshold (not an improvement "
                          f"to the schedule): {within}")  # fmt: skip

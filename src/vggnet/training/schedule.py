@@ -58,9 +58,6 @@ class BatchPlan:
 
 
 @dataclass
-
-
-@dataclass
 class Plateau:
     """lr /= 10 when the validation top-1 error has not improved by ``threshold`` for more than ``patience``
     epochs, at most ``max_decays`` times; after the last decrease, the next plateau ends training."""
