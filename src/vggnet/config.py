@@ -215,8 +215,8 @@ def toml_text(values: dict[str, Any]) -> str:
 # Keys a resumed run may change: how and how long it runs, never what it learns from or into. ``lr`` given on
 # resume replaces the schedule's current rate; the schedule's knobs apply from the resumed epoch on.
 SAFE_ON_RESUME = frozenset(
-    "epochs max_steps lr lr_patience lr_threshold lr_decays device amp channels_last compile fused loader "
-    "workers cache_images log_every checkpoint_every keep_checkpoints tensorboard deterministic out stats_images".split()
+    "epochs max_steps lr lr_patience lr_threshold lr_decays device amp channels_last compile fused loader workers "
+    "cache_images log_every checkpoint_every keep_checkpoints tensorboard deterministic out stats_images".split()
 )
 
 

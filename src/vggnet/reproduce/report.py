@@ -15,6 +15,7 @@ from ..config import TrainConfig
 from ..plots import read_epochs
 from ..report import markdown_table, provenance
 from ..scales import scale_step
+from ..training.schedule import Plateau
 from ..files import atomic_write_text
 from .figures import draw as draw_figures
 from .findings import Comparison, check, claims, collect, fmt, stats, verdict
@@ -26,15 +27,15 @@ from .published import (
 )  # fmt: skip
 
 
-
 def last_epoch_trend(errors: Sequence[float], threshold: float) -> str:
     """How a run's last validation error compares with all before it, by the plateau schedule's own rule
-    (:class:`vggnet.training.Plateau`): "improving" when it beats the best before it by more than ``threshold``
-    (the schedule would count it as progress), "within" when it is the best by no more than that, else "flat"."""
+    (:meth:`vggnet.training.Plateau.improves`): "improving" when the schedule counts it as progress, "within"
+    when it is the best by no more than ``threshold``, else "flat"."""
     best = min(errors[:-1])
-    if errors[-1] < best - threshold:
+    if Plateau.improves(errors[-1], best, threshold):
         return "improving"
     return "within" if errors[-1] < best else "flat"
+
 
 class Report:
     """Builds REPORT.md, results.json and the plots from a plan and its results."""

@@ -71,8 +71,14 @@ class Plateau:
     decays: int = 0
     done: bool = False
 
+    @staticmethod
+    def improves(error: float, best: float, threshold: float) -> bool:
+        """The schedule's rule for progress: ``error`` beats ``best`` by more than ``threshold`` (shared with
+        the reproduction report's count of runs still improving)."""
+        return error < best - threshold
+
     def step(self, error: float) -> None:
-        if error < self.best - self.threshold:
+        if self.improves(error, self.best, self.threshold):
             self.best, self.bad_epochs = error, 0
             return
         self.best = min(self.best, error)
