@@ -347,14 +347,17 @@ def test_still_improving_is_the_plateau_schedules_own_rule():
     from vggnet.reproduce.report import last_epoch_trend
     from vggnet.training import Plateau
 
-    assert last_epoch_trend([0.30, 0.25, 0.248], 1e-3) == "improving"
-    assert last_epoch_trend([0.30, 0.25, 0.2495], 1e-3) == "within"
-    assert last_epoch_trend([0.30, 0.25, 0.26], 1e-3) == "flat"
+    assert last_epoch_trend([0.30, 0.25, 0.248], 1e-3, "best") == "improving"
+    assert last_epoch_trend([0.30, 0.25, 0.2495], 1e-3, "best") == "within"
+    assert last_epoch_trend([0.30, 0.25, 0.26], 1e-3, "best") == "flat"
     rng = random.Random(0)
     for _ in range(500):
         errors = [rng.randint(200, 260) / 1000 for _ in range(rng.randint(2, 8))]
-        plateau = Plateau(lr=0.01, patience=100, threshold=1e-3, max_decays=2)  # no decay resets the count
+        plateau = Plateau(lr=0.01, patience=100, threshold=1e-3, max_decays=2, rule="best")  # no decay resets
+        trend = Plateau(lr=0.01, patience=100, threshold=1e-3, max_decays=0, window=3)  # a plateau ends it
         for e in errors:
             plateau.step(e)
+            trend.step(e)
         counted_as_progress = plateau.bad_epochs == 0  # the last step reset the schedule's bad epochs
-        assert (last_epoch_trend(errors, 1e-3) == "improving") == counted_as_progress, errors
+        assert (last_epoch_trend(errors, 1e-3, "best") == "improving") == counted_as_progress, errors
+        assert (last_epoch_trend(errors, 1e-3, "trend", 3) == "improving") == trend.improving(), errors

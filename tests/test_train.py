@@ -45,7 +45,7 @@ def test_batch_plan_shares_and_accumulation():
 
 
 def test_plateau_schedule():
-    p = Plateau(lr=0.01, patience=1, threshold=0.001, max_decays=2)
+    p = Plateau(lr=0.01, patience=1, threshold=0.001, max_decays=2, rule="best")
     for err in [0.5, 0.4, 0.4, 0.4]:
         p.step(err)
     assert p.lr == pytest.approx(0.001) and p.decays == 1

@@ -73,8 +73,15 @@ class TrainConfig:
     lr: float = option(1e-2, "initial learning rate of SGD (the paper: 1e-2, divided by 10 at each plateau)")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "L2 penalty multiplier (the paper: 5e-4)")
-    lr_patience: int = option(2, "epochs without improvement of the val top-1 error before lr /= 10")
-    lr_threshold: float = option(1e-3, "an improvement smaller than this (absolute error) does not count")
+    plateau: str = option(
+        "trend",
+        "how 'the val top-1 error stopped improving' is decided (docs/plateau.md): trend: the least-squares line "
+        "through the last --lr-window epochs at this lr does not fall; best: no new best for more than "
+        "--lr-patience epochs (fires on validation noise)",
+    )
+    lr_window: int = option(5, "trend rule: epochs at one lr whose fitted line decides a plateau (at least 2)")
+    lr_patience: int = option(2, "best rule: epochs without a new best val top-1 error before lr /= 10")
+    lr_threshold: float = option(1e-3, "a fall of the val top-1 error (absolute) smaller than this does not count")
     lr_decays: int = option(3, "at most this many decreases; training stops at the plateau after the last")
     label_smoothing: float = option(0.0, "not in the paper; 0 turns it off")
     # --- system
@@ -134,6 +141,10 @@ class TrainConfig:
             raise ValueError(f"--log-every must be at least 1, got {self.log_every}")
         if self.workers < -1:
             raise ValueError(f"--workers must be -1 (one per core) or 0 or more, got {self.workers}")
+        if self.plateau not in ("trend", "best"):
+            raise ValueError(f"--plateau must be trend or best, got {self.plateau!r}")
+        if self.lr_window < 2:
+            raise ValueError(f"--lr-window must be at least 2 epochs, got {self.lr_window}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
 
@@ -148,17 +159,17 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist": dict(
         arch="A", width=0.25, fc_width=256, crop_size=32, scale_min=32, scale_max=44, flip=False, init="kaiming",
-        epochs=18, batch_size=64, lr=0.02, lr_patience=1, lr_decays=2, stats_images=2000, log_every=20,
+        epochs=18, batch_size=64, lr=0.02, lr_decays=2, stats_images=2000, log_every=20,
         dropout=0.5, label_smoothing=0.1, workers=1, cache_images=True,
     ),
     "mnist-scale": dict(
         arch="A", width=0.25, fc_width=256, crop_size=32, scale_min=32, scale_max=64, flip=False, init="kaiming",
-        epochs=10, batch_size=64, lr=0.02, lr_patience=1, lr_decays=2, stats_images=2000, log_every=20,
+        epochs=10, batch_size=64, lr=0.02, lr_decays=2, stats_images=2000, log_every=20,
         dropout=0.3, workers=1, cache_images=True,
     ),
     "mnist-clutter": dict(  # the small reproduction grid's nets: 64 crops, block 5's convs on 4x4 maps
         arch="A", width=0.0625, fc_width=128, crop_size=64, scale_min=64, scale_max=128, flip=False,
-        init="kaiming", epochs=40, batch_size=32, lr=0.01, lr_patience=1, lr_decays=2, stats_images=1000,
+        init="kaiming", epochs=40, batch_size=32, lr=0.01, lr_decays=2, stats_images=1000,
         log_every=50, dropout=0.0, workers=1, cache_images=True,
     ),
 }
@@ -215,8 +226,8 @@ def toml_text(values: dict[str, Any]) -> str:
 # Keys a resumed run may change: how and how long it runs, never what it learns from or into. ``lr`` given on
 # resume replaces the schedule's current rate; the schedule's knobs apply from the resumed epoch on.
 SAFE_ON_RESUME = frozenset(
-    "epochs max_steps lr lr_patience lr_threshold lr_decays device amp channels_last compile fused loader workers "
-    "cache_images log_every checkpoint_every keep_checkpoints tensorboard deterministic out stats_images".split()
+    "epochs max_steps lr plateau lr_window lr_patience lr_threshold lr_decays device amp channels_last compile fused "
+    "loader workers cache_images log_every checkpoint_every keep_checkpoints tensorboard deterministic out stats_images".split()
 )
 
 

@@ -344,6 +344,33 @@ class VGG(nn.Module):
         return total
 
 
-def spatial_average(scores: torch.Tensor) -> torch.Tensor:
-    """Average a dense score map (N, C, h, w) over its positions into class scores (N, C)."""
-    return scores.mean(dim=(-2, -1))
+STRIDE = 32  # the input pixels between neighbouring windows of a dense map: five 2x2 pools
+
+
+def window_mask(image_size: tuple[int, int], map_size: tuple[int, int], crop: int,
+                stride: int = STRIDE) -> torch.Tensor:  # fmt: skip
+    """Which windows of a dense map count, as an (h, w) float mask: those whose centre lies inside the image.
+
+    Window (i, j) of the map sees input rows [stride * i, stride * i + crop) (columns likewise). The ceil-mode
+    pools give a last row and column of windows that reach past the image's edge by up to stride - 1 pixels;
+    such a window's centre lies outside the image, so that it sees more padding than image, only when that
+    overhang reaches crop / 2: never at crops of 64 pixels or more (the paper's 224, the small grid's 64), at
+    any size, and so never at the paper's geometry. With 32-pixel crops at Q = 38 the windows of the second
+    row and column see 6 pixels of image and 26 of padding: they do not count.
+    """
+    h, w = map_size
+    rows = torch.arange(h) * stride + crop / 2 <= image_size[0]
+    cols = torch.arange(w) * stride + crop / 2 <= image_size[1]
+    return (rows[:, None] & cols[None, :]).float()
+
+
+def spatial_average(scores: torch.Tensor, image_size: tuple[int, int] | None = None, crop: int | None = None,
+                    stride: int = STRIDE) -> torch.Tensor:  # fmt: skip
+    """Average a dense map (N, C, h, w) over its positions into (N, C): class scores, or penultimate features.
+
+    With ``image_size`` (the input's H, W) and ``crop`` (the net's), only the windows of :func:`window_mask`
+    count (all of them at the paper's geometry); without, every position does."""
+    if image_size is None or crop is None:
+        return scores.mean(dim=(-2, -1))
+    m = window_mask(tuple(image_size), tuple(scores.shape[-2:]), crop, stride).to(scores.device, scores.dtype)
+    return (scores * m).sum(dim=(-2, -1)) / m.sum()

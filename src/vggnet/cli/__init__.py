@@ -40,7 +40,8 @@ _GROUPS = {
     "data": ("data", "val", "val_fraction", "class_names", "scale_min", "scale_max", "flip", "colour_shift",
              "normalize", "pixel_range", "stats_images", "workers"),
     "optimisation (the paper's recipe)": ("epochs", "batch_size", "accum_steps", "lr", "momentum", "weight_decay",
-                                         "lr_patience", "lr_threshold", "lr_decays", "label_smoothing"),
+                                         "plateau", "lr_window", "lr_patience", "lr_threshold", "lr_decays",
+                                         "label_smoothing"),
 }  # fmt: skip
 
 

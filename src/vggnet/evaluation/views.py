@@ -4,6 +4,8 @@ Every function here takes images already rescaled to one test scale Q and normal
 
 - ``dense_posteriors``: the whole, uncropped image goes through the fully convolutional net (``model.dense``);
   the class score map is spatially averaged into one score vector and turned into a posterior by the soft-max.
+  A window of the map whose centre lies beyond the image's edge does not count (``model.window_mask``: only
+  with crops under 64 pixels; at the paper's geometry every window counts).
 - ``multicrop_posteriors``: a 5x5 regular grid of crops of the training crop size. The grid spans the image from
   edge to edge: the first crop of a row sits at offset 0, the last at the far edge (H - crop or W - crop), the
   ones between are evenly spaced (offsets rounded down in the left half and mirrored in the right half, so that
@@ -64,7 +66,10 @@ def _scores(model: nn.Module, views: torch.Tensor, dense: bool, rt: Runtime) -> 
     x = rt.input(views.flatten(0, 1))
     with rt.autocast():
         # average the score map in float32: bf16 sums over many positions lose digits
-        y = spatial_average(model.dense(x).float()) if dense else model(x).float()
+        if dense:  # windows mostly beyond the image's edge do not count (model.window_mask)
+            y = spatial_average(model.dense(x).float(), tuple(x.shape[-2:]), unwrap(model).crop_size)
+        else:
+            y = model(x).float()
     return y.view(b, v, -1)
 
 

@@ -27,14 +27,32 @@ from .published import (
 )  # fmt: skip
 
 
-def last_epoch_trend(errors: Sequence[float], threshold: float) -> str:
-    """How a run's last validation error compares with all before it, by the plateau schedule's own rule
-    (:meth:`vggnet.training.Plateau.improves`): "improving" when the schedule counts it as progress, "within"
-    when it is the best by no more than ``threshold``, else "flat"."""
+def last_epoch_trend(errors: Sequence[float], threshold: float, rule: str = "trend", window: int = 5) -> str:
+    """Whether a run was still improving at its last epoch, by the plateau schedule's own rule
+    (:meth:`vggnet.training.Plateau.improving`); ``errors`` are the epochs at the run's last learning rate.
+
+    ``trend``: "improving" when the fitted line through the last ``window`` errors falls by more than
+    ``threshold`` (or fewer than ``window`` epochs ran at that rate), else "flat". ``best``: "improving" when
+    the last error beats all before it by more than ``threshold``, "within" when it is the best by no more than
+    that, else "flat"."""
+    if rule == "trend":
+        w = list(errors[-window:])
+        return "improving" if len(w) < window or Plateau.trending_down(w, threshold) else "flat"
     best = min(errors[:-1])
     if Plateau.improves(errors[-1], best, threshold):
         return "improving"
     return "within" if errors[-1] < best else "flat"
+
+
+def _at_last_lr(rows: list[dict[str, Any]]) -> list[float]:
+    """The validation errors of the epochs trained at the last epoch's learning rate."""
+    lr = rows[-1].get("lr")
+    out: list[float] = []
+    for r in reversed(rows):
+        if r.get("lr") != lr:
+            break
+        out.append(r["val_top1_err"])
+    return out[::-1]
 
 
 class Report:
@@ -228,8 +246,10 @@ class Report:
         paper trains each to its plateau)."""
         parts, within = [], 0
         for stage in sorted({r.stage for r in self.plan.runs}):
-            rows = [(read_epochs(r.folder), r.config().lr_threshold) for r in self.plan.runs if r.stage == stage]
-            trends = [last_epoch_trend([e["val_top1_err"] for e in rs], thr) for rs, thr in rows if len(rs) >= 2]
+            rows = [(read_epochs(r.folder), r.config()) for r in self.plan.runs if r.stage == stage]
+            trends = [last_epoch_trend(_at_last_lr(rs) if c.plateau == "trend" else [e["val_top1_err"] for e in rs],
+                                       c.lr_threshold, c.plateau, c.lr_window)
+                      for rs, c in rows if len(rs) >= 2]  # fmt: skip
             if trends:
                 within += trends.count("within")
                 parts.append(f"stage {stage}: {trends.count('improving')} of {len(trends)}")

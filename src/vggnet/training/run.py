@@ -191,7 +191,7 @@ def _build(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 fused=(cuda_path(device) and cfg.fused) or None)  # fmt: skip
-    plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays)
+    plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays, cfg.plateau, cfg.lr_window)
     r = _Run(cfg, run, d, device, log, model, optimizer, plateau, Progress(0, 0, 0), 0, train_set, val_set, classes)
     if ckpt is not None:
         _restore(r, ckpt, explicit_lr)
@@ -240,6 +240,7 @@ def _restore(r: _Run, ckpt: dict[str, Any], explicit_lr: bool) -> None:
     r.plateau.load_state_dict(ckpt["plateau"])
     # the schedule's knobs may change on resume; an explicit learning rate replaces its current one
     r.plateau.patience, r.plateau.threshold, r.plateau.max_decays = cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays
+    r.plateau.rule, r.plateau.window = cfg.plateau, cfg.lr_window
     if explicit_lr:
         r.plateau.lr = cfg.lr
     r.prog = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], *ckpt.get("epoch_loss", (0.0, 0)))
