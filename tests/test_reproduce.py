@@ -117,7 +117,7 @@ def test_check_verdicts_follow_the_spread():
     comp = rp.Comparison("B vs A", [("3", "B@256")], [("3", "A@256")])
     assert rp.check(comp, cells_with(B_256=[10, 11, 12], A_256=[13, 14, 15]))["verdict"] == "supported"
     r = rp.check(comp, cells_with(B_256=[10, 14, 12], A_256=[11, 12, 13]))
-    assert r["verdict"] == "inconclusive" and "within one std" in r["reason"]
+    assert r["verdict"] == "inconclusive" and "contains 0" in r["reason"] and r["seeds_needed"] == 17
     assert rp.check(comp, cells_with(B_256=[14, 15, 16], A_256=[10, 11, 13]))["verdict"] == "not supported"
     one = rp.check(comp, cells_with(B_256=[10], A_256=[13]))
     assert one["verdict"] == "inconclusive" and "one seed" in one["reason"] and one["diff_std"] is None
@@ -127,6 +127,21 @@ def test_check_verdicts_follow_the_spread():
     lrn = rp.Comparison("A-LRN vs A", [("3", "A-LRN@256")], [("3", "A@256")], "not_lower")
     assert rp.check(lrn, cells_with(LRN_256=[12, 13, 12], A_256=[12, 12, 13]))["verdict"] == "supported"
     assert rp.check(lrn, cells_with(LRN_256=[9, 10, 11], A_256=[12, 13, 14]))["verdict"] == "not supported"
+
+
+def test_paired_t_interval_and_the_seeds_that_would_resolve_a_difference():
+    from vggnet.reproduce.findings import interval, seeds_to_resolve
+
+    lo, hi = interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.303
+    assert (lo, hi) == (pytest.approx(2 - 4.3027 / 3**0.5, abs=1e-3), pytest.approx(2 + 4.3027 / 3**0.5, abs=1e-3))
+    assert seeds_to_resolve(1.0, 1.0) == 7  # t(0.975, 6) / sqrt(7) = 0.925 < 1; n = 6 gives 1.05
+    assert seeds_to_resolve(0.01, 10.0) is None
+    # a one-std gap of 3 seeds is inconclusive by the interval, and the check says how many seeds would do
+    comp = rp.Comparison("B vs A", [("3", "B@256")], [("3", "A@256")])
+    r = rp.check(comp, cells_with(B_256=[10, 12, 14], A_256=[12, 13, 14]))  # diffs -2, -1, 0
+    assert r["verdict"] == "inconclusive" and r["ci95"][0] < 0 < r["ci95"][1]
+    assert r["seeds_needed"] == seeds_to_resolve(abs(r["paper_diff"]), 1.0)
+    assert f"{r['seeds_needed']} seeds would resolve the paper's difference" in r["reason"]
 
 
 def test_claim_verdict_combines_comparisons():

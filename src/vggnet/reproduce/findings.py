@@ -1,10 +1,12 @@
 """The paper's findings (section 4) as checks on our numbers.
 
 Per-seed errors of every table cell are collected from the evaluations (``collect``). Findings are checked on
-the top-1 error, paired by seed (all runs of one seed share a data order and a staged initialisation): a claim
-is *supported* when the mean per-seed difference goes the paper's way by more than one standard deviation of the
-per-seed differences, *not supported* when it goes the other way by more than that, and *inconclusive*
-otherwise (or with a single seed, which has no spread).
+the top-1 error, paired by seed (all runs of one seed share a data order and a staged initialisation), by the
+95% confidence interval of the mean per-seed difference (Student's t with n - 1 degrees of freedom): a claim is
+*supported* when the whole interval lies on the paper's side of zero, *not supported* when it lies on the
+other side, and *inconclusive* when it contains zero (or with a single seed, which has no spread). For an
+inconclusive comparison the check says how many seeds would make an interval at the measured spread narrower
+than the paper's difference (or, where the paper gives none, than the measured one).
 """
 
 from __future__ import annotations
@@ -158,23 +160,62 @@ def check(comp: Comparison, cells: dict[str, dict[str, dict[int, list[float]]]])
     mean, std = stats(diffs)
     out.update(seeds=seeds, treatment=[t[s] for s in seeds], baseline=[b[s] for s in seeds], diffs=diffs,
                diff_mean=mean, diff_std=std)  # fmt: skip
-    way = "lower" if mean < 0 else "higher" if mean > 0 else "equal"
     if std is None:
+        way = "lower" if mean < 0 else "higher" if mean > 0 else "equal"
         out.update(verdict="inconclusive", reason=f"one seed, no spread (treatment {way} by {abs(mean):.2f})")
-    elif comp.expect == "lower":
-        if mean < 0 and -mean > std:
-            out.update(verdict="supported", reason=f"lower by {-mean:.2f} ± {std:.2f}")
-        elif mean > 0 and mean > std:
-            out.update(verdict="not supported", reason=f"higher by {mean:.2f} ± {std:.2f}")
+        return out
+    lo, hi = interval(diffs)
+    out.update(ci95=[lo, hi])
+    ci = f"{mean:+.2f}, 95% CI [{lo:+.2f}, {hi:+.2f}]"
+    if comp.expect == "lower":
+        if hi < 0:
+            out.update(verdict="supported", reason=f"lower: {ci}")
+        elif lo > 0:
+            out.update(verdict="not supported", reason=f"higher: {ci}")
         else:
-            out.update(verdict="inconclusive", reason=f"difference {mean:+.2f} ± {std:.2f}, within one std")
-    else:  # the paper says the treatment does not help: contradicted only by a gain beyond the spread
-        if mean < 0 and -mean > std:
-            out.update(verdict="not supported", reason=f"the treatment helps: lower by {-mean:.2f} ± {std:.2f}")
+            out.update(verdict="inconclusive", reason=f"{ci} contains 0")
+    else:  # the paper says the treatment does not help: contradicted only by an interval wholly below zero
+        if hi < 0:
+            out.update(verdict="not supported", reason=f"the treatment helps: {ci}")
         else:
-            within = "within one std" if abs(mean) <= std else "worse"
-            out.update(verdict="supported", reason=f"no gain: difference {mean:+.2f} ± {std:.2f} ({within})")
+            out.update(verdict="supported", reason=f"no gain shown: {ci}")
+    if out["verdict"] == "inconclusive":
+        effect = abs(out["paper_diff"]) if out["paper_diff"] else abs(mean)
+        n = seeds_to_resolve(effect, std)
+        out["seeds_needed"] = n
+        size = "the paper's difference" if out["paper_diff"] else "the measured difference"
+        out["reason"] += (f"; {n} seeds would resolve {size} ({effect:.2f}) at this spread (sd {std:.2f})"
+                          if n else f"; the spread (sd {std:.2f}) is too wide to resolve {size} ({effect:.2f}) "
+                          f"with up to {MAX_SEEDS} seeds")  # fmt: skip
     return out
+
+
+MAX_SEEDS = 100
+
+
+def t_quantile(df: int, p: float = 0.975) -> float:
+    """Student's t quantile (scipy, which scikit-learn brings)."""
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def interval(diffs: Sequence[float]) -> tuple[float, float]:
+    """The 95% confidence interval of the mean of paired differences: mean ± t(0.975, n - 1) sd / sqrt(n)."""
+    mean, std = stats(diffs)
+    half = t_quantile(len(diffs) - 1) * (std or 0.0) / math.sqrt(len(diffs))
+    return mean - half, mean + half
+
+
+def seeds_to_resolve(effect: float, std: float) -> int | None:
+    """The fewest seeds n whose 95% interval half-width t(0.975, n - 1) sd / sqrt(n) is below ``effect``, at a
+    per-seed spread ``std`` (None beyond ``MAX_SEEDS``): a difference that large would then exclude zero."""
+    if std == 0:
+        return 2
+    for n in range(2, MAX_SEEDS + 1):
+        if t_quantile(n - 1) * std / math.sqrt(n) < effect:
+            return n
+    return None
 
 
 def verdict(results: list[dict[str, Any]]) -> str:
@@ -191,4 +232,4 @@ def verdict(results: list[dict[str, Any]]) -> str:
     return "inconclusive"
 
 
-__all__ = ["Claim", "Comparison", "check", "claims", "collect", "fmt", "stats", "verdict"]
+__all__ = ["Claim", "Comparison", "check", "claims", "collect", "fmt", "interval", "seeds_to_resolve", "stats", "verdict"]

@@ -356,10 +356,12 @@ class Report:
             "Each finding is checked on the top-1 error, paired by seed (the runs of one seed share the data order "
             "and the staged initialisation). Difference = treatment minus baseline, in points of top-1 error "
             "(negative: the treatment is better); cells that average several table rows use their mean. "
-            "*supported*: the mean difference goes the paper's way by more than one standard deviation of the "
-            "per-seed differences; *not supported*: it goes the other way by more than that; *inconclusive*: "
-            "within one std" + (" (or one seed, which has no spread)" if n < 2 else "") + ". For 'LRN does not "
-            "help', supported means no gain beyond one std.",
+            "Each difference comes with its paired 95% confidence interval (Student's t, n - 1 degrees of "
+            "freedom). *supported*: the interval lies wholly on the paper's side of zero; *not supported*: wholly "
+            "on the other side; *inconclusive*: it contains zero" + (" (or one seed, which has no spread)"
+            if n < 2 else "") + ", and the check says how many seeds would resolve a difference of the paper's "
+            "size at the measured spread. For 'LRN does not help', supported means no gain shown (the interval "
+            "is not wholly below zero).",
             "",
             self.findings(),
             "",
