@@ -139,6 +139,18 @@ def test_paper_check_stage_table_and_order():
     assert not r.ok and "did not learn" in r.why
 
 
+def test_paper_check_learning_rows_scale_the_rate_with_the_batch():
+    """The learning rows' one rule: lr = 1e-2 x B / 256 (linear scaling), the paper's 1e-2 at batch 256 on CUDA;
+    the table's row names the batch and the rate."""
+    pc = _paper_check()
+    assert pc.learn_lr(256) == pytest.approx(1e-2)
+    assert pc.learn_lr(32) == pytest.approx(1.25e-3)
+    cpu, gpu = pc.parse_args([]), pc.parse_args(["--device", "cuda"])
+    assert (cpu.learn_batch_size, cpu.learn_lr) == (32, pytest.approx(1.25e-3))
+    assert (gpu.learn_batch_size, gpu.learn_lr) == (256, pytest.approx(1e-2))
+    assert pc.parse_args(["--learn-batch-size", "8", "--learn-lr", "0.003"]).learn_lr == pytest.approx(3e-3)
+
+
 @pytest.mark.slow
 def test_paper_check_cheap_slice(tmp_path, capsys):
     """Net A at full width (133M parameters), 224 crops of 500x375 JPEGs, the paper's augmentation, two SGD steps
