@@ -240,10 +240,10 @@ class Report:
         return [text]
 
     def convergence_note(self) -> str:
-        """Per stage, how many runs were still improving at their last epoch (better than every earlier epoch by
-        more than the plateau schedule's ``lr_threshold``, the rule that decides a plateau; a last epoch better
-        by less is counted apart): nets still improving when stopped are compared before they converged (the
-        paper trains each to its plateau)."""
+        """Per stage, how many runs were still improving at their last epoch by the plateau schedule's own rule
+        (:func:`last_epoch_trend`; under the ``best`` rule a last epoch better by less than the threshold is
+        counted apart): nets still improving when stopped are compared before they converged (the paper trains
+        each to its plateau)."""
         parts, within = [], 0
         for stage in sorted({r.stage for r in self.plan.runs}):
             rows = [(read_epochs(r.folder), r.config()) for r in self.plan.runs if r.stage == stage]
@@ -371,8 +371,8 @@ class Report:
             lines += [f"Depth saturation (no verdict): {note}.", ""]
         still = self.convergence_note()
         if still:
-            lines += ["Runs still improving at their last epoch (the last epoch better than every earlier one by "
-                      "more than the plateau schedule's threshold, one centre crop): "
+            lines += ["Runs still improving at their last epoch (by the plateau schedule's own rule on the epochs at "
+                      "the run's last learning rate, one centre crop): "
                       f"{still}. A run still improving was compared before it converged (the paper trains each net "
                       "to the plateau of its validation error; so does every grid here, the epochs being caps).",
                       ""]  # fmt: skip
