@@ -8,7 +8,9 @@ evaluation share one set of weights.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -204,7 +206,8 @@ class VGG(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(fc_width, num_classes),
         )
-        init_weights(self, "paper")
+        if self.classifier[0].weight.device.type != "meta":  # a net built to load weights into is not drawn
+            init_weights(self, "paper")
 
     @property
     def name(self) -> str:
@@ -381,6 +384,31 @@ class VGG(nn.Module):
         for fc in self.fc_layers():
             total += hh * ww * fc.in_features * fc.out_features
         return total
+
+
+def meta_model(cls: type[nn.Module] | None = None, **arch: Any) -> nn.Module:
+    """``cls(**arch)`` (default ``VGG``) built on the meta device, to load weights into with ``load_state``: no
+    memory is allocated and no random weight is drawn (a random init that the loaded weights then overwrite cost
+    about a second for net D, issue 26)."""
+    with torch.device("meta"):
+        return (cls or VGG)(**arch)
+
+
+def load_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Module:
+    """``model.load_state_dict(sd)`` (strict). Into a net built by ``meta_model`` the tensors are taken as they
+    are (``assign=True``; cast to the net's dtype where they differ) rather than copied: ``sd`` must then be the
+    caller's own tensors (read from a file), not another live net's, which would share them."""
+    meta = [t.is_meta for t in itertools.chain(model.parameters(), model.buffers())]
+    if not any(meta):
+        model.load_state_dict(sd)
+        return model
+    own = model.state_dict()
+    cast = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(cast, assign=True)
+    left = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:  # cannot happen after a strict load of every key; a net half on the meta device must not escape
+        raise ValueError(f"layers {left[:4]} were not loaded; load every layer into a net built by meta_model")
+    return model
 
 
 def spatial_average(scores: torch.Tensor) -> torch.Tensor:
