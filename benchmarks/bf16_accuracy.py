@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = [(img, 0) for img in photos(args.images)]
         rows += compare(vggnet.evaluation.as_net(net, name="D (Kaiming init, torchvision layout)"), samples,
                         [int(q) for q in args.d_scales.split(",")], 8)  # fmt: skip
-    headers = ["net", "protocol", "images", "top-1 agreement %", "max |dp|", "mean |dp|", "top-1 err % fp32",
+    headers = ["net", "protocol", "images", "top-1 agreement %", "max abs dp", "mean abs dp", "top-1 err % fp32",
                "top-1 err % bf16"]  # fmt: skip
     print(markdown_table(headers, rows, "lllrrrrr"))
     return 0

@@ -11,9 +11,9 @@ process: imports, building the net, loading the weights, dense evaluation at its
     PYTHONPATH=src python benchmarks/peers.py --quick         # a smoke run: 1 round, batch 1, no predict
 
 - crops: a batch of ``--batch`` 224x224 crops, ``model(x)`` of each library.
-- dense: one 384x512 image and its flip through the fully convolutional net: ``model.dense`` + spatial average
+- dense: one 384x512 image (Q x about 4Q/3, a multiple of 32: timm's pools round down, ours up) and its flip through the fully convolutional net: ``model.dense`` + spatial average
   (vggnet) and timm's VGG, whose ConvMlp pre-logits run FC1/FC2 as convolutions before its average-pool head
-  (the same function: checked equal, printed as "max |dp|"). torchvision's VGG has no dense mode (n/a).
+  (the same function: checked equal, printed as "max abs dp"). torchvision's VGG has no dense mode (n/a).
 - multicrop: the 50 crops of one image (5x5 grid and its flip) as one batch, ``model(x)``.
 
 The weights are one random net D (Kaiming init) in each library's layout; timings do not depend on their values.
@@ -55,7 +55,7 @@ def workloads(nets: dict[str, torch.nn.Module], batch: int, q: int) -> dict[str,
     """protocol -> (input, {library: function of the input returning class scores})."""
     g = torch.Generator().manual_seed(0)
     crops = torch.randn(batch, 3, 224, 224, generator=g).contiguous(memory_format=CL)
-    image = torch.randn(1, 3, q, q * 4 // 3, generator=g)
+    image = torch.randn(1, 3, q, 32 * round(q * 4 / 3 / 32), generator=g)  # 4:3, a multiple of 32 (timm floors)
     dense_in = torch.cat([image, image.flip(-1)]).contiguous(memory_format=CL)
     grid = vggnet.evaluation.grid_crops(image[0], 224)
     multi = torch.cat([grid, vggnet.evaluation.grid_crops(image[0].flip(-1), 224)]).contiguous(memory_format=CL)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     nets = contenders(args.quick)
     work = workloads(nets, args.batch, args.q)
     dense_x = work[f"dense Q={args.q}"][0]
-    print(f"dense: vggnet and timm's ConvMlp head agree to max |dp| = {check_dense_equal(nets, dense_x):.1e} "
+    print(f"dense: vggnet and timm's ConvMlp head agree to max abs dp = {check_dense_equal(nets, dense_x):.1e} "
           f"(float32)\n")  # fmt: skip
     rows = bench(nets, work, args.rounds, args.precision.split(","))
     print(markdown_table(["protocol", "precision", "library", "median s", "vggnet's speed-up (range)"], rows, "lllrr"))

@@ -59,3 +59,107 @@ def test_a_loaded_net_owns_float32_weights_of_a_bf16_file(tmp_path):
     net = load_model(tmp_path / "bf16.safetensors")
     assert {p.dtype for p in net.parameters()} == {torch.float32}
     torch.testing.assert_close(net.classifier[0].weight, src.classifier[0].weight.float())
+
+
+# ---- bf16 evaluation --------------------------------------------------------------------------------------------
+
+# The largest posterior difference that bf16 autocast may make against float32 on the tiny net below. Measured
+# (docs/performance.md): 6.5e-3 on the 2-epoch demo net over 1000 images and every protocol; this tiny net of
+# Kaiming-initialised layers stays under 1e-2 too; the bound leaves room for other CPUs' bf16 kernels.
+BF16_MAX_POSTERIOR_DIFF = 2e-2
+
+
+def test_precision_is_decided_once_and_recorded(monkeypatch):
+    from vggnet.runtime import cpu_has_native_bf16, runtime
+
+    assert runtime("cpu", amp=False).precision == "float32" and not runtime("cpu", amp=False).amp
+    assert runtime("cpu", amp=True).precision == "bf16"
+    monkeypatch.setenv("VGGNET_CPU_BF16", "1")
+    assert runtime("cpu").amp
+    monkeypatch.setenv("VGGNET_CPU_BF16", "0")
+    assert not runtime("cpu").amp
+    monkeypatch.delenv("VGGNET_CPU_BF16")
+    assert runtime("cpu").amp == cpu_has_native_bf16()
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        assert cpu_has_native_bf16()
+
+
+def test_bf16_evaluation_within_tolerance_of_float32():
+    """Every protocol under bf16 autocast gives posteriors within the measured tolerance of float32, and the
+    report says which precision ran."""
+    net = vggnet.create_model("A", num_classes=5, width=1 / 16, fc_width=32, crop_size=32, init="kaiming", seed=0)
+    g = torch.Generator().manual_seed(0)
+    samples = [(torch.randint(0, 256, (3, 40 + 4 * i, 48), dtype=torch.uint8, generator=g), i % 5) for i in range(6)]
+    kw = dict(protocols="center,dense,multicrop", scales=[32, 40], device="cpu", return_posteriors=True,
+              mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # fmt: skip
+    f32 = vggnet.evaluate(net, samples, amp=False, **kw)
+    b16 = vggnet.evaluate(net, samples, amp=True, **kw)
+    assert (f32.precision, b16.precision) == ("float32", "bf16")
+    assert b16.to_dict()["precision"] == "bf16" and "(bf16)" in b16.markdown()
+    for key, p in f32.posteriors.items():
+        diff = (p - b16.posteriors[key]).abs().max().item()
+        assert 0 < diff <= BF16_MAX_POSTERIOR_DIFF, (key, diff)  # > 0: bf16 did run
+
+
+def test_predict_no_amp_computes_float32_and_says_so(tmp_path, capsys, monkeypatch):
+    """`vgg predict --no-amp` forces float32 where the default would be bf16; the JSON records the precision."""
+    import json
+
+    from PIL import Image
+
+    from vggnet.cli import main
+
+    net = vggnet.create_model("A", num_classes=5, width=1 / 16, fc_width=32, crop_size=32, init="kaiming", seed=0)
+    vggnet.save_weights(net, tmp_path / "w.safetensors")
+    Image.fromarray(torch.randint(0, 256, (40, 52, 3), dtype=torch.uint8).numpy()).save(tmp_path / "x.jpg")
+    monkeypatch.setenv("VGGNET_CPU_BF16", "1")  # the default of a CPU with native bf16
+    cmd = ["predict", "--weights", str(tmp_path / "w.safetensors"), "--normalize", "imagenet", str(tmp_path / "x.jpg"),
+           "--json", "--device", "cpu", "--scales", "32,40"]  # fmt: skip
+    out = {}
+    for flag in ([], ["--no-amp"]):
+        assert main(cmd + flag) == 0
+        out[tuple(flag)] = json.loads(capsys.readouterr().out)[0]
+    assert out[()]["precision"] == "bf16" and out[("--no-amp",)]["precision"] == "float32"
+    probs = {k: [t["prob"] for t in v["top"]] for k, v in out.items()}
+    assert probs[()] != probs[("--no-amp",)]
+    assert max(abs(a - b) for a, b in zip(*probs.values())) <= BF16_MAX_POSTERIOR_DIFF
+
+
+# ---- start-up ---------------------------------------------------------------------------------------------------
+
+
+def test_predict_imports_neither_torchvision_nor_dynamo(tmp_path):
+    """`vgg predict` on a JPEG runs without importing torchvision or torch._dynamo (seconds of start-up)."""
+    from PIL import Image
+
+    net = vggnet.create_model("A", num_classes=5, width=1 / 16, fc_width=32, crop_size=32, init="kaiming", seed=0)
+    vggnet.save_weights(net, tmp_path / "w.safetensors")
+    Image.fromarray(torch.randint(0, 256, (40, 52, 3), dtype=torch.uint8).numpy()).save(tmp_path / "x.jpg")
+    code = (f"import sys; from vggnet.cli import main; main(['predict', '--weights', {str(tmp_path / 'w.safetensors')!r}, "
+            f"'--normalize', 'imagenet', {str(tmp_path / 'x.jpg')!r}, '--device', 'cpu', '--scales', '32']); "
+            f"print('LOADED', [m for m in ('torchvision', 'torch._dynamo') if m in sys.modules])")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out, out
+
+
+def test_pillow_decodes_a_jpeg_as_torchvision_does(tmp_path):
+    """Without torchvision imported, Pillow decodes JPEGs: the same pixels as torchvision's decoder."""
+    import numpy as np
+    from PIL import Image
+
+    from vggnet.data import io as vio
+
+    rng = np.random.default_rng(0)
+    low = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((64, 48), Image.BICUBIC)
+    low.save(tmp_path / "x.jpg", quality=90)
+    data = (tmp_path / "x.jpg").read_bytes()
+    decode_jpeg, mode = vio.decode_jpeg, vio.ImageReadMode  # imports torchvision (the GPU path's decoder)
+    if decode_jpeg is None:
+        pytest.skip("this torchvision has no JPEG decoder")
+    with_tv = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode.RGB)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delitem(sys.modules, "torchvision.io")
+        assert vio._loaded_jpeg_decoder() is None
+        with_pil = vio.decode_bytes(data)
+    assert torch.equal(with_pil, with_tv)
