@@ -36,10 +36,11 @@ PROTOCOLS = ["center", "dense", "multicrop"]
 def photos(n: int, seed: int = 0) -> list[torch.Tensor]:
     """``n`` uint8 images cut from matplotlib's sample photo (crops of several aspects, flips, tints)."""
     import matplotlib.cbook
+    import numpy as np
     from PIL import Image
 
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-        base = torch.from_numpy(__import__("numpy").asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+        base = torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
     g = torch.Generator().manual_seed(seed)
     out = []
     h, w = base.shape[-2:]
