@@ -13,6 +13,13 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _float32_on_cpu(monkeypatch):
+    """Evaluation on the CPU in float32 unless a test asks for bf16: on a CPU with native bf16 it would default to
+    bf16 (vggnet.runtime), and the tests' exact comparisons must not depend on the machine they run on."""
+    monkeypatch.setenv("VGGNET_CPU_BF16", "0")
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Two classes of small coloured images with noise: learnable, not trivial (the training and fault tests)."""

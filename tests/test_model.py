@@ -311,3 +311,57 @@ def test_kaiming_init_keeps_the_scale():
     fc2, fc3 = model.classifier[3], model.classifier[6]
     assert abs(fc2.weight.std().item() - (2 / 512) ** 0.5) < 0.05 * (2 / 512) ** 0.5
     assert abs(fc3.weight.std().item() - (1 / 512) ** 0.5) < 0.05 * (1 / 512) ** 0.5
+
+
+def _assert_dense_is_head_on_every_window(model, x):
+    """Every cell of the dense score map (and of the fc7 map) equals the FC head on its window of pool5."""
+    p = model.positions
+    with torch.no_grad():
+        f = model.features(x)
+        scores, fc7 = model.dense(x), model.dense(x, head=False)
+        h, w = f.shape[-2] - p + 1, f.shape[-1] - p + 1
+        assert scores.shape == (x.shape[0], model.num_classes, h, w)
+        for i in range(h):
+            for j in range(w):
+                window = torch.flatten(f[..., i : i + p, j : j + p], 1)
+                torch.testing.assert_close(scores[..., i, j], model.forward_head(window), rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(fc7[..., i, j], model.forward_head(window, pre_logits=True), rtol=1e-5,
+                                           atol=1e-5)  # fmt: skip
+        # the graph-export path (FC weights viewed as convolutions) computes the same map
+        torch.testing.assert_close(scores, model._dense_head_conv(f), rtol=1e-5, atol=1e-5)
+    return scores
+
+
+def test_dense_equals_head_on_every_window_after_training_and_loading(tmp_path):
+    """Dense mode reads the stored Linear weights on each call: a training step and a weight load change the
+    score map at once, and it stays the FC head on every window (no cached copy that could go stale)."""
+    torch.manual_seed(0)
+    model = vggnet.create_model("A", num_classes=5, width=1 / 16, fc_width=24, crop_size=64, init="kaiming", seed=0)
+    x = torch.randn(2, 3, 96, 128).contiguous(memory_format=torch.channels_last)
+    before = _assert_dense_is_head_on_every_window(model.eval(), x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()
+    trained = _assert_dense_is_head_on_every_window(model.eval(), x)
+    assert not torch.allclose(before, trained)
+    other = vggnet.create_model("A", num_classes=5, width=1 / 16, fc_width=24, crop_size=64, init="glorot", seed=1)
+    vggnet.save_weights(other, tmp_path / "other.safetensors")
+    vggnet.load_weights(model, tmp_path / "other.safetensors")
+    loaded = _assert_dense_is_head_on_every_window(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded, other.eval().dense(x))
+    assert not torch.allclose(loaded, trained)
+
+
+def test_dense_in_chunks_equals_one_pass(monkeypatch):
+    """Images whose windows would not fit one matrix go in chunks; the map is the same."""
+    from vggnet import model as model_module
+
+    model = vggnet.create_model("A", num_classes=5, **TINY, init="kaiming", seed=0).eval()
+    x = torch.randn(5, 3, 64, 96)
+    with torch.no_grad():
+        whole = model.dense(x)
+        monkeypatch.setattr(model_module, "DENSE_WINDOW_ELEMENTS", 1)  # one image a chunk
+        torch.testing.assert_close(model.dense(x), whole)
+    _assert_dense_is_head_on_every_window(model, x)

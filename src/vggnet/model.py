@@ -8,7 +8,9 @@ evaluation share one set of weights.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,10 @@ from .init import init_weights
 # AlexNet's LRN: b = a / (k + alpha * sum(a^2))^beta over 5 channels. torch divides alpha by the window size
 # (as Caffe does), so the AlexNet alpha of 1e-4 is passed multiplied by 5.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
+
+# Dense mode gathers the FC1 windows of a chunk of images into one matrix of at most this many elements
+# (64M: 256 MB in float32, about 40 images of Q = 384 for net D); more images go in several chunks.
+DENSE_WINDOW_ELEMENTS = 1 << 26
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -200,7 +206,8 @@ class VGG(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(fc_width, num_classes),
         )
-        init_weights(self, "paper")
+        if self.classifier[0].weight.device.type != "meta":  # a net built to load weights into is not drawn
+            init_weights(self, "paper")
 
     @property
     def name(self) -> str:
@@ -284,8 +291,8 @@ class VGG(nn.Module):
     def dense(self, x: torch.Tensor, head: bool = True) -> torch.Tensor:
         """The class score map (N, num_classes, h, w) of the net applied fully convolutionally.
 
-        FC1 becomes a (crop/32)x(crop/32) convolution and FC2, FC3 1x1 convolutions, using the FC weights
-        viewed in place. The 2x2 pools round up (Caffe's ceil mode), so an input of H x W >= the crop size gives
+        FC1 acts as a (crop/32)x(crop/32) convolution and FC2, FC3 as 1x1 convolutions, computed from the stored
+        Linear weights (``dense_head``: one matrix product over the windows, no copy of the weights). The 2x2 pools round up (Caffe's ceil mode), so an input of H x W >= the crop size gives
         h = ceil(H/32) - crop/32 + 1 (likewise w) and the map covers every pixel: 256x341 gives 2x5 at 224 crops.
         At a multiple of 32 each cell equals the FC head applied to the matching crop window (at stride 32); at
         other sizes the last row and column of windows reach past the image's edge onto the pools' rounded-up
@@ -300,9 +307,44 @@ class VGG(nn.Module):
                 f"{tuple(x.shape[-2:])}; rescale the image so that its smaller side is >= {self.crop_size}"
             )
         f = self.features(x)
+        if torch.jit.is_tracing() or is_fx_symbolic_tracing() or torch.compiler.is_exporting():
+            return self._dense_head_conv(f, head)  # graph exporters (ONNX, torch.export) get plain convolutions
+        return self.dense_head(f, head)
+
+    def dense_head(self, f: torch.Tensor, head: bool = True) -> torch.Tensor:
+        """The FC head applied to every (crop/32)x(crop/32) window of a pool5 map ``f`` (N, C, H, W), at stride 1:
+        the score map (N, num_classes, H - p + 1, W - p + 1), or (N, fc_width, ...) with ``head=False``.
+
+        Each window is gathered as one row of a matrix in the Linear layout (channel, row, column) and FC1 is one
+        matrix product with the stored Linear weight; FC2 and FC3 are matrix products on the same rows. Viewing
+        FC1's weight as a conv weight instead made oneDNN convert the 411 MB weight to the channels-last input's
+        layout on every call (issue 26: the window matmul was 4x faster than that conv on the CPU, measured in
+        docs/performance.md). Nothing is cached: the stored weights are used as they are, so training steps and
+        weight loads are seen at once. Images go in chunks so that the window matrix stays under
+        ``DENSE_WINDOW_ELEMENTS`` elements.
+        """
+        p = self.positions
+        n, c, h, w = f.shape
+        hh, ww = h - p + 1, w - p + 1
+        per_image = hh * ww * c * p * p
+        step = n if _tracing() else max(1, DENSE_WINDOW_ELEMENTS // max(1, per_image))
+        outs = []
+        for i in range(0, n, step):
+            # (n, C, hh, ww, p, p) windows as a view; the reshape is the one copy, into Linear's (C, p, p) order
+            rows = f[i : i + step].unfold(2, p, 1).unfold(3, p, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * p * p)
+            y = self.classifier[2](self.classifier[1](self.classifier[0](rows)))
+            y = self.classifier[5](self.classifier[4](self.classifier[3](y)))
+            if head:
+                y = self.classifier[6](y)
+            outs.append(y)
+        y = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return y.view(n, hh, ww, -1).permute(0, 3, 1, 2)  # (N, C, hh, ww) in channels-last memory
+
+    def _dense_head_conv(self, f: torch.Tensor, head: bool = True) -> torch.Tensor:
+        """``dense_head`` as convolutions on the FC weights viewed in place (for graph export: no Python loop)."""
         p = self.positions
         fc1, fc2, fc3 = self.classifier[0], self.classifier[3], self.classifier[6]
-        y = F.conv2d(f, fc1.weight.view(fc1.out_features, self.feature_channels, p, p), fc1.bias)
+        y = F.conv2d(f, fc1.weight.view(fc1.out_features, f.shape[1], p, p), fc1.bias)
         y = self.classifier[2](F.relu(y))
         y = self.classifier[5](F.relu(F.conv2d(y, fc2.weight[:, :, None, None], fc2.bias)))
         if not head:
@@ -342,6 +384,31 @@ class VGG(nn.Module):
         for fc in self.fc_layers():
             total += hh * ww * fc.in_features * fc.out_features
         return total
+
+
+def meta_model(cls: type[nn.Module] | None = None, **arch: Any) -> nn.Module:
+    """``cls(**arch)`` (default ``VGG``) built on the meta device, to load weights into with ``load_state``: no
+    memory is allocated and no random weight is drawn (a random init that the loaded weights then overwrite cost
+    about a second for net D, issue 26)."""
+    with torch.device("meta"):
+        return (cls or VGG)(**arch)
+
+
+def load_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Module:
+    """``model.load_state_dict(sd)`` (strict). Into a net built by ``meta_model`` the tensors are taken as they
+    are (``assign=True``; cast to the net's dtype where they differ) rather than copied: ``sd`` must then be the
+    caller's own tensors (read from a file), not another live net's, which would share them."""
+    meta = [t.is_meta for t in itertools.chain(model.parameters(), model.buffers())]
+    if not any(meta):
+        model.load_state_dict(sd)
+        return model
+    own = model.state_dict()
+    cast = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(cast, assign=True)
+    left = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:  # cannot happen after a strict load of every key; a net half on the meta device must not escape
+        raise ValueError(f"layers {left[:4]} were not loaded; load every layer into a net built by meta_model")
+    return model
 
 
 STRIDE = 32  # the input pixels between neighbouring windows of a dense map: five 2x2 pools

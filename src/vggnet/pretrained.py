@@ -36,7 +36,7 @@ from torch import nn
 
 from .architectures import CONFIGS, parse_name, parse_token
 from .features import VGGFeatures
-from .model import VGG, layer_names
+from .model import VGG, layer_names, load_state, meta_model
 from .weights import (
     PRETRAINED_CFG_KEY,
     _is_caffe_named,
@@ -332,17 +332,17 @@ def load_pretrained(
         cfg["num_classes"] = file_classes
     where = source or str(path)
     if features_only:
-        model: nn.Module = VGGFeatures(
-            arch["config"], width=arch.get("width", 1.0), batch_norm=arch.get("batch_norm", False),
+        model: nn.Module = meta_model(
+            VGGFeatures, config=arch["config"], width=arch.get("width", 1.0), batch_norm=arch.get("batch_norm", False),
             in_chans=arch.get("in_chans", 3), out_indices=out_indices, layers=layers,
             inplace_relu=arch.get("inplace_relu", True),
         )  # fmt: skip
         own = model.state_dict()
         sd = {k: v for k, v in sd.items() if k in own}
     else:
-        model = VGG(**{k: v for k, v in arch.items() if k in _VGG_ARGS})
+        model = meta_model(VGG, **{k: v for k, v in arch.items() if k in _VGG_ARGS})  # no random init to overwrite
     check_state_dict(model, sd, where)
-    model.load_state_dict(sd)
+    load_state(model, sd)
     if fold:
         fold_caffe(model)
     if cfg is not None:

@@ -17,10 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
 from .runtime import world_size
 from .files import atomic_write_text
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version, read from its metadata without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
@@ -46,7 +55,7 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
         "host": platform.node(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _version("torchvision"),  # not imported: it costs seconds (torch._dynamo) at start-up
         "threads": torch.get_num_threads(),
     }
     if device is not None:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .files import atomic_write
-from .model import HEAD_NAMES, VGG, layer_names
+from .model import HEAD_NAMES, VGG, layer_names, load_state, meta_model
 
 ARCH_KEY = "vggnet.arch"
 PRETRAINED_CFG_KEY = "vggnet.pretrained_cfg"  # the input convention of the weights (vggnet.pretrained)
@@ -217,7 +217,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, head: bool = True) -
         sd = {k: v for k, v in sd.items() if not k.startswith("classifier.6.")}
         sd.update({k: v for k, v in own.items() if k.startswith("classifier.6.")})
     check_state_dict(target, sd, path)
-    target.load_state_dict(sd, strict=True)
+    load_state(target, sd)  # a net built by meta_model takes the file's tensors without a copy
     if PRETRAINED_CFG_KEY in meta and hasattr(target, "pretrained_cfg"):
         cfg = json.loads(meta[PRETRAINED_CFG_KEY])
         if not head:
@@ -233,7 +233,7 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
         raise ValueError(f"{path}: no vggnet architecture in the file; create the model and call load_weights")
     arch = json.loads(meta[ARCH_KEY])
     arch.update(overrides)
-    return load_weights(VGG(**arch), path)
+    return load_weights(meta_model(VGG, **arch), path)  # no random init for the file's weights to overwrite
 
 
 def init_from_net_a(model: nn.Module, net_a: nn.Module | dict[str, torch.Tensor]) -> list[str]:

@@ -40,6 +40,9 @@ def _add_common(p: argparse.ArgumentParser, default_protocol: str) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="views per forward pass: whole images (dense) or crops (default 256)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA and for a CPU with native bf16, AMX or AVX512-bf16, "
+                        "off elsewhere; the report says which ran); --no-amp computes in float32 everywhere")  # fmt: skip
     p.add_argument("--weights", action="append", default=[], metavar="FILE|URL|SOURCE",
                    help="weights to evaluate besides (or instead of) runs: a file, a URL, or torchvision:vgg16, "
                         "timm:vgg16.tv_in1k, caffe:vgg16 (downloaded on first use); repeat to fuse")  # fmt: skip
@@ -112,6 +115,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         result = evaluate(
             nets, samples, protocols=args.protocol, scales=parse_scales(args.scales), flip=_flip(args, runs),
             batch_size=args.batch_size, device=args.device, limit=args.limit, workers=args.workers, log=progress,
+            amp=args.amp,
         )  # fmt: skip
     finally:
         progress.close()
@@ -165,7 +169,7 @@ def run_predict_cli(args: argparse.Namespace) -> int:
         raise ValueError("no images given: vgg predict RUN IMAGE...")
     nets = _cli_nets(args, runs)
     preds = predict(nets, images, top=args.top, protocol=args.protocol, scales=parse_scales(args.scales),
-                    flip=_flip(args, runs), batch_size=args.batch_size, device=args.device)  # fmt: skip
+                    flip=_flip(args, runs), batch_size=args.batch_size, device=args.device, amp=args.amp)  # fmt: skip
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=1))
         return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 import warnings
 from typing import NamedTuple, Union
 
@@ -28,10 +29,31 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-try:
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # torchvision 0.29 deprecated its decoders (for TorchCodec); without them, Pillow decodes all
-    ImageReadMode = decode_jpeg = None
+
+
+def __getattr__(name: str):
+    """``decode_jpeg`` and ``ImageReadMode``: torchvision's, imported on first use (the GPU data path's batched
+    decoder); None without them (torchvision 0.29 deprecated its decoders for TorchCodec). Importing torchvision
+    costs 1.3-5 s (it pulls in torch._dynamo), so `vgg predict` and `vgg eval` on the CPU do not (issue 26)."""
+    if name in ("decode_jpeg", "ImageReadMode"):
+        try:
+            from torchvision import io as tv_io
+
+            value = getattr(tv_io, name)
+        except (ImportError, AttributeError):
+            value = None
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _loaded_jpeg_decoder():
+    """torchvision's JPEG decoder when torchvision is already imported (by the training or GPU data path), else
+    None: Pillow then decodes. Both give the same pixels (libjpeg-turbo, tested), so importing torchvision only
+    for its decoder, which saves little on the CPU, is not worth its start-up."""
+    if "torchvision.io" not in sys.modules:
+        return None
+    return __getattr__("decode_jpeg") if "decode_jpeg" not in globals() else globals()["decode_jpeg"]
 
 # Modes whose JPEGs torchvision's decoder turns into RGB exactly as Pillow does (checked in the tests).
 _TV_JPEG_MODES = ("RGB", "L", "CMYK")
@@ -152,12 +174,13 @@ def decode_bytes(
                 f = min_side / min(h, w)
                 im.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
                 return _pil_to_tensor(im)
-            if decode_jpeg is None:
+            decoder = _loaded_jpeg_decoder()
+            if decoder is None:
                 return _pil_to_tensor(im)
             try:
                 # frombuffer wants a writable buffer (it warns on bytes); the copy costs microseconds
                 buf = data if isinstance(data, bytearray) else bytearray(data)
-                return decode_jpeg(torch.frombuffer(buf, dtype=torch.uint8), mode=ImageReadMode.RGB)
+                return decoder(torch.frombuffer(buf, dtype=torch.uint8), mode=__getattr__("ImageReadMode").RGB)
             except RuntimeError:
                 pass  # e.g. a JPEG flavour libjpeg-turbo's torchvision build refuses: let Pillow try below
         im.load()

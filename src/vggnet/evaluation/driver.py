@@ -9,8 +9,8 @@ Efficiency: images are decoded by a DataLoader (workers on CUDA by default; an u
 counted and named in the report) in chunks of several batches; a chunk goes to the device once and is rescaled
 there to each Q; for dense evaluation images are grouped by their rescaled shape and each group runs as batches
 (exact, no padding); crops of several images are batched together whatever the images' shapes. Everything
-runs under ``torch.inference_mode``; on CUDA under bf16 autocast with channels-last inputs, decided once
-(``vggnet.runtime``).
+runs under ``torch.inference_mode`` with channels-last inputs, under bf16 autocast on CUDA and on a CPU with native
+bf16 (float32 with ``amp=False``), decided once (``vggnet.runtime``).
 """
 
 from __future__ import annotations
@@ -120,14 +120,15 @@ def posteriors(
     std: Sequence[float] | None = None,
     device: str | torch.device = "auto",
     batch_size: int | None = None,
+    amp: bool | None = None,
 ) -> torch.Tensor:
     """The soft-max posteriors (classes,) of one image under one protocol, fused over ``models``.
 
     ``models``: a VGG model, a Run, a run folder, or a list of them (fusion: their posteriors are averaged);
     models are moved to ``device``. ``image``: a file path or a uint8 (3, H, W) tensor. ``scales``: see
-    ``resolve_scales``. Returned on the CPU.
+    ``resolve_scales``. ``amp``: as for ``evaluate``. Returned on the CPU.
     """
-    rt = runtime(device)
+    rt = runtime(device, amp)
     nets = as_nets(models, mean=mean, std=std)
     (protocol,) = parse_protocols([protocol])
     plans = plan_scales(nets, [protocol], scales)
@@ -260,6 +261,7 @@ def evaluate(
     classes: Sequence[str] | None = None,
     return_posteriors: bool = False,
     log: Callable[[int, int], None] | None = None,
+    amp: bool | None = None,
 ) -> EvalResult:
     """Top-1 / top-5 error of one or several nets (and of their fusion) under the paper's test protocols.
 
@@ -280,9 +282,11 @@ def evaluate(
         mean, std, classes: for bare models (runs carry their own).
         return_posteriors: keep each row's (N, C) posteriors in the result.
         log: called with (images done, images in all) after each chunk of images (a progress bar).
+        amp: None for bf16 autocast on CUDA and on a CPU with native bf16 (AMX / AVX512-bf16), float32 elsewhere;
+            False for float32 everywhere (``--no-amp``); True for bf16 everywhere. The report records which ran.
     """
     t_start = time.perf_counter()
-    rt = runtime(device)
+    rt = runtime(device, amp)
     net_list = as_nets(nets, mean=mean, std=std, classes=classes)
     protocol_list = parse_protocols(protocols)
     bs = batch_size or DEFAULT_BATCH_SIZE
@@ -303,7 +307,8 @@ def evaluate(
     return EvalResult(
         results=_results(net_list, plans, tally, flip, timer), n=len(tally.indices), num_classes=first.num_classes,
         k=effective_k(5, first.num_classes), skipped=tally.skipped, nets=[nt.name for nt in net_list],
-        protocols=protocol_list, flip=flip, batch_size=bs, device=str(rt.device), wall_s=time.perf_counter() - t_start,
+        protocols=protocol_list, flip=flip, batch_size=bs, device=str(rt.device), precision=rt.precision,
+        wall_s=time.perf_counter() - t_start,
         decode_s=timer.seconds["decode"], data=data_name, provenance=provenance(rt.device),
         posteriors={k: torch.cat(v) for k, v in tally.kept.items()},
         labels=torch.cat(tally.kept_labels) if tally.kept_labels else None, indices=tally.indices,

@@ -26,10 +26,12 @@ class Prediction:
     labels: list[int]
     names: list[str]
     probs: list[float]
+    precision: str = "float32"  # what the nets computed in: "bf16" (autocast) or "float32"
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image, "top": [{"label": l, "class": c, "prob": p}
-                                             for l, c, p in zip(self.labels, self.names, self.probs)]}  # fmt: skip
+                                             for l, c, p in zip(self.labels, self.names, self.probs)],
+                "precision": self.precision}  # fmt: skip
 
 
 def predict(
@@ -44,13 +46,15 @@ def predict(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     classes: Sequence[str] | None = None,
+    amp: bool | None = None,
 ) -> list[Prediction]:
     """The ``top`` classes of each image with their posteriors; by default dense, multi-scale, with flips.
 
     ``nets``: a model, a Run, a run folder or a list (fused). ``images``: a path, a uint8 tensor, or a list of
-    them. An unreadable file is an error here (unlike ``evaluate``, which skips it).
+    them. An unreadable file is an error here (unlike ``evaluate``, which skips it). ``amp``: as for ``evaluate``
+    (None: bf16 on CUDA and on a CPU with native bf16; False: float32); each prediction records its precision.
     """
-    rt = runtime(device)
+    rt = runtime(device, amp)
     net_list = as_nets(nets, mean=mean, std=std, classes=classes)
     (protocol,) = parse_protocols([protocol])
     single = isinstance(images, (str, os.PathLike, torch.Tensor, np.ndarray)) or hasattr(images, "convert")
@@ -70,7 +74,7 @@ def predict(
             for i, pi, li in zip(idx, p.tolist(), lab.tolist()):
                 src = image_list[i]
                 label = str(src) if isinstance(src, (str, os.PathLike)) else f"image {i}"
-                preds[i] = Prediction(label, li, [names[j] for j in li], pi)
+                preds[i] = Prediction(label, li, [names[j] for j in li], pi, rt.precision)
     return preds  # type: ignore[return-value]
 
 

@@ -66,6 +66,7 @@ class EvalResult:
     wall_s: float
     decode_s: float
     data: str = ""
+    precision: str = "float32"  # what the nets computed in: "bf16" (autocast) or "float32"
     provenance: dict[str, Any] = field(default_factory=dict)
     posteriors: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     labels: torch.Tensor | None = None
@@ -92,7 +93,7 @@ class EvalResult:
         lines = [
             f"Evaluation of {' + '.join(self.nets)} on {self.data or 'the given samples'}: {self.n} images"
             + (f" ({len(self.skipped)} unreadable, skipped)" if self.skipped else "")
-            + f", {self.num_classes} classes, {self.device}, batch {self.batch_size}.",
+            + f", {self.num_classes} classes, {self.device} ({self.precision}), batch {self.batch_size}.",
             "",
             markdown_table(headers, rows, "llllrrr"),
             "",
@@ -112,7 +113,7 @@ class EvalResult:
         return dict(
             nets=self.nets, data=self.data, n=self.n, num_classes=self.num_classes, k=self.k,
             protocols=self.protocols, flip=self.flip, batch_size=self.batch_size, device=self.device,
-            wall_s=self.wall_s, decode_s=self.decode_s, skipped=self.skipped,
+            precision=self.precision, wall_s=self.wall_s, decode_s=self.decode_s, skipped=self.skipped,
             results=[r.to_dict() for r in self.results], provenance=self.provenance,
         )  # fmt: skip
 
