@@ -248,7 +248,7 @@ def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_
 
 
 def test_reproduce_and_eval_share_one_test_scale_rule(tmp_path):
-    from vggnet.evaluation import default_scales
+    from vggnet.scales import eval_scales as default_scales
 
     def scales_for(scale, crop):  # the rule as `vgg eval` applies it: vggnet.scales
         return default_scales(*scale, crop, multi=False)[0], default_scales(*scale, crop)

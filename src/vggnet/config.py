@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .architectures import parse_name
+from .convention import NORMALIZE_HELP, check_normalize
 
 
 def option(default: Any, help: str) -> Any:
@@ -50,10 +51,7 @@ class TrainConfig:
     scale_max: int = option(256, "equal to scale_min for single-scale training")
     flip: bool = option(True, "random horizontal flips")
     colour_shift: float = option(0.1, "std of AlexNet's PCA colour shift alphas; 0 turns it off")
-    normalize: str = option(
-        "mean",
-        "mean: subtract mean RGB (the paper); standardize: also divide by its std; imagenet",
-    )
+    normalize: str = option("mean", NORMALIZE_HELP)
     pixel_range: int = option(
         0,
         "with normalize=mean: 255 feeds pixels 0-255 minus the mean RGB (the authors' Caffe); 1: [0, 1]; 0: "
@@ -115,8 +113,7 @@ class TrainConfig:
             self.pixel_range = 255 if self.init.startswith("paper") else 1
         if self.pixel_range not in (1, 255):
             raise ValueError(f"pixel_range must be 255 (the authors' 0-255 pixels) or 1 ([0, 1]), got {self.pixel_range}")
-        if self.normalize not in ("mean", "standardize", "imagenet"):
-            raise ValueError(f"normalize must be 'mean', 'standardize' or 'imagenet', got {self.normalize!r}")
+        check_normalize(self.normalize)
         try:
             parse_name(self.arch)  # an unknown --arch fails here, before the data are scanned
         except ValueError as e:
@@ -264,12 +261,13 @@ def _coerce(name: str, value: Any) -> Any:
 def from_dict(d: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a saved dict (config.toml or a checkpoint), ignoring keys of other versions."""
     d = {k: v for k, v in d.items() if k in _FIELDS}
-    d.setdefault("pixel_range", LEGACY_PIXEL_RANGE)
+    d["normalize"], d["pixel_range"] = input_settings(d)
     return TrainConfig(**d)
 
 
-# Runs saved before the pixel_range option fed the net pixels in [0, 1].
-LEGACY_PIXEL_RANGE = 1
+def input_settings(d: dict[str, Any]) -> tuple[str, int]:
+    """(normalize, pixel_range) of a saved config; a run saved before the pixel_range option fed [0, 1]."""
+    return str(d.get("normalize", "mean")), int(d.get("pixel_range", 1))
 
 
 def field_help() -> dict[str, str]:
