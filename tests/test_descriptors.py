@@ -157,3 +157,34 @@ def test_uci_digits_is_embedded(tmp_path):
     with Image.open(train[0][0]) as im:
         assert im.size == (8, 8) and np.asarray(im).max() > 200  # 16 grey levels scaled to 0..255
     assert json.loads((root / "vggnet-data.json").read_text())["source"].startswith("sklearn")
+
+
+def test_features_of_caffe_weights_feed_bgr_0_255_minus_the_mean(tmp_path):
+    """`vgg features --weights FILE --normalize caffe`: the descriptors are those of the unfolded Caffe net fed BGR
+    pixels on 0-255 minus the authors' mean BGR (issue 22: they were fed ImageNet's mean and std)."""
+    from vggnet.convention import CAFFE_MEAN_BGR
+    from vggnet.model import layer_names
+    from vggnet.model import HEAD_NAMES
+
+    data = tmp_path / "data"
+    make_data(data, per_class=2)
+    ref = create_model("A", num_classes=3, init="kaiming", seed=3, **TINY).eval()
+    names = layer_names("A", False)
+    caffe = {}
+    for i, m in enumerate(ref.features):
+        if isinstance(m, torch.nn.Conv2d):
+            caffe[f"{names[i]}.weight"], caffe[f"{names[i]}.bias"] = m.weight.detach(), m.bias.detach()
+    for i, m in enumerate(ref.classifier):
+        if isinstance(m, torch.nn.Linear):
+            caffe[f"{HEAD_NAMES[i]}.weight"], caffe[f"{HEAD_NAMES[i]}.bias"] = m.weight.detach(), m.bias.detach()
+    torch.save(caffe, tmp_path / "caffe.pth")
+    out = tmp_path / "f.safetensors"
+    assert main(["features", "--weights", str(tmp_path / "caffe.pth"), "--normalize", "caffe", "--data", str(data),
+                 "--scales", "32,40", "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    got = D.load_features(out)
+    imgs = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB")).copy()).permute(2, 0, 1) for f in got.files]
+    bgr = Convention(CAFFE_MEAN_BGR, pixel_range=255, channel_order="BGR")  # as the Caffe net was trained
+    want = D.describe(ref, imgs, [32, 40], bgr)
+    assert torch.allclose(got.descriptors, want, atol=1e-4)
+    imagenet = D.describe(ref, imgs, [32, 40], Convention((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    assert not torch.allclose(got.descriptors, imagenet, atol=1e-2)

@@ -37,7 +37,9 @@ class TrainConfig:
         "paper",
         "paper: N(0, 0.01^2) as the authors' Caffe filler; paper-literal: std 0.1; glorot; kaiming",
     )
-    init_from: str = option("", "a run folder (or weights file): net A -> deeper net transfer, same net -> fine-tune")
+    init_from: str = option("", "SOURCE: a run folder (net A -> the paper's transfer to a deeper net; the same net "
+                            "-> all its weights), a weights file of any layout, a URL, torchvision:vgg16, "
+                            "timm:vgg16.tv_in1k or caffe:vgg16 (fine-tuning)")
     # --- data
     data: str = option(
         "mnist",
