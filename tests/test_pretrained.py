@@ -278,3 +278,19 @@ def test_hubconf_from_a_local_clone():
     repo = Path(__file__).resolve().parents[1]
     m = torch.hub.load(str(repo), "vgg16", source="local", num_classes=5, **TINY)
     assert isinstance(m, vggnet.VGG) and m.arch["config"] == "D" and m.num_classes == 5
+
+
+def test_pretrained_true_takes_the_default_released_weights(served):
+    """timm's habit: pretrained=True is torchvision's weights for A, B, D, E (and _bn); A-LRN and C say where to go."""
+    from vggnet.factory import default_weights
+
+    assert default_weights("vgg11") == "torchvision:vgg11" and default_weights("E-BN") == "torchvision:vgg19_bn"
+    m = vggnet.create_model("vgg11", pretrained=True)
+    assert m.pretrained_cfg["source"] == "torchvision:vgg11"
+    assert torch.equal(m.features[0].weight, served["ref"].features[0].weight)
+    for name in ("A-LRN", "vgg16_c"):
+        with pytest.raises(P.WeightsError, match="no released weights.*caffe:vgg16"):
+            vggnet.create_model(name, pretrained=True)
+    assert vggnet.list_models(pretrained=True) == ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
+                                                   "vgg19", "vgg19_bn"]  # fmt: skip
+    assert {"vgg11_lrn", "vgg16_c", "B-5x5"} <= set(vggnet.list_models())
