@@ -95,7 +95,7 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "the newest K checkpoints are kept")
     max_steps: int = option(0, "stop after this many optimizer steps in all (0: no limit)")
     deterministic: bool = option(False, "torch.use_deterministic_algorithms (slower)")
-    tensorboard: bool = option(True, "log to RUN/tensorboard when tensorboard is installed")
+    tensorboard: bool = option(True, "log to RUN/tensorboard (says once when tensorboard is not installed)")
 
     def __post_init__(self) -> None:
         if self.scale_max < self.scale_min:
