@@ -15,6 +15,7 @@ from PIL import Image
 from vggnet import descriptors as D
 from vggnet import transfer as T
 from vggnet.cli import main
+from vggnet.convention import Convention
 from vggnet.data import Stats, materialise, rescale, resolve_data
 from vggnet import create_model
 from vggnet.weights import save_weights
@@ -33,40 +34,40 @@ def images(n: int, h: int = 40, w: int = 52) -> list[torch.Tensor]:
 
 
 def test_descriptor_is_the_penultimate_layer_averaged_with_the_flip_and_normalised(net):
-    zero, one = torch.zeros(3), torch.ones(3)
+    unit = Convention()  # the net sees pixels / 255
     imgs = images(3)
-    d = D.describe(net, imgs, [32], zero, one, flip=False)
+    d = D.describe(net, imgs, [32], unit, flip=False)
     assert d.shape == (3, 64)
     # a crop-sized image is one window: the descriptor is the FC head's penultimate layer, normalised
     square = images(2, 32, 32)
     with torch.no_grad():
         x = torch.stack(square).float() / 255
         head = net.classifier[:-1](torch.flatten(net.features(x), 1))
-    assert torch.allclose(D.describe(net, square, [32], zero, one, flip=False), F.normalize(head, dim=1), atol=1e-5)
+    assert torch.allclose(D.describe(net, square, [32], unit, flip=False), F.normalize(head, dim=1), atol=1e-5)
     assert torch.allclose(d.norm(dim=1), torch.ones(3), atol=1e-5)
-    flipped = D.describe(net, [i.flip(-1) for i in imgs], [32], zero, one, flip=False)
-    both = D.describe(net, imgs, [32], zero, one, flip=True)
+    flipped = D.describe(net, [i.flip(-1) for i in imgs], [32], unit, flip=False)
+    both = D.describe(net, imgs, [32], unit, flip=True)
     with torch.no_grad():  # the penultimate maps of the image and of its mirror image, averaged, then normalised
         x = rescale(torch.stack(imgs), 32).float() / 255
         raw = net.dense(x, head=False).mean((-2, -1)) + net.dense(x.flip(-1), head=False).mean((-2, -1))
     assert torch.allclose(both, F.normalize(raw, dim=1), atol=1e-5)
     # an image and its mirror image have one descriptor when flips are averaged
-    mirror = D.describe(net, [i.flip(-1) for i in imgs], [32], zero, one, flip=True)
+    mirror = D.describe(net, [i.flip(-1) for i in imgs], [32], unit, flip=True)
     assert torch.allclose(both, mirror, atol=1e-5) and not torch.allclose(d, flipped, atol=1e-3)
 
 
 def test_several_scales_averaged_or_stacked(net):
-    zero, one = torch.zeros(3), torch.ones(3)
+    unit = Convention()  # the net sees pixels / 255
     imgs = images(2, 64, 64)
-    per = [D.describe(net, imgs, [q], zero, one) for q in (32, 48, 64)]
-    mean = D.describe(net, imgs, [32, 48, 64], zero, one, how="mean")
-    stack = D.describe(net, imgs, [32, 48, 64], zero, one, how="stack")
+    per = [D.describe(net, imgs, [q], unit) for q in (32, 48, 64)]
+    mean = D.describe(net, imgs, [32, 48, 64], unit, how="mean")
+    stack = D.describe(net, imgs, [32, 48, 64], unit, how="stack")
     assert mean.shape == (2, 64) and stack.shape == (2, 192)
     assert torch.allclose(mean, F.normalize(sum(per) / 3, dim=1), atol=1e-5)
     assert torch.allclose(stack, F.normalize(torch.cat(per, 1), dim=1), atol=1e-5)
     assert torch.allclose(stack.norm(dim=1), torch.ones(2), atol=1e-5)
     with pytest.raises(ValueError, match="must be >= the net's crop size 32"):
-        D.describe(net, imgs, [16], zero, one)
+        D.describe(net, imgs, [16], unit)
     with pytest.raises(ValueError, match="mean or stack"):
         D.aggregate(per, "max")
 
@@ -156,3 +157,34 @@ def test_uci_digits_is_embedded(tmp_path):
     with Image.open(train[0][0]) as im:
         assert im.size == (8, 8) and np.asarray(im).max() > 200  # 16 grey levels scaled to 0..255
     assert json.loads((root / "vggnet-data.json").read_text())["source"].startswith("sklearn")
+
+
+def test_features_of_caffe_weights_feed_bgr_0_255_minus_the_mean(tmp_path):
+    """`vgg features --weights FILE --normalize caffe`: the descriptors are those of the unfolded Caffe net fed BGR
+    pixels on 0-255 minus the authors' mean BGR (issue 22: they were fed ImageNet's mean and std)."""
+    from vggnet.convention import CAFFE_MEAN_BGR
+    from vggnet.model import layer_names
+    from vggnet.model import HEAD_NAMES
+
+    data = tmp_path / "data"
+    make_data(data, per_class=2)
+    ref = create_model("A", num_classes=3, init="kaiming", seed=3, **TINY).eval()
+    names = layer_names("A", False)
+    caffe = {}
+    for i, m in enumerate(ref.features):
+        if isinstance(m, torch.nn.Conv2d):
+            caffe[f"{names[i]}.weight"], caffe[f"{names[i]}.bias"] = m.weight.detach(), m.bias.detach()
+    for i, m in enumerate(ref.classifier):
+        if isinstance(m, torch.nn.Linear):
+            caffe[f"{HEAD_NAMES[i]}.weight"], caffe[f"{HEAD_NAMES[i]}.bias"] = m.weight.detach(), m.bias.detach()
+    torch.save(caffe, tmp_path / "caffe.pth")
+    out = tmp_path / "f.safetensors"
+    assert main(["features", "--weights", str(tmp_path / "caffe.pth"), "--normalize", "caffe", "--data", str(data),
+                 "--scales", "32,40", "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    got = D.load_features(out)
+    imgs = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB")).copy()).permute(2, 0, 1) for f in got.files]
+    bgr = Convention(CAFFE_MEAN_BGR, pixel_range=255, channel_order="BGR")  # as the Caffe net was trained
+    want = D.describe(ref, imgs, [32, 40], bgr)
+    assert torch.allclose(got.descriptors, want, atol=1e-4)
+    imagenet = D.describe(ref, imgs, [32, 40], Convention((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    assert not torch.allclose(got.descriptors, imagenet, atol=1e-2)

@@ -26,12 +26,10 @@ from vggnet.data import Stats
 from vggnet.evaluation import (
     as_net,
     center_crop,
-    default_scales,
     evaluate,
     folder_samples,
     grid_crops,
     grid_offsets,
-    normalize,
     parse_protocols,
     parse_scales,
     posteriors,
@@ -39,7 +37,9 @@ from vggnet.evaluation import (
     resolve_eval_samples,
     resolve_scales,
 )
+from vggnet.convention import Convention
 from vggnet.runs import load_run
+from vggnet.scales import eval_scales as default_scales
 
 CLASSES = [f"c{i}" for i in range(10)]
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25)
@@ -57,7 +57,7 @@ def image(h, w, seed=0):
 
 def plain_center(model, img, mean=MEAN, std=STD):
     """A re-computation of the classic protocol by hand: the centre crop through the FC head, soft-max."""
-    x = normalize(img, torch.tensor(mean), torch.tensor(std))
+    x = Convention(mean, std)(img)
     return model(center_crop(x, model.crop_size)[None]).softmax(-1)[0]
 
 

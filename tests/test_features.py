@@ -130,7 +130,7 @@ def test_perceptual_loss_gradients_reach_the_input_only():
     feats = loss_fn.features(target)
     with torch.no_grad():
         want = net.forward_intermediates(vggnet.transforms(net).transforms[-1](target), ["relu1_2", "relu2_2", "relu3_3"])
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats, want.values()))
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(feats, want.values()))  # x * scale + offset
     assert gram(feats[0]).shape == (2, feats[0].shape[1], feats[0].shape[1])
     with pytest.raises(ValueError, match="--normalize"):
         PerceptualLoss(tiny("D"))

@@ -179,3 +179,38 @@ def test_cli_localize_train_and_eval(tmp_path, capsys):
     assert main(["localize", "train", "--from", str(cls), "--device", "cpu", "--out", str(tmp_path / "none")]) == 2
     assert "no usable boxes" in capsys.readouterr().err
     assert "no box" in (tmp_path / "none" / "bad_boxes.txt").read_text()
+
+
+def test_dense_protocol_feeds_the_classifier_what_vgg_eval_feeds_it(tmp_path, monkeypatch):
+    """A run of the paper's init (pixels 0-255 minus the mean): localisation's dense class scores and `vgg eval`
+    feed its net the same tensor (issue 22: localisation once fed it inputs 255 times too small)."""
+    from vggnet.data.io import load_image
+    from vggnet.evaluation import as_net, net_posteriors
+    from vggnet.model import VGG
+
+    data = tmp_path / "data"
+    make_data(data, per_class=1)
+    cls = make_run(tmp_path / "cls", data)
+    config = dict(arch="A", data=str(data), scale_min=48, scale_max=48, normalize="mean", pixel_range=255, **TINY)
+    (cls / "config.toml").write_text(tomli_w.dumps(config))
+    run = L.train_localisation(dict(from_run=str(cls), regression="scr", epochs=1, batch_size=4, device="cpu",
+                                    out=str(tmp_path / "loc"), max_steps=1))  # fmt: skip
+    assert L.load_loc_run(run)[0].convention.pixel_range == 255  # recorded, not lost
+    seen: list[torch.Tensor] = []
+    dense = VGG.dense
+
+    def spy(self, x, *a, **k):
+        if self.num_classes == 2:  # the classification net (the box net has 4 outputs)
+            seen.append(x.detach().clone())
+        return dense(self, x, *a, **k)
+
+    monkeypatch.setattr(VGG, "dense", spy)
+    L.evaluate_localisation(run, "dense", scales=[48], device="cpu")
+    from_localize = list(seen)
+    seen.clear()
+    samples, _ = B.box_samples(str(data), "val", None, 0, B.BoxReport())
+    images = [load_image(s.path) for s in samples]
+    net_posteriors(as_net(str(cls)), images, {"dense": [48]}, flip=False)
+    assert len(from_localize) == len(seen) == 1
+    assert torch.equal(from_localize[0], seen[0])
+    assert from_localize[0].abs().max() > 20  # on the 0-255 scale minus the mean, not [0, 1]

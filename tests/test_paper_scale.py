@@ -15,6 +15,7 @@ from PIL import Image
 import vggnet
 from vggnet import runs
 from vggnet.config import TrainConfig, from_dict, resolve
+from vggnet.convention import Convention
 from vggnet.data import EvalTransform, Stats, TrainTransform
 from vggnet.init import PAPER_LITERAL_STD, PAPER_STD
 
@@ -78,13 +79,13 @@ def test_pixel_scale_from_decoded_image_to_net_input(tmp_path, pixel_range):
     pixels = _png(tmp_path / "x.png", np.random.default_rng(0)).float()
     stats = Stats(mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), eigval=(0.1, 0.01, 0.001),
                   eigvec=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))  # fmt: skip
-    norm, divide = runs.normalization(stats, "mean", pixel_range)
-    x = EvalTransform(norm, size=40, crop_size=None, divide_std=divide)(tmp_path / "x.png")
+    conv = Convention.of_run(stats, "mean", pixel_range)
+    x = EvalTransform(stats, size=40, crop_size=None, convention=conv)(tmp_path / "x.png")
     mean = torch.tensor(stats.mean)[:, None, None]
     want = pixels - 255 * mean if pixel_range == 255 else pixels / 255 - mean
     torch.testing.assert_close(x, want, atol=1e-4, rtol=1e-5)
     # training: the colour shift is on the same scale (AlexNet's on 0-255 pixels: 255 x the [0, 1] shift)
-    tf = TrainTransform(norm, crop_size=40, scale=40, flip=False, colour_std=0.1, divide_std=divide)
+    tf = TrainTransform(stats, crop_size=40, scale=40, flip=False, colour_std=0.1, convention=conv)
     params = tf.sample(torch.Generator().manual_seed(3))
     xt = tf.apply(pixels.byte(), params)
     shift = torch.tensor(vggnet.data.transforms.colour_shift(params.alpha, stats.eigval, stats.eigvec))[:, None, None]
@@ -93,8 +94,7 @@ def test_pixel_scale_from_decoded_image_to_net_input(tmp_path, pixel_range):
     want_t = crop - 255 * (mean - shift) if pixel_range == 255 else crop / 255 - mean + shift
     torch.testing.assert_close(xt, want_t.float(), atol=1e-3, rtol=1e-5)
     # standardisation: the pixel range cancels out
-    n1, d1 = runs.normalization(stats, "standardize", pixel_range)
-    assert d1 and n1.std == stats.std
+    assert Convention.of_run(stats, "standardize", pixel_range) == Convention(stats.mean, stats.std)
 
 
 def test_run_folder_records_the_pixel_range(tmp_path):

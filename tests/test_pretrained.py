@@ -23,6 +23,17 @@ def tiny(name="vgg11", num_classes=1000, seed=0):
     return vggnet.create_model(name, num_classes=num_classes, seed=seed, init="kaiming", **TINY).eval()
 
 
+def caffe_layout(model) -> dict[str, torch.Tensor]:
+    """A state dict in the layout of the files at the caffe: URLs: torchvision's features, and the older head with
+    FC1, FC2, FC3 at classifier.1, classifier.4, classifier.6 (public download scripts rename them to 0 and 3)."""
+    rename = {"classifier.0.": "classifier.1.", "classifier.3.": "classifier.4."}
+    out = {}
+    for k, v in to_torchvision(model).items():
+        old = next((o for o in rename if k.startswith(o)), None)
+        out[rename[old] + k[len(old) :] if old else k] = v
+    return out
+
+
 def hashed(path: Path, stem: str) -> str:
     """Rename ``path`` to torchvision's ``<stem>-<sha256 prefix>.pth`` convention; returns the new name."""
     name = f"{stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth"
@@ -40,7 +51,7 @@ def served(tmp_path, monkeypatch):
     tv_name = hashed(root / "tv.pth", "vgg11")
     save_file({k: v.contiguous() for k, v in to_timm(ref).items()}, root / "hub/timm/vgg11.tv_in1k/model.safetensors")
     caffe_ref = tiny("vgg16", seed=1)
-    torch.save(to_torchvision(caffe_ref), root / "caffe.pth")
+    torch.save(caffe_layout(caffe_ref), root / "caffe.pth")  # the real files' head: classifier.1, .4, .6
     caffe_name = hashed(root / "caffe.pth", "vgg16")
     server = WeightsServer(root)
     old_hub = torch.hub.get_dir()
@@ -214,6 +225,14 @@ def test_caffe_source_is_folded(served):
     assert torch.allclose(m.features[0].weight, ref.features[0].weight.flip(1) * 255)
     assert torch.equal(m.features[2].weight, ref.features[2].weight)
     assert m.pretrained_cfg["mean"] == pytest.approx([123.68 / 255, 116.779 / 255, 103.939 / 255], abs=1e-6)
+    # the head, from the file's classifier.1 / .4 / .6, is where ours has it (0 / 3 / 6)
+    for ours in (0, 3, 6):
+        assert torch.equal(m.classifier[ours].weight, ref.classifier[ours].weight)
+    # the same layout as a local file, and fine-tuning from it (train --init-from)
+    assert "classifier.1.weight" in torch.load(P.local_path("caffe:vgg16"), weights_only=True)
+    fresh = tiny("vgg16", num_classes=5, seed=2)
+    P.init_from_pretrained(fresh, P.local_path("caffe:vgg16"))
+    assert torch.equal(fresh.classifier[3].weight, ref.classifier[3].weight)
 
 
 def test_transforms_follow_the_weights_and_refuse_unknown():
@@ -259,3 +278,19 @@ def test_hubconf_from_a_local_clone():
     repo = Path(__file__).resolve().parents[1]
     m = torch.hub.load(str(repo), "vgg16", source="local", num_classes=5, **TINY)
     assert isinstance(m, vggnet.VGG) and m.arch["config"] == "D" and m.num_classes == 5
+
+
+def test_pretrained_true_takes_the_default_released_weights(served):
+    """timm's habit: pretrained=True is torchvision's weights for A, B, D, E (and _bn); A-LRN and C say where to go."""
+    from vggnet.factory import default_weights
+
+    assert default_weights("vgg11") == "torchvision:vgg11" and default_weights("E-BN") == "torchvision:vgg19_bn"
+    m = vggnet.create_model("vgg11", pretrained=True)
+    assert m.pretrained_cfg["source"] == "torchvision:vgg11"
+    assert torch.equal(m.features[0].weight, served["ref"].features[0].weight)
+    for name in ("A-LRN", "vgg16_c"):
+        with pytest.raises(P.WeightsError, match="no released weights.*caffe:vgg16"):
+            vggnet.create_model(name, pretrained=True)
+    assert vggnet.list_models(pretrained=True) == ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
+                                                   "vgg19", "vgg19_bn"]  # fmt: skip
+    assert {"vgg11_lrn", "vgg16_c", "B-5x5"} <= set(vggnet.list_models())

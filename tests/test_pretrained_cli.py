@@ -10,6 +10,7 @@ from PIL import Image
 import vggnet
 import vggnet.pretrained as P
 from vggnet.cli import main
+from vggnet.convention import Convention
 from vggnet.weights import save_weights, to_torchvision
 
 from test_pretrained import served  # noqa: F401  the weights served from 127.0.0.1
@@ -31,7 +32,7 @@ def files(tmp_path_factory):
     m = vggnet.create_model("vgg11", num_classes=3, init="kaiming", seed=0, **TINY)
     plain = root / "plain.pth"
     torch.save(to_torchvision(m), plain)  # a bare state dict: no input convention
-    m.pretrained_cfg = P.make_cfg(P.IMAGENET_MEAN, P.IMAGENET_STD, source="test", num_classes=3, classes=CLASSES,
+    m.pretrained_cfg = P.make_cfg(Convention(P.IMAGENET_MEAN, P.IMAGENET_STD), source="test", num_classes=3, classes=CLASSES,
                                   resize=36, crop=32)  # fmt: skip
     ours = save_weights(m, root / "ours.safetensors")
     return dict(root=root, data=data, plain=plain, ours=ours, model=m)

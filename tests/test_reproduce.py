@@ -61,7 +61,7 @@ def test_quick_plan_trains_on_a_subset(tmp_path):
 
 
 def test_paper_dry_run_prints_the_staged_plan(capsys, tmp_path):
-    assert cli(["--scale", "paper", "--dry-run", "--data", "/data/imagenet", "--out", str(tmp_path / "rep")]) == 0
+    assert cli(["--grid", "paper", "--dry-run", "--data", "/data/imagenet", "--out", str(tmp_path / "rep")]) == 0
     text = capsys.readouterr().out
     for stage in (1, 2, 3, 4):
         assert f"Stage {stage}:" in text
@@ -97,11 +97,11 @@ def test_paper_plan_maps_any_recipe_folder(tmp_path):
 
 def test_options_are_checked(tmp_path):
     with pytest.raises(ValueError, match="contradict"):
-        cli(["--quick", "--scale", "paper", "--dry-run"])
+        cli(["--quick", "--grid", "paper", "--dry-run"])
     with pytest.raises(ValueError, match="seeds"):
         cli(["--seeds", "a,b", "--dry-run"])
     with pytest.raises(FileNotFoundError):
-        cli(["--scale", "paper", "--recipes", str(tmp_path / "none"), "--dry-run"])
+        cli(["--grid", "paper", "--recipes", str(tmp_path / "none"), "--dry-run"])
 
 
 # ---- checks ------------------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_
         port = s.getsockname()[1]
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={port}", str(script), "--scale", "paper", "--recipes", str(recipes), "--data", str(data),
+           f"--master-port={port}", str(script), "--grid", "paper", "--recipes", str(recipes), "--data", str(data),
            "--device", "cpu", "--out", str(out)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -263,7 +263,7 @@ def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_
 
 
 def test_reproduce_and_eval_share_one_test_scale_rule(tmp_path):
-    from vggnet.evaluation import default_scales
+    from vggnet.scales import eval_scales as default_scales
 
     def scales_for(scale, crop):  # the rule as `vgg eval` applies it: vggnet.scales
         return default_scales(*scale, crop, multi=False)[0], default_scales(*scale, crop)
@@ -293,7 +293,7 @@ def test_medium_dry_run_prints_the_runs_and_an_estimate_of_gpu_hours(capsys, tmp
             for i in range(n):
                 (data / split / c / f"{i}.JPEG").write_bytes(b"")  # counted by name, never decoded
     out = tmp_path / "m"
-    assert cli(["--scale", "medium", "--data", str(data), "--dry-run", "--out", str(out), "--device", "cpu"]) == 0
+    assert cli(["--grid", "medium", "--data", str(data), "--dry-run", "--out", str(out), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "Plan (medium)" in text and "13 training runs in 4 stages" in text
     assert "B-5x5-S256-s0: B-5x5, S=256, up to 74 epochs, lr 0.01, init from A-S256-s0" in text
@@ -307,9 +307,9 @@ def test_medium_dry_run_prints_the_runs_and_an_estimate_of_gpu_hours(capsys, tmp
     assert re.search(r"Total: at most [\d.]+ GPU-hours", text)
     assert not out.exists()  # a dry run writes nothing
     with pytest.raises(ValueError, match="needs --data DIR"):
-        cli(["--scale", "medium", "--dry-run"])
+        cli(["--grid", "medium", "--dry-run"])
     with pytest.raises(ValueError, match="no train/ or val/ in it"):
-        cli(["--scale", "medium", "--dry-run", "--data", str(data / "train")])
+        cli(["--grid", "medium", "--dry-run", "--data", str(data / "train")])
 
 
 # ---- the command line: --grid (and its old name --scale), --seeds N or a list ------------------------------
@@ -330,13 +330,12 @@ def test_seeds_take_a_count_or_a_list(capsys, tmp_path):
     assert "seeds 0, 3, 5; 39 training runs" in text and "A-S64-s5:" in text and "A-S64-s1:" not in text
 
 
-def test_grid_names_the_grid_and_scale_still_works(capsys, tmp_path):
+def test_grid_names_the_grid(capsys, tmp_path):
     from vggnet.cli import build_parser
 
     assert cli(["--grid", "quick", "--dry-run", "--out", str(tmp_path / "g")]) == 0
     by_grid = capsys.readouterr().out
-    assert cli(["--scale", "quick", "--dry-run", "--out", str(tmp_path / "g")]) == 0  # the old name, hidden
-    assert capsys.readouterr().out == by_grid and by_grid.startswith("Plan (quick)")
+    assert by_grid.startswith("Plan (quick)")
     with pytest.raises(ValueError, match="--quick and --grid paper contradict"):
         cli(["--quick", "--grid", "paper", "--dry-run"])
     text = build_parser("reproduce")._subparsers._group_actions[0].choices["reproduce"].format_help()

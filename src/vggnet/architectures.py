@@ -78,13 +78,16 @@ def parse_name(name: str) -> tuple[str, bool]:
     raise ValueError(f"unknown VGG model {name!r}; known names: {known} (any of them with a _bn suffix)")
 
 
-def list_models(aliases: bool = True) -> list[str]:
-    """The registered model names: the six configs of Table 1 and B-5x5, then torchvision's names and their _bn
-    variants."""
+def list_models(aliases: bool = True, pretrained: bool = False) -> list[str]:
+    """The registered model names: the six configs of Table 1 and B-5x5, then every alias (torchvision's names,
+    ``vgg11_lrn``, ``vgg16_c``) and its _bn variant. ``pretrained=True`` (timm's filter): the names that have
+    default released weights (``create_model(name, pretrained=True)``): torchvision's and their _bn."""
+    if pretrained:
+        return [n for tv in TORCHVISION_NAMES for n in (tv, tv + "_bn")]
     names = list(CONFIGS)
     if aliases:
-        for tv in TORCHVISION_NAMES:
-            names += [tv, tv + "_bn"]
+        for alias in ALIASES:
+            names += [alias, alias + "_bn"]
     return names
 
 

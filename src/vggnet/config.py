@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .architectures import parse_name
+from .convention import NORMALIZE_HELP, check_normalize
 
 
 def option(default: Any, help: str) -> Any:
@@ -36,7 +37,9 @@ class TrainConfig:
         "paper",
         "paper: N(0, 0.01^2) as the authors' Caffe filler; paper-literal: std 0.1; glorot; kaiming",
     )
-    init_from: str = option("", "a run folder (or weights file): net A -> deeper net transfer, same net -> fine-tune")
+    init_from: str = option("", "SOURCE: a run folder (net A -> the paper's transfer to a deeper net; the same net "
+                            "-> all its weights), a weights file of any layout, a URL, torchvision:vgg16, "
+                            "timm:vgg16.tv_in1k or caffe:vgg16 (fine-tuning)")
     # --- data
     data: str = option(
         "mnist",
@@ -50,10 +53,7 @@ class TrainConfig:
     scale_max: int = option(256, "equal to scale_min for single-scale training")
     flip: bool = option(True, "random horizontal flips")
     colour_shift: float = option(0.1, "std of AlexNet's PCA colour shift alphas; 0 turns it off")
-    normalize: str = option(
-        "mean",
-        "mean: subtract mean RGB (the paper); standardize: also divide by its std; imagenet",
-    )
+    normalize: str = option("mean", NORMALIZE_HELP)
     pixel_range: int = option(
         0,
         "with normalize=mean: 255 feeds pixels 0-255 minus the mean RGB (the authors' Caffe); 1: [0, 1]; 0: "
@@ -102,7 +102,7 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "the newest K checkpoints are kept")
     max_steps: int = option(0, "stop after this many optimizer steps in all (0: no limit)")
     deterministic: bool = option(False, "torch.use_deterministic_algorithms (slower)")
-    tensorboard: bool = option(True, "log to RUN/tensorboard when tensorboard is installed")
+    tensorboard: bool = option(True, "log to RUN/tensorboard (says once when tensorboard is not installed)")
 
     def __post_init__(self) -> None:
         if self.scale_max < self.scale_min:
@@ -122,8 +122,7 @@ class TrainConfig:
             self.pixel_range = 255 if self.init.startswith("paper") else 1
         if self.pixel_range not in (1, 255):
             raise ValueError(f"pixel_range must be 255 (the authors' 0-255 pixels) or 1 ([0, 1]), got {self.pixel_range}")
-        if self.normalize not in ("mean", "standardize", "imagenet"):
-            raise ValueError(f"normalize must be 'mean', 'standardize' or 'imagenet', got {self.normalize!r}")
+        check_normalize(self.normalize)
         try:
             parse_name(self.arch)  # an unknown --arch fails here, before the data are scanned
         except ValueError as e:
@@ -275,12 +274,13 @@ def _coerce(name: str, value: Any) -> Any:
 def from_dict(d: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a saved dict (config.toml or a checkpoint), ignoring keys of other versions."""
     d = {k: v for k, v in d.items() if k in _FIELDS}
-    d.setdefault("pixel_range", LEGACY_PIXEL_RANGE)
+    d["normalize"], d["pixel_range"] = input_settings(d)
     return TrainConfig(**d)
 
 
-# Runs saved before the pixel_range option fed the net pixels in [0, 1].
-LEGACY_PIXEL_RANGE = 1
+def input_settings(d: dict[str, Any]) -> tuple[str, int]:
+    """(normalize, pixel_range) of a saved config; a run saved before the pixel_range option fed [0, 1]."""
+    return str(d.get("normalize", "mean")), int(d.get("pixel_range", 1))
 
 
 def field_help() -> dict[str, str]:

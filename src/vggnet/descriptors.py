@@ -18,9 +18,8 @@ import hashlib
 import json
 import os
 import time
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +29,23 @@ from torch import nn
 
 from safetensors.torch import save_file
 
-from .data import IMAGENET_STATS, resolve_data
-from .data.io import BadImageError, load_image, rescale
+from . import runs
+from .convention import Convention
+from .data import resolve_data
+from .data.io import BadImageError, load_image
+from .data.transforms import prepare_images, shape_groups
+from .evaluation.nets import Net, as_net, weights_net
 from .files import atomic_write
 from .init import init_weights
 from .model import VGG
+from .pretrained import resolve as resolve_weights
 from .runs import load_run
 from .runtime import pick_device
-from .weights import load_model
 
 AGGREGATES = ("mean", "stack")
 
 
 # ---- the descriptor ---------------------------------------------------------------------------------------------
-
-
-def _normalize(img: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (img.float() / 255 - mean.to(img.device)[:, None, None]) / std.to(img.device)[:, None, None]
 
 
 @torch.inference_mode()
@@ -69,25 +68,24 @@ def aggregate(per_scale: Sequence[torch.Tensor], how: str = "mean") -> torch.Ten
 
 
 @torch.inference_mode()
-def describe(model: nn.Module, images: Sequence[torch.Tensor], scales: Sequence[int], mean: torch.Tensor,
-             std: torch.Tensor, how: str = "mean", flip: bool = True, batch_size: int = 64,
+def describe(model: nn.Module, images: Sequence[torch.Tensor], scales: Sequence[int], convention: Convention,
+             how: str = "mean", flip: bool = True, batch_size: int = 64,
              device: torch.device | str = "cpu") -> torch.Tensor:  # fmt: skip
-    """Descriptors (N, D or D x scales) of uint8 (3, H, W) images (module doc). Every Q must be at least the
-    net's crop size; images of one shape are batched together."""
+    """Descriptors (N, D or D x scales) of uint8 (3, H, W) images (module doc), each rescaled to Q and put into
+    the net's input by ``convention`` as every test protocol does (``prepare_images``). Every Q must be at least
+    the net's crop size; images of one shape are batched together."""
     crop = getattr(model, "crop_size", 0)
     if scales and min(scales) < crop:
         raise ValueError(f"--scales {','.join(map(str, scales))}: every Q must be >= the net's crop size {crop}")
     model.eval()
     per_scale = []
     for q in scales:
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, img in enumerate(images):
-            groups[tuple(img.shape)].append(i)
         rows: dict[int, torch.Tensor] = {}
-        for idx in groups.values():
+        for idx in shape_groups(images).values():
             for k in range(0, len(idx), batch_size):
                 part = idx[k : k + batch_size]
-                x = _normalize(rescale(torch.stack([images[i] for i in part]), q), mean, std).to(device)
+                xs = prepare_images([images[i] for i in part], q, convention)
+                x = torch.stack(xs).to(device)
                 for i, d in zip(part, scale_descriptors(model, x, flip).cpu()):
                     rows[i] = d
         per_scale.append(torch.stack([rows[i] for i in range(len(images))]) if images else torch.empty(0, 0))
@@ -177,37 +175,45 @@ def _data_samples(data: str) -> tuple[list[tuple[str, int]], list[str]]:
     return sorted(train + val, key=lambda s: (s[1], s[0])), list(classes)
 
 
-def _describing_net(run: str | None, weights: str | None, random_init: bool):
-    """(net, its description, a hash naming its weights, input mean, input std) of a run, a run's net with random
-    weights, or a weights file (ImageNet's normalisation: a file carries no data statistics)."""
+def _describing_net(run: str | None, weights: str | None, random_init: bool,
+                    normalize: str | None = None) -> tuple[Net, str, str]:  # fmt: skip
+    """(net, its description, a hash naming its weights) of a run, a run's net with random weights, or
+    ``--weights`` (a run folder, a file of any supported layout, a URL or a named source: their own input
+    convention, or ``normalize`` for a file that carries none)."""
+    if weights and runs.is_run(weights):
+        run, weights = weights, None
     if run:
         r = load_run(run)
         if not random_init:
-            return r.model, f"run {Path(run).resolve()}", _sha256(Path(run) / "model.safetensors"), r.mean, r.std
+            return as_net(r), f"run {Path(run).resolve()}", _sha256(Path(run) / runs.MODEL_FILE)
         init = str(r.config.get("init", "paper"))  # the run's own initialisation, before any training
         model = init_weights(VGG(**r.model.arch), init, generator=torch.Generator().manual_seed(0))
         net = f"random weights ({model.name} of run {Path(run).resolve()})"
-        return model, net, f"random-{init}-seed0", r.mean, r.std
+        return replace(as_net(r), model=model), net, f"random-{init}-seed0"
     if weights:
-        mean, std = torch.tensor(IMAGENET_STATS.mean), torch.tensor(IMAGENET_STATS.std)
-        return load_model(weights), f"weights {Path(weights).resolve()}", _sha256(Path(weights)), mean, std
-    raise ValueError("vgg features needs a RUN folder, --weights FILE or --raw-pixels SIDE")
+        where = resolve_weights(weights)[0]
+        return weights_net(weights, normalize), f"weights {weights}", _sha256(where)
+    raise ValueError("vgg features needs a RUN folder, --weights SOURCE or --raw-pixels SIDE")
 
 
-def compute_features(data: str, run: str | None = None, weights: str | None = None, scales: Sequence[int] = (256,),
-                     how: str = "mean", flip: bool = True, random_init: bool = False, raw_pixels: int = 0,
-                     device: str = "auto", out: str | os.PathLike | None = None,
+def compute_features(data: str, run: str | None = None, weights: str | None = None,
+                     scales: Sequence[int] | None = None, how: str = "mean", flip: bool = True,
+                     random_init: bool = False, raw_pixels: int = 0, device: str = "auto",
+                     out: str | os.PathLike | None = None, normalize: str | None = None,
                      log=print) -> Features:  # fmt: skip
-    """Descriptors of every image of ``data`` by a run's net (``run``), a weights file, the same net with random
-    weights (``random_init``), or raw pixels (``raw_pixels`` = side), written to ``out`` when given."""
+    """Descriptors of every image of ``data`` by a run's net (``run``), ``weights`` (any source: a run, a file, a
+    URL, a named source; ``normalize`` states the convention of a file that carries none), the same net with
+    random weights (``random_init``), or raw pixels (``raw_pixels`` = side), written to ``out`` when given.
+    ``scales`` default to the net's test scales by the paper's rule (``vggnet.scales``)."""
     dev = pick_device(device)
     if how not in AGGREGATES:
         raise ValueError(f"--aggregate must be mean or stack, got {how!r}")
     if raw_pixels:
         net, sha, scales, how, flip = f"raw pixels {raw_pixels}x{raw_pixels}", "", [raw_pixels], "mean", False
-        model, mean, std = None, torch.zeros(3), torch.ones(3)
+        described = None
     else:
-        model, net, sha, mean, std = _describing_net(run, weights, random_init)
+        described, net, sha = _describing_net(run, weights, random_init, normalize)
+        scales = list(scales) if scales else described.default_scales()
     request = dict(net=net, net_sha256=sha, scales=list(map(int, scales)), aggregate=how, flip=flip, data=str(data))
     if out is not None and check_request(out, request):
         log(f"{out} is up to date (same net, scales and data)")
@@ -225,11 +231,11 @@ def compute_features(data: str, run: str | None = None, weights: str | None = No
         labels.append(label)
     if bad:
         log(f"skipped {bad} unreadable images")
-    if model is None:
+    if described is None:
         desc = pixel_descriptors(images, raw_pixels)
     else:
-        model = model.to(dev).eval()
-        desc = describe(model, images, scales, mean, std, how, flip, device=dev)
+        model = described.model.to(dev).eval()
+        desc = describe(model, images, scales, described.convention, how, flip, device=dev)
     feats = Features(desc, torch.tensor(labels, dtype=torch.int64), files, classes,
                      dict(request, seconds=round(time.perf_counter() - t0, 2), skipped=bad))  # fmt: skip
     if out is not None:

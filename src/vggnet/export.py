@@ -115,7 +115,7 @@ def net_to_export(run: str | os.PathLike | None = None, weights: str | None = No
     model = r.model
     if not getattr(model, "pretrained_cfg", None):  # older runs: their convention from stats.json
         s = r.config.get("scale_min", model.crop_size)
-        model.pretrained_cfg = make_cfg(tuple(r.mean.tolist()), tuple(r.std.tolist()), source=str(r.path),
+        model.pretrained_cfg = make_cfg(r.convention, source=str(r.path),
                                         num_classes=model.num_classes, classes=list(r.classes), resize=s,
                                         crop=model.crop_size)  # fmt: skip
     return model.eval()

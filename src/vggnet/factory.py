@@ -13,17 +13,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import ALIASES, CONFIGS, parse_name, weight_layers
+from .architectures import ALIASES, CONFIGS, TORCHVISION_NAMES, parse_name, weight_layers
 from .features import VGGFeatures
 from .init import init_weights
 from .model import VGG
-from .pretrained import load_pretrained
+from .pretrained import SOURCES, WeightsError, load_pretrained
 
 
 def create_model(
     name: str = "D",
     num_classes: int | None = None,
-    pretrained: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike | bool | None = None,
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
     **options: Any,
@@ -34,14 +34,19 @@ def create_model(
     ``in_chans``, ``inplace_relu``, and ``init`` ("paper", the default: N(0, 0.01^2) weights and zero biases, the
     authors' Caffe filler, for inputs on the 0-255 scale; "paper-literal": std 0.1; "glorot"; "kaiming"), ``seed`` (an int: the init is drawn from torch.Generator seeded with it).
 
-    ``pretrained``: weights to load, downloaded only when asked (vggnet.pretrained): a local file, a URL, or a
-    named source ("torchvision:vgg16", "timm:vgg16.tv_in1k", "caffe:vgg16"); the model then carries their
+    ``pretrained``: weights to load, downloaded only when asked (vggnet.pretrained): a run folder, a local file,
+    a URL, a named source ("torchvision:vgg16", "timm:vgg16.tv_in1k", "caffe:vgg16"), or True for the net's
+    default released weights (torchvision's; ``default_weights``); the model then carries their
     input convention in ``model.pretrained_cfg`` (``normalize="imagenet" | "caffe" | "mean:R,G,B"`` states it for
     a file that has none). ``num_classes`` (default: the weights' classes, else 1000) other than the weights'
     keeps every layer but the last. ``features_only=True``: the conv layers alone (``VGGFeatures``, no FC
     layer allocated) returning the maps of the stages ``out_indices`` (0-4 the last ReLU of each block,
     5 pool5) or of ``layers=[...]`` by the paper's names.
     """
+    if pretrained is True:
+        pretrained = default_weights(name)
+    if pretrained is False:
+        pretrained = None
     if pretrained is not None or features_only:
         options.pop("init", None), options.pop("seed", None)
         if pretrained is not None:
@@ -61,6 +66,18 @@ def create_model(
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         init_weights(model, init, generator=gen)
     return model
+
+
+def default_weights(name: str) -> str:
+    """The released weights ``pretrained=True`` takes for a net (timm's habit): torchvision's for A, B, D, E and
+    their _bn; A-LRN, C and B-5x5 have none (a one-line error naming the sources there are)."""
+    config, bn = parse_name(name)
+    alias = next((a for a, c in ALIASES.items() if c == config), None)
+    if alias not in TORCHVISION_NAMES:
+        raise WeightsError(f"{name}: no released weights for config {config} (torchvision's are for A, B, D, E and "
+                           f"their _bn, the Caffe files for D and E); pass pretrained= a run folder, a file or a "
+                           f"URL, or one of {', '.join(SOURCES)}")  # fmt: skip
+    return f"torchvision:{alias}{'_bn' if bn else ''}"
 
 
 def model_table(num_classes: int = 1000, size: int = 224) -> list[dict]:
@@ -87,4 +104,4 @@ def model_table(num_classes: int = 1000, size: int = 224) -> list[dict]:
     return rows
 
 
-__all__ = ["create_model", "model_table"]
+__all__ = ["create_model", "default_weights", "model_table"]

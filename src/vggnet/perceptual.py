@@ -17,6 +17,7 @@ from torch import nn
 
 from .features import VGGFeatures
 from .factory import create_model
+from .convention import Convention
 from .pretrained import normalization_cfg, require_cfg
 from .weights import unwrap
 
@@ -74,8 +75,11 @@ class PerceptualLoss(nn.Module):
             extractor.pretrained_cfg = normalization_cfg(normalize)[0]
         cfg = require_cfg(extractor, "the perceptual loss's net")
         self.net = extractor.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, -1, 1, 1))
+        conv = Convention.from_cfg(cfg)
+        # the convention's arithmetic as buffers (they follow the loss to its device): x01 * 255 * scale + offset
+        self.register_buffer("scale", 255.0 * torch.tensor(conv.scale, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("offset", torch.tensor(conv.offset, dtype=torch.float32).view(1, -1, 1, 1))
+        self.bgr = conv.channel_order == "BGR"
         self.style = style
 
     def train(self, mode: bool = True) -> PerceptualLoss:
@@ -86,7 +90,7 @@ class PerceptualLoss(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The maps at ``layers`` of images on [0, 1]."""
-        return self.net((x - self.mean) / self.std)
+        return self.net((x.flip(1) if self.bgr else x) * self.scale + self.offset)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         fi = self.features(input)

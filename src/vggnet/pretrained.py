@@ -35,6 +35,17 @@ import torch
 from torch import nn
 
 from .architectures import CONFIGS, parse_name, parse_token
+from .convention import (
+    CAFFE_MEAN_BGR,  # noqa: F401 - the authors' mean pixel, named here beside the Caffe source
+    CAFFE_MEAN_RGB01,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Convention,
+    parse_normalize,
+)
+from . import runs
+from .config import read_toml
+from .data import Stats
 from .features import VGGFeatures
 from .model import VGG, layer_names, load_state, meta_model
 from .weights import (
@@ -47,10 +58,6 @@ from .weights import (
     unwrap,
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # the authors' mean pixel, on [0, 255]
-CAFFE_MEAN_RGB01 = tuple(round(v / 255, 6) for v in reversed(CAFFE_MEAN_BGR))
 
 # Where the named sources live; tests point these at a local server.
 TORCHVISION_URL = "https://download.pytorch.org/models"
@@ -78,7 +85,12 @@ SOURCES: dict[str, dict[str, Any]] = {
     **{f"caffe:{a}": _source("url", a, file=f, base="CAFFE_URL", convention="caffe") for a, f in _CAFFE_FILES.items()},
 }  # fmt: skip
 
-NORMALIZE_HELP = "--normalize imagenet|caffe|mean:R,G,B"
+# the --normalize forms that need no training set's statistics: those a weights file can be stated to expect
+NORMALIZE_FORMS_OF_WEIGHTS = "imagenet|caffe|mean:R,G,B"
+NORMALIZE_HELP = f"--normalize {NORMALIZE_FORMS_OF_WEIGHTS}"
+# What every option that names weights takes (--weights, --init-from, localize's --from), through resolve()
+WEIGHTS_FORMS = ("a run folder, a weights file (ours, torchvision's, timm's or Caffe-named; .safetensors or "
+                 ".pth), a URL, torchvision:vgg16 (vgg11 ... vgg19_bn), timm:vgg16.tv_in1k or caffe:vgg16|vgg19")
 
 
 class WeightsError(ValueError):
@@ -96,50 +108,44 @@ def imagenet_classes() -> list[str]:
 
 
 def make_cfg(
-    mean: tuple[float, ...], std: tuple[float, ...] = (1.0, 1.0, 1.0), *, source: str = "", num_classes: int | None = None,
-    classes: list[str] | None = None, resize: int = 256, crop: int = 224, interpolation: str = "bilinear",
-    original: str = "RGB, [0, 1]",
+    convention: Convention, *, source: str = "", num_classes: int | None = None, classes: list[str] | None = None,
+    resize: int = 256, crop: int = 224, interpolation: str = "bilinear", original: str = "RGB, [0, 1]",
 ) -> dict[str, Any]:
-    """A ``pretrained_cfg`` in the canonical form: RGB on [0, 1], then ``(x - mean) / std``.
+    """A ``pretrained_cfg``: the input ``convention`` (:meth:`Convention.to_cfg`: mean and std on [0, 1], with
+    the pixel range and channel order), resize and crop sizes, interpolation and class names.
 
     ``original`` records the convention the weights were trained with when it differed (folded into conv1).
     """
-    return dict(
-        source=source, channel_order="RGB", value_range=[0, 1], mean=[float(v) for v in mean],
-        std=[float(v) for v in std], resize=resize, crop=crop, interpolation=interpolation,
-        num_classes=num_classes, classes=classes, original=original,
-    )  # fmt: skip
+    return dict(source=source, **convention.to_cfg(), resize=resize, crop=crop, interpolation=interpolation,
+                num_classes=num_classes, classes=classes, original=original)  # fmt: skip
+
+
+def convention_of(model: nn.Module) -> Convention | None:
+    """The input convention the model's weights expect (its ``pretrained_cfg``); None when it carries none."""
+    return Convention.from_cfg(getattr(unwrap(model), "pretrained_cfg", None))
 
 
 def normalization_cfg(spec: str, source: str = "", crop: int = 224) -> tuple[dict[str, Any], bool]:
-    """``--normalize`` as ``(pretrained_cfg, fold_caffe)``: ``imagenet`` (torchvision's mean and std), ``caffe``
-    (BGR 0-255 minus the authors' mean: folded into conv1) or ``mean:R,G,B`` (a mean pixel to subtract, on
-    [0, 255], or on [0, 1] when every value is <= 1)."""
+    """``--normalize`` of weights as ``(pretrained_cfg, fold_caffe)``: ``imagenet`` (torchvision's mean and std),
+    ``caffe`` (BGR 0-255 minus the authors' mean: folded into conv1) or ``mean:R,G,B`` (a mean pixel to
+    subtract, on [0, 255], or on [0, 1] when every value is <= 1)."""
     resize = round(crop * 256 / 224)
-    s = spec.strip().lower()
-    if s == "imagenet":
-        return make_cfg(IMAGENET_MEAN, IMAGENET_STD, source=source, resize=resize, crop=crop), False
-    if s == "caffe":
+    if spec.strip().lower() == "caffe":
         return _caffe_cfg(source, resize, crop), True
-    if s.startswith("mean:"):
-        try:
-            vals = [float(v) for v in s[5:].split(",")]
-        except ValueError:
-            vals = []
-        if len(vals) == 3:
-            if any(v > 1 for v in vals):
-                vals = [v / 255 for v in vals]
-            return make_cfg(tuple(vals), source=source, resize=resize, crop=crop), False
-    raise WeightsError(f"unknown normalisation {spec!r}; use {NORMALIZE_HELP} (e.g. mean:123.68,116.78,103.94)")
+    try:
+        conv = parse_normalize(spec)
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
+    return make_cfg(conv, source=source, resize=resize, crop=crop), False
 
 
 def _caffe_cfg(source: str, resize: int = 256, crop: int = 224) -> dict[str, Any]:
-    return make_cfg(CAFFE_MEAN_RGB01, source=source, resize=resize, crop=crop,
+    return make_cfg(Convention(CAFFE_MEAN_RGB01), source=source, resize=resize, crop=crop,
                     original="BGR, [0, 255], minus mean BGR (103.939, 116.779, 123.68); folded into conv1")  # fmt: skip
 
 
 def _source_cfg(name: str, src: dict[str, Any]) -> dict[str, Any]:
-    cfg = make_cfg(IMAGENET_MEAN, IMAGENET_STD, source=name) if src["convention"] == "imagenet" else _caffe_cfg(name)
+    cfg = make_cfg(Convention(IMAGENET_MEAN, IMAGENET_STD), source=name) if src["convention"] == "imagenet" else _caffe_cfg(name)
     return dict(cfg, num_classes=1000, classes=imagenet_classes())
 
 
@@ -157,14 +163,20 @@ def fold_caffe(model: nn.Module) -> nn.Module:
 
 def transforms(model: nn.Module) -> Any:
     """The evaluation transform that the model's weights expect (torchvision v2): resize the smaller side,
-    centre crop, to float on [0, 1], normalise. Refuses a model with no known input convention."""
+    centre crop, to float on [0, 1], then the weights' input convention (:mod:`vggnet.convention`), as
+    torchvision's ``Normalize`` of its canonical mean and std (RGB), or the convention itself (BGR). Refuses a
+    model with no known input convention."""
     from torchvision.transforms import v2
 
     cfg = require_cfg(model)
+    conv = Convention.from_cfg(cfg)
     interp = getattr(v2.InterpolationMode, cfg.get("interpolation", "bilinear").upper())
+    canonical = conv.to_cfg()
+    last = (v2.Normalize(canonical["mean"], canonical["std"]) if conv.channel_order == "RGB"
+            else v2.Lambda(conv.from_unit))  # fmt: skip
     return v2.Compose([
         v2.Resize(cfg["resize"], interpolation=interp, antialias=True), v2.CenterCrop(cfg["crop"]),
-        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg["mean"], cfg["std"]),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), last,
     ])  # fmt: skip
 
 
@@ -256,10 +268,16 @@ def _hf_download(name: str) -> Path:
 
 
 def resolve(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
-    """The local file of ``pretrained`` (downloading it if needed) and the named source it is, if any."""
+    """The one resolver of weights (:data:`WEIGHTS_FORMS`): the local file of ``pretrained`` (a run folder's
+    weights; downloading a URL or named source if needed) and the named source it is, if any."""
     spec = str(pretrained)
     if Path(spec).expanduser().is_file():
         return Path(spec).expanduser(), None
+    if Path(spec).expanduser().is_dir():
+        if not runs.is_run(Path(spec).expanduser()):
+            raise WeightsError(f"{spec} is a folder but not a run (no {runs.MODEL_FILE} and {runs.CONFIG_FILE}); "
+                               f"pass {WEIGHTS_FORMS}")  # fmt: skip
+        return Path(spec).expanduser() / runs.MODEL_FILE, None
     if spec.startswith(("http://", "https://")):
         return _download(spec, local_path(spec)), None
     name = _canonical(spec)
@@ -267,8 +285,7 @@ def resolve(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
         if ":" in spec and os.path.sep not in spec.split(":", 1)[0]:
             known = ", ".join(SOURCES)
             raise WeightsError(f"unknown weights source {spec!r}; known: {known}")
-        raise WeightsError(f"weights {spec!r}: no such file; pass a local file, a URL or a named source "
-                           f"(torchvision:vgg16, timm:vgg16.tv_in1k, caffe:vgg16)")  # fmt: skip
+        raise WeightsError(f"weights {spec!r}: no such file; pass {WEIGHTS_FORMS}")
     if SOURCES[name]["kind"] == "hf":
         return _hf_download(name), name
     return _download(source_url(name), local_path(name)), name
@@ -403,6 +420,10 @@ def _convention_of(normalize: str | None, source: str | None, pretrained: str | 
         return _source_cfg(source, SOURCES[source]), SOURCES[source]["convention"] == "caffe"
     if PRETRAINED_CFG_KEY in meta:
         return json.loads(meta[PRETRAINED_CFG_KEY]), False  # our files carry their convention, already canonical
+    folder = Path(pretrained).expanduser()
+    if folder.is_dir():  # a run saved before its weights carried their convention: its config and stats say it
+        conv = runs.run_convention(read_toml(folder / runs.CONFIG_FILE), Stats.load(folder / runs.STATS_FILE))
+        return make_cfg(conv, source=str(folder), crop=arch.get("crop_size", 224)), False
     return None, False
 
 

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import LEGACY_PIXEL_RANGE, read_toml
-from .data import IMAGENET_STATS, Stats
+from .config import input_settings, read_toml
+from .convention import Convention
+from .data import Stats
 from .weights import load_model
 
 MODEL_FILE = "model.safetensors"
@@ -42,8 +43,7 @@ class Run:
     model: nn.Module
     config: dict[str, Any]
     classes: list[str]
-    mean: torch.Tensor  # (3,) on the [0, 1] pixel scale
-    std: torch.Tensor  # (3,) ones unless the run divides by a std
+    convention: Convention  # how pixels become the net's input (vggnet.convention)
     stats: Any = None  # vggnet.data.Stats of the training set
 
     @property
@@ -51,32 +51,18 @@ class Run:
         return self.path.name
 
     @property
+    def mean(self) -> torch.Tensor:
+        """(3,) on the [0, 1] pixel scale: the net sees ``(pixels / 255 - mean) / std`` (the canonical form)."""
+        return self.convention.mean01
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.convention.std01
+
+    @property
     def scale_range(self) -> tuple[int, int]:
         """(Smin, Smax) of training; equal for a net trained at a fixed S."""
         return int(self.config["scale_min"]), int(self.config["scale_max"])
-
-
-def normalization(stats, mode: str, pixel_range: int = 1):
-    """The statistics a run normalises with, and whether to divide by their std.
-
-    ``mode`` "mean" (the paper): subtract the training set's mean RGB only; with ``pixel_range`` 255 the pixels
-    stay on the 0-255 scale, as the authors' Caffe fed them (returned as a std of 1/255 to divide by, so every
-    consumer computes ``(pixels / 255 - mean) / std`` = ``pixels - 255 * mean``); with 1 they are in [0, 1].
-    With a std to divide by, the pixel range cancels out and is ignored. "standardize": subtract the mean
-    and divide by the per-channel std of the training set (inputs of unit variance). "imagenet": torchvision's ImageNet
-    mean and std (for weights trained that way); the PCA for the colour shift stays the training set's.
-    """
-    if mode == "mean":
-        if pixel_range == 255:
-            return Stats(stats.mean, (1 / 255,) * 3, stats.eigval, stats.eigvec, stats.images, stats.pixels), True
-        if pixel_range != 1:
-            raise ValueError(f"pixel_range must be 255 or 1, got {pixel_range}")
-        return stats, False
-    if mode == "standardize":
-        return stats, True
-    if mode == "imagenet":
-        return Stats(IMAGENET_STATS.mean, IMAGENET_STATS.std, stats.eigval, stats.eigvec, stats.images, stats.pixels), True
-    raise ValueError(f"unknown normalisation {mode!r}; use 'mean', 'standardize' or 'imagenet'")
 
 
 def is_run(path: str | os.PathLike) -> bool:
@@ -98,7 +84,10 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     stats = Stats.load(path / STATS_FILE)
     classes = json.loads((path / CLASSES_FILE).read_text())
     model = load_model(path / MODEL_FILE).to(device).eval()
-    norm, divide_std = normalization(stats, config.get("normalize", "mean"), config.get("pixel_range", LEGACY_PIXEL_RANGE))
-    mean = torch.tensor(norm.mean, dtype=torch.float32)
-    std = torch.tensor(norm.std if divide_std else (1.0, 1.0, 1.0), dtype=torch.float32)
-    return Run(path=path, model=model, config=config, classes=classes, mean=mean, std=std, stats=stats)
+    return Run(path=path, model=model, config=config, classes=classes, convention=run_convention(config, stats),
+               stats=stats)  # fmt: skip
+
+
+def run_convention(config: dict[str, Any], stats: Any) -> Convention:
+    """The input convention of a run from its config (normalize, pixel_range) and stats.json."""
+    return Convention.of_run(stats, *input_settings(config))

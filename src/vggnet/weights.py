@@ -162,13 +162,34 @@ def from_caffe_names(sd: dict[str, torch.Tensor], config: str, batch_norm: bool 
     return out
 
 
+# The older torchvision head (Dropout before each FC layer: FC1, FC2 at classifier.1, classifier.4, FC3 at 6), the
+# layout of the authors' Caffe weights as converted by J. Johnson (the caffe: files) -> ours (FC layers at 0, 3, 6).
+_OLD_HEAD = {"classifier.1.": "classifier.0.", "classifier.4.": "classifier.3."}
+
+
+def _is_old_head(sd: dict[str, torch.Tensor]) -> bool:
+    return "classifier.1.weight" in sd and "classifier.4.weight" in sd and "classifier.0.weight" not in sd
+
+
+def from_old_head(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """FC1 and FC2 at ``classifier.1`` / ``classifier.4`` (the Caffe files' head) -> ``classifier.0`` / ``.3``."""
+    out = {}
+    for k, v in sd.items():
+        old = next((o for o in _OLD_HEAD if k.startswith(o)), None)
+        out[_OLD_HEAD[old] + k[len(old) :] if old else k] = v
+    return out
+
+
 def convert_state_dict(sd: dict[str, torch.Tensor], model: nn.Module | None) -> dict[str, torch.Tensor]:
-    """Bring a state dict of any supported layout (ours, torchvision's, timm's, Caffe layer names) into ours.
+    """Bring a state dict of any supported layout (ours, torchvision's, the Caffe files' older head at
+    classifier.1/.4/.6, timm's, Caffe layer names) into ours; the layout is read off the keys.
 
     Caffe layer names need the config (from ``model.arch``); without a model they are left as they are.
     """
     if _is_timm(sd):
         return from_timm(sd)
+    if _is_old_head(sd):
+        return from_old_head(sd)
     arch = getattr(unwrap(model), "arch", None) if model is not None else None
     if _is_caffe_named(sd) and arch:
         return from_caffe_names(sd, arch["config"], arch.get("batch_norm", False))

@@ -20,7 +20,7 @@ from ..evaluation import (
     weights_net,
     write_eval_report,
 )
-from ..pretrained import NORMALIZE_HELP
+from ..pretrained import NORMALIZE_FORMS_OF_WEIGHTS, NORMALIZE_HELP, WEIGHTS_FORMS
 from ..runs import Run, is_run, load_run
 
 
@@ -43,10 +43,10 @@ def _add_common(p: argparse.ArgumentParser, default_protocol: str) -> None:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA and for a CPU with native bf16, AMX or AVX512-bf16, "
                         "off elsewhere; the report says which ran); --no-amp computes in float32 everywhere")  # fmt: skip
-    p.add_argument("--weights", action="append", default=[], metavar="FILE|URL|SOURCE",
-                   help="weights to evaluate besides (or instead of) runs: a file, a URL, or torchvision:vgg16, "
-                        "timm:vgg16.tv_in1k, caffe:vgg16 (downloaded on first use); repeat to fuse")  # fmt: skip
-    p.add_argument("--normalize", default=None, metavar="imagenet|caffe|mean:R,G,B",
+    p.add_argument("--weights", action="append", default=[], metavar="SOURCE",
+                   help=f"weights to evaluate besides (or instead of) runs: {WEIGHTS_FORMS} (downloaded on first "
+                        "use); repeat to fuse")  # fmt: skip
+    p.add_argument("--normalize", default=None, metavar=NORMALIZE_FORMS_OF_WEIGHTS,
                    help="the input convention of --weights that do not carry one: imagenet (torchvision's mean and "
                         "std), caffe (the authors' BGR 0-255 minus mean, folded into conv1), mean:R,G,B (0-255)")
 

@@ -7,14 +7,14 @@ import argparse
 import importlib.util
 
 from ..export import FORMATS, check_onnx, export, net_to_export
+from ..pretrained import NORMALIZE_FORMS_OF_WEIGHTS, WEIGHTS_FORMS
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `vgg export [RUN] [--weights W] --format onnx [--dense] --out FILE`."""
     parser.add_argument("run", nargs="?", metavar="RUN", help="a run folder (or give --weights)")
-    parser.add_argument("--weights", default=None, metavar="FILE|URL|SOURCE",
-                        help="weights instead of a run: a file, a URL, or torchvision:vgg16, timm:..., caffe:vgg16")
-    parser.add_argument("--normalize", default=None, metavar="imagenet|caffe|mean:R,G,B",
+    parser.add_argument("--weights", default=None, metavar="SOURCE", help=f"weights instead of a run: {WEIGHTS_FORMS}")
+    parser.add_argument("--normalize", default=None, metavar=NORMALIZE_FORMS_OF_WEIGHTS,
                         help="the input convention of --weights that do not carry one (kept in the file's metadata)")
     parser.add_argument("--format", default="onnx", choices=FORMATS,
                         help="onnx (default), safetensors (ours, with the input convention), or a torchvision / "

@@ -1,7 +1,6 @@
 """`vgg reproduce`'s options and their checks; the work is ``vggnet.reproduce``.
 
-``--grid small|quick|medium|paper`` chooses the grid (``--scale``, its old name, is still accepted and hidden:
-in `vgg train` --scale is the training scale S). ``--seeds N`` runs seeds 0..N-1; ``--seeds 0,3,5`` those seeds.
+``--grid small|quick|medium|paper`` chooses the grid (in `vgg train`, --scale is the training scale S). ``--seeds N`` runs seeds 0..N-1; ``--seeds 0,3,5`` those seeds.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                              "grid on an ImageNet-style subset (--data DIR) at 224 crops on one GPU, with an "
                              "estimate of GPU-hours first; paper: the ImageNet recipes of recipes/imagenet (launch "
                              "with torchrun for several GPUs)")  # fmt: skip
-    # the grid's old name, kept so that earlier command lines still run; hidden: --scale is S in `vgg train`
-    parser.add_argument("--scale", dest="grid", choices=GRID_NAMES, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="the same as --grid quick")
     parser.add_argument("--data", default=None,
                         help="the data: an ImageNet folder with train/ and val/ for --grid paper (default: the "

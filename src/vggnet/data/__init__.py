@@ -39,8 +39,8 @@ from .transforms import (
     center_crop,
     draw_params,
     eval_rescale,
-    normalize,
     prepare_images,
+    shape_groups,
     resized_crop,
 )
 
@@ -71,8 +71,8 @@ __all__ = [
     "list_images",
     "load_image",
     "materialise",
-    "normalize",
     "prepare_images",
+    "shape_groups",
     "read_class_names",
     "resized_crop",
     "rescale",

@@ -126,12 +126,6 @@ def header(data: bytes, path: str | os.PathLike = "<bytes>") -> ImageHeader:
         return ImageHeader(im.format or "", im.mode, im.height, im.width)
 
 
-def probe(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[str, int, int]:
-    """(format, height, width) of encoded image bytes, from the header alone; :class:`BadImageError` if bad."""
-    h = header(data, path)
-    return h.format, h.height, h.width
-
-
 def _pil_to_tensor(im: Image.Image) -> torch.Tensor:
     """A decoded Pillow image as a (3, H, W) uint8 RGB tensor."""
     if im.mode in _WIDE_MODES:

@@ -7,13 +7,13 @@ apply the resulting :class:`AugParams` with the same :meth:`ImageTransform.resam
 training) and :meth:`ImageTransform.normalize`, so a sample seed gives the same augmentation on either path, up
 to the resampling kernel's numerics.
 
-Pixel scale: decoded images are uint8; the output is ``(x / 255 + shift - mean) / std`` with x / 255 in [0, 1],
-``shift`` the colour shift, ``mean`` the training set's mean RGB and ``std`` 1 (the paper) or the per-channel
-std (weights trained with torchvision's normalisation).
+Pixel scale: decoded images are uint8; the output is the run's input convention (:mod:`vggnet.convention`, the
+only normalisation of the package) applied to ``x / 255 + shift``, with ``shift`` the colour shift: for the paper,
+``(x / 255 + shift) * 255 - mean`` with ``mean`` the training set's mean RGB on 0-255.
 
 The test-time protocols (vggnet.evaluation) take a batch of decoded images to several test scales Q on the
 device rather than one image through one transform: :func:`prepare_images` (rescale with :func:`eval_rescale`,
-as :class:`EvalTransform` does, then :func:`normalize`) and :func:`center_crop` are their preprocessing, kept
+as :class:`EvalTransform` does, then the net's :class:`~vggnet.convention.Convention`) and :func:`center_crop` are their preprocessing, kept
 here beside the transforms. Two centre conventions stand side by side and are kept as they were measured:
 the protocols' :func:`center_crop` rounds the offset down, ``(H - crop) // 2``; :class:`EvalTransform` (and
 localisation, which shares its box geometry with training) takes :func:`crop_offsets` at position 0.5,
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..convention import Convention
 from .io import load_image, rescale, rescaled_size
 from .stats import Stats
 
@@ -212,36 +213,36 @@ class ImageTransform:
     # decoding is most of a small net's epoch on the CPU (TrainConfig.cache_images).
     cache: dict[str, torch.Tensor] | None = None
 
-    def __init__(self, stats: Stats | None, divide_std: bool) -> None:
+    def __init__(self, stats: Stats | None, divide_std: bool, convention: Convention | None = None) -> None:
         self.stats = stats
         self.divide_std = divide_std
-        self.mean = tuple(stats.mean) if stats else (0.0, 0.0, 0.0)
-        self.std = tuple(stats.std) if stats and divide_std else (1.0, 1.0, 1.0)
+        # how pixels become the net's input (vggnet.convention); without one: stats' mean (and std), on [0, 1]
+        if convention is None:
+            mean = tuple(stats.mean) if stats else (0.0, 0.0, 0.0)
+            convention = Convention(mean, tuple(stats.std) if stats and divide_std else (1.0, 1.0, 1.0))
+        if convention.channel_order != "RGB":
+            raise ValueError("training transforms feed RGB (Caffe's BGR weights are folded into conv1 when loaded)")
+        self.convention = convention
         self.eigval = tuple(stats.eigval) if stats else (0.0, 0.0, 0.0)
         self.eigvec = tuple(stats.eigvec) if stats else ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
-        if min(self.std) <= 0:
-            raise ValueError(f"std must be positive to divide by it, got {self.std}")
-        # x / 255 / std folded into one multiplier, applied in float32 to the uint8 pixels
-        self._inv = torch.tensor([1.0 / (255.0 * s) for s in self.std])[:, None, None]
+        # the convention's per-channel multiplier, applied in float32 to the uint8 pixels
+        self._inv = torch.tensor(convention.scale)[:, None, None]
 
     def sample(self, generator: torch.Generator | None = None) -> AugParams:
         """The augmentation parameters of one sample (None: torch's global RNG)."""
         raise NotImplementedError
 
     def offset(self, alpha: Sequence[float] | Sequence[Sequence[float]] | torch.Tensor) -> torch.Tensor:
-        """The float32 offset ``(colour_shift(alpha) - mean) / std`` of one alpha (3,) or of a batch (N, 3),
+        """The float32 offset ``((colour_shift(alpha) * pixel_range - mean) / std`` of one alpha (3,) or of a batch (N, 3),
         shaped (3, 1, 1) or (N, 3, 1, 1) to broadcast over images."""
         a = alpha.tolist() if isinstance(alpha, torch.Tensor) else alpha
         single = len(a) > 0 and not isinstance(a[0], (Sequence, torch.Tensor))
-        rows = [
-            [(s - m) / d for s, m, d in zip(colour_shift(r, self.eigval, self.eigvec), self.mean, self.std)]
-            for r in ([a] if single else a)
-        ]
+        rows = [self.convention.shift_offset(colour_shift(r, self.eigval, self.eigvec)) for r in ([a] if single else a)]
         off = torch.tensor(rows, dtype=torch.float32).reshape(-1, 3, 1, 1)
         return off[0] if single else off
 
     def normalize(self, x: torch.Tensor, alpha) -> torch.Tensor:
-        """``(x / 255 + colour_shift(alpha) - mean) / std`` in float32, for x (3, H, W) with one alpha (3,), or
+        """The convention applied to ``x / 255 + colour_shift(alpha)`` in float32, for x (3, H, W) with one alpha (3,), or
         x (N, 3, H, W) with alphas (N, 3). x is uint8 (or float on the 0-255 scale); it is not modified."""
         inv, off = self._inv, self.offset(alpha)
         if x.device.type != "cpu":
@@ -298,6 +299,8 @@ class TrainTransform(ImageTransform):
         flip: random horizontal flips.
         colour_std: std of the colour-shift coefficients (0.1 as in AlexNet; 0 turns the shift off).
         divide_std: divide by the per-channel std (for torchvision-trained weights; the paper does not).
+        convention: how pixels become the net's input (:class:`~vggnet.convention.Convention`), when it is
+            not ``stats``' mean (and std) on [0, 1]: a run's (``Convention.of_run``); ``stats`` then gives the PCA.
     """
 
     def __init__(
@@ -308,8 +311,9 @@ class TrainTransform(ImageTransform):
         flip: bool = True,
         colour_std: float = 0.1,
         divide_std: bool = False,
+        convention: Convention | None = None,
     ) -> None:
-        super().__init__(stats, divide_std)
+        super().__init__(stats, divide_std, convention)
         smin, smax = (scale, scale) if isinstance(scale, int) else (int(scale[0]), int(scale[1]))
         if not 0 < crop_size <= smin <= smax:
             raise ValueError(f"need 0 < crop_size <= Smin <= Smax, got crop_size {crop_size}, scale {scale}")
@@ -338,10 +342,12 @@ class EvalTransform(ImageTransform):
         crop_size: None keeps the whole rescaled image (dense evaluation; sizes vary, so batch with
             :func:`~vggnet.data.collate_list`); an int takes the centre crop.
         divide_std: divide by the per-channel std.
+        convention: as for :class:`TrainTransform`.
     """
 
-    def __init__(self, stats: Stats | None, size: int = 256, crop_size: int | None = None, divide_std: bool = False):
-        super().__init__(stats, divide_std)
+    def __init__(self, stats: Stats | None, size: int = 256, crop_size: int | None = None, divide_std: bool = False,
+                 convention: Convention | None = None):
+        super().__init__(stats, divide_std, convention)
         if size < 1 or (crop_size is not None and not 0 < crop_size <= size):
             raise ValueError(f"need 0 < crop_size <= size, got size {size}, crop_size {crop_size}")
         self.size = size
@@ -369,29 +375,28 @@ class EvalTransform(ImageTransform):
 # ---- the test-time protocols' preprocessing (vggnet.evaluation) -----------------------------------------------
 
 
-def normalize(img: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) pixels on [0, 255] -> the net's input ``(pixels / 255 - mean) / std``, in float32."""
-    mean = mean.to(img.device, torch.float32)[:, None, None]
-    std = std.to(img.device, torch.float32)[:, None, None]
-    return (img.float() / 255 - mean) / std
-
-
-def prepare_images(images: Sequence[torch.Tensor], q: int, mean: torch.Tensor, std: torch.Tensor) -> list[torch.Tensor]:
-    """uint8 (3, H, W) images rescaled to smaller side Q (:func:`eval_rescale`) and normalised, on the images'
-    device.
+def prepare_images(images: Sequence[torch.Tensor], q: int, convention: Convention) -> list[torch.Tensor]:
+    """uint8 (3, H, W) images rescaled to smaller side Q (:func:`eval_rescale`) and put into the net's input by
+    ``convention``, on the images' device: what every test-time protocol feeds a net (eval, predict, features,
+    localisation).
 
     Images of one size are rescaled as one batch (few large kernels rather than many small ones).
     """
     out: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, img in enumerate(images):
-        groups[tuple(img.shape)].append(i)
-    for idx in groups.values():
+    for idx in shape_groups(images).values():
         x = torch.stack([images[i] for i in idx])
-        x = normalize(eval_rescale(x, q), mean, std)
+        x = convention(eval_rescale(x, q))
         for i, xi in zip(idx, x):
             out[i] = xi
     return out
+
+
+def shape_groups(images: Sequence[torch.Tensor]) -> dict[tuple[int, ...], list[int]]:
+    """Indices of ``images`` grouped by shape, in first-seen order: images of one shape batch together."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, img in enumerate(images):
+        groups[tuple(img.shape)].append(i)
+    return groups
 
 
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:

@@ -25,15 +25,14 @@ The rooms:
 - ``driver``: ``evaluate`` and ``posteriors``: decoding, every net at every Q, fusion, the error counts;
 - ``results``: ``EvalResult`` / ``ProtocolResult``, the report; ``prediction``: the top classes of images.
 
-Preprocessing (decoding, rescaling to Q, normalising, the centre crop) and folder scanning live in
+Preprocessing (decoding, rescaling to Q, the input convention of vggnet.convention, the centre crop) and folder scanning live in
 ``vggnet.data``; the device and precision in ``vggnet.runtime``; the command line in ``vggnet.cli.evaluate``.
 """
 
 from __future__ import annotations
 
 from ..data.folders import folder_samples
-from ..data.transforms import center_crop, normalize, prepare_images
-from ..scales import eval_scales
+from ..data.transforms import center_crop, prepare_images
 from .driver import DEFAULT_BATCH_SIZE, evaluate, net_posteriors, posteriors
 from .nets import FUSED, Net, as_net, as_nets, weights_net
 from .prediction import Prediction, predict
@@ -53,15 +52,11 @@ from .views import (
     with_flip,
 )
 
-# The paper's test scales Q of a net trained at S in [Smin, Smax] (section 3.2): the rule of vggnet.scales, under
-# the name evaluation has always given it.
-default_scales = eval_scales
-
 __all__ = [
     "DEFAULT_BATCH_SIZE", "FUSED", "GRID", "PROTOCOLS", "VIEW_KINDS", "EvalResult", "Net", "Prediction",
     "ProtocolResult", "as_net", "as_nets", "bare_folder_samples", "center_crop", "center_posteriors",
-    "crop_posteriors", "default_scales", "dense_posteriors", "evaluate", "folder_samples", "grid_crops",
-    "grid_offsets", "multicrop_posteriors", "net_posteriors", "normalize", "parse_protocols", "parse_scales",
+    "crop_posteriors", "dense_posteriors", "evaluate", "folder_samples", "grid_crops",
+    "grid_offsets", "multicrop_posteriors", "net_posteriors", "parse_protocols", "parse_scales",
     "posteriors", "predict", "prepare_images", "resolve_eval_samples", "resolve_scales", "softmax_mean",
     "weights_net", "with_flip", "write_eval_report",
 ]  # fmt: skip

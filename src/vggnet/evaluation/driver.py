@@ -75,10 +75,8 @@ def net_posteriors(
     """
     rt = rt or runtime("cpu")
     timer = timer or Timer(rt)
-    # on the device once for all scales (a no-op when the caller moved them); mean and std once rather than
-    # per image: each small copy of pageable host memory waits for the GPU to catch up
+    # on the device once for all scales (a no-op when the caller moved them)
     images = [img.to(rt.device, non_blocking=True) for img in images]
-    mean, std = net.mean.to(rt.device), net.std.to(rt.device)
     kinds_at: dict[int, set[str]] = defaultdict(set)
     for protocol, qs in plan.items():
         for q in qs:
@@ -86,7 +84,7 @@ def net_posteriors(
     parts: dict[tuple[str, int], torch.Tensor] = {}
     for q in sorted(kinds_at):
         with timer((net.name, "rescale", q)):
-            xs = prepare_images(images, q, mean, std)
+            xs = prepare_images(images, q, net.convention)
         for kind in sorted(kinds_at[q]):
             with timer((net.name, kind, q)):
                 parts[(kind, q)] = VIEW_KINDS[kind](net.model, xs, flip, batch_size, rt)

@@ -1,4 +1,4 @@
-"""Nets as evaluation sees them: a model with its normalisation, class names and training scales.
+"""Nets as evaluation sees them: a model with its input convention, class names and training scales.
 
 A net comes from a run folder, a loaded ``Run``, a bare VGG model (its ``pretrained_cfg`` giving the input
 convention), or ``--weights`` (a file, a URL or a named source). Several nets are fused: they must agree on
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..convention import Convention
 from ..pretrained import load_pretrained, require_cfg
 from ..runs import Run, load_run
 from ..scales import eval_scales
@@ -26,19 +27,27 @@ FUSED = "fused"  # the name of the fusion's rows: the posteriors of all nets ave
 
 @dataclass
 class Net:
-    """A net as evaluation sees it: the model, its normalisation, its class names and its training scales.
+    """A net as evaluation sees it: the model, its input convention, its class names and its training scales.
 
-    ``mean`` and ``std`` are on the [0, 1] pixel scale: the net sees ``(pixels / 255 - mean) / std``.
+    ``convention`` (vggnet.convention) turns decoded pixels into the net's input.
     ``scale_range`` is (Smin, Smax) of training (equal for a fixed S); None when unknown.
     """
 
     model: nn.Module
-    mean: torch.Tensor
-    std: torch.Tensor
+    convention: Convention
     name: str = "net"
     classes: list[str] | None = None
     scale_range: tuple[int, int] | None = None
     run: Run | None = None
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(3,) on the [0, 1] pixel scale (the canonical form: the net sees ``(pixels / 255 - mean) / std``)."""
+        return self.convention.mean01
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.convention.std01
 
     @property
     def crop_size(self) -> int:
@@ -70,14 +79,17 @@ def _model_net(
             f"vggnet.create_model and load the weights with vggnet.load_weights"
         )
     cfg = getattr(inner, "pretrained_cfg", None) or {}
-    m = torch.as_tensor(mean if mean is not None else cfg.get("mean", (0.0, 0.0, 0.0)), dtype=torch.float32)
-    s = torch.as_tensor(std if std is not None else cfg.get("std", (1.0, 1.0, 1.0)), dtype=torch.float32)
+    if mean is not None or std is not None:
+        conv = Convention(tuple(torch.as_tensor(mean if mean is not None else (0.0,) * 3).tolist()),
+                          tuple(torch.as_tensor(std if std is not None else (1.0,) * 3).tolist()))  # fmt: skip
+    else:
+        conv = Convention.from_cfg(cfg) or Convention()
     classes = classes or cfg.get("classes")
     # the released nets were trained at S = resize (256 for 224 crops): the paper's test scales follow it
     scale = (int(cfg["resize"]),) * 2 if cfg.get("resize") else None
     src = str(cfg.get("source") or "")
     src = Path(src).name if os.sep in src else src  # a run folder or file: its name
-    return Net(obj, m, s, name or src or getattr(inner, "name", "net"),
+    return Net(obj, conv, name or src or getattr(inner, "name", "net"),
                list(classes) if classes else None, scale)  # fmt: skip
 
 
@@ -103,7 +115,7 @@ def as_net(
             scale_range: tuple[int, int] | None = obj.scale_range
         except (KeyError, TypeError, ValueError):
             scale_range = None
-        return Net(obj.model, obj.mean, obj.std, name or obj.name, list(obj.classes), scale_range, obj)
+        return Net(obj.model, obj.convention, name or obj.name, list(obj.classes), scale_range, obj)
     if isinstance(obj, nn.Module):
         return _model_net(obj, mean, std, classes, name)
     raise TypeError(f"expected a run folder, a Run or a VGG model, got {type(obj).__name__}")

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from .. import runs
+from ..config import read_toml
+from ..data import Stats
 from ..model import VGG
 
 REGRESSIONS = ("scr", "pcr")
@@ -59,6 +61,7 @@ class LocConfig:
     scale_min: int = 0
     scale_max: int = 0
     normalize: str = "mean"
+    pixel_range: int = 1  # with normalize=mean: the classification run's pixel scale (vggnet.convention)
 
     def __post_init__(self) -> None:
         if self.regression not in REGRESSIONS:
@@ -129,7 +132,12 @@ def load_loc_run(path: str | os.PathLike, device: str | torch.device = "cpu") ->
                              f"`vgg localize train --from {path}`")  # fmt: skip
         raise FileNotFoundError(f"{path}: no localisation run here; make one with `vgg localize train --from RUN`")
     info = json.loads((path / LOC_FILE).read_text())
-    return runs.load_run(path, device), info
+    run = runs.load_run(path, device)
+    if "pixel_range" not in run.config and Path(info.get("from_run", "")).is_dir():
+        # made before localisation recorded the pixel range: the classification run's convention is the one
+        src = Path(info["from_run"])
+        run.convention = runs.run_convention(read_toml(src / runs.CONFIG_FILE), Stats.load(src / runs.STATS_FILE))
+    return run, info
 
 
 __all__ = [

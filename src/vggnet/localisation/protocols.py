@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .. import boxes as B
 from .. import runs
 from ..data.io import BadImageError, load_image
-from ..data.transforms import AugParams, EvalTransform, crop_offsets
+from ..data.transforms import AugParams, EvalTransform, crop_offsets, prepare_images, shape_groups
 from ..runtime import pick_device
 from .nets import IOU_THRESHOLD, MERGE_IOU, load_loc_run, select_boxes, stride
 
@@ -103,15 +103,13 @@ class LocResult:
 
 @dataclass
 class _Setup:
-    """What both protocols need: the nets, the test scales and the input convention."""
+    """What both protocols need: the nets (each with its input convention) and the test scales."""
 
     loc: runs.Run
     cls: runs.Run | None  # the classification net that rates the boxes (dense only)
     regression: str
     crop: int
     scales: list[int]
-    norm: Any
-    divide_std: bool
     device: torch.device
     stride: int  # of the dense maps, in input pixels
 
@@ -121,7 +119,7 @@ def _center_hits(s: _Setup, chunk: list[tuple[B.BoxSample, torch.Tensor]]) -> li
     found: list[list[torch.Tensor]] = [[] for _ in chunk]
     labels = torch.tensor([smp.label for smp, _ in chunk], device=s.device)
     for q in s.scales:
-        tf = EvalTransform(s.norm, size=q, crop_size=s.crop, divide_std=s.divide_std)
+        tf = EvalTransform(s.loc.stats, size=q, crop_size=s.crop, convention=s.loc.convention)
         x = torch.stack([tf.apply(img, tf.sample()) for _, img in chunk]).to(s.device)
         pred = select_boxes(s.loc.model(x), labels, s.regression).cpu().float()
         for k, (_, img) in enumerate(chunk):
@@ -139,16 +137,15 @@ def _center_hits(s: _Setup, chunk: list[tuple[B.BoxSample, torch.Tensor]]) -> li
 def _dense_maps(s: _Setup, chunk: list[tuple[B.BoxSample, torch.Tensor]]) -> list[list[tuple]]:
     """Per image, per Q: (class score map (C, h, w), box map (4 or 4C, h, w), the rescaled size)."""
     maps: list[list[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]] = [[] for _ in chunk]
+    images = [img.to(s.device) for _, img in chunk]
     for q in s.scales:
-        tf = EvalTransform(s.norm, size=q, crop_size=None, divide_std=s.divide_std)
-        views = [tf.apply(img, tf.sample()) for _, img in chunk]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for k, v in enumerate(views):
-            groups.setdefault(tuple(v.shape), []).append(k)
-        for idx in groups.values():  # images of one rescaled size run as one batch
-            x = torch.stack([views[k] for k in idx]).to(s.device)
+        # each net's input as `vgg eval` feeds it (evaluation's preprocessing, each run's own convention)
+        xs_cls = prepare_images(images, q, s.cls.convention)
+        xs_loc = xs_cls if s.loc.convention == s.cls.convention else prepare_images(images, q, s.loc.convention)
+        for idx in shape_groups(xs_cls).values():  # images of one rescaled size run as one batch
+            x = torch.stack([xs_cls[k] for k in idx])
             scores = F.softmax(s.cls.model.dense(x).float(), 1).cpu()  # (B, C, h, w)
-            box_map = s.loc.model.dense(x).float().cpu()  # (B, 4 or 4C, h, w)
+            box_map = s.loc.model.dense(torch.stack([xs_loc[k] for k in idx])).float().cpu()  # (B, 4 or 4C, h, w)
             for j, k in enumerate(idx):
                 maps[k].append((scores[j], box_map[j], tuple(x.shape[-2:])))
     return maps
@@ -217,8 +214,7 @@ def evaluate_localisation(loc_run: str | os.PathLike, protocol: str = "dense", s
         raise ValueError(f"{data or info['data']}: no validation images with boxes ({report.summary()})")
     cls = _classifier(classifier or info["from_run"], dev, len(classes)) if protocol == "dense" else None
     loc.model.eval()
-    norm, divide_std = runs.normalization(loc.stats, loc.config.get("normalize", "mean"))
-    s = _Setup(loc, cls, info["regression"], crop, scales, norm, divide_std, dev, stride(loc.model))
+    s = _Setup(loc, cls, info["regression"], crop, scales, dev, stride(loc.model))
     t0 = time.perf_counter()
     top1 = top5 = cls_right = n = 0
     for first in range(0, len(samples), CHUNK):

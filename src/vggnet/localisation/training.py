@@ -24,12 +24,13 @@ import torch
 
 from .. import boxes as B
 from .. import runs
-from ..config import toml_text
+from ..config import input_settings, toml_text
 from ..data import EMBEDDED
 from ..data.io import BadImageError, load_image
 from ..data.stats import Stats
 from ..data.transforms import EvalTransform, TrainTransform
 from ..model import VGG
+from ..pretrained import make_cfg
 from ..runtime import pick_device
 from ..training import BatchPlan, Logger, Plateau, latest_checkpoint, load_checkpoint, new_run_dir, save_checkpoint
 from ..files import atomic_write_text
@@ -103,7 +104,7 @@ def _adopt_source(cfg: LocConfig, src: runs.Run) -> None:
     (s_min, _), crop = src.scale_range, src.model.crop_size
     cfg.scale = cfg.scale or s_min
     cfg.crop_size, cfg.scale_min, cfg.scale_max = crop, cfg.scale, cfg.scale
-    cfg.normalize = src.config.get("normalize", "mean")
+    cfg.normalize, cfg.pixel_range = input_settings(src.config)  # the run's input convention, pixel range too
     cfg.data = cfg.data or _default_data(src)
     if cfg.scale < crop:
         raise ValueError(f"--scale {cfg.scale} is smaller than the crop {crop}")
@@ -124,11 +125,10 @@ def _datasets(cfg: LocConfig, src: runs.Run, run: Path) -> tuple[BoxDataset, Box
         raise ValueError(f"{cfg.data}: no usable boxes (train: {report.summary()}; val: {val_report.summary()}); "
                          f"see {run / 'bad_boxes.txt'}, and give boxes as a boxes.csv or VOC XML files")  # fmt: skip
     stats: Stats = src.stats
-    norm, divide_std = runs.normalization(stats, cfg.normalize)
-    crop = cfg.crop_size
-    train_set = BoxDataset(train_samples, TrainTransform(norm, crop_size=crop, scale=cfg.scale, flip=cfg.flip,
-                                                          colour_std=0.0, divide_std=divide_std))  # fmt: skip
-    val_set = BoxDataset(val_samples, EvalTransform(norm, size=cfg.scale, crop_size=crop, divide_std=divide_std))
+    conv, crop = src.convention, cfg.crop_size
+    train_set = BoxDataset(train_samples, TrainTransform(stats, crop_size=crop, scale=cfg.scale, flip=cfg.flip,
+                                                          colour_std=0.0, convention=conv))  # fmt: skip
+    val_set = BoxDataset(val_samples, EvalTransform(stats, size=cfg.scale, crop_size=crop, convention=conv))
     return train_set, val_set, list(classes), len(both.skipped)
 
 
@@ -235,6 +235,8 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
     train_set, val_set, classes, skipped = _datasets(cfg, src, run)
 
     model = localisation_net(src.model, cfg.regression, len(classes))
+    model.pretrained_cfg = make_cfg(src.convention, source=str(run), num_classes=model.num_classes, resize=cfg.scale,
+                                    crop=cfg.crop_size)  # fmt: skip
     if cfg.finetune == "fc":
         for p in model.features.parameters():
             p.requires_grad_(False)

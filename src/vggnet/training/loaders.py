@@ -13,6 +13,7 @@ import torch
 
 from .. import data, runs
 from ..config import TrainConfig
+from ..convention import Convention
 from ..data import collate, shm
 from ..data.gpu import GPULoader, fallback_summary
 from ..data.io import decode_jpeg
@@ -34,13 +35,13 @@ def build_data(cfg: TrainConfig, d: Dist, stats=None):
         # the mean RGB and PCA at the training scale; decoding at reduced size keeps this pass short on ImageNet
         stats = data.compute_stats(train_samples, max_images=cfg.stats_images, seed=cfg.seed, side=cfg.scale_min,
                                    num_workers=min(loader_workers(cfg, d), 8))  # fmt: skip
-    norm, divide_std = runs.normalization(stats, cfg.normalize, cfg.pixel_range)
-    train_tf = data.TrainTransform(norm, crop_size=cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max),
-                                   flip=cfg.flip, colour_std=cfg.colour_shift, divide_std=divide_std)  # fmt: skip
+    conv = Convention.of_run(stats, cfg.normalize, cfg.pixel_range)
+    train_tf = data.TrainTransform(stats, crop_size=cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max),
+                                   flip=cfg.flip, colour_std=cfg.colour_shift, convention=conv)  # fmt: skip
     # Validation during training: one centre crop at the single test scale of the paper's Table 3
     # (Q = S, or Q = (Smin + Smax) / 2 for a jittered net); the full protocols live in `vgg eval`.
     q = (cfg.scale_min + cfg.scale_max) // 2
-    val_tf = data.EvalTransform(norm, size=q, crop_size=cfg.crop_size, divide_std=divide_std)
+    val_tf = data.EvalTransform(stats, size=q, crop_size=cfg.crop_size, convention=conv)
     if cfg.cache_images:
         train_tf.cache, val_tf.cache = {}, {}
     # the loop reports bad files itself, once per run (loader workers are separate processes, some per epoch)

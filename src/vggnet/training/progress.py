@@ -4,7 +4,6 @@ TensorBoard; and :class:`HostCopy`, which reads the loss for the bar without wai
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -83,10 +82,13 @@ class Logger:
         self.file = open(run / runs.METRICS_FILE, "a") if enabled else None
         self.tb = None
         if enabled and tensorboard:
-            with contextlib.suppress(Exception):  # TensorBoard is optional: without it, no event files
+            try:  # TensorBoard is optional: without it, no event files, and the run says so once
                 from torch.utils.tensorboard import SummaryWriter  # deliberate lazy import: heavy and optional
 
                 self.tb = SummaryWriter(str(run / "tensorboard"))
+            except ImportError:
+                print("--tensorboard: tensorboard is not installed (pip install tensorboard), so no event files; "
+                      "the metrics are in metrics.jsonl (--no-tensorboard silences this)", file=sys.stderr)
 
     def record(self, kind: str, **values: Any) -> None:
         if not self.enabled:

@@ -29,6 +29,7 @@ from .. import runs
 from ..config import (
     TrainConfig, toml_text,
 )  # fmt: skip
+from ..convention import Convention
 from ..data import Stats
 from ..factory import create_model
 from ..files import atomic_write_text
@@ -223,9 +224,8 @@ def _make_model(cfg: TrainConfig, classes: list[str], stats: Stats, run: Path, d
                 resolve_weights(cfg.init_from)
             dist.barrier()
         init_from(model, cfg.init_from, log, cfg)
-    norm, divide_std = runs.normalization(stats, cfg.normalize, cfg.pixel_range)
     model.pretrained_cfg = make_cfg(
-        tuple(norm.mean), tuple(norm.std) if divide_std else (1.0, 1.0, 1.0), source=str(run),
+        Convention.of_run(stats, cfg.normalize, cfg.pixel_range), source=str(run),
         num_classes=len(classes), classes=list(classes), resize=(cfg.scale_min + cfg.scale_max) // 2,
         crop=cfg.crop_size,
     )  # fmt: skip
