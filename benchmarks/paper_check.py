@@ -272,6 +272,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learn-batch-size", type=int, default=None, help="batch of the learning rows (cpu 32, cuda 256)")
     p.add_argument("--learn-lr", type=float, default=None,
                    help="learning rate of the learning rows (default: 1e-2 x batch / 256, the linear scaling rule)")
+    p.add_argument("--learn-rows", default="A,D", help="which learning rows: A (net A from the paper's init), D (net D "
+                   "from that A); a pilot of the init's plateau runs A alone")
     p.add_argument("--no-learn", dest="learn", action="store_false", help="skip the learning rows")
     p.add_argument("--no-stages", dest="run_stages", action="store_false", help="only the learning rows")
     p.add_argument("--workers", type=int, default=None, help="data loader processes (cpu 1, cuda 12)")
@@ -322,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         mem = make_folder(out / "learn", args.classes, learn_args.train_per_class, 2, seed=1)
         learn_a = Stage("learn-A", RECIPES / "1-A-S256.toml")
         learn_d = Stage("learn-D-from-A", RECIPES / "2-D-S256.toml", "learn-A")
-        for st in (learn_a, learn_d):
+        wanted = {r.strip().upper() for r in args.learn_rows.split(",")}
+        for st in [st for st, key in ((learn_a, "A"), (learn_d, "D")) if key in wanted]:
             extra = ["--dropout", "0", "--lr", f"{args.learn_lr:g}"]
             r = learned(run_stage(st, mem, out, learn_args, args.learn_steps, extra), args.classes)
             rows.append((f"learns (batch {args.learn_batch_size}, lr {args.learn_lr:g})", r))

@@ -37,10 +37,11 @@ from .data.transforms import prepare_images, shape_groups
 from .evaluation.nets import Net, as_net, weights_net
 from .files import atomic_write
 from .init import init_weights
-from .model import VGG
+from .model import VGG, spatial_average
 from .pretrained import resolve as resolve_weights
 from .runs import load_run
 from .runtime import pick_device
+from .weights import unwrap
 
 AGGREGATES = ("mean", "stack")
 
@@ -52,9 +53,10 @@ AGGREGATES = ("mean", "stack")
 def scale_descriptors(model: nn.Module, x: torch.Tensor, flip: bool = True) -> torch.Tensor:
     """(N, 3, H, W) normalised images of one size -> (N, D) L2-normalised descriptors at that size: the
     penultimate dense map averaged over locations, averaged with the flipped images', L2-normalised."""
-    d = model.dense(x, head=False).float().mean((-2, -1))
+    size, crop = tuple(x.shape[-2:]), unwrap(model).crop_size
+    d = spatial_average(model.dense(x, head=False).float(), size, crop)  # windows on the image (model.window_mask)
     if flip:
-        d = (d + model.dense(x.flip(-1), head=False).float().mean((-2, -1))) / 2
+        d = (d + spatial_average(model.dense(x.flip(-1), head=False).float(), size, crop)) / 2
     return F.normalize(d, dim=1)
 
 

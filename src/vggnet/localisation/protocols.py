@@ -28,6 +28,7 @@ from .. import boxes as B
 from .. import runs
 from ..data.io import BadImageError, load_image
 from ..data.transforms import AugParams, EvalTransform, crop_offsets, prepare_images, shape_groups
+from ..model import spatial_average
 from ..runtime import pick_device
 from .nets import IOU_THRESHOLD, MERGE_IOU, load_loc_run, select_boxes, stride
 
@@ -135,7 +136,8 @@ def _center_hits(s: _Setup, chunk: list[tuple[B.BoxSample, torch.Tensor]]) -> li
 
 
 def _dense_maps(s: _Setup, chunk: list[tuple[B.BoxSample, torch.Tensor]]) -> list[list[tuple]]:
-    """Per image, per Q: (class score map (C, h, w), box map (4 or 4C, h, w), the rescaled size)."""
+    """Per image, per Q: (class posterior map (C, h, w), box map (4 or 4C, h, w), the rescaled size, the image's
+    class posterior (C,))."""
     maps: list[list[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]] = [[] for _ in chunk]
     images = [img.to(s.device) for _, img in chunk]
     for q in s.scales:
@@ -144,10 +146,14 @@ def _dense_maps(s: _Setup, chunk: list[tuple[B.BoxSample, torch.Tensor]]) -> lis
         xs_loc = xs_cls if s.loc.convention == s.cls.convention else prepare_images(images, q, s.loc.convention)
         for idx in shape_groups(xs_cls).values():  # images of one rescaled size run as one batch
             x = torch.stack([xs_cls[k] for k in idx])
-            scores = F.softmax(s.cls.model.dense(x).float(), 1).cpu()  # (B, C, h, w)
+            logits = s.cls.model.dense(x).float()  # (B, C, h, w)
+            scores = F.softmax(logits, 1).cpu()  # each location's class posterior: the boxes' scores
+            # the image's class posterior as `vgg eval` computes it: the score map averaged over the windows that
+            # lie on the image (model.window_mask), then the soft-max
+            posterior = F.softmax(spatial_average(logits, tuple(x.shape[-2:]), s.crop), 1).cpu()
             box_map = s.loc.model.dense(torch.stack([xs_loc[k] for k in idx])).float().cpu()  # (B, 4 or 4C, h, w)
             for j, k in enumerate(idx):
-                maps[k].append((scores[j], box_map[j], tuple(x.shape[-2:])))
+                maps[k].append((scores[j], box_map[j], tuple(x.shape[-2:]), posterior[j]))
     return maps
 
 
@@ -156,8 +162,8 @@ def _dense_hits(s: _Setup, smp: B.BoxSample, size: tuple[int, int], maps: list[t
     """(top-1 right, any of the top-5 right, top-1 class right) of one image from its dense maps."""
     h, w = size
     all_boxes, all_scores, posteriors = [], [], []
-    for scores, box_map, (nh, nw) in maps:
-        posteriors.append(scores.mean((1, 2)))
+    for scores, box_map, (nh, nw), posterior in maps:
+        posteriors.append(posterior)
         c = scores.shape[0]
         if s.regression == "scr":
             wb = window_boxes(box_map, s.crop, s.stride)  # (h, w, 4)
