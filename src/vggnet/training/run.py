@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -234,6 +235,9 @@ def _build(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
            log: Logger) -> _Run:
     """The data, the net (initialised, or from the checkpoint), the optimizer and the schedule of a run."""
     stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
+    if stats is not None and not all(math.isfinite(v) for v in (*stats.mean, *stats.std)):
+        raise ValueError(f"{run / runs.STATS_FILE} holds a mean {list(stats.mean)} / std {list(stats.std)} that is not "
+                         f"finite; restore it from a copy of the run (it is the training set's statistics)")  # fmt: skip
     train_set, val_set, classes, stats = build_data(cfg, d, stats)
     model = _make_model(cfg, classes, stats, run, d, log, fresh=ckpt is None)
     model.to(device)
