@@ -186,7 +186,7 @@ def test_a_second_writer_is_refused_naming_the_holder(finished, tmp_path, folder
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     run = tmp_path / "run"
     code = (f"import sys, time; sys.path.insert(0, {SRC!r}); from vggnet.files import RunLock; "
-            f"RunLock({str(run)!r}); print('held', flush=True); time.sleep(60)")  # fmt: skip
+            f"lock = RunLock({str(run)!r}); print('held', flush=True); time.sleep(60)")  # fmt: skip
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "held"
@@ -278,3 +278,73 @@ def test_config_values_and_files(tmp_path, finished):
 def read_toml_text(text, tmp_path):
     (tmp_path / "c.toml").write_text(text, encoding="utf-8")
     return read_toml(tmp_path / "c.toml")
+
+
+# --- 4. bounded memory ---------------------------------------------------------------------------------------------
+
+
+def test_workers_are_capped_by_cores_and_memory(monkeypatch, capsys):
+    from vggnet import resources
+    from vggnet.runtime import Dist
+    from vggnet.training.loaders import loader_workers
+
+    monkeypatch.setattr(resources, "usable_cores", lambda: 2)
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 100 * 2**30)
+    cfg = resolve({"workers": 1000})
+    assert loader_workers(cfg, Dist(0, 1, 0)) == 4
+    assert "--workers 1000: using 4 (2 usable cores" in capsys.readouterr().out
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 2**30)  # 1 GiB: two workers
+    assert loader_workers(resolve({"workers": 999}), Dist(0, 1, 0)) == 2
+    assert loader_workers(resolve({"workers": 1}), Dist(0, 1, 0)) == 1
+
+
+def test_a_loader_worker_dies_with_its_parent(tmp_path):
+    code = (f"import os, sys, time; sys.path.insert(0, {SRC!r}); from vggnet.training.loaders import "
+            f"ignore_stop_signals\npid = os.fork()\nif pid == 0:\n    ignore_stop_signals(); time.sleep(60); "
+            f"os._exit(0)\nprint(pid, flush=True); time.sleep(60)")  # fmt: skip
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(worker, signal.SIGTERM)  # ignored, as Ctrl-C is: the main process stops the run
+    assert _alive(worker)
+    parent.send_signal(signal.SIGKILL)  # the OOM killer's way
+    parent.wait()
+    for _ in range(200):  # the kernel's SIGKILL arrives at once; a bounded wait, no timing asserted
+        if not _alive(worker):
+            break
+        subprocess.run(["sleep", "0.05"])
+    assert not _alive(worker)
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state and "\nState:\tX" not in state
+
+
+def test_evaluation_refuses_or_shrinks_a_batch_that_does_not_fit(finished, monkeypatch, capsys):
+    from vggnet import resources
+
+    model = load_run(finished).model
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 2**30)
+    with pytest.raises(ValueError, match="--scales 20000: .* GiB"):
+        resources.fit_eval_batch([model], [{"dense": [20000]}], 1, "cpu")
+    need = resources.fit_eval_batch([model], [{"dense": [256]}], 256, "cpu")
+    assert 1 <= need < 256 and "--batch-size 256: using" in capsys.readouterr().err
+    assert resources.fit_eval_batch([model], [{"dense": [40]}], 256, "cpu") == 256
+    monkeypatch.undo()
+    assert main(["eval", str(finished), "--protocol", "dense", "--scales", "20000", "--limit", "2"]) == 2
+    assert "--scales 20000" in capsys.readouterr().err
+    assert main(["eval", str(finished), "--batch-size", "0", "--limit", "2"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_a_non_utf8_metrics_line_is_named(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b'{"kind": "step", "note": "\xff"}\n')
+    names = sorted(os.listdir(run))
+    with pytest.raises(ValueError, match=r"metrics.jsonl line \d+ is not UTF-8"):
+        train({"epochs": 2}, resume=run)
+    assert sorted(os.listdir(run)) == names

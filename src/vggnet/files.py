@@ -171,6 +171,9 @@ class RunLock:
             os.close(self.fd)  # closing the descriptor drops the lock
             self.fd = None
 
+    def __del__(self) -> None:  # a lock held by a local variable goes with it
+        self.release()
+
     def __enter__(self) -> RunLock:
         return self
 
