@@ -145,7 +145,7 @@ class TrainConfig:
                                       ("weight_decay", 0, math.inf, "0 or more"), ("colour_shift", 0, math.inf,
                                       "0 or more"), ("lr_threshold", 0, math.inf, "0 or more")):  # fmt: skip
             v = getattr(self, name)
-            if not (math.isfinite(v) or v == high == math.inf) or not low <= v < high:
+            if not (low <= v < high or v == high == math.inf):  # NaN fails both; inf is allowed where unbounded
                 raise ValueError(f"--{name.replace('_', '-')} must be {text}, got {v}")
         for name in ("width", "fc_width", "lr_patience", "lr_decays"):
             if not getattr(self, name) > 0 and not (name in ("lr_patience", "lr_decays") and getattr(self, name) == 0):
