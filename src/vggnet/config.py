@@ -146,6 +146,20 @@ class TrainConfig:
             raise ValueError(f"--lr-window must be at least 2 epochs, got {self.lr_window}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Values outside what SGD and the data split can use: one line naming the flag."""
+        for name, low, high, text in (("momentum", 0, 1, "0 <= m < 1"), ("dropout", 0, 1, "0 <= p < 1"),
+                                      ("label_smoothing", 0, 1, "0 <= e < 1"), ("val_fraction", 0, 1, "0 <= f < 1"),
+                                      ("weight_decay", 0, math.inf, "0 or more"), ("colour_shift", 0, math.inf,
+                                      "0 or more"), ("lr_threshold", 0, math.inf, "0 or more")):  # fmt: skip
+            v = getattr(self, name)
+            if not (low <= v < high or v == high == math.inf):  # NaN fails both; inf is allowed where unbounded
+                raise ValueError(f"--{name.replace('_', '-')} must be {text}, got {v}")
+        for name in ("width", "fc_width", "lr_patience", "lr_decays"):
+            if not getattr(self, name) > 0 and not (name in ("lr_patience", "lr_decays") and getattr(self, name) == 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,18 +191,28 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a TOML recipe: top-level keys (or keys in any [table], flattened) named like TrainConfig fields."""
+    """Read a TOML recipe: top-level keys (or keys in any [table], flattened) named like TrainConfig fields.
+
+    A key set twice (in two tables, or at the top and in a table) is refused, naming both places: which one
+    wins would be a guess.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} does not exist; see the recipes/ folder for examples")
     raw = read_toml(path)
     flat: dict[str, Any] = {}
-    for k, v in raw.items():
-        if isinstance(v, dict):
-            flat.update(v)
-        else:
-            flat[k] = v
-    flat = {k.replace("-", "_"): v for k, v in flat.items()}
+    where: dict[str, str] = {}
+    for table, items in [("", {k: v for k, v in raw.items() if not isinstance(v, dict)})] + [
+        (f"[{k}]", v) for k, v in raw.items() if isinstance(v, dict)
+    ]:
+        for k, v in items.items():
+            key = k.replace("-", "_")
+            if isinstance(v, dict):
+                raise ValueError(f"{path}: [{table.strip('[]')}.{k}] nests a table; a recipe has one level of tables")
+            if key in flat:
+                first, second = where[key] or "the top level", table or "the top level"
+                raise ValueError(f"{path}: {key} is set in {first} and in {second}; set it once")
+            flat[key], where[key] = v, table
     unknown = sorted(set(flat) - set(_FIELDS))
     if unknown:
         raise ValueError(f"{path}: unknown recipe keys {unknown}; valid keys are the `vgg train` options")
@@ -199,11 +223,24 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict; a syntax error becomes a ValueError naming the file and the line."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read()
+        # a byte-order mark (some Windows editors write one) is not TOML, but it is only a marker: skip it
+        return tomllib.loads(data.decode("utf-8").removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path} is not valid TOML: {e}; fix the file") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not a UTF-8 text file (TOML); fix the file") from None
+
+
+def read_run_config(path: str | Path) -> dict[str, Any]:
+    """A run's config.toml, as read to continue it: a key that is no option (a typo in a hand edit) is refused,
+    naming the file, rather than dropped."""
+    values = read_toml(path)
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; the keys are the `vgg train` options with _ for - "
+                         f"(fix or delete those lines)")  # fmt: skip
+    return values
 
 
 def toml_text(values: dict[str, Any]) -> str:
@@ -215,11 +252,25 @@ def toml_text(values: dict[str, Any]) -> str:
         elif isinstance(v, (int, float)):
             text = repr(v)  # Python's int and float forms are TOML's (1e-05, inf, nan included)
         elif isinstance(v, str):
-            text = json.dumps(v)  # JSON's string escapes are valid in TOML's basic strings
+            text = json.dumps(_readable(k, v))  # JSON's string escapes are valid in TOML's basic strings
         else:
             raise TypeError(f"config key {k}: cannot write a {type(v).__name__} as a TOML value")
         lines.append(f"{k} = {text}")
     return "\n".join(lines) + "\n"
+
+
+def _readable(key: str, v: str) -> str:
+    """A string as Unicode every reader can decode: a path that a non-UTF-8 locale (LC_ALL=C) decoded with
+    surrogate escapes is turned back into its UTF-8 text, or refused naming the key."""
+    try:
+        v.encode("utf-8")
+        return v
+    except UnicodeEncodeError:
+        pass
+    try:
+        return v.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        raise ValueError(f"{key} {v!r} holds bytes that are not UTF-8 text; use a UTF-8 name (or PYTHONUTF8=1)") from None
 
 
 # Keys a resumed run may change: how and how long it runs, never what it learns from or into. ``lr`` given on
@@ -289,6 +340,7 @@ def field_help() -> dict[str, str]:
 
 
 __all__ = [
-    "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "field_help", "from_dict", "read_recipe", "read_toml",
+    "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "field_help", "from_dict", "read_recipe", "read_run_config",
+    "read_toml",
     "refuse_unsafe_changes", "resolve", "toml_text",
 ]  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .files import atomic_write
+from .files import atomic_write, check_output
 from .pretrained import load_pretrained, make_cfg
 from .runs import load_run
 from .weights import ARCH_KEY, PRETRAINED_CFG_KEY, export_weights, save_weights, unwrap
@@ -121,12 +121,26 @@ def net_to_export(run: str | os.PathLike | None = None, weights: str | None = No
     return model.eval()
 
 
-def export(model: nn.Module, out: str | os.PathLike, format: str = "onnx", dense: bool = False) -> Path:
-    """Write ``model`` as ONNX (crop or dense net), our safetensors, or a torchvision / timm state dict."""
+# The configs torchvision and timm build (vgg11, vgg13, vgg16, vgg19 and their _bn): A-LRN, C and B-5x5 have none.
+LIBRARY_CONFIGS = ("A", "B", "D", "E")
+
+
+def export(model: nn.Module, out: str | os.PathLike, format: str = "onnx", dense: bool = False,
+           force: bool = False, reads: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """Write ``model`` as ONNX (crop or dense net), our safetensors, or a torchvision / timm state dict.
+
+    ``out`` is checked first (:func:`vggnet.files.check_output`): never a device, FIFO or folder, never a file
+    in ``reads`` (the weights the net came from) or a run's own file, an existing file only with ``force``.
+    """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     if dense and format != "onnx":
         raise ValueError("--dense applies to --format onnx (the weights are the same for crops and dense)")
+    config = getattr(unwrap(model), "arch", {}).get("config")
+    if format in ("torchvision", "timm") and config not in LIBRARY_CONFIGS:
+        raise ValueError(f"--format {format}: {format} has no VGG of config {config} (only A, B, D, E: vgg11-19); "
+                         f"export it with --format safetensors or onnx")  # fmt: skip
+    check_output(out, force=force, reads=reads)
     if format == "onnx":
         return export_onnx(model, out, dense=dense)
     if format == "safetensors":
@@ -134,4 +148,4 @@ def export(model: nn.Module, out: str | os.PathLike, format: str = "onnx", dense
     return export_weights(model, out, layout=format)
 
 
-__all__ = ["DenseNet", "FORMATS", "check_onnx", "export", "export_onnx", "net_to_export"]
+__all__ = ["DenseNet", "FORMATS", "LIBRARY_CONFIGS", "check_onnx", "export", "export_onnx", "net_to_export"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+from pathlib import Path
 
 from ..export import FORMATS, check_onnx, export, net_to_export
 from ..pretrained import NORMALIZE_FORMS_OF_WEIGHTS, WEIGHTS_FORMS
+from ..runs import MODEL_FILE
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +24,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense", action="store_true",
                         help="ONNX of the dense (fully convolutional) net: dynamic batch, height and width")
     parser.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out when it exists (never a run's own file, the input, a device or a folder)")
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                         help="run the ONNX file in onnxruntime against torch (default on when onnxruntime is installed)")
 
@@ -29,7 +33,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export_cli(args: argparse.Namespace) -> int:
     """`vgg export`: write the net of a run or of --weights in another format."""
     model = net_to_export(args.run, args.weights, args.normalize)
-    path = export(model, args.out, args.format, args.dense)
+    reads = [Path(args.run) / MODEL_FILE if args.run else None, args.weights]
+    path = export(model, args.out, args.format, args.dense, force=args.force, reads=reads)
     if args.format != "onnx":
         print(f"wrote {path}")
         return 0

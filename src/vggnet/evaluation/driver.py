@@ -30,6 +30,7 @@ from ..data.io import to_image
 from ..data.transforms import prepare_images
 from ..metrics import TopKErrors, effective_k
 from ..report import provenance
+from ..resources import fit_eval_batch
 from ..runtime import Runtime, runtime
 from .nets import FUSED, Net, as_nets
 from .protocols import PROTOCOLS, max_scale, parse_protocols, plan_scales
@@ -287,13 +288,14 @@ def evaluate(
     rt = runtime(device, amp)
     net_list = as_nets(nets, mean=mean, std=std, classes=classes)
     protocol_list = parse_protocols(protocols)
-    bs = batch_size or DEFAULT_BATCH_SIZE
+    bs = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     if bs < 1:
-        raise ValueError(f"batch_size must be >= 1, got {bs}")
+        raise ValueError(f"--batch-size must be at least 1, got {bs}")
     first = net_list[0]
     items, data_name = eval_samples(samples, first, limit)
     workers = _default_workers(items, rt) if workers is None else workers
     plans = plan_scales(net_list, protocol_list, scales)
+    bs = fit_eval_batch([n.model for n in net_list], plans, bs, rt.device)  # shrunk or refused, before any work
     rows = [n.name for n in net_list] + ([FUSED] if len(net_list) > 1 else [])
     tally = _Tally(rows, protocol_list, return_posteriors)
     timer = Timer(rt)

@@ -33,7 +33,7 @@ from ..model import VGG
 from ..pretrained import make_cfg
 from ..runtime import pick_device
 from ..training import BatchPlan, Logger, Plateau, latest_checkpoint, load_checkpoint, new_run_dir, save_checkpoint
-from ..files import atomic_write_text
+from ..files import RunLock, atomic_write_text
 from ..weights import save_weights
 from .nets import IOU_THRESHOLD, LOC_FIELDS, LOC_FILE, LocConfig, box_loss, localisation_net, select_boxes
 
@@ -226,6 +226,7 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
     if resume is None and (run / runs.CONFIG_FILE).exists():
         raise FileExistsError(f"{run} already holds a run; continue it with `vgg localize train --resume {run}`")
     run.mkdir(parents=True, exist_ok=True)
+    _lock = RunLock(run, "vgg localize train")  # one writer per run folder; released when this call returns
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)

@@ -123,7 +123,12 @@ def trim_metrics(run: Path, global_step: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} line {number} is not UTF-8 text (edited or damaged); delete that line and run "
+                             f"the same command again") from None  # fmt: skip
         try:
             row = json.loads(line)
         except ValueError:

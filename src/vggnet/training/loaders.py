@@ -17,6 +17,7 @@ from ..convention import Convention
 from ..data import collate, shm
 from ..data.gpu import GPULoader, fallback_summary
 from ..data.io import decode_jpeg
+from ..resources import cap_workers, die_with_parent, usable_cores
 from ..runtime import Dist, cuda_path
 
 
@@ -97,15 +98,12 @@ def make_val_loader(cfg: TrainConfig, dataset, d: Dist, workers: int, device: to
     bs = max(1, cfg.batch_size // (d.world * cfg.accum_steps))
     batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
     if kind == "gpu":
-            return GPULoader(dataset.samples, dataset.transform, batch_sampler=batches, device=device,
+        return GPULoader(dataset.samples, dataset.transform, batch_sampler=batches, device=device,
                          num_workers=min(workers, 8),
                          channels_last=cfg.channels_last and cuda_path(device))  # fmt: skip
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
                                        pin_memory=device.type == "cuda",
                                        worker_init_fn=ignore_stop_signals if workers else None)  # fmt: skip
-
-
-@torch.inference_mode()
 
 
 def check_loader_memory(kind: str, samples, micro: int, crop: int, workers: int, folder: str | None = None) -> None:
@@ -124,9 +122,11 @@ def check_loader_memory(kind: str, samples, micro: int, crop: int, workers: int,
 def ignore_stop_signals(_worker_id: int = 0) -> None:
     """In data-loader worker processes: leave Ctrl-C and SIGTERM to the main process, which stops at the next
     step and saves a checkpoint. (A terminal's Ctrl-C and torchrun's killpg reach the whole process group; a
-    worker killed by them would fail the main process's next batch.)"""
+    worker killed by them would fail the main process's next batch.) Since a worker ignores them, it is tied to
+    its parent instead: it dies with it (:func:`die_with_parent`), whatever killed the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
 
 
 def stop_workers(loader) -> None:
@@ -139,10 +139,11 @@ def stop_workers(loader) -> None:
 
 
 def loader_workers(cfg: TrainConfig, d: Dist) -> int:
-    """--workers, with -1 resolved: one per CPU core (shared by the GPUs of a machine), at most 8."""
+    """--workers, with -1 resolved to one per CPU core (shared by the GPUs of a machine), at most 8; any number
+    asked is capped by the cores and the memory this process may use (:func:`cap_workers`)."""
     if cfg.workers >= 0:
-        return cfg.workers
-    return max(1, min(8, (os.cpu_count() or 2) // max(1, torch.cuda.device_count() if d.world > 1 else 1)))
+        return cap_workers(cfg.workers, d.main)
+    return max(1, min(8, usable_cores() // max(1, torch.cuda.device_count() if d.world > 1 else 1)))
 
 
 def fallback_note(*loaders) -> str:

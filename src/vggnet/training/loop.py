@@ -109,6 +109,9 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
                     autocast, log: Logger, bad_files: set[str], save_ckpt, stop=None) -> float:
     """Run the rest of one epoch; return the mean training loss of the steps run.
 
+    The steps' losses are added to ``prog``'s running sums of the epoch (``epoch_loss_sum``, ``epoch_loss_steps``)
+    before each mid-epoch checkpoint and at the end, so that a checkpoint carries them and a resumed epoch logs
+    the loss of all its steps, as an uninterrupted one does.
     ``stop()`` is asked after every optimizer step: True (Ctrl-C or SIGTERM arrived) ends the epoch there, at a
     step boundary, so a checkpoint holds exactly the state of an uninterrupted run after that step.
     """
@@ -117,6 +120,7 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
     finite = torch.ones((), dtype=torch.bool, device=device)
     window = _Window(device)
     steps_run, micro, total = 0, 0, plan.steps_per_epoch
+    banked, start_sum = 0, prog.epoch_loss_sum  # steps of this call already in prog's sums; the sum before them
     readout = HostCopy(device) if log.tty else None
     redraw_at = window.t0 + PROGRESS_SECONDS
     for images, labels, bad in loader:
@@ -148,13 +152,23 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
             log.progress(prog, total, shown, optimizer.param_groups[0]["lr"], ips, eta)
         if cfg.checkpoint_every and prog.global_step % cfg.checkpoint_every == 0 and prog.step_in_epoch < total:
             _check_finite(finite, prog)
+            _bank(prog, loss_sum, steps_run - banked)
+            banked = steps_run
             save_ckpt()
         if stop is not None and stop():
             break
         if cfg.max_steps and prog.global_step >= cfg.max_steps:
             break
     _check_finite(finite, prog)
-    return loss_sum.item() / max(steps_run, 1)
+    _bank(prog, loss_sum, steps_run - banked)
+    return (prog.epoch_loss_sum - start_sum) / max(steps_run, 1)
+
+
+def _bank(prog: Progress, loss_sum: torch.Tensor, steps: int) -> None:
+    """Move the device-side loss sum of ``steps`` steps into the epoch's running sums (a host sync)."""
+    prog.epoch_loss_sum += loss_sum.item()
+    prog.epoch_loss_steps += steps
+    loss_sum.zero_()
 
 
 def _check_finite(finite: torch.Tensor, prog: Progress) -> None:

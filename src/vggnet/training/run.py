@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -32,11 +33,11 @@ from ..config import (
 from ..convention import Convention
 from ..data import Stats
 from ..factory import create_model
-from ..files import atomic_write_text
+from ..files import RunInUse, RunLock, atomic_write_text
 from ..plots import plot_run
 from ..pretrained import make_cfg
 from ..pretrained import resolve as resolve_weights
-from ..runtime import Dist, cuda_path, pick_device, setup_distributed
+from ..runtime import Dist, cuda_path, is_main, pick_device, setup_distributed
 from ..weights import save_weights, unwrap
 from .checkpoints import (
     latest_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
@@ -46,7 +47,10 @@ from .loaders import build_data, fallback_note, loader_workers, make_train_loade
 from .loop import NonFiniteLoss, compile_model, peak_memory_mb, setup_backends, train_one_epoch, validate
 from .progress import Logger, Progress
 from .schedule import BatchPlan, Plateau
-from .setup import broadcast_path, init_from, input_for_released_weights, new_run_dir, plan_run
+from .setup import (
+    broadcast_path, check_out_apart, claim_run_dir, epochs_logged, init_from, input_for_released_weights, plan_run,
+    trained_without_checkpoint,
+)  # fmt: skip
 
 
 class Interrupted(KeyboardInterrupt):
@@ -85,33 +89,80 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         Interrupted: Ctrl-C or SIGTERM stopped training, after saving a checkpoint.
         NonFiniteLoss: the loss became NaN or infinite; the message names the checkpoint to continue from.
     """
-    cfg, run, ckpt, explicit_lr, restart = plan_run(config, resume)
-
-    if cfg.init_from and ckpt is None and not restart:
-        cfg = input_for_released_weights(cfg)
-    device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    setup_backends(cfg, device_kind)
-    d = setup_distributed(device_kind)
-    device = pick_device(cfg.device, d)
-    if run is None:
-        run = new_run_dir() if d.main else None
-    run = broadcast_path(run, d)
-    created = d.main and not run.exists()
-    if d.main:
-        run.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run)
-        trim_metrics(run, ckpt["global_step"] if ckpt is not None else 0)
-        # the resolved config first: a run killed in its statistics pass restarts from it
-        atomic_write_text(run / runs.CONFIG_FILE, toml_text(cfg.to_dict()))
-    if d.world > 1:
-        dist.barrier()
+    named = _named_folder(config, resume)
+    before = _entries(named)  # what a pre-existing folder held: a failed start leaves it so
+    # one writer per run folder, taken before anything in it is read: a second `vgg train` is refused at once
+    lock = RunLock(named) if is_main() and named is not None and named.is_dir() else None
     started: list[bool] = []
+    run = named
     try:
+        cfg, run, ckpt, explicit_lr, restart = plan_run(config, resume)
+        if run is not None:
+            check_out_apart(cfg, run)
+        if restart and run is not None and (run / runs.MODEL_FILE).is_file() and trained_without_checkpoint(run, cfg):
+            if is_main():
+                print(f"{run} is finished ({epochs_logged(run)} epochs) and has no checkpoint: nothing to train; its "
+                      f"weights are kept as they are", flush=True)  # fmt: skip
+            return run
+        if cfg.init_from and ckpt is None and not restart:
+            cfg = input_for_released_weights(cfg)
+        device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        setup_backends(cfg, device_kind)
+        d = setup_distributed(device_kind)
+        device = pick_device(cfg.device, d)
+        if run is None:
+            run = claim_run_dir() if d.main else None
+        run = broadcast_path(run, d)
+        if d.main:
+            check_out_apart(cfg, run)
+            lock = lock or RunLock(run)
+            _open_folder(run, cfg, ckpt)
+        if d.world > 1:
+            dist.barrier()
         return _train(cfg, run, ckpt, explicit_lr, restart, d, device, started)
-    except BaseException:
-        if created and not started:  # a start that failed (bad data, no memory, ...) leaves no runs/NNN behind
-            shutil.rmtree(run, ignore_errors=True)
+    except BaseException as e:
+        if not started and is_main() and run is not None and not isinstance(e, RunInUse):
+            _restore_folder(run, before if run == named else None)  # a failed start leaves no trace
         raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _named_folder(config: TrainConfig | dict[str, Any] | None, resume) -> Path | None:
+    """The run folder a command names (--resume, or --out), before the config is resolved."""
+    if resume is not None:
+        return Path(resume)
+    out = config.out if isinstance(config, TrainConfig) else (config or {}).get("out")
+    return Path(out) if out else None
+
+
+def _entries(folder: Path | None) -> set[str] | None:
+    """The names in ``folder``; None when it is no folder (then a failed start removes what it made)."""
+    return set(os.listdir(folder)) if folder is not None and folder.is_dir() else None
+
+
+def _restore_folder(run: Path, before: set[str] | None) -> None:
+    """Undo a failed start: remove the folder it made, or the entries it added to a folder that was there."""
+    if before is None:
+        if run.is_dir():
+            shutil.rmtree(run, ignore_errors=True)
+        return
+    for name in set(os.listdir(run)) - before if run.is_dir() else ():
+        path = run / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _open_folder(run: Path, cfg: TrainConfig, ckpt) -> None:
+    """Rank 0, lock held: clear what a kill left half-done, then write the resolved config."""
+    remove_stale_temporaries(run)
+    trim_metrics(run, ckpt["global_step"] if ckpt is not None else 0)
+    # the resolved config first: a run killed in its statistics pass restarts from it
+    atomic_write_text(run / runs.CONFIG_FILE, toml_text(cfg.to_dict()))
 
 
 @dataclass
@@ -185,6 +236,9 @@ def _build(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
            log: Logger) -> _Run:
     """The data, the net (initialised, or from the checkpoint), the optimizer and the schedule of a run."""
     stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
+    if stats is not None and not all(math.isfinite(v) for v in (*stats.mean, *stats.std)):
+        raise ValueError(f"{run / runs.STATS_FILE} holds a mean {list(stats.mean)} / std {list(stats.std)} that is not "
+                         f"finite; restore it from a copy of the run (it is the training set's statistics)")  # fmt: skip
     train_set, val_set, classes, stats = build_data(cfg, d, stats)
     model = _make_model(cfg, classes, stats, run, d, log, fresh=ckpt is None)
     model.to(device)
@@ -319,11 +373,9 @@ def _one_epoch(r: _Run, epoch: int) -> str:
         group["lr"] = r.plateau.lr
     r.plan.set_epoch(epoch, prog.step_in_epoch)
     t_epoch = time.perf_counter()
-    first = prog.step_in_epoch
-    train_loss = train_one_epoch(r.net, r.loader, r.optimizer, cfg, r.plan, prog, r.device, r.autocast, r.log,
-                                 r.bad_files, r.save_ckpt, r.stop)  # fmt: skip
-    prog.epoch_loss_sum += train_loss * (prog.step_in_epoch - first)
-    prog.epoch_loss_steps += prog.step_in_epoch - first
+    # the epoch's loss sums are kept in prog (and in mid-epoch checkpoints) by train_one_epoch
+    train_one_epoch(r.net, r.loader, r.optimizer, cfg, r.plan, prog, r.device, r.autocast, r.log, r.bad_files,
+                    r.save_ckpt, r.stop)  # fmt: skip
     if r.stop():  # asked again: every process must take the same branch
         r.saved_at = r.save_ckpt()
         return "interrupted"

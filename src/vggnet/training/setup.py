@@ -5,6 +5,7 @@ weights with the input convention they expect).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,7 +16,10 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import runs
-from ..config import TrainConfig, config_changes, from_dict, read_toml, refuse_unsafe_changes, resolve
+from ..config import (
+    TrainConfig, config_changes, from_dict, read_run_config, read_toml, refuse_unsafe_changes, resolve,
+)  # fmt: skip
+from ..files import overlapping
 from ..pretrained import convention, init_from_pretrained
 from ..runtime import Dist, is_main
 from ..weights import init_from_net_a, load_weights, read_state_dict, unwrap
@@ -28,6 +32,56 @@ def new_run_dir(root: Path = Path("runs")) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     taken = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
     return root / f"{max(taken, default=0) + 1:03d}"
+
+
+def claim_run_dir(root: Path = Path("runs")) -> Path:
+    """Create and return the next free numbered folder under ``root``: two runs started at once never share one."""
+    while True:
+        run = new_run_dir(root)
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue  # taken between the look and the mkdir: the next number
+
+
+def check_out_apart(cfg: TrainConfig, run: Path) -> None:
+    """A run folder may not be, contain or lie inside a data folder it reads: its checkpoints/ and plots/ would
+    be read as classes (or its images written over) by the next run on that data."""
+    for flag, folder in (("--data", cfg.data), ("--val", cfg.val)):
+        if folder and Path(folder).expanduser().is_dir():
+            how = overlapping(run, Path(folder).expanduser())
+            if how:
+                raise ValueError(f"--out {run} {how} the {flag} folder {folder}: a run folder must lie apart from "
+                                 f"the data it reads; pass another --out")  # fmt: skip
+
+
+def epochs_logged(run: Path) -> int:
+    """The last epoch that metrics.jsonl records as finished (0 when none or no file)."""
+    done = 0
+    with contextlib.suppress(OSError):
+        for line in (run / runs.METRICS_FILE).read_bytes().splitlines():
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+                if isinstance(row, dict) and row.get("kind") == "epoch":
+                    done = max(done, int(row.get("epoch", 0)))
+    return done
+
+
+def trained_without_checkpoint(run: Path, cfg: TrainConfig) -> bool:
+    """A run with trained weights but no checkpoint (its checkpoints/ deleted to free disk) must not start again
+    from step 0 over them. True when it is finished for ``cfg`` (nothing to train: the weights are kept);
+    a ValueError with what to do when it would need more training, which cannot continue exactly without the
+    optimizer's state."""
+    done = epochs_logged(run)
+    if done and done >= cfg.epochs:
+        return True
+    trained = f"{done} epoch(s)" if done else "some epochs"
+    raise ValueError(
+        f"{run / runs.MODEL_FILE} holds trained weights ({trained}) but {run / 'checkpoints'} has no checkpoint "
+        f"to continue them exactly, and starting again from step 0 would overwrite them: fine-tune from them with "
+        f"`vgg train --init-from {run} --out NEW_RUN`, or move {runs.MODEL_FILE} away to train {run} again"
+    )
 
 
 def broadcast_path(path: Path | None, d: Dist) -> Path:
@@ -109,7 +163,7 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
         given = cfg.to_dict()
         what = "this command"
     toml_path = run / runs.CONFIG_FILE
-    file_cfg = from_dict(read_toml(toml_path)).to_dict() if toml_path.is_file() else None
+    file_cfg = from_dict(read_run_config(toml_path)).to_dict() if toml_path.is_file() else None
     found, ckpt = newest_valid_checkpoint(run, rename_bad=rank0)
     if ckpt is not None:
         saved = from_dict(ckpt["config"]).to_dict()
@@ -128,8 +182,18 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
     refuse_unsafe_changes(changes, what, run)
     explicit = given if resume is not None else {k: new for k, (_, new) in changes.items()}
     explicit.pop("out", None)
+    step = ckpt["global_step"] if ckpt is not None else 0
+    if resume is not None and "max_steps" not in given and 0 < saved.get("max_steps", 0) <= step:
+        # the suggested `vgg train --resume RUN` after a --max-steps stop must make progress: the limit is spent
+        explicit["max_steps"] = 0
+        if rank0:
+            print(f"--max-steps {saved['max_steps']} was reached at step {step}: continuing without a step limit "
+                  f"(pass --max-steps N to set another)", flush=True)  # fmt: skip
     cfg = from_dict(dict(saved, **explicit, out=str(run)))
     return cfg, run, ckpt, "lr" in explicit, ckpt is None
 
 
-__all__ = ["broadcast_path", "init_from", "input_for_released_weights", "new_run_dir", "plan_run"]
+__all__ = [
+    "broadcast_path", "check_out_apart", "claim_run_dir", "epochs_logged", "init_from", "input_for_released_weights",
+    "new_run_dir", "plan_run", "trained_without_checkpoint",
+]  # fmt: skip
