@@ -378,3 +378,21 @@ def test_test_folders_are_scanned_as_training_scans_them(tmp_path):
     assert sorted(list_images(root / "c1")) == sorted(p for p, y in tested if y == 1)
     # a test folder may hold a subset of the net's classes: labels by name, not by folder order
     assert {y for _, y in folder_samples(make_images(tmp_path / "few", classes=["c7", "c2"]), CLASSES)} == {2, 7}
+
+
+def test_predict_cli_names_an_unreadable_image_and_predicts_the_others(run_dir, tmp_path, capsys):
+    """One 0-byte file among the images does not abort `vgg predict`: the others are predicted, the bad file is
+    named on stderr and the exit code is 1 (issue 25)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(image(40, 44).permute(1, 2, 0).numpy()).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"")
+    Image.fromarray(image(44, 40, seed=3).permute(1, 2, 0).numpy()).save(folder / "c.png")
+    args = parse(add_predict_arguments, [str(run_dir), str(folder), "--device", "cpu", "--json"])
+    assert run_predict_cli(args) == 1
+    out, err = capsys.readouterr()
+    preds = json.loads(out)
+    assert sorted(Path(p["image"]).name for p in preds) == ["a.png", "c.png"]
+    assert "b.png" in err and "skipped 1 unreadable" in err
+    with pytest.raises(ValueError, match="b.png"):  # the Python API keeps its error unless asked to skip
+        vggnet.predict(run_dir, [folder / "b.png"], device="cpu")

@@ -168,17 +168,22 @@ def run_predict_cli(args: argparse.Namespace) -> int:
     if not images:
         raise ValueError("no images given: vgg predict RUN IMAGE...")
     nets = _cli_nets(args, runs)
+    skipped: list[str] = []  # one unreadable file does not abort the others: it is named, and the exit code is 1
     preds = predict(nets, images, top=args.top, protocol=args.protocol, scales=parse_scales(args.scales),
-                    flip=_flip(args, runs), batch_size=args.batch_size, device=args.device, amp=args.amp)  # fmt: skip
+                    flip=_flip(args, runs), batch_size=args.batch_size, device=args.device, amp=args.amp,
+                    skipped=skipped)  # fmt: skip
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): {'; '.join(skipped[:5])}"
+              + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)  # fmt: skip
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=1))
-        return 0
+        return 1 if skipped else 0
     for p in preds:
         print(p.image)
         width = max(len(n) for n in p.names)
         for rank, (name, prob) in enumerate(zip(p.names, p.probs), 1):
             print(f"  {rank}. {name:<{width}}  {prob:.4f}")
-    return 0
+    return 1 if skipped else 0
 
 
 __all__ = [

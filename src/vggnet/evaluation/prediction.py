@@ -47,12 +47,15 @@ def predict(
     std: Sequence[float] | None = None,
     classes: Sequence[str] | None = None,
     amp: bool | None = None,
+    skipped: list[str] | None = None,
 ) -> list[Prediction]:
     """The ``top`` classes of each image with their posteriors; by default dense, multi-scale, with flips.
 
     ``nets``: a model, a Run, a run folder or a list (fused). ``images``: a path, a uint8 tensor, or a list of
-    them. An unreadable file is an error here (unlike ``evaluate``, which skips it). ``amp``: as for ``evaluate``
-    (None: bf16 on CUDA and on a CPU with native bf16; False: float32); each prediction records its precision.
+    them. An unreadable file is an error here (unlike ``evaluate``, which skips it), unless a list is passed as
+    ``skipped``: the file is then named there and left out of the result (`vgg predict` does this). ``amp``: as
+    for ``evaluate`` (None: bf16 on CUDA and on a CPU with native bf16; False: float32); each prediction records
+    its precision.
     """
     rt = runtime(device, amp)
     net_list = as_nets(nets, mean=mean, std=std, classes=classes)
@@ -68,14 +71,18 @@ def predict(
     row = FUSED if len(net_list) > 1 else net_list[0].name
     with torch.inference_mode(), eval_mode([n.model for n in net_list], rt):
         for idx, _, out, bad in stream(net_list, items, plans, flip, bs, rt, 0, Timer(rt)):
-            if bad:
+            if bad and skipped is None:
                 raise ValueError(f"cannot read image {bad[0]}")
+            if skipped is not None:
+                skipped.extend(str(b) for b in bad)
+            if not len(idx):
+                continue
             p, lab = out[row][protocol].float().cpu().topk(k, dim=1)
             for i, pi, li in zip(idx, p.tolist(), lab.tolist()):
                 src = image_list[i]
                 label = str(src) if isinstance(src, (str, os.PathLike)) else f"image {i}"
                 preds[i] = Prediction(label, li, [names[j] for j in li], pi, rt.precision)
-    return preds  # type: ignore[return-value]
+    return [p for p in preds if p is not None]
 
 
 __all__ = ["Prediction", "predict"]

@@ -86,13 +86,18 @@ class Logger:
                 from torch.utils.tensorboard import SummaryWriter  # deliberate lazy import: heavy and optional
 
                 self.tb = SummaryWriter(str(run / "tensorboard"))
-            except ImportError:
-                print("--tensorboard: tensorboard is not installed (pip install tensorboard), so no event files; "
-                      "the metrics are in metrics.jsonl (--no-tensorboard silences this)", file=sys.stderr)
+            except ImportError:  # said at the first record, so that a run that fails to start says only why
+                self.tb_missing = True
+
+    tb_missing = False
 
     def record(self, kind: str, **values: Any) -> None:
         if not self.enabled:
             return
+        if self.tb_missing:
+            self.tb_missing = False
+            print("--tensorboard: tensorboard is not installed (pip install vggnet[tensorboard]), so no event files; "
+                  "the metrics are in metrics.jsonl (--no-tensorboard silences this)", file=sys.stderr)
         self.file.write(json.dumps({"kind": kind, **values}) + "\n")
         self.file.flush()
         if self.tb is not None:
