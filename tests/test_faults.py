@@ -22,6 +22,7 @@ from PIL import Image
 from vggnet.config import SAFE_ON_RESUME, resolve
 from vggnet.training import Interrupted, NonFiniteLoss, latest_checkpoint, load_checkpoint, train
 from vggnet.weights import read_state_dict
+from _tiny_runs import epoch_rows, options, same, small, weights
 
 loop_mod = importlib.import_module("vggnet.training.loop")  # where the training step calls F and validate runs
 run_mod = importlib.import_module("vggnet.training.run")  # where a run builds its net and calls validate
@@ -29,31 +30,7 @@ run_mod = importlib.import_module("vggnet.training.run")  # where a run builds i
 SRC = str(Path(__file__).parents[1] / "src")
 
 
-def options(folder, out, **kw):
-    values = dict(
-        arch="A", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=40, data=str(folder),
-        val_fraction=0.2, batch_size=8, epochs=2, workers=0, device="cpu", log_every=1, tensorboard=False,
-        stats_images=16, init="kaiming", dropout=0.5, out=str(out), lr=0.01,
-    )  # fmt: skip
-    values.update(kw)
-    return values
-
-
-def small(folder, out, **kw):
-    return resolve(options(folder, out, **kw))
-
-
-def weights(run):
-    return read_state_dict(Path(run) / "model.safetensors")[0]
-
-
-def same(a, b):
-    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def epochs_logged(run):
-    rows = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "epoch"]
+epochs_logged = epoch_rows
 
 
 @pytest.fixture(scope="module")

@@ -21,35 +21,19 @@ from vggnet.files import RunInUse, RunLock, atomic_write_text, check_output, hol
 from vggnet.runs import load_run
 from vggnet.training import latest_checkpoint, train
 from vggnet.weights import read_state_dict
+from _tiny_runs import epoch_rows, same, weights
+from _tiny_runs import options as _options
+from _tiny_runs import small as _small
 
 SRC = str(Path(__file__).parents[1] / "src")
 
 
 def options(folder, out, **kw):
-    values = dict(
-        arch="A", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=40, data=str(folder),
-        val_fraction=0.2, batch_size=8, epochs=1, workers=0, device="cpu", log_every=1, tensorboard=False,
-        stats_images=16, init="kaiming", dropout=0.5, out=str(out), lr=0.01,
-    )  # fmt: skip
-    values.update(kw)
-    return values
+    return _options(folder, out, **{"epochs": 1, **kw})
 
 
 def small(folder, out, **kw):
-    return resolve(options(folder, out, **kw))
-
-
-def weights(run):
-    return read_state_dict(Path(run) / "model.safetensors")[0]
-
-
-def same(a, b):
-    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def epoch_rows(run):
-    rows = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "epoch"]
+    return _small(folder, out, **{"epochs": 1, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -192,3 +192,19 @@ __all__ = [
     "CAFFE_MEAN_BGR", "CAFFE_MEAN_RGB01", "Convention", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZE_FORMS",
     "NORMALIZE_HELP", "check_normalize", "parse_normalize",
 ]  # fmt: skip
+
+
+class ConventionTensors:
+    """``mean`` and ``std`` tensors of an object's ``convention``, on the [0, 1] pixel scale (the canonical form:
+    the net sees ``(pixels / 255 - mean) / std``); shared by runs and evaluation's nets."""
+
+    convention: Convention
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.convention.mean01
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.convention.std01
+

@@ -26,7 +26,7 @@ from torch import nn
 
 from .architectures import parse_name
 from .config import input_settings, read_toml
-from .convention import Convention
+from .convention import Convention, ConventionTensors
 from .data import Stats
 from .weights import load_model
 
@@ -39,7 +39,7 @@ LOC_INFO_FILE = "localize.json"  # in a localisation run (vggnet.localisation.ne
 
 
 @dataclass
-class Run:
+class Run(ConventionTensors):
     """A trained run loaded from its folder."""
 
     path: Path
@@ -53,14 +53,6 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def mean(self) -> torch.Tensor:
-        """(3,) on the [0, 1] pixel scale: the net sees ``(pixels / 255 - mean) / std`` (the canonical form)."""
-        return self.convention.mean01
-
-    @property
-    def std(self) -> torch.Tensor:
-        return self.convention.std01
 
     @property
     def scale_range(self) -> tuple[int, int]:

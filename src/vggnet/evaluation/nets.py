@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convention import Convention
+from ..convention import Convention, ConventionTensors
 from ..pretrained import load_pretrained, require_cfg
 from ..runs import Run, load_run
 from ..scales import eval_scales
@@ -26,7 +26,7 @@ FUSED = "fused"  # the name of the fusion's rows: the posteriors of all nets ave
 
 
 @dataclass
-class Net:
+class Net(ConventionTensors):
     """A net as evaluation sees it: the model, its input convention, its class names and its training scales.
 
     ``convention`` (vggnet.convention) turns decoded pixels into the net's input.
@@ -40,14 +40,6 @@ class Net:
     scale_range: tuple[int, int] | None = None
     run: Run | None = None
 
-    @property
-    def mean(self) -> torch.Tensor:
-        """(3,) on the [0, 1] pixel scale (the canonical form: the net sees ``(pixels / 255 - mean) / std``)."""
-        return self.convention.mean01
-
-    @property
-    def std(self) -> torch.Tensor:
-        return self.convention.std01
 
     @property
     def crop_size(self) -> int:
