@@ -22,7 +22,8 @@ test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The paper's scale on the CPU: every stage of recipes/imagenet/ at full width from real-size JPEGs through
-# `vgg train`, a few steps each, then net A and net D (from A) learning a small set (docs/paper-check.md).
+# `vgg train`, a few steps each; the learning rows (net A, then D from A) run on CUDA, or with --learn
+# (PAPER_CHECK_ARGS=--learn): on 2 CPU cores they take longer than the check's budget (docs/paper-check.md).
 paper-check: venv
 	$(PY) benchmarks/paper_check.py $(PAPER_CHECK_ARGS)
 

@@ -149,6 +149,8 @@ def test_paper_check_learning_rows_scale_the_rate_with_the_batch():
     assert (cpu.learn_batch_size, cpu.learn_lr) == (32, pytest.approx(1.25e-3))
     assert (gpu.learn_batch_size, gpu.learn_lr) == (256, pytest.approx(1e-2))
     assert pc.parse_args(["--learn-batch-size", "8", "--learn-lr", "0.003"]).learn_lr == pytest.approx(3e-3)
+    # on the CPU the learning rows wait for the GPU unless asked for (the init's plateau outlasts 30 minutes here)
+    assert (cpu.learn, gpu.learn, pc.parse_args(["--learn"]).learn) == (False, True, True)
 
 
 @pytest.mark.slow
