@@ -365,3 +365,42 @@ def test_dense_in_chunks_equals_one_pass(monkeypatch):
         monkeypatch.setattr(model_module, "DENSE_WINDOW_ELEMENTS", 1)  # one image a chunk
         torch.testing.assert_close(model.dense(x), whole)
     _assert_dense_is_head_on_every_window(model, x)
+
+
+def test_num_classes_zero_returns_pooled_pre_logits_as_timm():
+    """timm's habit: num_classes=0 leaves the last layer out; forward gives fc7's features, dense their map."""
+    torch.manual_seed(0)
+    full = vggnet.create_model("A", num_classes=7, width=1 / 16, fc_width=24, crop_size=32, init="kaiming").eval()
+    bare = vggnet.create_model("A", num_classes=0, width=1 / 16, fc_width=24, crop_size=32, init="kaiming").eval()
+    assert isinstance(bare.get_classifier(), torch.nn.Identity) and bare.num_classes == 0
+    bare.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("classifier.6")})
+    x = torch.randn(2, 3, 32, 32)
+    big = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(bare(x), full.forward_head(full.forward_features(x), pre_logits=True))
+        assert bare(x).shape == (2, 24)
+        torch.testing.assert_close(bare.dense(big), full.dense(big, head=False))
+    full.reset_classifier(0)  # and back to pre-logits from a trained head
+    assert isinstance(full.get_classifier(), torch.nn.Identity) and len(full.fc_layers()) == 2
+    with pytest.raises(ValueError, match="num_classes"):
+        vggnet.create_model("A", num_classes=-1)
+
+
+def test_forward_intermediates_by_timm_indices_beside_the_paper_names():
+    m = vggnet.create_model("A", num_classes=5, width=1 / 16, fc_width=16, crop_size=32, init="kaiming").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        final, stages = m.forward_intermediates(x, indices=3)  # the last three stages of feature_info
+        assert [t.shape[1] for t in stages] == [s["num_chs"] for s in m.feature_info[-3:]]
+        torch.testing.assert_close(final, m.forward_features(x))
+        named = m.forward_intermediates(x, [s["name"] for s in m.feature_info[-3:]])
+        for t, (name, ref) in zip(stages, named.items()):
+            torch.testing.assert_close(t, ref, msg=name)
+        only = m.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+        assert isinstance(only, list) and only[0].shape[-1] == 64 and only[1].shape[-1] == 2
+        early, (first,) = m.forward_intermediates(x, indices=[0], stop_early=True)
+        torch.testing.assert_close(early, first)
+    with pytest.raises(ValueError, match="out of range"):
+        m.forward_intermediates(x, indices=[9])
+    with pytest.raises(ValueError, match="not both"):
+        m.forward_intermediates(x, ["pool5"], indices=1)

@@ -48,7 +48,8 @@ def init_weights(model: nn.Module, scheme: str = "paper", generator: torch.Gener
                     a = math.sqrt(6.0 / (fan_in + fan_out))
                     w.uniform_(-a, a, generator=generator)
                 else:  # He: variance 2 / fan_in before a ReLU; the last layer (no ReLU after it) gets 1 / fan_in
-                    gain = 1.0 if m is layers[-1] else 2.0
+                    # (a net without a last layer, num_classes=0, ends in FC7 and its ReLU: gain 2 there too)
+                    gain = 1.0 if m is layers[-1] and getattr(model, "num_classes", 1) else 2.0
                     w.normal_(0.0, math.sqrt(gain / fan_in), generator=generator)
                 if m.bias is not None:
                     m.bias.zero_()

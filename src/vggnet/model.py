@@ -144,7 +144,8 @@ class VGG(nn.Module):
 
     Args:
         config: a config of Table 1, "A", "A-LRN", "B", "C", "D" or "E", or section 4.1's "B-5x5".
-        num_classes: size of the last FC layer.
+        num_classes: size of the last FC layer; 0 (timm's habit) leaves it out: ``forward`` then returns the
+            pooled pre-logits, fc7's (N, fc_width) features, and ``dense`` their map.
         width: multiplier on every conv's channel count (0.125 turns 64..512 into 8..64).
         fc_width: width of FC1 and FC2 (4096 in the paper).
         crop_size: the training crop (224 in the paper); FC1 sees (crop/32)^2 positions of the last conv map.
@@ -179,8 +180,8 @@ class VGG(nn.Module):
             raise ValueError(f"unknown config {config!r}; use one of {list(CONFIGS)} or vggnet.create_model(name)")
         if crop_size % 32 or crop_size < 32:
             raise ValueError(f"crop_size must be a positive multiple of 32 (five 2x2 pools), got {crop_size}")
-        if num_classes < 1 or fc_width < 1 or width <= 0:
-            raise ValueError("num_classes, fc_width and width must be positive")
+        if num_classes < 0 or fc_width < 1 or width <= 0:
+            raise ValueError("num_classes must be 0 (no last layer: pre-logits) or more; fc_width and width positive")
         # the constructor's arguments (saved with the weights); unannotated: torch.jit.script skips it
         self.arch = dict(
             config=config, num_classes=num_classes, width=width, fc_width=fc_width, crop_size=crop_size,
@@ -204,7 +205,7 @@ class VGG(nn.Module):
             nn.Linear(fc_width, fc_width),
             nn.ReLU(inplace=inplace_relu),
             nn.Dropout(dropout),
-            nn.Linear(fc_width, num_classes),
+            nn.Linear(fc_width, num_classes) if num_classes else nn.Identity(),
         )
         if self.classifier[0].weight.device.type != "meta":  # a net built to load weights into is not drawn
             init_weights(self, "paper")
@@ -245,35 +246,51 @@ class VGG(nn.Module):
         return self.classifier[6](x)
 
     def get_classifier(self) -> nn.Module:
-        """The last FC layer (fc8)."""
+        """The last FC layer (fc8; ``nn.Identity`` when built with ``num_classes=0``)."""
         return self.classifier[6]
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new last layer for ``num_classes`` classes (fine-tuning); every other layer is kept.
 
         The new layer gets torchvision's head init, N(0, 0.01^2) and zero bias: small logits on top of
-        pretrained fc7 features.
+        pretrained fc7 features. ``num_classes=0`` removes it (timm's habit): the net then returns pre-logits.
         """
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes} (for fc7 features use "
-                             f"forward_head(x, pre_logits=True))")  # fmt: skip
-        old = self.classifier[6]
-        new = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
-        with torch.no_grad():
-            new.weight.normal_(0.0, 0.01)
-            new.bias.zero_()
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (pre-logits) or more, got {num_classes}")
+        fc7 = self.classifier[3]
+        if num_classes == 0:
+            new: nn.Module = nn.Identity()
+        else:
+            new = nn.Linear(fc7.out_features, num_classes, device=fc7.weight.device, dtype=fc7.weight.dtype)
+            with torch.no_grad():
+                new.weight.normal_(0.0, 0.01)
+                new.bias.zero_()
         self.classifier[6] = new
         self.num_classes = self.arch["num_classes"] = num_classes
         if self.pretrained_cfg is not None:
             self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes, classes=None)
 
-    def forward_intermediates(self, x: torch.Tensor, layers: Sequence[str] = ("pool5",)) -> dict[str, torch.Tensor]:
-        """The outputs of the named layers, ``{name: tensor}`` in the order asked, running only as far as needed.
+    def forward_intermediates(
+        self, x: torch.Tensor, layers: Sequence[str] | str | None = None, *, indices: int | Sequence[int] | None = None,
+        stop_early: bool = False, intermediates_only: bool = False,
+    ) -> Any:  # fmt: skip
+        """The outputs of inner layers, by the paper's names or, as timm's VGG does, by stage index.
 
-        Names (``model.layer_names``): conv1_1 (a conv's output), bn1_1, relu1_1 (after the ReLU), lrn1,
-        pool1, ... pool5, then fc6, relu6, drop6, fc7, relu7, drop7, fc8. Conv layers take any input size;
-        the FC layers need crops of the crop size (use ``dense`` for whole images).
+        ``layers`` (the paper's names, ``model.layer_names``; default pool5): ``{name: tensor}`` in the order
+        asked, running only as far as needed. Names: conv1_1 (a conv's output), bn1_1, relu1_1 (after the
+        ReLU), lrn1, pool1, ... pool5, then fc6, relu6, drop6, fc7, relu7, drop7, fc8. Conv layers take any
+        input size; the FC layers need crops of the crop size (use ``dense`` for whole images).
+
+        ``indices`` (timm's form): stages of ``feature_info`` (the five blocks' last ReLUs, then pool5), an int n
+        for the last n of them or a list of indices (negative ones count from the end). Returns ``(final,
+        [stage outputs])`` where ``final`` is ``forward_features(x)``, or the list alone with
+        ``intermediates_only``; ``stop_early`` runs only up to the last stage asked (``final`` is then its output).
         """
+        if indices is not None:
+            if layers is not None:
+                raise ValueError("give layers (the paper's names) or indices (timm's stages), not both")
+            return self._stage_intermediates(x, indices, stop_early, intermediates_only)
+        layers = ("pool5",) if layers is None else layers
         layers = [layers] if isinstance(layers, str) else list(layers)
         unknown = [n for n in layers if n not in self.layer_names]
         if unknown or not layers:
@@ -287,6 +304,24 @@ class VGG(nn.Module):
             self._check_crop(x, f)
             run_layers(self.classifier, HEAD_NAMES, torch.flatten(f, 1), wanted, out)
         return {n: out[n] for n in layers}
+
+    def _stage_intermediates(self, x: torch.Tensor, indices: int | Sequence[int], stop_early: bool,
+                             intermediates_only: bool) -> Any:  # fmt: skip
+        """``forward_intermediates`` by stage index (timm's form)."""
+        n = len(self.feature_info)
+        picked = list(range(n - indices, n)) if isinstance(indices, int) else [i + n if i < 0 else i for i in indices]
+        if (isinstance(indices, int) and not 0 < indices <= n) or not all(0 <= i < n for i in picked):
+            raise ValueError(f"indices {indices!r} out of range: net {self.name} has {n} stages (feature_info)")
+        at = {self.feature_info[i]["index"] for i in picked}
+        last = max(at) if stop_early or intermediates_only else len(self.features) - 1
+        kept: dict[int, torch.Tensor] = {}
+        for j, m in enumerate(self.features[: last + 1]):
+            x = m(x)
+            if j in at:
+                nxt = self.features[j + 1] if j + 1 < len(self.features) else None
+                kept[j] = x.clone() if isinstance(nxt, nn.ReLU) and nxt.inplace else x
+        stages = [kept[self.feature_info[i]["index"]] for i in picked]
+        return stages if intermediates_only else (x, stages)
 
     def dense(self, x: torch.Tensor, head: bool = True) -> torch.Tensor:
         """The class score map (N, num_classes, h, w) of the net applied fully convolutionally.
@@ -347,7 +382,7 @@ class VGG(nn.Module):
         y = F.conv2d(f, fc1.weight.view(fc1.out_features, f.shape[1], p, p), fc1.bias)
         y = self.classifier[2](F.relu(y))
         y = self.classifier[5](F.relu(F.conv2d(y, fc2.weight[:, :, None, None], fc2.bias)))
-        if not head:
+        if not head or not isinstance(fc3, nn.Linear):
             return y
         return F.conv2d(y, fc3.weight[:, :, None, None], fc3.bias)
 
@@ -363,7 +398,8 @@ class VGG(nn.Module):
         return out
 
     def fc_layers(self) -> list[nn.Linear]:
-        return [self.classifier[0], self.classifier[3], self.classifier[6]]
+        """FC6, FC7 and FC8 (FC6 and FC7 only in a net built with ``num_classes=0``)."""
+        return [m for m in (self.classifier[0], self.classifier[3], self.classifier[6]) if isinstance(m, nn.Linear)]
 
     def macs(self, height: int | None = None, width: int | None = None) -> int:
         """Multiply-accumulates of one forward pass (conv and FC layers) at the given input size.
