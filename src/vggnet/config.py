@@ -273,11 +273,17 @@ def _readable(key: str, v: str) -> str:
         raise ValueError(f"{key} {v!r} holds bytes that are not UTF-8 text; use a UTF-8 name (or PYTHONUTF8=1)") from None
 
 
+# Keys that say how a run executes and logs, never what it computes (beyond the order of floating-point sums):
+# the device, precision and memory format, the loader, logging, checkpoints and the output folder. A reproduction
+# reuses a finished run whose config differs from its plan only in these (and in where its init came from).
+HOW_IT_RUNS = frozenset(
+    "device amp channels_last compile fused loader workers cache_images log_every checkpoint_every keep_checkpoints "
+    "tensorboard deterministic out".split()
+)
 # Keys a resumed run may change: how and how long it runs, never what it learns from or into. ``lr`` given on
 # resume replaces the schedule's current rate; the schedule's knobs apply from the resumed epoch on.
-SAFE_ON_RESUME = frozenset(
-    "epochs max_steps lr plateau lr_window lr_patience lr_threshold lr_decays device amp channels_last compile fused "
-    "loader workers cache_images log_every checkpoint_every keep_checkpoints tensorboard deterministic out stats_images".split()
+SAFE_ON_RESUME = HOW_IT_RUNS | frozenset(
+    "epochs max_steps lr plateau lr_window lr_patience lr_threshold lr_decays stats_images".split()
 )
 
 
@@ -340,7 +346,6 @@ def field_help() -> dict[str, str]:
 
 
 __all__ = [
-    "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "field_help", "from_dict", "read_recipe", "read_run_config",
-    "read_toml",
-    "refuse_unsafe_changes", "resolve", "toml_text",
+    "HOW_IT_RUNS", "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "field_help", "from_dict",
+    "read_recipe", "read_run_config", "read_toml", "refuse_unsafe_changes", "resolve", "toml_text",
 ]  # fmt: skip

@@ -38,7 +38,7 @@ from .evaluation.nets import Net, as_net, weights_net
 from .files import atomic_write
 from .init import init_weights
 from .model import VGG, spatial_average
-from .pretrained import resolve as resolve_weights
+from .pretrained import resolve_weights
 from .runs import load_run
 from .runtime import pick_device
 from .weights import unwrap

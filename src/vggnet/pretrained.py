@@ -49,6 +49,7 @@ from .data import Stats
 from .features import VGGFeatures
 from .model import VGG, layer_names, load_state, meta_model
 from .weights import (
+    ARCH_KEY,
     PRETRAINED_CFG_KEY,
     _is_caffe_named,
     check_state_dict,
@@ -88,7 +89,7 @@ SOURCES: dict[str, dict[str, Any]] = {
 # the --normalize forms that need no training set's statistics: those a weights file can be stated to expect
 NORMALIZE_FORMS_OF_WEIGHTS = "imagenet|caffe|mean:R,G,B"
 NORMALIZE_HELP = f"--normalize {NORMALIZE_FORMS_OF_WEIGHTS}"
-# What every option that names weights takes (--weights, --init-from, localize's --from), through resolve()
+# What every option that names weights takes (--weights, --init-from, localize's --from), through resolve_weights()
 WEIGHTS_FORMS = ("a run folder, a weights file (ours, torchvision's, timm's or Caffe-named; .safetensors or "
                  ".pth), a URL, torchvision:vgg16 (vgg11 ... vgg19_bn), timm:vgg16.tv_in1k or caffe:vgg16|vgg19")
 
@@ -267,7 +268,7 @@ def _hf_download(name: str) -> Path:
     return Path(path)
 
 
-def resolve(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
+def resolve_weights(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
     """The one resolver of weights (:data:`WEIGHTS_FORMS`): the local file of ``pretrained`` (a run folder's
     weights; downloading a URL or named source if needed) and the named source it is, if any."""
     spec = str(pretrained)
@@ -340,7 +341,7 @@ def load_pretrained(
     With ``features_only`` only the conv layers are built and loaded (fc6 is never allocated).
     """
     layers = options.pop("layers", None)
-    path, source = resolve(pretrained)
+    path, source = resolve_weights(pretrained)
     sd, meta = _read_weights(path)
     sd, arch = _arch_of(name, sd, meta, source, path, options)
     file_classes = arch.get("num_classes", 1000)
@@ -388,7 +389,7 @@ def _arch_of(name: str | None, sd: dict[str, torch.Tensor], meta: dict[str, str]
     the tensors' shapes (the config too when ``name`` is None); ``options`` override it."""
     if source:
         config, bn = parse_name(SOURCES[source]["arch"])
-    elif name is None and "vggnet.arch" not in meta:
+    elif name is None and ARCH_KEY not in meta:
         found = infer_config(sd)
         if found is None:
             raise WeightsError(f"{path}: no VGG config of Table 1 has these layers (first key {next(iter(sd), None)}); "
@@ -397,14 +398,14 @@ def _arch_of(name: str | None, sd: dict[str, torch.Tensor], meta: dict[str, str]
     else:
         config, bn = parse_name(name or "D")
     arch: dict[str, Any] = dict(config=config, batch_norm=bn)
-    if "vggnet.arch" in meta:
-        arch.update(json.loads(meta["vggnet.arch"]))
+    if ARCH_KEY in meta:
+        arch.update(json.loads(meta[ARCH_KEY]))
     if options.get("batch_norm") is not None:
         arch["batch_norm"] = options["batch_norm"]
     if _is_caffe_named(sd):
         sd = from_caffe_names(sd, arch["config"], arch["batch_norm"])
     sd = convert_state_dict(sd, None)
-    if "vggnet.arch" not in meta:
+    if ARCH_KEY not in meta:
         arch.update(_infer_arch(sd))
     arch.update({k: v for k, v in options.items() if v is not None})
     return sd, arch
@@ -461,7 +462,7 @@ def init_from_pretrained(model: nn.Module, spec: str | os.PathLike) -> str:
     layer, except a last layer of another number of classes, which keeps its fresh init. Caffe weights are
     folded (the model then takes RGB on [0, 1] minus the mean, like the paper's own runs). Returns a log line."""
     target = unwrap(model)
-    path, source = resolve(spec)
+    path, source = resolve_weights(spec)
     sd, _ = read_state_dict(path)
     if _is_caffe_named(sd):
         sd = from_caffe_names(sd, target.arch["config"], target.arch["batch_norm"])

@@ -35,7 +35,7 @@ from ..runtime import Runtime, runtime
 from .nets import FUSED, Net, as_nets
 from .protocols import PROTOCOLS, max_scale, parse_protocols, plan_scales
 from .results import EvalResult, ProtocolResult
-from .samples import Sample, eval_samples
+from .samples import EvalSample, eval_samples
 from .views import VIEW_KINDS
 
 # Views per forward pass (whole images for dense, crops for multi-crop) unless the caller says: one number on
@@ -145,7 +145,7 @@ Chunk = tuple[list[int], torch.Tensor, dict[str, dict[str, torch.Tensor]], list[
 
 def stream(
     nets: Sequence[Net],
-    items: Sequence[Sample],
+    items: Sequence[EvalSample],
     plans: Sequence[Plan],
     flip: bool,
     batch_size: int,
@@ -238,7 +238,7 @@ def _results(
     return results
 
 
-def _default_workers(items: Sequence[Sample], rt: Runtime) -> int:
+def _default_workers(items: Sequence[EvalSample], rt: Runtime) -> int:
     """Decoding processes: min(8, CPUs - 1) for files on CUDA; none on the CPU (the nets need the cores) or for
     images already in memory."""
     in_memory = not isinstance(items[0][0], (str, os.PathLike))
@@ -247,7 +247,7 @@ def _default_workers(items: Sequence[Sample], rt: Runtime) -> int:
 
 def evaluate(
     nets: Any,
-    samples: Sequence[Sample] | str | os.PathLike | None = None,
+    samples: Sequence[EvalSample] | str | os.PathLike | None = None,
     protocols: str | Sequence[str] = "dense",
     scales: str | int | Sequence[int] | None = None,
     flip: bool = True,

@@ -17,7 +17,7 @@ from ..data.io import Source
 from ..runs import Run
 from .nets import Net
 
-Sample = tuple[Source, int]
+EvalSample = tuple[Source, int]
 
 
 def _split_root(folder: Path) -> Path:
@@ -25,7 +25,7 @@ def _split_root(folder: Path) -> Path:
     return folder / "val" if (folder / "val").is_dir() else folder
 
 
-def bare_folder_samples(folder: Path, net: Net) -> list[Sample]:
+def bare_folder_samples(folder: Path, net: Net) -> list[EvalSample]:
     """The labelled images of a class-folder tree for a net without a run: folders named by the net's class
     names, or, when they are not (ImageNet's n01440764 ...), as many folders as classes, taken in sorted order
     (torchvision's ImageFolder order, the label order of the released ImageNet nets)."""
@@ -39,7 +39,7 @@ def bare_folder_samples(folder: Path, net: Net) -> list[Sample]:
     return folder_samples(root, folders)
 
 
-def _run_folder_samples(run: Run, root: Path) -> list[Sample]:
+def _run_folder_samples(run: Run, root: Path) -> list[EvalSample]:
     """A class-folder tree labelled with the run's classes: by folder name, or through the run's class-names
     file when the run's classes are display names (``class_names`` in its config, as in training)."""
     classes = list(run.classes)
@@ -54,7 +54,7 @@ def _run_folder_samples(run: Run, root: Path) -> list[Sample]:
     return folder_samples(root, classes)
 
 
-def _relabel(val_samples: Sequence[Sample], data_classes: Sequence[str], run: Run, spec: str) -> list[Sample]:
+def _relabel(val_samples: Sequence[EvalSample], data_classes: Sequence[str], run: Run, spec: str) -> list[EvalSample]:
     """Samples labelled by the data's class list, relabelled by name to the run's classes."""
     classes = list(run.classes)
     if list(data_classes) == classes:
@@ -66,7 +66,7 @@ def _relabel(val_samples: Sequence[Sample], data_classes: Sequence[str], run: Ru
     return [(src, index[data_classes[y]]) for src, y in val_samples]
 
 
-def resolve_eval_samples(run: Run, data: str | os.PathLike | None = None) -> list[Sample]:
+def resolve_eval_samples(run: Run, data: str | os.PathLike | None = None) -> list[EvalSample]:
     """The labelled images to evaluate ``run`` on.
 
     ``data``: a folder of class folders (``root/<class>/<image>``), a folder with a ``val/`` subfolder of
@@ -105,8 +105,8 @@ def resolve_eval_samples(run: Run, data: str | os.PathLike | None = None) -> lis
 
 
 def eval_samples(
-    samples: Sequence[Sample] | str | os.PathLike | None, first: Net, limit: int | None = None
-) -> tuple[list[Sample], str]:
+    samples: Sequence[EvalSample] | str | os.PathLike | None, first: Net, limit: int | None = None
+) -> tuple[list[EvalSample], str]:
     """The samples ``evaluate`` runs on, and how its report names them.
 
     ``samples``: (image, label) pairs, a folder of class folders, or None for the first net's run's validation
@@ -116,7 +116,7 @@ def eval_samples(
     if samples is None or isinstance(samples, (str, os.PathLike)):
         data_name = str(samples) if samples is not None else "the run's validation data"
         if first.run is not None:
-            items: list[Sample] = resolve_eval_samples(first.run, samples)
+            items: list[EvalSample] = resolve_eval_samples(first.run, samples)
             if samples is None:
                 data_name = f"the validation data of {first.run.path} (data = {first.run.config.get('data')!r})"
         elif samples is None:
@@ -135,4 +135,4 @@ def eval_samples(
     return items, data_name
 
 
-__all__ = ["Sample", "bare_folder_samples", "eval_samples", "resolve_eval_samples"]
+__all__ = ["EvalSample", "bare_folder_samples", "eval_samples", "resolve_eval_samples"]

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .. import runs as runs_mod
+from ..config import HOW_IT_RUNS
 from ..data import EMBEDDED, materialise, resolve_data
 from ..evaluation import evaluate, resolve_eval_samples
 from ..plots import read_epochs
@@ -42,10 +43,10 @@ from .published import EVAL_PROTOCOLS
 # Run folders: finished, interrupted, or made differently
 
 MARKER = "reproduce.json"
-# Fields that may differ between the plan and a finished run without changing its numbers: where it ran
-# and how it logged, and paths (a moved output folder keeps its runs).
-_NEUTRAL = {"device", "workers", "out", "init_from", "log_every", "tensorboard", "checkpoint_every", "keep_checkpoints",
-            "amp", "compile", "channels_last", "fused", "deterministic"}  # fmt: skip
+# Fields that may differ between the plan and a finished run without changing its numbers: how it ran and
+# logged (config.HOW_IT_RUNS, the keys a resumed run may change too) and where its init came from (a moved
+# output folder keeps its runs).
+_NEUTRAL = HOW_IT_RUNS | {"init_from"}
 
 
 def run_state(spec: RunSpec) -> str:
@@ -194,7 +195,7 @@ def _tasks(plan: Plan) -> list[Task]:
 
 
 @dataclass
-class Progress:
+class GridProgress:
     """What the execution of a plan has done so far (shared by the schedulers), and how it reports it."""
 
     plan: Plan
@@ -252,7 +253,7 @@ def execute(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
     thread each) as soon as the run they start from is finished. Under torchrun (WORLD_SIZE > 1) every process
     trains the runs in plan order (DDP inside train()), then rank 0 alone evaluates.
     """
-    progress = Progress(plan, log)
+    progress = GridProgress(plan, log)
     info = provenance(plan.device)  # at the start: the code and machine that run the plan
     plan.out.mkdir(parents=True, exist_ok=True)
     for r in plan.runs:
@@ -286,7 +287,7 @@ def _timed(t: Task, plan: Plan, log_file: str | None) -> tuple[dict[str, Any], f
     return result, time.perf_counter() - t0
 
 
-def _execute_pool(plan: Plan, pending: list[Task], progress: Progress) -> None:
+def _execute_pool(plan: Plan, pending: list[Task], progress: GridProgress) -> None:
     """A small scheduler: up to ``plan.jobs`` tasks at a time, each as soon as its dependencies are done."""
     threads = max(1, (os.cpu_count() or 1) // plan.jobs)
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
@@ -321,7 +322,7 @@ def _execute_pool(plan: Plan, pending: list[Task], progress: Progress) -> None:
             raise
 
 
-def _execute_distributed(plan: Plan, pending: list[Task], progress: Progress) -> None:
+def _execute_distributed(plan: Plan, pending: list[Task], progress: GridProgress) -> None:
     """torchrun: every process trains the runs in order (DDP); then the group closes and rank 0 evaluates."""
     setup_distributed("cuda" if plan.device != "cpu" and cuda_available() else "cpu")
     main = rank() == 0
@@ -391,5 +392,5 @@ def _save_eval(plan: Plan, spec: EvalSpec, result: dict[str, Any]) -> None:
     atomic_write_text(path, body + "\n")
 
 
-__all__ = ["MARKER", "Progress", "Task", "check_config", "eval_task", "execute", "make_subset", "run_state",
+__all__ = ["MARKER", "GridProgress", "Task", "check_config", "eval_task", "execute", "make_subset", "run_state",
            "train_task"]  # fmt: skip

@@ -36,7 +36,7 @@ from ..factory import create_model
 from ..files import RunInUse, RunLock, atomic_write_text
 from ..plots import plot_run
 from ..pretrained import make_cfg
-from ..pretrained import resolve as resolve_weights
+from ..pretrained import resolve_weights
 from ..runtime import Dist, cuda_path, is_main, pick_device, setup_distributed
 from ..weights import save_weights, unwrap
 from .checkpoints import (

@@ -22,7 +22,7 @@ from ..config import (
 from ..files import overlapping
 from ..pretrained import convention, init_from_pretrained
 from ..runtime import Dist, is_main
-from ..weights import init_from_net_a, load_weights, read_state_dict, unwrap
+from ..weights import ARCH_KEY, init_from_net_a, load_weights, read_state_dict, unwrap
 from .checkpoints import newest_valid_checkpoint
 from .progress import Logger
 
@@ -130,7 +130,7 @@ def init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> N
     if src.is_dir() and (src / runs.CONFIG_FILE).is_file():
         _check_same_input(src, cfg)
     sd, meta = read_state_dict(weights)
-    src_config = json.loads(meta["vggnet.arch"])["config"] if "vggnet.arch" in meta else None
+    src_config = json.loads(meta[ARCH_KEY])["config"] if ARCH_KEY in meta else None
     ours = unwrap(model)
     if src_config == "A" and ours.arch["config"] != "A":
         copied = init_from_net_a(ours, sd)
