@@ -31,12 +31,11 @@ from pathlib import Path
 import torch
 
 from .data import resolve_data
-from .data.boxfile import CSV_HEADER, write_box_csv  # noqa: F401 (part of this module's API)
+from .data.boxfile import BOXES_FILE, CSV_HEADER, write_box_csv  # noqa: F401 (part of this module's API)
 from .data.embedded import EMBEDDED, boxes_file
 from .data.io import rescaled_size
 from .data.transforms import AugParams, crop_offsets
 
-BOXES_FILE = "boxes.csv"
 # ---- geometry ---------------------------------------------------------------------------------------------------
 
 

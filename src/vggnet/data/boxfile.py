@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from ..files import atomic_write
 
 CSV_HEADER = ("image", "x0", "y0", "x1", "y1", "class")
+BOXES_FILE = "boxes.csv"  # the box CSV's name at a data set's root
 
 
 def write_box_csv(path: str | os.PathLike, rows: Sequence[tuple[str, float, float, float, float, str]]) -> None:

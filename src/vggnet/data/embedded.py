@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .boxfile import write_box_csv
+from .boxfile import BOXES_FILE, write_box_csv
 
 # name -> (canvas side, digit size range or None): the whole definition of each data set
 EMBEDDED: dict[str, dict] = {
@@ -60,7 +60,6 @@ TRAIN_FRACTION = 0.8  # per class, the first 80% of the digits are train, the re
 VERSION = 1  # bump when the images change; a cache of another version is rebuilt
 _SEED = 1409_1556  # the paper's arXiv number; seeds mnist-scale's sizes and positions
 _META = "vggnet-data.json"
-BOXES_FILE = "boxes.csv"
 
 
 def data_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
+from ..data.folders import is_image_file
 from ..factory import create_model
 
 STATED_IMAGES_PER_S = 5000.0  # net D at 224, training, one H200 (PERFORMANCE.md)
 STATED_NET, STATED_CROP = "D", 224
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def forward_flops(arch: str, num_classes: int, height: int, image_width: int | None = None, **options: Any) -> float:
@@ -44,7 +44,7 @@ def count_images(folder: str | os.PathLike) -> tuple[int, int]:
     n = 0
     for d in classes:
         for _, _, files in os.walk(d):
-            n += sum(Path(f).suffix.lower() in _IMAGE_SUFFIXES for f in files)
+            n += sum(is_image_file(f) for f in files)
     return n, len(classes)
 
 
