@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from vggnet import boxes as B
 from vggnet import localisation as L
 from vggnet.cli import main
 from vggnet.data import Stats
+from vggnet.files import RunInUse, RunLock
 from vggnet import create_model
 from vggnet.weights import save_weights
 
@@ -146,6 +148,9 @@ def test_train_resume_and_evaluate_both_protocols(tmp_path):
     assert not torch.equal(after["classifier.6.weight"], features_before["classifier.6.weight"])
     with pytest.raises(FileExistsError):
         L.train_localisation(cfg)
+    # one writer per run folder: a localisation run held by another writer is refused, naming the holder
+    with RunLock(run, "another vgg localize train"), pytest.raises(RunInUse, match=f"{os.getpid()}.*one writer"):
+        L.train_localisation({"max_steps": 0, "epochs": 3}, resume=run)
 
     center = L.evaluate_localisation(run, "center", device="cpu")
     dense = L.evaluate_localisation(run, "dense", scales=[48, 64], device="cpu")
