@@ -320,6 +320,9 @@ def test_evaluation_refuses_or_shrinks_a_batch_that_does_not_fit(finished, monke
     monkeypatch.undo()
     assert main(["eval", str(finished), "--protocol", "dense", "--scales", "20000", "--limit", "2"]) == 2
     assert "--scales 20000" in capsys.readouterr().err
+    img = next(p for p in Path(load_run(finished).config["data"]).rglob("*.png"))
+    assert main(["predict", str(finished), str(img), "--scales", "20000"]) == 2  # predict's path checks it too
+    assert "--scales 20000" in capsys.readouterr().err
     assert main(["eval", str(finished), "--batch-size", "0", "--limit", "2"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
 

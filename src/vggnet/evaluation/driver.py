@@ -131,8 +131,8 @@ def posteriors(
     nets = as_nets(models, mean=mean, std=std)
     (protocol,) = parse_protocols([protocol])
     plans = plan_scales(nets, [protocol], scales)
+    bs = fit_eval_batch([n.model for n in nets], plans, batch_size or DEFAULT_BATCH_SIZE, rt.device)  # before any work
     img = to_image(image, max_scale(plans))
-    bs = batch_size or DEFAULT_BATCH_SIZE
     out = []
     with torch.inference_mode(), eval_mode([n.model for n in nets], rt):
         for net, plan in zip(nets, plans):

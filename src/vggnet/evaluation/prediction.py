@@ -12,6 +12,7 @@ import torch
 
 from ..data.io import Source
 from ..metrics import effective_k
+from ..resources import fit_eval_batch
 from ..runtime import runtime
 from .driver import DEFAULT_BATCH_SIZE, Timer, eval_mode, stream
 from .nets import FUSED, as_nets
@@ -63,8 +64,9 @@ def predict(
     single = isinstance(images, (str, os.PathLike, torch.Tensor, np.ndarray)) or hasattr(images, "convert")
     image_list = [images] if single else list(images)  # type: ignore[list-item]
     names = net_list[0].classes or [str(i) for i in range(net_list[0].num_classes)]
-    bs = batch_size or DEFAULT_BATCH_SIZE
     plans = plan_scales(net_list, [protocol], scales)
+    # shrunk or refused before any work, as in evaluate
+    bs = fit_eval_batch([n.model for n in net_list], plans, batch_size or DEFAULT_BATCH_SIZE, rt.device)
     k = effective_k(top, net_list[0].num_classes)
     preds: list[Prediction | None] = [None] * len(image_list)
     items = [(src, 0) for src in image_list]
