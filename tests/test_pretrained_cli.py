@@ -103,3 +103,19 @@ def test_train_init_from_a_named_source(served, files, tmp_path, capsys):
     assert main(["export", str(run), "--format", "safetensors", "--out", str(out)]) == 0
     again = vggnet.create_model(None, pretrained=out)
     assert again.pretrained_cfg["mean"] == list(P.IMAGENET_MEAN) and again.num_classes == 3
+
+
+def test_train_init_from_caffe_feeds_what_the_folded_weights_expect(served, files, tmp_path):  # noqa: F811
+    """Fine-tuning the authors' Caffe weights: the run is fed RGB [0, 1] pixels minus the authors' mean pixel,
+    the convention the folded weights take (not the training set's own mean), and records it."""
+    run = tmp_path / "run"
+    rc = main(["train", "--init-from", "caffe:vgg16", "--data", str(files["data"]), "--arch", "vgg16",
+               "--width", "0.125", "--fc-width", "64", "--crop-size", "32", "--scale", "32,36", "--epochs", "1",
+               "--max-steps", "1", "--batch-size", "2", "--val-fraction", "0.5", "--device", "cpu", "--workers", "0",
+               "--stats-images", "4", "--no-tensorboard", "--out", str(run)])  # fmt: skip
+    assert rc == 0
+    text = (run / "config.toml").read_text()
+    assert 'normalize = "caffe"' in text and "pixel_range = 1" in text
+    back = vggnet.create_model(None, pretrained=run / "model.safetensors")
+    assert back.pretrained_cfg["mean"] == pytest.approx([123.68 / 255, 116.779 / 255, 103.939 / 255], abs=1e-5)
+    assert vggnet.load_run(run).convention.mean == pytest.approx((123.68 / 255, 116.779 / 255, 103.939 / 255), abs=1e-5)

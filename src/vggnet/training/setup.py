@@ -108,15 +108,16 @@ def _check_same_input(src: Path, cfg: TrainConfig) -> None:
 def input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
     """--init-from a named source: feed the net what those weights expect (decided before config.toml is
     written, so that a restart and `vgg eval` see it). torchvision's and timm's nets take ImageNet's mean and
-    std; the authors' Caffe weights are folded to take [0, 1] pixels minus the mean (vggnet.pretrained)."""
+    std; the authors' Caffe weights are folded to take RGB [0, 1] pixels minus the authors' mean pixel
+    (vggnet.pretrained): ``--normalize caffe`` at pixel range 1."""
     kind = convention(cfg.init_from)
     say = print if is_main() else (lambda *_: None)  # under torchrun, rank 0 speaks for all
     if kind == "imagenet" and cfg.normalize != "imagenet":
         say(f"--init-from {cfg.init_from}: normalising with ImageNet's mean and std, as those weights expect")
         return dataclasses.replace(cfg, normalize="imagenet")
-    if kind == "caffe" and (cfg.normalize, cfg.pixel_range) != ("mean", 1):
-        say(f"--init-from {cfg.init_from}: the folded Caffe weights take [0, 1] pixels minus the mean RGB")
-        return dataclasses.replace(cfg, normalize="mean", pixel_range=1)
+    if kind == "caffe" and (cfg.normalize, cfg.pixel_range) != ("caffe", 1):
+        say(f"--init-from {cfg.init_from}: the folded Caffe weights take [0, 1] pixels minus the authors' mean pixel")
+        return dataclasses.replace(cfg, normalize="caffe", pixel_range=1)
     return cfg
 
 
