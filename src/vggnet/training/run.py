@@ -420,8 +420,10 @@ def _end_epoch(r: _Run, epoch: int, metrics: dict[str, float], seconds: float) -
         + (f", lr -> {r.plateau.lr:.1e}" if r.plateau.lr != lr else "")
     )
     if r.d.main:
-        save_weights(r.model, r.run / runs.MODEL_FILE)
+        # the checkpoint first: a kill between the two writes leaves a checkpoint to resume from, never weights
+        # without one (which a resume must refuse to overwrite, as the weights of a finished run)
         r.save_ckpt()
+        save_weights(r.model, r.run / runs.MODEL_FILE)
         with contextlib.suppress(Exception):  # a plotting problem never stops training
             plot_run(r.run)
 
