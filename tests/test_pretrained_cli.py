@@ -83,13 +83,17 @@ def test_export_onnx_checked_in_onnxruntime(files, capsys, tmp_path):
     assert main(["export", "--out", str(crops)]) == 2
 
 
+def _fine_tune(files, source, arch, run):
+    """`vgg train --init-from SOURCE` on the tiny folder: one step of a tiny net; the exit code."""
+    return main(["train", "--init-from", source, "--data", str(files["data"]), "--arch", arch, "--width", "0.125",
+                 "--fc-width", "64", "--crop-size", "32", "--scale", "32,36", "--epochs", "1", "--max-steps", "1",
+                 "--batch-size", "2", "--val-fraction", "0.5", "--device", "cpu", "--workers", "0",
+                 "--stats-images", "4", "--no-tensorboard", "--out", str(run)])  # fmt: skip
+
+
 def test_train_init_from_a_named_source(served, files, tmp_path, capsys):
     run = tmp_path / "run"
-    rc = main(["train", "--init-from", "torchvision:vgg11", "--data", str(files["data"]), "--arch", "vgg11",
-               "--width", "0.125", "--fc-width", "64", "--crop-size", "32", "--scale", "32,36", "--epochs", "1",
-               "--max-steps", "1", "--batch-size", "2", "--val-fraction", "0.5", "--device", "cpu", "--workers", "0",
-               "--stats-images", "4", "--no-tensorboard", "--out", str(run)])  # fmt: skip
-    assert rc == 0
+    assert _fine_tune(files, "torchvision:vgg11", "vgg11", run) == 0
     log = (run / "train.log").read_text() if (run / "train.log").exists() else capsys.readouterr().out
     assert "init from torchvision:vgg11: all layers but the last (new classes)" in log
     assert 'normalize = "imagenet"' in (run / "config.toml").read_text()
@@ -109,11 +113,7 @@ def test_train_init_from_caffe_feeds_what_the_folded_weights_expect(served, file
     """Fine-tuning the authors' Caffe weights: the run is fed RGB [0, 1] pixels minus the authors' mean pixel,
     the convention the folded weights take (not the training set's own mean), and records it."""
     run = tmp_path / "run"
-    rc = main(["train", "--init-from", "caffe:vgg16", "--data", str(files["data"]), "--arch", "vgg16",
-               "--width", "0.125", "--fc-width", "64", "--crop-size", "32", "--scale", "32,36", "--epochs", "1",
-               "--max-steps", "1", "--batch-size", "2", "--val-fraction", "0.5", "--device", "cpu", "--workers", "0",
-               "--stats-images", "4", "--no-tensorboard", "--out", str(run)])  # fmt: skip
-    assert rc == 0
+    assert _fine_tune(files, "caffe:vgg16", "vgg16", run) == 0
     text = (run / "config.toml").read_text()
     assert 'normalize = "caffe"' in text and "pixel_range = 1" in text
     back = vggnet.create_model(None, pretrained=run / "model.safetensors")
