@@ -17,13 +17,14 @@ from torch import nn
 
 from .. import runs
 from ..config import (
-    TrainConfig, config_changes, from_dict, read_run_config, read_toml, refuse_unsafe_changes, resolve,
+    TrainConfig, config_changes, from_dict, read_run_config, read_toml, refuse_unsafe_changes,
 )  # fmt: skip
 from ..files import overlapping
 from ..pretrained import convention, init_from_pretrained
 from ..runtime import Dist, is_main
-from ..weights import ARCH_KEY, init_from_net_a, load_weights, read_state_dict, unwrap
+from ..weights import ARCH_KEY, convert_state_dict, init_from_net_a, load_weights, read_state_dict, unwrap
 from .checkpoints import newest_valid_checkpoint
+from .finetune import resolve_config
 from .progress import Logger
 
 
@@ -122,23 +123,35 @@ def input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
 
 
 def init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> None:
-    """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune)."""
+    """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune).
+
+    A last layer for another number of classes than SOURCE's is new: N(0, 0.01^2) weights and zero bias
+    (``VGG.reset_classifier``; the paper's FC init and torchvision's), whatever ``--init`` says: its logits start
+    near zero, so the first steps' gradients into the trained layers below are small and do not undo them."""
     src = Path(source)
+    ours = unwrap(model)
     if not src.exists():  # a URL or a named source (torchvision:vgg16, timm:..., caffe:vgg16)
-        log.line(init_from_pretrained(model, source))
+        line = init_from_pretrained(model, source)
+        if "but the last" in line:  # init_from_pretrained kept the fresh last layer: the fine-tuning head init
+            ours.reset_classifier(ours.num_classes)
+        log.line(line)
         return
     weights = src / runs.MODEL_FILE if src.is_dir() else src
     if src.is_dir() and (src / runs.CONFIG_FILE).is_file():
         _check_same_input(src, cfg)
     sd, meta = read_state_dict(weights)
     src_config = json.loads(meta[ARCH_KEY])["config"] if ARCH_KEY in meta else None
-    ours = unwrap(model)
     if src_config == "A" and ours.arch["config"] != "A":
         copied = init_from_net_a(ours, sd)
         log.line(f"init from net A ({weights}): copied {', '.join(copied)}")
-    else:
-        load_weights(ours, weights)
-        log.line(f"init from {weights}: all layers")
+        return
+    last = convert_state_dict(sd, ours).get("classifier.6.weight")
+    new_head = last is not None and last.shape[0] != ours.num_classes
+    load_weights(ours, weights, head=not new_head)
+    if new_head:
+        ours.reset_classifier(ours.num_classes)
+    log.line(f"init from {weights}: " + (f"all layers but the last ({last.shape[0]} classes there, "
+                                         f"{ours.num_classes} here: a new one)" if new_head else "all layers"))
 
 
 def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None):
@@ -157,7 +170,7 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
         given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
         what = "--resume with these options"
     else:
-        cfg = config if isinstance(config, TrainConfig) else resolve(config)
+        cfg = config if isinstance(config, TrainConfig) else resolve_config(config)
         run = Path(cfg.out) if cfg.out else None
         if run is None or not (run / runs.CONFIG_FILE).is_file():
             return cfg, run, None, False, False

@@ -1,0 +1,138 @@
+"""Fine-tuning in one command (issue 23): the net and input taken from --init-from's source, a contradicting
+--arch refused, the fine-tuning preset recorded and overridable, --freeze (frozen layers bit-identical after an
+epoch, batch norm in eval mode), --head-lr-mult in the optimizer's groups, and the resume of a frozen run."""
+
+import json
+
+import pytest
+import torch
+
+import vggnet
+from vggnet.cli import main
+from vggnet.config import FINETUNE_PRESET, TrainConfig, toml_text
+from vggnet.training import freeze, resolve_config, train
+from vggnet.training.checkpoints import load_checkpoint
+from vggnet.training.finetune import param_groups
+from vggnet.weights import save_weights, to_torchvision
+
+from _tiny_runs import same, weights
+
+TINY = dict(width=1 / 16, fc_width=16, crop_size=32)
+
+
+def _opts(data, out, source, **kw):
+    """A fine-tuning run of a few steps on the CPU; the net comes from ``source``."""
+    values = dict(init_from=str(source), data=str(data), out=str(out), val_fraction=0.2, batch_size=8, epochs=1,
+                  workers=0, device="cpu", log_every=1, tensorboard=False, stats_images=16, scale_min=32,
+                  scale_max=36)  # fmt: skip
+    values.update(kw)
+    return values
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Weights to fine-tune: a bare torchvision-layout state dict of a tiny vgg11_bn with 5 classes (no
+    convention, no architecture in the file), and a fabricated run folder of a tiny net A on other data."""
+    root = tmp_path_factory.mktemp("sources")
+    bn = vggnet.create_model("vgg11_bn", num_classes=5, init="kaiming", seed=1, **TINY)
+    with torch.no_grad():  # running statistics that a training step in train mode would change
+        for m in bn.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    torch.save(to_torchvision(bn), root / "bn.pth")
+    run = root / "run_a"
+    run.mkdir()
+    a = vggnet.create_model("A", num_classes=2, init="kaiming", seed=2, **TINY)
+    save_weights(a, run / "model.safetensors")
+    cfg = TrainConfig(arch="A", data=str(root / "other"), init="kaiming", scale_min=32, scale_max=40, **TINY)
+    (run / "config.toml").write_text(toml_text(cfg.to_dict()))
+    (run / "classes.json").write_text(json.dumps(["x", "y"]))
+    return dict(bn=root / "bn.pth", run=run)
+
+
+def test_the_net_and_input_come_from_the_source(sources, folder, tmp_path):
+    cfg = resolve_config(_opts(folder, tmp_path / "r", sources["bn"], scale_min=None, scale_max=None))
+    assert (cfg.arch, cfg.batch_norm, cfg.width, cfg.fc_width, cfg.crop_size) == ("A", True, 1 / 16, 16, 32)
+    assert (cfg.scale_min, cfg.scale_max) == (37, 37)  # the paper's 256 / 224 of a file that records no scale
+    assert cfg.pixel_range == 1 and cfg.finetune == "on"
+    named = resolve_config(dict(init_from="torchvision:vgg16_bn", data=str(folder)))  # a table entry: no download
+    assert (named.arch, named.batch_norm, named.crop_size, named.scale_min, named.normalize) == ("D", True, 224, 256,
+                                                                                                 "imagenet")
+    run = resolve_config(dict(init_from=str(sources["run"]), data=str(folder)))
+    assert (run.arch, run.width, run.scale_min, run.scale_max, run.normalize) == ("A", 1 / 16, 32, 40, "mean")
+
+
+def test_a_contradicting_arch_is_refused(sources, folder, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"holds a D net, but --arch vgg11 asks for a A net: leave --arch out"):
+        resolve_config(dict(init_from="torchvision:vgg16", arch="vgg11", data=str(folder)))
+    with pytest.raises(ValueError, match=r"holds a A-BN net, but --arch A asks for a A net"):
+        resolve_config(_opts(folder, tmp_path / "r", sources["bn"], arch="A"))
+    with pytest.raises(ValueError, match=r"of width 0.0625, but --width 0.25"):
+        resolve_config(_opts(folder, tmp_path / "r", sources["bn"], width=0.25))
+    # the same net named another way, and net A into a deeper net (the paper's staged init), are no contradiction
+    assert resolve_config(_opts(folder, tmp_path / "r", sources["bn"], arch="vgg11_bn")).batch_norm
+    staged = resolve_config(dict(init_from=str(sources["run"]), arch="D", data=str(sources["run"].parent / "other")))
+    assert staged.arch == "D" and staged.finetune == "off" and staged.lr == TrainConfig.lr  # same data: the paper's
+    rc = main(["train", "--init-from", "torchvision:vgg16", "--arch", "vgg13", "--data", str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "leave --arch out" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_preset_applies_to_other_labels_only_and_flags_override_it(sources, folder, tmp_path):
+    cfg = resolve_config(_opts(folder, tmp_path / "r", sources["run"], lr=0.005, epochs=None))
+    assert cfg.finetune == "on" and cfg.lr == 0.005  # a flag over the preset
+    assert {k: getattr(cfg, k) for k in FINETUNE_PRESET if k != "lr"} == {k: v for k, v in FINETUNE_PRESET.items()
+                                                                          if k != "lr"}  # fmt: skip
+    off = resolve_config(_opts(folder, tmp_path / "r", sources["run"], finetune="off", epochs=None))
+    assert off.finetune == "off" and (off.lr, off.epochs, off.head_lr_mult) == (0.01, 74, 1.0)
+
+
+def test_freeze_keeps_layers_bit_identical_and_bn_in_eval_mode(sources, folder, tmp_path):
+    run = train(resolve_config(_opts(folder, tmp_path / "r", sources["bn"], freeze="conv4_2", lr=0.05)))
+    text = (run / "config.toml").read_text()
+    assert 'freeze = "conv4_2"' in text and 'finetune = "on"' in text and "head_lr_mult = 10.0" in text
+    before, after = torch.load(sources["bn"]), weights(run)
+    net = vggnet.create_model("vgg11_bn", num_classes=2, **TINY)
+    names = dict(zip([f"features.{i}." for i in range(len(net.features))], net.layer_names))
+    cut = next(p for p, n in names.items() if n == "relu4_2")  # conv4_2, bn4_2, relu4_2: the last frozen
+    idx = int(cut.split(".")[1])
+    fixed = [k for k in after if k.startswith("features.") and int(k.split(".")[1]) <= idx]
+    moved = [k for k in after if k not in fixed and not k.startswith("classifier.6.") and not k.endswith("tracked")]
+    assert fixed and all(torch.equal(after[k], before[k]) for k in fixed)  # running statistics included
+    assert all(not torch.equal(after[k], before[k]) for k in moved if k.endswith("weight"))
+    assert after["classifier.6.weight"].shape == (2, 16)  # 5 classes there, 2 here: a new last layer
+    opt = load_checkpoint(sorted((run / "checkpoints").glob("ckpt-*.pt"))[-1])["optimizer"]
+    groups = opt["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 10.0] and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    n_trainable = sum(1 for k in after if k not in fixed and not k.endswith(("running_mean", "running_var", "tracked")))
+    assert sum(len(g["params"]) for g in groups) == n_trainable  # frozen parameters are not in the optimizer
+
+
+def test_frozen_batch_norm_stays_in_eval_mode_and_groups_follow_the_multiplier():
+    model = vggnet.create_model("vgg11_bn", num_classes=3, **TINY)
+    names = freeze(model, "features")
+    assert names[-1] == "pool5" and all(not p.requires_grad for p in model.features.parameters())
+    model.train()
+    bns = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns) and model.classifier.training
+    cfg = TrainConfig(arch="vgg11_bn", lr=0.002, head_lr_mult=5.0, freeze="features", **TINY)
+    groups = param_groups(model, cfg)
+    assert [(g["lr"], len(g["params"])) for g in groups] == [(0.002, 4), (0.01, 2)]
+    assert len(param_groups(model, TrainConfig(arch="vgg11_bn", **TINY))) == 1  # no multiplier: one group
+    with pytest.raises(ValueError, match=r"--freeze conv9_1: net A-BN has no such layer .*conv4_2"):
+        freeze(vggnet.create_model("vgg11_bn", num_classes=3, **TINY), "conv9_1")
+
+
+def test_a_frozen_run_resumes_and_refuses_another_freeze(sources, folder, tmp_path):
+    opts = _opts(folder, tmp_path / "r", sources["bn"], freeze="features", epochs=2, max_steps=3)
+    run = train(resolve_config(opts))
+    with pytest.raises(ValueError, match=r"freeze \('features' -> 'conv3_2'\)"):
+        train(dict(freeze="conv3_2"), resume=run)
+    # the same command again continues the run (the preset resolves to the same values)
+    run = train(resolve_config(dict(opts, max_steps=None)))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["epoch"] for r in rows if r["kind"] == "epoch") == 2
+    before, after = torch.load(sources["bn"]), weights(run)
+    assert same({k: after[k] for k in after if k.startswith("features.")},
+                {k: before[k] for k in before if k.startswith("features.")})  # fmt: skip
