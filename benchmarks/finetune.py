@@ -3,8 +3,8 @@ torchvision's layout, fine-tuned on the embedded ``uci-digits`` three ways (head
 against the same net trained from scratch there. Prints each command with its wall time, the final top-1 of the
 centre crop on uci-digits' validation split, and a per-class accuracy table (Markdown).
 
-Each step is the `vgg` command a user would type (run in a subprocess, timed as a whole); a run folder that is
-finished already is reused (the command continues it and finds nothing to do), so the script can be run again.
+Each step is the `vgg` command a user would type (run in a subprocess, timed as a whole, its output appended to
+OUT/commands.log); a run folder that is finished already is reused (the command continues it and finds nothing to do), so the script can be run again.
 
     python benchmarks/finetune.py --out /tmp/ft                    # about 5-10 minutes on 2 quiet CPU cores
     python benchmarks/finetune.py --out /tmp/ft --source-epochs 3 --epochs 5   # a quicker look
@@ -25,16 +25,20 @@ import torch
 
 import vggnet
 
-COMMON = ["--batch-size", "64", "--workers", "1", "--cache-images", "--no-tensorboard", "--device", "cpu"]
+# the four uci-digits runs: a batch for 1,437 images, no flips (digits are not mirror-symmetric: the mnist presets
+# turn them off too), the CPU, one loader process on a shared machine
+COMMON = ["--batch-size", "64", "--no-flip", "--workers", "1", "--cache-images", "--no-tensorboard", "--device", "cpu"]
 
 
-def vgg(args: list[str]) -> float:
-    """Run `vgg ARGS` (this interpreter's vggnet); its wall time in seconds. A failure stops the benchmark."""
+def vgg(args: list[str], log: Path) -> float:
+    """Run `vgg ARGS` (this interpreter's vggnet), its output appended to ``log``; its wall time in seconds. A
+    failure stops the benchmark."""
     print("$ vgg " + shlex.join(args), flush=True)
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "vggnet", *args], stdout=subprocess.DEVNULL)
+    with open(log, "a") as f:
+        done = subprocess.run([sys.executable, "-m", "vggnet", *args], stdout=f, stderr=subprocess.STDOUT)
     if done.returncode:
-        sys.exit(f"vgg {args[0]} failed with exit code {done.returncode}")
+        sys.exit(f"vgg {args[0]} failed with exit code {done.returncode}; see {log}")
     return time.perf_counter() - t0
 
 
@@ -68,11 +72,12 @@ def main() -> None:
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
     times: dict[str, float] = {}
     source = out / "mnist"
+    log = out / "commands.log"
     times["source (mnist)"] = vgg(["train", "--data", "mnist", "--epochs", str(args.source_epochs), "--out",
-                                   str(source), "--no-tensorboard", "--device", "cpu", *seed])  # fmt: skip
+                                   str(source), "--no-tensorboard", "--device", "cpu", *seed], log)  # fmt: skip
     pth = out / "mnist_A.pth"
     if not pth.exists():
-        times["export"] = vgg(["export", str(source), "--format", "torchvision", "--out", str(pth)])
+        times["export"] = vgg(["export", str(source), "--format", "torchvision", "--out", str(pth)], log)
     runs = {"head only (--freeze features)": ("head", ["--freeze", "features"]),
             "from conv5 (--freeze conv4_2)": ("conv5", ["--freeze", "conv4_2"]),
             "all layers (--freeze none)": ("all", ["--freeze", "none"])}  # fmt: skip
@@ -80,12 +85,12 @@ def main() -> None:
     for name, (folder, flags) in runs.items():
         folders[name] = out / folder
         times[name] = vgg(["train", "--init-from", str(pth), "--data", "uci-digits", *flags, *COMMON, *seed, *epochs,
-                           "--out", str(out / folder)])  # fmt: skip
+                           "--out", str(out / folder)], log)  # fmt: skip
     name = "scratch"
     folders[name] = out / "scratch"
     times[name] = vgg(["train", "--data", "uci-digits", "--arch", "A", "--width", "0.25", "--fc-width", "256",
                        "--crop-size", "32", "--scale", "37", "--init", "kaiming", "--lr", "0.02", "--epochs",
-                       str(args.epochs or 20), *COMMON, *seed, "--out", str(folders[name])])  # fmt: skip
+                       str(args.epochs or 20), *COMMON, *seed, "--out", str(folders[name])], log)  # fmt: skip
     report(times, folders, source)
 
 
