@@ -4,9 +4,10 @@ against the same net trained from scratch there. Prints each command with its wa
 centre crop on uci-digits' validation split, and a per-class accuracy table (Markdown).
 
 Each step is the `vgg` command a user would type (run in a subprocess, timed as a whole, its output appended to
-OUT/commands.log); a run folder that is finished already is reused (the command continues it and finds nothing to do), so the script can be run again.
+OUT/commands.log); a command already timed in OUT/times.json is not run again, so seeds can be added to an OUT.
 
-    python benchmarks/finetune.py --out /tmp/ft                    # about 5-10 minutes on 2 quiet CPU cores
+    python benchmarks/finetune.py --out /tmp/ft                    # about 5 minutes on 2 loaded CPU cores
+    python benchmarks/finetune.py --out /tmp/ft --seeds 0,1,2      # then about 4 minutes more a seed
     python benchmarks/finetune.py --out /tmp/ft --source-epochs 3 --epochs 5   # a quicker look
 """
 
@@ -64,52 +65,67 @@ def main() -> None:
     ap.add_argument("--source-epochs", type=int, default=8, help="epochs of the mnist source run (preset: 18)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="epochs of the uci-digits runs (default: the fine-tuning preset's 20 for all four)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="seeds of the uci-digits runs, comma-separated (the source: seed 0)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seed = ["--seed", str(args.seed)]
-    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    times: dict[str, float] = {}
+    times = Times(out)
     source = out / "mnist"
-    log = out / "commands.log"
-    times["source (mnist)"] = vgg(["train", "--data", "mnist", "--epochs", str(args.source_epochs), "--out",
-                                   str(source), "--no-tensorboard", "--device", "cpu", *seed], log)  # fmt: skip
+    times.run("source (mnist)", ["train", "--data", "mnist", "--epochs", str(args.source_epochs), "--out", str(source),
+                                 "--no-tensorboard", "--device", "cpu", "--seed", "0"])  # fmt: skip
     pth = out / "mnist_A.pth"
-    if not pth.exists():
-        times["export"] = vgg(["export", str(source), "--format", "torchvision", "--out", str(pth)], log)
-    runs = {"head only (--freeze features)": ("head", ["--freeze", "features"]),
-            "from conv5 (--freeze conv4_2)": ("conv5", ["--freeze", "conv4_2"]),
-            "all layers (--freeze none)": ("all", ["--freeze", "none"])}  # fmt: skip
-    folders = {}
-    for name, (folder, flags) in runs.items():
-        folders[name] = out / folder
-        times[name] = vgg(["train", "--init-from", str(pth), "--data", "uci-digits", *flags, *COMMON, *seed, *epochs,
-                           "--out", str(out / folder)], log)  # fmt: skip
-    name = "scratch"
-    folders[name] = out / "scratch"
-    times[name] = vgg(["train", "--data", "uci-digits", "--arch", "A", "--width", "0.25", "--fc-width", "256",
-                       "--crop-size", "32", "--scale", "37", "--init", "kaiming", "--lr", "0.02", "--epochs",
-                       str(args.epochs or 20), *COMMON, *seed, "--out", str(folders[name])], log)  # fmt: skip
-    report(times, folders, source)
+    times.run("export", ["export", str(source), "--format", "torchvision", "--out", str(pth)])
+    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+    kinds = {"head only (--freeze features)": ("head", ["--init-from", str(pth), "--freeze", "features", *epochs]),
+             "from conv5 (--freeze conv4_2)": ("conv5", ["--init-from", str(pth), "--freeze", "conv4_2", *epochs]),
+             "all layers (--freeze none)": ("all", ["--init-from", str(pth), "--freeze", "none", *epochs]),
+             "scratch": ("scratch", ["--arch", "A", "--width", "0.25", "--fc-width", "256", "--crop-size", "32",
+                                     "--scale", "37", "--init", "kaiming", "--lr", "0.02", "--epochs",
+                                     str(args.epochs or 20)])}  # fmt: skip
+    folders: dict[str, list[Path]] = {name: [] for name in kinds}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for name, (folder, flags) in kinds.items():
+            run = out / f"{folder}-s{seed}"
+            times.run(f"{name}, seed {seed}", ["train", "--data", "uci-digits", *flags, *COMMON, "--seed", str(seed),
+                                               "--out", str(run)])  # fmt: skip
+            folders[name].append(run)
+    report(times.seconds, folders, source)
 
 
-def report(times: dict[str, float], folders: dict[str, Path], source: Path) -> None:
+class Times:
+    """Each command's wall time, kept in OUT/times.json: a command already timed there is not run again."""
+
+    def __init__(self, out: Path) -> None:
+        self.path, self.log = out / "times.json", out / "commands.log"
+        self.seconds: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def run(self, name: str, args: list[str]) -> None:
+        if name in self.seconds:
+            print(f"(timed before: {name}, {self.seconds[name]:.0f} s)")
+            return
+        self.seconds[name] = vgg(args, self.log)
+        self.path.write_text(json.dumps(self.seconds, indent=1))
+
+
+def report(seconds: dict[str, float], folders: dict[str, list[Path]], source: Path) -> None:
     print(f"\nmachine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; torch {torch.__version__}")
-    src_acc = per_class(source)[0]
-    print(f"source: mnist top-1 {src_acc:.2%} (centre crop, its validation split), {epochs_run(source)} epochs\n")
-    print("| run | epochs run | wall s | top-1 % |\n|---|---:|---:|---:|")
-    table = {}
-    for name, run in folders.items():
-        table[name] = per_class(run)
-        print(f"| {name} | {epochs_run(run)} | {times.get(name, float('nan')):.0f} | {100 * table[name][0]:.1f} |")
-    classes, counts = next(iter(table.values()))[1], next(iter(table.values()))[3]
-    print("\nper-class accuracy % (uci-digits validation split, centre crop)\n")
+    print(f"source: mnist top-1 {per_class(source)[0]:.2%} (centre crop, its validation split), "
+          f"{epochs_run(source)} epochs, {seconds.get('source (mnist)', float('nan')):.0f} s\n")  # fmt: skip
+    table = {name: [per_class(run) for run in runs] for name, runs in folders.items()}
+    print("| run | top-1 % per seed | mean | epochs run | wall s per seed |\n|---|---|---:|---:|---|")
+    for name, rows in table.items():
+        accs = [100 * r[0] for r in rows]
+        walls = [seconds.get(f"{name}, seed {run.name.rsplit('-s', 1)[1]}", float("nan")) for run in folders[name]]
+        print(f"| {name} | {', '.join(f'{a:.1f}' for a in accs)} | {sum(accs) / len(accs):.1f} | "
+              f"{', '.join(str(epochs_run(run)) for run in folders[name])} | {', '.join(f'{w:.0f}' for w in walls)} |")
+    first = next(iter(table.values()))[0]
+    classes, counts = first[1], first[3]
+    print("\nper-class accuracy % (uci-digits validation split, centre crop; mean over the seeds)\n")
     print("| class | images | " + " | ".join(table) + " |")
     print("|---|---:|" + "---:|" * len(table))
     for c, cls in enumerate(classes):
-        print(f"| {cls} | {counts[c]} | " + " | ".join(f"{100 * t[2][c]:.1f}" for t in table.values()) + " |")
-    print("\nwall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+        cells = [sum(r[2][c] for r in rows) / len(rows) for rows in table.values()]
+        print(f"| {cls} | {counts[c]} | " + " | ".join(f"{100 * v:.1f}" for v in cells) + " |")
 
 
 if __name__ == "__main__":

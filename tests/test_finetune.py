@@ -136,3 +136,21 @@ def test_a_frozen_run_resumes_and_refuses_another_freeze(sources, folder, tmp_pa
     before, after = torch.load(sources["bn"]), weights(run)
     assert same({k: after[k] for k in after if k.startswith("features.")},
                 {k: before[k] for k in before if k.startswith("features.")})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_frozen_fine_tune_under_ddp_equals_one_process(sources, folder, tmp_path):
+    """2 processes x 4 images (gloo) fine-tune with --freeze and --head-lr-mult as 1 process x 8 images does."""
+    import torch.multiprocessing as mp
+
+    from test_train import _ddp_worker, _free_port
+
+    opts = dict(freeze="conv3_2", max_steps=3, scale_max=32)
+    one = train(resolve_config(_opts(folder, tmp_path / "one", sources["run"], **opts)))
+    cfg = resolve_config(_opts(folder, tmp_path / "two", sources["run"], **opts))
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg), nprocs=2, join=True)
+    a, b = (load_checkpoint(sorted((r / "checkpoints").glob("ckpt-*.pt"))[-1])["model"] for r in (one, tmp_path / "two"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    start = weights(sources["run"])
+    assert all(torch.equal(a[k], start[k]) for k in ("features.0.weight", "features.8.weight"))  # conv1_1, conv3_2
+    assert not torch.equal(a["features.11.weight"], start["features.11.weight"])  # conv4_1 trains
