@@ -63,10 +63,25 @@ def test_the_net_and_input_come_from_the_source(sources, folder, tmp_path):
     assert (run.arch, run.width, run.scale_min, run.scale_max, run.normalize) == ("A", 1 / 16, 32, 40, "mean")
 
 
+def test_a_file_of_ours_gives_its_convention_and_scale(folder, tmp_path):
+    from vggnet.convention import Convention, parse_normalize
+    from vggnet.pretrained import IMAGENET_MEAN, IMAGENET_STD, make_cfg
+
+    m = vggnet.create_model("vgg13", num_classes=3, **TINY)
+    mine = Convention((25.5, 51.0, 76.5), pixel_range=255)  # the authors' kind: 0-255 pixels minus a mean
+    m.pretrained_cfg = make_cfg(mine, resize=40, crop=32)
+    cfg = resolve_config(dict(init_from=str(save_weights(m, tmp_path / "m.safetensors")), data=str(folder)))
+    assert (cfg.arch, cfg.scale_min, cfg.scale_max, cfg.pixel_range) == ("B", 40, 40, 255)
+    assert parse_normalize(cfg.normalize, pixel_range=cfg.pixel_range) == mine
+    m.pretrained_cfg = make_cfg(Convention(IMAGENET_MEAN, IMAGENET_STD), resize=36, crop=32)
+    cfg = resolve_config(dict(init_from=str(save_weights(m, tmp_path / "i.safetensors")), data=str(folder)))
+    assert (cfg.normalize, cfg.pixel_range, cfg.scale_min) == ("imagenet", 1, 36)
+
+
 def test_a_contradicting_arch_is_refused(sources, folder, tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"holds a D net, but --arch vgg11 asks for a A net: leave --arch out"):
+    with pytest.raises(ValueError, match=r"holds net D, but --arch vgg11 asks for net A: leave --arch out"):
         resolve_config(dict(init_from="torchvision:vgg16", arch="vgg11", data=str(folder)))
-    with pytest.raises(ValueError, match=r"holds a A-BN net, but --arch A asks for a A net"):
+    with pytest.raises(ValueError, match=r"holds net A-BN, but --arch A asks for net A"):
         resolve_config(_opts(folder, tmp_path / "r", sources["bn"], arch="A"))
     with pytest.raises(ValueError, match=r"of width 0.0625, but --width 0.25"):
         resolve_config(_opts(folder, tmp_path / "r", sources["bn"], width=0.25))

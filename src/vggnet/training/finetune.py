@@ -93,8 +93,9 @@ def _normalize_of(cfg: dict[str, Any] | None) -> tuple[str, int] | None:
     if not cfg or "mean" not in cfg or cfg.get("channel_order", "RGB") != "RGB":
         return None
     pr = int(cfg.get("pixel_range", 1))
-    mean, std = [float(m) for m in cfg["mean"]], [float(s) * pr for s in cfg.get("std", (1 / pr,) * 3)]
-    if all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(mean + cfg["std"], IMAGENET_MEAN + IMAGENET_STD)):
+    mean, std01 = [float(m) for m in cfg["mean"]], [float(s) for s in cfg.get("std", (1 / pr,) * 3)]
+    std = [s * pr for s in std01]  # in the units of the pixel range: 1 for a mean-only convention
+    if all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(mean + std01, IMAGENET_MEAN + IMAGENET_STD)):
         return "imagenet", 1
     if all(math.isclose(s, 1.0, abs_tol=1e-6) for s in std):
         return "mean:" + ",".join(f"{m:.6g}" for m in mean), pr
@@ -108,14 +109,14 @@ def _channels(width: float) -> int:
 def check_net(src: Source, explicit: dict[str, Any]) -> None:
     """Refuse flags (or recipe keys) that contradict the net held by SOURCE, naming both and the fix. Net A
     into a deeper config is the paper's staged initialisation (section 3.1), not a contradiction."""
-    where = f"--init-from {src.spec} holds a {src.name} net"
+    where = f"--init-from {src.spec} holds net {src.name}"
     if "arch" in explicit or "batch_norm" in explicit:
         config, bn = parse_name(explicit.get("arch", src.config))
         bn = bn or bool(explicit.get("batch_norm", src.batch_norm if "arch" not in explicit else False))
         staged = src.config == "A" and not src.batch_norm and config != "A" and src.kind != "named"
         if (config, bn) != (src.config, src.batch_norm) and not staged:
             given = explicit.get("arch", src.config) + (" --batch-norm" if explicit.get("batch_norm") else "")
-            raise ValueError(f"{where}, but --arch {given} asks for a {config + ('-BN' if bn else '')} net: leave "
+            raise ValueError(f"{where}, but --arch {given} asks for net {config + ('-BN' if bn else '')}: leave "
                              f"--arch out (the net is taken from SOURCE) or pick weights of that net")  # fmt: skip
     for key in _NET_KEYS:  # a named source's sizes are those of its table entry: its file checks them as it loads
         if key in explicit and key in src.net and src.kind != "named":
