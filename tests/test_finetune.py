@@ -151,6 +151,9 @@ def test_a_frozen_run_resumes_and_refuses_another_freeze(sources, folder, tmp_pa
     before, after = torch.load(sources["bn"]), weights(run)
     assert same({k: after[k] for k in after if k.startswith("features.")},
                 {k: before[k] for k in before if k.startswith("features.")})  # fmt: skip
+    # and it ends where an uninterrupted run ends (fc8's group and its lr_mult came back from the checkpoint)
+    whole = train(resolve_config(dict(opts, max_steps=None, out=str(tmp_path / "whole"))))
+    assert same(weights(whole), after)
 
 
 @pytest.mark.slow
