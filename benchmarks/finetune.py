@@ -54,9 +54,18 @@ def per_class(run: Path) -> tuple[float, list[str], list[float], list[int]]:
     return float((pred == labels).float().mean()), classes, [float(h.mean()) for h in hits], [len(h) for h in hits]
 
 
-def epochs_run(run: Path) -> int:
+def epoch_rows(run: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return max((r["epoch"] for r in rows if r.get("kind") == "epoch"), default=0)
+    return [r for r in rows if r.get("kind") == "epoch"]
+
+
+def epochs_run(run: Path) -> int:
+    return max((r["epoch"] for r in epoch_rows(run)), default=0)
+
+
+def val_error_after(run: Path, epoch: int) -> float:
+    """The validation top-1 error (%) logged after ``epoch`` (NaN when the run stopped before)."""
+    return next((100 * r["val_top1_err"] for r in epoch_rows(run) if r["epoch"] == epoch), float("nan"))
 
 
 def main() -> None:
@@ -108,7 +117,8 @@ class Times:
 
 
 def report(seconds: dict[str, float], folders: dict[str, list[Path]], source: Path) -> None:
-    print(f"\nmachine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; torch {torch.__version__}")
+    load = os.getloadavg()[0]
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load:.1f} at the end; torch {torch.__version__}")
     print(f"source: mnist top-1 {per_class(source)[0]:.2%} (centre crop, its validation split), "
           f"{epochs_run(source)} epochs, {seconds.get('source (mnist)', float('nan')):.0f} s\n")  # fmt: skip
     table = {name: [per_class(run) for run in runs] for name, runs in folders.items()}
@@ -118,6 +128,12 @@ def report(seconds: dict[str, float], folders: dict[str, list[Path]], source: Pa
         walls = [seconds.get(f"{name}, seed {run.name.rsplit('-s', 1)[1]}", float("nan")) for run in folders[name]]
         print(f"| {name} | {', '.join(f'{a:.1f}' for a in accs)} | {sum(accs) / len(accs):.1f} | "
               f"{', '.join(str(epochs_run(run)) for run in folders[name])} | {', '.join(f'{w:.0f}' for w in walls)} |")
+    marks = (1, 3, 5, 10, 20)
+    print("\nhow fast: validation top-1 error % after epoch " + ", ".join(map(str, marks)) + " (mean over the seeds)\n")
+    print("| run | " + " | ".join(f"epoch {e}" for e in marks) + " |\n|---|" + "---:|" * len(marks))
+    for name, runs in folders.items():
+        cells = [sum(val_error_after(run, e) for run in runs) / len(runs) for e in marks]
+        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in cells) + " |")
     first = next(iter(table.values()))[0]
     classes, counts = first[1], first[3]
     print("\nper-class accuracy % (uci-digits validation split, centre crop; mean over the seeds)\n")

@@ -11,7 +11,7 @@ import vggnet
 from vggnet.cli import main
 from vggnet.config import FINETUNE_PRESET, TrainConfig, toml_text
 from vggnet.training import freeze, resolve_config, train
-from vggnet.training.checkpoints import load_checkpoint
+from vggnet.training.checkpoints import latest_checkpoint, load_checkpoint
 from vggnet.training.finetune import param_groups
 from vggnet.weights import save_weights, to_torchvision
 
@@ -167,7 +167,7 @@ def test_a_frozen_fine_tune_under_ddp_equals_one_process(sources, folder, tmp_pa
     one = train(resolve_config(_opts(folder, tmp_path / "one", sources["run"], **opts)))
     cfg = resolve_config(_opts(folder, tmp_path / "two", sources["run"], **opts))
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg), nprocs=2, join=True)
-    a, b = (load_checkpoint(sorted((r / "checkpoints").glob("ckpt-*.pt"))[-1])["model"] for r in (one, tmp_path / "two"))
+    a, b = (load_checkpoint(latest_checkpoint(r))["model"] for r in (one, tmp_path / "two"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     start = weights(sources["run"])
     assert all(torch.equal(a[k], start[k]) for k in ("features.0.weight", "features.8.weight"))  # conv1_1, conv3_2
