@@ -101,6 +101,12 @@ def test_the_preset_applies_to_other_labels_only_and_flags_override_it(sources, 
                                                                           if k != "lr"}  # fmt: skip
     off = resolve_config(_opts(folder, tmp_path / "r", sources["run"], finetune="off", epochs=None))
     assert off.finetune == "off" and (off.lr, off.epochs, off.head_lr_mult) == (0.01, 74, 1.0)
+    same_data = str(sources["run"].parent / "other")  # the data the source run was trained on
+    assert resolve_config(dict(init_from=str(sources["run"]), data=same_data)).finetune == "off"
+    forced = resolve_config(dict(init_from=str(sources["run"]), data=same_data, finetune="on"))
+    assert (forced.finetune, forced.lr, forced.head_lr_mult) == ("on", 1e-3, 10.0)
+    with pytest.raises(ValueError, match="--freeze conv5_3: net A has no such layer"):
+        resolve_config(dict(data=str(folder), freeze="conv5_3"))  # A's block 5 has two convs; no data scanned
 
 
 def test_freeze_keeps_layers_bit_identical_and_bn_in_eval_mode(sources, folder, tmp_path):

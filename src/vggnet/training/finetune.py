@@ -158,7 +158,9 @@ def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | Path |
     paper's staged initialisation of a deeper net from net A keeps the paper's recipe)."""
     explicit = explicit_values(overrides, recipe)
     if not explicit.get("init_from"):
-        return resolve(overrides, recipe)
+        cfg = resolve(overrides, recipe)
+        frozen_layers(cfg.arch, cfg.batch_norm, cfg.freeze)  # an unknown --freeze fails before the data are scanned
+        return cfg
     src = describe_source(str(explicit["init_from"]))
     check_net(src, explicit)
     defaults = source_defaults(src, explicit)
