@@ -64,6 +64,7 @@ def test_predict_weights_names_classes(files, capsys):
     assert rc == 0 and len(out[0]["top"]) == 2 and {t["class"] for t in out[0]["top"]} <= set(CLASSES)
 
 
+@pytest.mark.slow
 def test_export_onnx_checked_in_onnxruntime(files, capsys, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from vggnet.export import check_onnx

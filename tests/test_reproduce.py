@@ -312,7 +312,7 @@ def test_medium_dry_run_prints_the_runs_and_an_estimate_of_gpu_hours(capsys, tmp
         cli(["--grid", "medium", "--dry-run", "--data", str(data / "train")])
 
 
-# ---- the command line: --grid (and its old name --scale), --seeds N or a list ------------------------------
+# ---- the command line: --grid, --seeds N or a list ------------------------------------------------------------
 
 
 def test_seeds_take_a_count_or_a_list(capsys, tmp_path):
