@@ -18,8 +18,10 @@ from ..evaluation import (
     predict,
     resolve_eval_samples,
     weights_net,
+    write_eval_files,
     write_eval_report,
 )
+from ..report import json_text
 from ..pretrained import NORMALIZE_FORMS_OF_WEIGHTS, NORMALIZE_HELP, WEIGHTS_FORMS
 from ..runs import Run, is_run, load_run
 
@@ -63,7 +65,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="image decoding processes (default: min(8, CPUs-1) on CUDA, 0 on CPU)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
-    parser.add_argument("--no-save", action="store_true", help="do not write the report into RUN/eval/")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write the report files (Markdown, JSON with per-class accuracy and confusion matrices, "
+                             "confusion-matrix PNGs for up to 100 classes) into DIR instead of each RUN/eval/; "
+                             "evaluations of --weights alone write files only with --out")  # fmt: skip
+    parser.add_argument("--no-save", action="store_true", help="do not write the report files")
 
 
 def _flip(args: argparse.Namespace, runs: Sequence[Run]) -> bool:
@@ -120,10 +126,13 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     result.data = args.data or f"the validation data of {runs[0].path} (data = {runs[0].config.get('data')!r})"
-    print(json.dumps(result.to_dict(), indent=1) if args.json else result.markdown())
-    if not args.no_save:
-        for path in write_eval_report(result, [r.path for r in runs]):
-            print(f"wrote {path}", file=sys.stderr)
+    print(json_text(result.to_dict()) if args.json else result.markdown())
+    if args.no_save:
+        return 0
+    written = write_eval_files(result, Path(args.out).expanduser()) if args.out else write_eval_report(
+        result, [r.path for r in runs])  # fmt: skip
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
