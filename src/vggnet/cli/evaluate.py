@@ -21,8 +21,8 @@ from ..evaluation import (
     write_eval_files,
     write_eval_report,
 )
-from ..report import json_text
 from ..pretrained import NORMALIZE_FORMS_OF_WEIGHTS, NORMALIZE_HELP, WEIGHTS_FORMS
+from ..report import json_text
 from ..runs import Run, is_run, load_run
 
 
@@ -189,8 +189,9 @@ def run_predict_cli(args: argparse.Namespace) -> int:
         return 1 if skipped else 0
     for p in preds:
         print(p.image)
-        width = max(len(n) for n in p.names)
-        for rank, (name, prob) in enumerate(zip(p.names, p.probs), 1):
+        shown = [f"{w} {n}" for w, n in zip(p.wnids, p.names)] if p.wnids else p.names  # ImageNet: id and name
+        width = max(len(n) for n in shown)
+        for rank, (name, prob) in enumerate(zip(shown, p.probs), 1):
             print(f"  {rank}. {name:<{width}}  {prob:.4f}")
     return 1 if skipped else 0
 

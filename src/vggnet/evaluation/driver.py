@@ -230,7 +230,7 @@ class _Tally:
         if self.subset is None:
             return {}
         err = self.sub_meters[(r, p)].errors()
-        return dict(subset_top1_err=err[1], subset_top5_err=err[5])
+        return {"subset_top1_err": err[1], "subset_top5_err": err[5]}
 
 
 def _results(

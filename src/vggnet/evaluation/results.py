@@ -153,8 +153,9 @@ class EvalResult:
         rows_shown = self.results if full else [self.get(self.protocols[0])]
         for r in rows_shown:
             lines += ["", errors_markdown(r, None if full else WORST, MOST_CONFUSED if full else WORST)]
-        if not full and len(self.results) > 1:
-            lines.append("(every class and pair of every net and protocol: the report files, `--out DIR`)")
+        if not full:
+            lines += ["", ("Every class, and the most-confused pairs of every net and protocol: in the report "
+                           "files (RUN/eval/ or --out DIR) and the JSON.")]  # fmt: skip
         return "\n".join(lines)
 
     def _notes(self) -> list[str]:
