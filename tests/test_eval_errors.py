@@ -220,3 +220,14 @@ def test_predict_prints_imagenet_names_and_wordnet_ids(imagenet_head, tmp_path, 
     assert run_predict_cli(parse(add_predict_arguments, argv + ["--json"])) == 0
     top = json.loads(capsys.readouterr().out)[0]["top"][0]
     assert (top["label"], top["class"], top["wnid"]) == (best, name, wnid)
+
+
+def test_every_row_of_a_fusion_has_the_confusion_of_its_posteriors():
+    samples = [(pixels(i).permute(2, 0, 1).contiguous(), i % 3) for i in range(9)]
+    res = evaluate([tiny(seed=0), tiny(seed=1)], samples, protocols="center,dense", scales=[32], flip=False,
+                   mean=P.IMAGENET_MEAN, std=P.IMAGENET_STD, device="cpu", amp=False, return_posteriors=True)  # fmt: skip
+    assert len(res.results) == 6 and res.subset == [0, 1, 2]
+    for row in res.results:
+        probs = res.posteriors[(row.net, row.protocol)]
+        assert torch.equal(row.confusion, confusion_matrix(probs.argmax(1), res.labels, 10))
+        assert row.top1_err == pytest.approx(1 - row.confusion.trace().item() / 9)

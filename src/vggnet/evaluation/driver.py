@@ -216,7 +216,7 @@ class _Tally:
             for p in self.protocols:
                 scores = out[r][p]
                 self.meters[(r, p)].update(scores, labels)
-                self.top1[(r, p)].append(top1_predictions(scores).cpu())
+                self.top1[(r, p)].append(top1_predictions(scores))  # stays on the device: no sync a chunk
                 if self.subset is not None:  # argmax over the data's classes only: the subset's own task
                     sub = scores.index_select(1, self.subset.to(scores.device))
                     self.sub_meters[(r, p)].update(sub, self.position[labels])
