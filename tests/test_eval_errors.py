@@ -130,6 +130,11 @@ def test_eval_weights_out_writes_where_the_net_errs(tmp_path, capsys):
     assert report["subset"] == [0, 1, 2, 3] and "(4 classes)" in printed
     sub = probs[:, :4].argmax(1)
     assert center["subset_top1_err"] == pytest.approx((sub != labels).float().mean().item())
+    # --out names a folder: a file there is refused before any work, and kept
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a folder"):
+        run_eval_cli(parse(add_eval_arguments, argv[:5] + [str(tmp_path / "notes.txt")] + argv[6:]))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_confusion_png_for_few_classes_not_for_many(tmp_path):

@@ -114,6 +114,8 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     if not runs and (args.data is None or not Path(args.data).expanduser().is_dir()):
         raise ValueError(f"--weights have no validation data of their own; pass --data DIR (DIR/<class>/<image>)"
                          f"{'' if args.data is None else f', not {args.data!r}'}")  # fmt: skip
+    if args.out and Path(args.out).expanduser().exists() and not Path(args.out).expanduser().is_dir():
+        raise ValueError(f"--out {args.out} is not a folder: name a folder for the report files (made if missing)")
     nets = _cli_nets(args, runs)
     samples: Any = resolve_eval_samples(runs[0], args.data) if runs else Path(args.data).expanduser()
     progress = _Progress()
