@@ -289,6 +289,11 @@ def evaluate(
 ) -> EvalResult:
     """Top-1 / top-5 error of one or several nets (and of their fusion) under the paper's test protocols.
 
+    Each row of the result (``EvalResult.get(protocol, net)``) also carries where the net errs: its
+    ``confusion`` matrix (C, C), ``per_class`` accuracy and ``confused_pairs()``. When the data has fewer
+    classes than the nets (an ImageNet subset: folders named by WordNet ids, or some of the nets' class
+    names), each row is also scored among the data's classes only (``subset_top1_err``, ``subset_top5_err``).
+
     Args:
         nets: a VGG model, a ``Run``, a run folder, or a list of them. Several nets are evaluated each and fused
             (posteriors averaged). Models are moved to ``device`` and kept there; their train/eval mode is restored.
