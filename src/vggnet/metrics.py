@@ -121,10 +121,16 @@ def per_class_accuracy(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def most_confused(confusion: torch.Tensor, top: int | None = None) -> list[tuple[int, int, int, float]]:
     """The off-diagonal cells of a confusion matrix, most images first: (true class, predicted class, count,
     share of the true class's images). Ties: the larger share first, then by class indices. ``top``: keep these."""
+    c = confusion.shape[0]
     off = confusion.clone()
     off.fill_diagonal_(0)
-    true, pred = off.nonzero(as_tuple=True)
-    n = confusion.sum(1)
-    cells = [(int(t), int(p), int(off[t, p]), float(off[t, p]) / float(n[t])) for t, p in zip(true, pred)]
-    cells.sort(key=lambda c: (-c[2], -c[3], c[0], c[1]))
-    return cells if top is None else cells[:top]
+    cells = off.flatten().nonzero().flatten()  # row-major: by true class, then predicted class
+    counts = off.flatten()[cells]
+    share = counts.double() / confusion.sum(1)[cells // c].double()
+    # stable sorts, the last key first: share descending, then count descending
+    order = torch.sort(share, descending=True, stable=True).indices
+    order = order[torch.sort(counts[order], descending=True, stable=True).indices]
+    if top is not None:
+        order = order[:top]
+    cells, counts, share = cells[order], counts[order], share[order]
+    return list(zip((cells // c).tolist(), (cells % c).tolist(), counts.tolist(), share.tolist()))
