@@ -17,7 +17,15 @@ import vggnet.pretrained as P
 from vggnet.cli.evaluate import add_eval_arguments, add_predict_arguments, run_eval_cli, run_predict_cli
 from vggnet.convention import Convention
 from vggnet.data import imagenet_wnids
-from vggnet.evaluation import EvalResult, ProtocolResult, bare_folder_samples, evaluate, weights_net, write_eval_files
+from vggnet.evaluation import (
+    EvalResult,
+    ProtocolResult,
+    bare_folder_samples,
+    evaluate,
+    predict,
+    weights_net,
+    write_eval_files,
+)
 from vggnet.metrics import confusion_matrix, most_confused, per_class_accuracy, top1_predictions
 from vggnet.report import json_text
 
@@ -225,6 +233,10 @@ def test_predict_prints_imagenet_names_and_wordnet_ids(imagenet_head, tmp_path, 
     assert run_predict_cli(parse(add_predict_arguments, argv + ["--json"])) == 0
     top = json.loads(capsys.readouterr().out)[0]["top"][0]
     assert (top["label"], top["class"], top["wnid"]) == (best, name, wnid)
+    # a net whose classes are the ids (trained on ImageNet's folders) is named the same way
+    (pred,) = predict(model, img, top=1, protocol="center", scales=[32], classes=imagenet_wnids(), device="cpu",
+                      amp=False)  # fmt: skip
+    assert (pred.labels, pred.names, pred.wnids) == ([best], [name], [wnid])
 
 
 def test_every_row_of_a_fusion_has_the_confusion_of_its_posteriors():

@@ -69,6 +69,8 @@ def predict(
     image_list = [images] if single else list(images)  # type: ignore[list-item]
     names = net_list[0].classes or [str(i) for i in range(net_list[0].num_classes)]
     wnids = imagenet_wnids() if names == imagenet_classes() else None  # the released nets' labels
+    if names == imagenet_wnids():  # a run trained on ImageNet's folders: its classes are the ids; add the names
+        names, wnids = imagenet_classes(), names
     plans = plan_scales(net_list, [protocol], scales)
     # shrunk or refused before any work, as in evaluate
     bs = fit_eval_batch([n.model for n in net_list], plans, batch_size or DEFAULT_BATCH_SIZE, rt.device)
