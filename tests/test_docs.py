@@ -27,3 +27,10 @@ def test_the_small_grid_design_names_a_page_that_exists():
     (page,) = re.findall(r"docs/[\w/-]+\.md", SMALL_DESIGN.split("\n\n")[0])
     assert (ROOT / page).is_file()
     assert not re.search(r"\b[0-9a-f]{7}\b", SMALL_DESIGN)  # commit hashes and pilots live in that page, not the report
+
+
+def test_no_file_cites_a_performance_page_outside_the_repository():
+    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "src").rglob("*.py"),
+             *(ROOT / "benchmarks").rglob("*.py")]
+    citing = [str(f.relative_to(ROOT)) for f in files if "PERFORMANCE.md" in f.read_text()]
+    assert not citing, f"cite docs/performance.md#reference-measurements instead: {citing}"
