@@ -308,7 +308,9 @@ def evaluate(
         device: "auto", "cpu", "cuda", ...
         limit: evaluate a fixed pseudo-random subset (seed 0) of this many samples, so that classes stay mixed.
         workers: DataLoader decoding processes; default min(8, CPUs - 1) on CUDA, 0 on CPU.
-        mean, std, classes: for bare models (runs carry their own).
+        mean: for bare models (runs carry their own).
+        std: for bare models.
+        classes: for bare models.
         return_posteriors: keep each row's (N, C) posteriors in the result.
         log: called with (images done, images in all) after each chunk of images (a progress bar).
         amp: None for bf16 autocast on CUDA and on a CPU with native bf16 (AMX / AVX512-bf16), float32 elsewhere;
