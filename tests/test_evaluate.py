@@ -287,6 +287,16 @@ def test_predict_cli_and_api(run_dir, capsys):
     assert sum(preds[0].probs) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_the_net_stays_trainable_after_predict_and_evaluate():
+    """The net is moved to the device outside inference mode: its weights are not inference tensors after."""
+    model = tiny_model()
+    predict(model, [image(40, 50)], device="cpu")
+    evaluate(model, [(image(36, 36), 1)], scales=[32], device="cpu")
+    model.train()
+    model(torch.rand(2, 3, 32, 32)).sum().backward()  # raised "Inference tensors cannot be saved for backward"
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_resolve_eval_samples_defaults(run_dir, tmp_path, monkeypatch):
     run = load_run(run_dir)
     # the config's data folder has val/: its images, labelled by class name

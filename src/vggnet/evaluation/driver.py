@@ -98,7 +98,10 @@ def net_posteriors(
 
 @contextmanager
 def eval_mode(models: Sequence[nn.Module], rt: Runtime) -> Iterator[None]:
-    """Models on the device in eval mode; their training flags are restored afterwards (not their device)."""
+    """Models on the device in eval mode; their training flags are restored afterwards (not their device).
+
+    Entered before ``torch.inference_mode``: a move or a channels-last copy made inside it would turn the
+    weights into inference tensors, and the caller's net could no longer be trained or run with autograd."""
     training = [m.training for m in models]
     for m in models:
         rt.prepare(m)
@@ -134,7 +137,7 @@ def posteriors(
     bs = fit_eval_batch([n.model for n in nets], plans, batch_size or DEFAULT_BATCH_SIZE, rt.device)  # before any work
     img = to_image(image, max_scale(plans))
     out = []
-    with torch.inference_mode(), eval_mode([n.model for n in nets], rt):
+    with eval_mode([n.model for n in nets], rt), torch.inference_mode():
         for net, plan in zip(nets, plans):
             out.append(net_posteriors(net, [img], plan, flip, bs, rt)[protocol][0])
     return torch.stack(out).mean(0).cpu()
@@ -333,7 +336,7 @@ def evaluate(
     rows = [n.name for n in net_list] + ([FUSED] if len(net_list) > 1 else [])
     tally = _Tally(rows, protocol_list, return_posteriors, first.num_classes, subset)
     timer = Timer(rt)
-    with torch.inference_mode(), eval_mode([n.model for n in net_list], rt):
+    with eval_mode([n.model for n in net_list], rt), torch.inference_mode():
         for chunk in stream(net_list, items, plans, flip, bs, rt, workers, timer, log):
             tally.add(chunk)
     if not tally.indices:

@@ -78,7 +78,7 @@ def predict(
     preds: list[Prediction | None] = [None] * len(image_list)
     items = [(src, 0) for src in image_list]
     row = FUSED if len(net_list) > 1 else net_list[0].name
-    with torch.inference_mode(), eval_mode([n.model for n in net_list], rt):
+    with eval_mode([n.model for n in net_list], rt), torch.inference_mode():
         for idx, _, out, bad in stream(net_list, items, plans, flip, bs, rt, 0, Timer(rt)):
             if bad and skipped is None:
                 raise ValueError(f"cannot read image {bad[0]}")
