@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # this lock (flock, from util-linux; without it, as on macOS, make goes on unlocked).
 LOCK := $(shell command -v flock >/dev/null 2>&1 && echo flock $(CACHE)/venv.lock)
 
-.PHONY: demo test test-fast docs venv clean-venv paper-check
+.PHONY: demo test test-fast docs lint venv clean-venv paper-check
 
 # The main job: train net A on the embedded MNIST digits (the mnist preset of `vgg train`), then print the
 # paper-style table of the four test protocols for the run.
@@ -31,6 +31,12 @@ test-fast: venv
 # does not resolve or a docstring that does not parse (not --quiet: it hides the warnings, and strict then passes).
 docs: venv
 	$(VENV)/bin/mkdocs build --strict
+
+# The formatter and the linter ([tool.ruff] in pyproject.toml): `ruff format .` and `ruff check --fix .` repair
+# what they can.
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 # The paper's scale on the CPU: every stage of recipes/imagenet/ at full width from real-size JPEGs through
 # `vgg train`, a few steps each; the learning rows (net A, then D from A) run on CUDA, or with --learn
