@@ -23,7 +23,9 @@ LAZY_OK: dict[tuple[str, str], str] = {
 }
 
 # Functions longer than MAX_FUNCTION_LINES, each with its reason.
-LONG_OK: dict[tuple[str, str], str] = {}
+LONG_OK: dict[tuple[str, str], str] = {
+    ("reproduce/findings.py", "claims"): "the paper's eight findings as one declarative table of comparisons",
+}
 
 
 def modules() -> list[Path]:
