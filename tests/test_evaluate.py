@@ -204,7 +204,7 @@ def make_run(path, seed=0, scale=(32, 48), data="mnist"):
 
 @pytest.fixture
 def run_dir(tmp_path):
-    data = make_images(tmp_path / "data" / "val")
+    make_images(tmp_path / "data" / "val")
     make_images(tmp_path / "data" / "train")
     return make_run(tmp_path / "run", data=tmp_path / "data")
 

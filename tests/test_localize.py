@@ -140,7 +140,7 @@ def test_train_resume_and_evaluate_both_protocols(tmp_path):
     assert saved["regression"] == "pcr" and saved["scale"] == 48 and saved["num_classes"] == 2
     features_before = {k: v.clone() for k, v in L.load_loc_run(run)[0].model.state_dict().items()}
     L.train_localisation({"max_steps": 0}, resume=run)  # to the end of epoch 2
-    epochs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
     assert [e["epoch"] for e in epochs] == [1, 2] and all(0 <= e["val_loc_err"] <= 1 for e in epochs)
     after = L.load_loc_run(run)[0].model.state_dict()
     # FC-only fine-tuning: the conv layers are the classification net's, the last layer moved

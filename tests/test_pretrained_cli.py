@@ -92,7 +92,7 @@ def _fine_tune(files, source, arch, run):
                  "--stats-images", "4", "--no-tensorboard", "--out", str(run)])  # fmt: skip
 
 
-def test_train_init_from_a_named_source(served, files, tmp_path, capsys):
+def test_train_init_from_a_named_source(served, files, tmp_path, capsys):  # noqa: F811  (the fixture)
     run = tmp_path / "run"
     assert _fine_tune(files, "torchvision:vgg11", "vgg11", run) == 0
     log = (run / "train.log").read_text() if (run / "train.log").exists() else capsys.readouterr().out

@@ -173,8 +173,8 @@ def test_a_run_made_with_another_config_stops_the_plan(tmp_path):
 def table(text, title):
     """The rows of the Markdown table under the heading that starts with ``title``."""
     section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
-    lines = [l for l in section.splitlines() if l.startswith("|")]
-    return [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ class Prediction:
     wnids: list[str] | None = None  # ImageNet's WordNet ids of the classes, for nets of ImageNet's 1,000 classes
 
     def to_dict(self) -> dict[str, Any]:
-        top = [{"label": l, "class": c, "prob": p} for l, c, p in zip(self.labels, self.names, self.probs)]
+        top = [{"label": i, "class": c, "prob": p} for i, c, p in zip(self.labels, self.names, self.probs)]
         for t, w in zip(top, self.wnids or []):
             t["wnid"] = w
         return {"image": self.image, "top": top, "precision": self.precision}

@@ -116,10 +116,10 @@ def claims(scale_label: Callable[[str], str]) -> list[Claim]:
                           t3(*[f"C@{s}" for s in SCALE_LABELS]))]),
         Claim("jitter", "Scale jittering in training beats a fixed S (C, D, E; at one test scale, Table 3, and at "
                         "several, Table 4)",
-              [Comparison(f"{sj} vs {s} at one test scale", t3(*jit), t3(*[f"{a}@{l}" for a in cde]))
-               for s, l in ((s256, "256"), (s384, "384"))]
+              [Comparison(f"{sj} vs {s} at one test scale", t3(*jit), t3(*[f"{a}@{lab}" for a in cde]))
+               for s, lab in ((s256, "256"), (s384, "384"))]
               + [Comparison(f"{sj} vs {s} at several test scales", [("4", c) for c in jit],
-                            [("4", f"{a}@{l}") for a in cde]) for s, l in ((s256, "256"), (s384, "384"))]),
+                            [("4", f"{a}@{lab}") for a in cde]) for s, lab in ((s256, "256"), (s384, "384"))]),
         Claim("multiscale", "Multi-scale testing beats one test scale (Table 4 vs Table 3)",
               [Comparison("fixed-S nets (B; C, D, E at both fixed S)", [("4", c) for c in fixed], t3(*fixed)),
                Comparison("jittered nets (C, D, E)", [("4", c) for c in jit], t3(*jit))]),

@@ -192,7 +192,7 @@ class Report(ReportNotes):
             step = scale_step(p.runs[0].config().crop_size)  # the paper's 32 at 224, proportional to the crop
             lines += [
                 "Our scales stand for the paper's: "
-                + ", ".join(f"{self.scale_text(l)} for {paper_scale_text(l)}" for l in SCALE_LABELS)
+                + ", ".join(f"{self.scale_text(lab)} for {paper_scale_text(lab)}" for lab in SCALE_LABELS)
                 + f"; test scales Q likewise (Q = S for a fixed S, the middle of the range for a jittered one; three "
                 f"scales {{S - {step}, S, S + {step}}} for the paper's {{S - 32, S, S + 32}}, or {{Smin, "
                 f"middle, Smax}}, none below the crop size). Error rates on {self.classes or 'these'} classes are not "
@@ -302,12 +302,12 @@ class Report(ReportNotes):
             m5, s5 = stats([per[s][1] for s in seeds])
             return dict(per_seed={str(s): per[s] for s in seeds}, top1_mean=m1, top1_std=s1, top5_mean=m5, top5_std=s5)
 
-        paper = {"3": {f"{a}@{l}": v for (a, l), v in TABLE3.items()},
-                 "4": {f"{a}@{l}": v for (a, l), v in TABLE4.items()},
+        paper = {"3": {f"{a}@{lab}": v for (a, lab), v in TABLE3.items()},
+                 "4": {f"{a}@{lab}": v for (a, lab), v in TABLE4.items()},
                  "5": {f"{a}@{p}": v for (a, p), v in TABLE5.items()}, "6": dict(TABLE6)}  # fmt: skip
         return dict(
             command=self.command, grid=self.plan.grid, description=self.plan.description, seeds=self.plan.seeds,
-            scales={l: list(s) for l, s in self.scales.items()}, flip=self.flip, classes=self.classes,
+            scales={lab: list(s) for lab, s in self.scales.items()}, flip=self.flip, classes=self.classes,
             wall_s=self.outcome["seconds"], trained=self.outcome["trained"], reused=self.outcome["reused"],
             history=self.outcome.get("history", []),
             tables={t: {k: agg(v) for k, v in cells.items()} for t, cells in self.cells.items()},
