@@ -141,15 +141,19 @@ def init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> N
         log.line(f"init from {weights}: all layers")
 
 
-def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None):
+def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None, task=None):
     """Which run folder, with which config, from which checkpoint: (cfg, run or None, ckpt, explicit lr, restart).
 
     ``--resume RUN`` continues the newest valid checkpoint, or starts RUN again from step 0 with its
     config.toml when it has none yet. A new run's command pointing (``--out``) at a folder that already holds a
     run does the same, so one command line restarts a pre-empted job wherever it died. Either way a changed
     key that a resumed run cannot take (see ``config.SAFE_ON_RESUME``) is refused, naming the keys.
+    ``task`` (:mod:`.task`; classification when None) reads and resolves its configs.
     """
     rank0 = is_main()
+    new_config = task.resolve if task else (lambda c: c if isinstance(c, TrainConfig) else resolve(c))
+    saved_config, read_config = (task.from_dict, task.read_config) if task else (from_dict, read_run_config)
+    command = task.command if task else "vgg train"
     if resume is not None:
         run = Path(resume)
         if not run.is_dir():
@@ -157,17 +161,17 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
         given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
         what = "--resume with these options"
     else:
-        cfg = config if isinstance(config, TrainConfig) else resolve(config)
+        cfg = new_config(config)
         run = Path(cfg.out) if cfg.out else None
         if run is None or not (run / runs.CONFIG_FILE).is_file():
             return cfg, run, None, False, False
         given = cfg.to_dict()
         what = "this command"
     toml_path = run / runs.CONFIG_FILE
-    file_cfg = from_dict(read_run_config(toml_path)).to_dict() if toml_path.is_file() else None
+    file_cfg = saved_config(read_config(toml_path)).to_dict() if toml_path.is_file() else None
     found, ckpt = newest_valid_checkpoint(run, rename_bad=rank0)
     if ckpt is not None:
-        saved = from_dict(ckpt["config"]).to_dict()
+        saved = saved_config(ckpt["config"]).to_dict()
         if file_cfg is not None:  # config.toml edited by hand since the checkpoint: the same rules as flags
             edits = config_changes(saved, file_cfg)
             refuse_unsafe_changes(edits, f"{toml_path} (edited since the checkpoint)", run)
@@ -176,7 +180,7 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
         saved = file_cfg
     else:
         raise FileNotFoundError(
-            f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `vgg train --out {run}`"
+            f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `{command} --out {run}`"
         )
     changes = config_changes(saved, given)
     changes.pop("out", None)
@@ -190,7 +194,7 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
         if rank0:
             print(f"--max-steps {saved['max_steps']} was reached at step {step}: continuing without a step limit "
                   f"(pass --max-steps N to set another)", flush=True)  # fmt: skip
-    cfg = from_dict(dict(saved, **explicit, out=str(run)))
+    cfg = saved_config(dict(saved, **explicit, out=str(run)))
     return cfg, run, ckpt, "lr" in explicit, ckpt is None
 
 
