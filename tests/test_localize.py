@@ -18,6 +18,8 @@ from vggnet.cli import main
 from vggnet.data import Stats
 from vggnet.files import RunInUse, RunLock
 from vggnet import create_model
+from vggnet.runs import load_run
+from vggnet.training import latest_checkpoint, load_checkpoint
 from vggnet.weights import save_weights
 
 TINY = dict(width=0.125, fc_width=64, crop_size=32)
@@ -95,6 +97,11 @@ def test_window_boxes_place_each_location_at_its_window():
 # ---- a tiny run end to end ----------------------------------------------------------------------------------------
 
 
+def epoch_rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "epoch"]
+
+
 def make_data(root: Path, per_class: int = 4) -> None:
     """Two classes of 48x64 images, a bright rectangle (class 0) or a dimmer one (class 1), with boxes.csv."""
     rows = []
@@ -134,18 +141,21 @@ def test_train_resume_and_evaluate_both_protocols(tmp_path):
     cfg = dict(from_run=str(cls), regression="pcr", finetune="fc", epochs=2, batch_size=4, device="cpu",
                out=str(tmp_path / "loc"), max_steps=1)  # fmt: skip
     run = L.train_localisation(cfg)
-    assert (run / "checkpoints").is_dir() and not (run / "metrics.jsonl").read_text().count('"epoch"')
+    assert (run / "checkpoints").is_dir() and not epoch_rows(run)
     assert "zero or negative area" in (run / "bad_boxes.txt").read_text()
     saved = json.loads((run / "localize.json").read_text())
     assert saved["regression"] == "pcr" and saved["scale"] == 48 and saved["num_classes"] == 2
-    features_before = {k: v.clone() for k, v in L.load_loc_run(run)[0].model.state_dict().items()}
+    # stopped inside epoch 1: a checkpoint, and no weights yet (as `vgg train --max-steps`)
+    assert not (run / "model.safetensors").exists()
+    at_step_1 = load_checkpoint(latest_checkpoint(run))["model"]
     L.train_localisation({"max_steps": 0}, resume=run)  # to the end of epoch 2
-    epochs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    epochs = epoch_rows(run)
     assert [e["epoch"] for e in epochs] == [1, 2] and all(0 <= e["val_loc_err"] <= 1 for e in epochs)
     after = L.load_loc_run(run)[0].model.state_dict()
     # FC-only fine-tuning: the conv layers are the classification net's, the last layer moved
-    assert all(torch.equal(after[k], features_before[k]) for k in after if k.startswith("features."))
-    assert not torch.equal(after["classifier.6.weight"], features_before["classifier.6.weight"])
+    classifier = load_run(cls).model.state_dict()
+    assert all(torch.equal(after[k], classifier[k]) for k in after if k.startswith("features."))
+    assert not torch.equal(after["classifier.6.weight"], at_step_1["classifier.6.weight"])
     with pytest.raises(FileExistsError):
         L.train_localisation(cfg)
     # one writer per run folder: a localisation run held by another writer is refused, naming the holder

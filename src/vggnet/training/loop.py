@@ -127,7 +127,7 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
     if task is None:
         model.train()
     else:
-        task.train_mode(model)
+        task.train_mode(model, cfg)
     loss_fn = cross_entropy_loss if task is None else task.loss
     loss_sum = torch.zeros((), device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)

@@ -88,7 +88,8 @@ class Classification:
         stats.save(run / runs.STATS_FILE)
         atomic_write_text(run / runs.CLASSES_FILE, json.dumps(classes))
 
-    def train_mode(self, model: nn.Module) -> None:
+    def train_mode(self, model: nn.Module, cfg: TrainConfig) -> None:
+        """Put the training step's module (compiled, DDP-wrapped) in training mode, as the task means it."""
         model.train()
 
     # the training loss of a batch: (output, targets, cfg, reduction) -> the mean, or one per image ("none")
