@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,8 @@ from vggnet.data import Stats
 from vggnet.files import RunInUse, RunLock
 from vggnet import create_model
 from vggnet.runs import load_run
-from vggnet.training import latest_checkpoint, load_checkpoint
-from vggnet.weights import save_weights
+from vggnet.training import Interrupted, latest_checkpoint, load_checkpoint
+from vggnet.weights import read_state_dict, save_weights
 
 TINY = dict(width=0.125, fc_width=64, crop_size=32)
 
@@ -229,3 +230,73 @@ def test_dense_protocol_feeds_the_classifier_what_vgg_eval_feeds_it(tmp_path, mo
     assert len(from_localize) == len(seen) == 1
     assert torch.equal(from_localize[0], seen[0])
     assert from_localize[0].abs().max() > 20  # on the 0-255 scale minus the mean, not [0, 1]
+
+
+# ---- the training engine's guarantees, for localisation too ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loc_source(tmp_path_factory):
+    """Data with boxes and a classification run of net A (dropout 0.5 in its FC layers: resume must restore the
+    RNG state for the dropout masks to agree)."""
+    root = tmp_path_factory.mktemp("loc-source")
+    make_data(root / "data")
+    return make_run(root / "cls", root / "data")
+
+
+def loc_config(cls: Path, out: Path, **kw) -> dict:
+    return dict(from_run=str(cls), regression="pcr", epochs=2, batch_size=4, device="cpu", out=str(out), **kw)
+
+
+def loc_weights(run: Path) -> dict:
+    return read_state_dict(run / "model.safetensors")[0]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def straight_loc(loc_source, tmp_path_factory):
+    """The uninterrupted localisation run (2 epochs of 2 steps) the interrupted ones are compared with."""
+    return L.train_localisation(loc_config(loc_source, tmp_path_factory.mktemp("straight") / "loc"))
+
+
+def test_localisation_interrupted_then_resumed_equals_an_uninterrupted_run(loc_source, straight_loc, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    # a stop by --max-steps inside epoch 1, then SIGTERM in the middle of epoch 2 (the engine finishes the step
+    # and saves a checkpoint), then the rest: the same weights, bit for bit, and the same logged epochs
+    run = L.train_localisation(loc_config(loc_source, tmp_path / "loc", max_steps=1))
+    calls = []
+    real_loss = L.Localisation.loss
+
+    def terminated(out, targets, cfg, reduction="mean"):
+        calls.extend([1] if torch.is_grad_enabled() else [])  # training steps (validation runs without grad)
+        if len(calls) == 2 and torch.is_grad_enabled():  # the second step of this call: step 3 of the run
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(out, targets, cfg, reduction)
+
+    monkeypatch.setattr(L.Localisation, "loss", staticmethod(terminated))
+    with pytest.raises(Interrupted, match="vgg localize train --resume"):
+        L.train_localisation({"max_steps": 0}, resume=run)
+    monkeypatch.undo()
+    assert load_checkpoint(latest_checkpoint(run))["global_step"] == 3
+    L.train_localisation({}, resume=run)
+    assert same_weights(loc_weights(run), loc_weights(straight_loc))
+    ours, theirs = epoch_rows(run), epoch_rows(straight_loc)
+    assert [r["val_loc_err"] for r in ours] == [r["val_loc_err"] for r in theirs] and len(ours) == 2
+    assert [r["train_loss"] for r in ours] == pytest.approx([r["train_loss"] for r in theirs], rel=1e-6)
+    # the same run-folder files as `vgg train`, and no temporary left behind
+    for name in ("config.toml", "metrics.jsonl", "model.safetensors", "stats.json", "classes.json", "localize.json"):
+        assert (run / name).is_file(), name
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_localisation_corrupt_last_checkpoint_falls_back_to_the_previous_one(loc_source, straight_loc, tmp_path):
+    run = L.train_localisation(loc_config(loc_source, tmp_path / "loc", max_steps=3))  # checkpoints at steps 2, 3
+    newest = latest_checkpoint(run)
+    assert newest.name.endswith("000000003.pt")
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a full disk, a killed copy
+    L.train_localisation({"max_steps": 0}, resume=run)  # continues from step 2
+    assert (newest.parent / (newest.name + ".unreadable")).is_file()
+    assert same_weights(loc_weights(run), loc_weights(straight_loc))
