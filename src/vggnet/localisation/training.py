@@ -93,8 +93,8 @@ def adopt_source(cfg: LocConfig, src: runs.Run) -> None:
     if src.model.arch["num_classes"] != len(src.classes):
         raise ValueError(f"{cfg.from_run}: its last layer does not match its classes; pass a classification run")
     arch = src.model.arch
-    cfg.arch, cfg.batch_norm, cfg.width, cfg.fc_width = arch["config"], bool(arch["batch_norm"]), arch["width"], \
-        arch["fc_width"]  # fmt: skip
+    cfg.arch, cfg.batch_norm = arch["config"], bool(arch["batch_norm"])
+    cfg.width, cfg.fc_width, cfg.dropout = float(arch["width"]), int(arch["fc_width"]), float(arch["dropout"])
     (s_min, _), crop = src.scale_range, src.model.crop_size
     cfg.scale = cfg.scale or s_min
     cfg.crop_size, cfg.scale_min, cfg.scale_max = crop, cfg.scale, cfg.scale
