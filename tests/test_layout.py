@@ -184,15 +184,24 @@ def _training_step(node: ast.AST) -> bool:
 def _found(source: str, rel: str, match, allowed: dict[tuple[str, str], str]) -> list[str]:
     """``rel:line (function)`` of every node of ``source`` that ``match``es, outside the ``allowed`` functions."""
     tree = ast.parse(source)
-    hits = []
+    hits: dict[int, str] = {}
     for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))] + [tree]:
         name = getattr(fn, "name", "<module>")
-        body = fn.body
-        for node in (n for stmt in body if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef))
-                     for n in ast.walk(stmt)):  # fmt: skip
+        for node in _own_nodes(fn):
             if match(node) and (rel, name) not in allowed:
-                hits.append(f"{rel}:{node.lineno} ({name})")
-    return hits
+                hits.setdefault(node.lineno, f"{rel}:{node.lineno} ({name})")
+    return sorted(hits.values())
+
+
+def _own_nodes(fn: ast.AST):
+    """The nodes of a function's (or the module's) own code: not those of the functions defined inside it."""
+    stack = list(fn.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
 
 
 def test_the_checks_see_a_second_copy():
