@@ -235,3 +235,19 @@ def test_one_training_loop():
         if not rel.startswith("training/"):
             hits += _found(p.read_text(), rel, _training_step, ONE_LOOP_OK)
     assert not hits, f"optimizer steps outside vggnet/training/ (plug a task into its engine): {hits}"
+
+
+def test_one_dense_averager():
+    """Dense maps are averaged over the image only by evaluation/views.py (``dense_average``, ``average_map``):
+    no other module calls ``model.spatial_average`` (localisation and the descriptors take views' functions)."""
+    callers = []
+    for p in modules():
+        rel = str(p.relative_to(PACKAGE))
+        if rel in ("evaluation/views.py", "model.py"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            f = node.func if isinstance(node, ast.Call) else None
+            if (isinstance(f, ast.Name) and f.id == "spatial_average") or (isinstance(f, ast.Attribute)
+                                                                           and f.attr == "spatial_average"):  # fmt: skip
+                callers.append(f"{rel}:{node.lineno}")
+    assert not callers, f"dense maps averaged outside evaluation/views.py (use its dense_average): {callers}"

@@ -28,7 +28,7 @@ from .. import boxes as B
 from .. import runs
 from ..data.io import BadImageError, load_image
 from ..data.transforms import AugParams, EvalTransform, crop_offsets, prepare_images, shape_groups
-from ..model import spatial_average
+from ..evaluation.views import average_map, softmax_mean
 from ..runtime import pick_device
 from .nets import IOU_THRESHOLD, MERGE_IOU, load_loc_run, select_boxes, stride
 
@@ -148,9 +148,9 @@ def _dense_maps(s: _Setup, chunk: list[tuple[B.BoxSample, torch.Tensor]]) -> lis
             x = torch.stack([xs_cls[k] for k in idx])
             logits = s.cls.model.dense(x).float()  # (B, C, h, w)
             scores = F.softmax(logits, 1).cpu()  # each location's class posterior: the boxes' scores
-            # the image's class posterior as `vgg eval` computes it: the score map averaged over the windows that
-            # lie on the image (model.window_mask), then the soft-max
-            posterior = F.softmax(spatial_average(logits, tuple(x.shape[-2:]), s.crop), 1).cpu()
+            # the image's class posterior as `vgg eval` computes it: evaluation's dense average of the same map
+            # (the windows that lie on the image), then the soft-max
+            posterior = softmax_mean(average_map(s.cls.model, logits, tuple(x.shape[-2:]))[:, None]).cpu()
             box_map = s.loc.model.dense(torch.stack([xs_loc[k] for k in idx])).float().cpu()  # (B, 4 or 4C, h, w)
             for j, k in enumerate(idx):
                 maps[k].append((scores[j], box_map[j], tuple(x.shape[-2:]), posterior[j]))
