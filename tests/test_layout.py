@@ -247,7 +247,7 @@ def test_one_dense_averager():
             continue
         for node in ast.walk(ast.parse(p.read_text())):
             f = node.func if isinstance(node, ast.Call) else None
-            if (isinstance(f, ast.Name) and f.id == "spatial_average") or (isinstance(f, ast.Attribute)
-                                                                           and f.attr == "spatial_average"):  # fmt: skip
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            if name == "spatial_average":
                 callers.append(f"{rel}:{node.lineno}")
     assert not callers, f"dense maps averaged outside evaluation/views.py (use its dense_average): {callers}"

@@ -245,7 +245,7 @@ def loc_source(tmp_path_factory):
 
 
 def loc_config(cls: Path, out: Path, **kw) -> dict:
-    return dict(from_run=str(cls), regression="pcr", epochs=2, batch_size=4, device="cpu", out=str(out), **kw)
+    return dict(dict(from_run=str(cls), regression="pcr", epochs=2, batch_size=4, device="cpu", out=str(out)), **kw)
 
 
 def loc_weights(run: Path) -> dict:
@@ -300,3 +300,31 @@ def test_localisation_corrupt_last_checkpoint_falls_back_to_the_previous_one(loc
     L.train_localisation({"max_steps": 0}, resume=run)  # continues from step 2
     assert (newest.parent / (newest.name + ".unreadable")).is_file()
     assert same_weights(loc_weights(run), loc_weights(straight_loc))
+
+
+def test_localize_from_a_weights_file_equals_from_its_run(loc_source, tmp_path, capsys):
+    """`--from` takes every SOURCE form through the one loader: the run's weights as a bare file (carrying their
+    input convention, classes and resize) start the same localisation, bit for bit, as the run folder does; and
+    `localize eval --classifier` takes the file too."""
+    from vggnet.convention import Convention
+    from vggnet.pretrained import make_cfg
+    from vggnet.weights import load_model
+
+    model = load_model(loc_source / "model.safetensors")
+    model.pretrained_cfg = make_cfg(Convention((0.2, 0.2, 0.2)), source="test", num_classes=2, classes=["c0", "c1"],
+                                    resize=48, crop=32)  # the run's: normalize mean, pixel range 1, S = 48  # fmt: skip
+    weights = tmp_path / "elsewhere" / "cls.safetensors"
+    weights.parent.mkdir()
+    save_weights(model, weights)
+    data = str(loc_source.parent / "data")
+    a = L.train_localisation(loc_config(loc_source, tmp_path / "from-run", epochs=1, data=data))
+    b = L.train_localisation(loc_config(weights, tmp_path / "from-file", epochs=1, data=data))
+    assert same_weights(loc_weights(a), loc_weights(b))
+    assert json.loads((b / "localize.json").read_text())["from_run"] == str(weights.resolve())
+    capsys.readouterr()
+    assert main(["localize", "eval", str(b), "--protocol", "dense", "--scales", "48", "--device", "cpu",
+                 "--classifier", str(weights)]) == 0  # fmt: skip
+    assert "Table 9" in capsys.readouterr().out
+    # weights name no data: --data is asked for, in one line
+    assert main(["localize", "train", "--from", str(weights), "--device", "cpu", "--out", str(tmp_path / "c")]) == 2
+    assert "pass --data" in capsys.readouterr().err

@@ -42,7 +42,6 @@ from .model import VGG
 from .pretrained import resolve_weights
 from .runs import load_run
 from .runtime import pick_device
-from .weights import unwrap
 
 AGGREGATES = ("mean", "stack")
 

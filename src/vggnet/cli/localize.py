@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import field_help
 from ..localisation import FINETUNE, REGRESSIONS, LocConfig, evaluate_localisation, markdown_tables, train_localisation
+from ..pretrained import WEIGHTS_FORMS
 from ..report import write_report
 
 
@@ -35,7 +36,9 @@ def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", help="train a box-regression net from a classification run (resumable; several "
                        "GPUs under torchrun)", description="Trains through the same engine as `vgg train`: the "
                        "same run folder, exact resume, progress lines and DDP.")  # fmt: skip
-    p.add_argument("--from", dest="from_run", metavar="RUN", help="the classification run to start from")
+    p.add_argument("--from", dest="from_run", metavar="SOURCE", help="the classification net to start from: "
+                   f"{WEIGHTS_FORMS}; a run gives S, the input convention, the classes and the data, weights give "
+                   "theirs (their resize as S; --data is then needed)")  # fmt: skip
     p.add_argument("--regression", choices=REGRESSIONS, default=None, help="scr: one box; pcr: a box per class "
                    "(default pcr)")  # fmt: skip
     p.add_argument("--finetune", choices=FINETUNE, default=None, help="all layers, or the FC layers only (default all)")
@@ -50,8 +53,8 @@ def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="LOCRUN", help="localisation run folders")
     p.add_argument("--protocol", default="center,dense", help="center, dense, or both comma-separated")
     p.add_argument("--scales", help="test scales Q, comma-separated (default: the run's S)")
-    p.add_argument("--classifier", metavar="RUN", help="the classification run that rates the boxes (default: the "
-                   "one the localisation net was made from)")  # fmt: skip
+    p.add_argument("--classifier", metavar="SOURCE", help="the classification net that rates the boxes: "
+                   f"{WEIGHTS_FORMS} (default: the one the localisation net was made from)")  # fmt: skip
     p.add_argument("--data", help="data with boxes (default: the localisation run's)")
     p.add_argument("--boxes", help="a box CSV (default: the data's boxes.csv or VOC XML)")
     p.add_argument("--max-per-class", type=int, default=0, help="test on the first N images of each class")
@@ -68,7 +71,8 @@ def run_localize_train_cli(args: argparse.Namespace) -> int:
         run = train_localisation(given, resume=args.resume)
     else:
         if not args.from_run:
-            raise ValueError("vgg localize train needs --from RUN (a classification run) or --resume LOCRUN")
+            raise ValueError("vgg localize train needs --from SOURCE (a classification run or weights) or --resume "
+                             "LOCRUN")  # fmt: skip
         run = train_localisation(LocConfig(from_run=args.from_run, **given))
     print(f"localisation run: {run}")
     print(f"evaluate it with: vgg localize eval {run} --protocol center,dense")

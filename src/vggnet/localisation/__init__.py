@@ -42,6 +42,7 @@ from .nets import (
     box_loss,
     box_outputs,
     load_loc_run,
+    load_source,
     localisation_net,
     select_boxes,
 )
@@ -51,7 +52,7 @@ from .training import BoxDataset, Localisation, collate_boxes, train_localisatio
 
 __all__ = [
     "FINETUNE", "IOU_THRESHOLD", "LOC_FILE", "MERGE_IOU", "REGRESSIONS", "BoxDataset", "LocConfig", "LocResult",
-    "Localisation", "box_loss", "box_outputs", "collate_boxes", "evaluate_localisation", "load_loc_run", "localisation_net",
-    "markdown_tables", "merge_boxes", "reproduce_localisation", "select_boxes", "train_localisation",
-    "validate_localisation", "window_boxes",
+    "Localisation", "box_loss", "box_outputs", "collate_boxes", "evaluate_localisation", "load_loc_run",
+    "load_source", "localisation_net", "markdown_tables", "merge_boxes", "reproduce_localisation", "select_boxes",
+    "train_localisation", "validate_localisation", "window_boxes",
 ]  # fmt: skip

@@ -18,7 +18,9 @@ from torch import nn
 
 from .. import runs
 from ..config import TrainConfig, read_toml
+from ..convention import Convention
 from ..data import Stats
+from ..evaluation.nets import weights_net
 from ..model import VGG
 
 REGRESSIONS = ("scr", "pcr")
@@ -115,6 +117,29 @@ def stride(model: VGG) -> int:
     return 2 ** sum(isinstance(m, nn.MaxPool2d) for m in model.features)
 
 
+def load_source(spec: str | os.PathLike, device: str | torch.device = "cpu") -> runs.Run:
+    """The classification net that localisation starts from (`vgg localize train --from`) or rates its boxes with
+    (`vgg localize eval --classifier`): a run folder, or weights in any of the forms of
+    :data:`vggnet.pretrained.WEIGHTS_FORMS`, loaded by the one loader (``evaluation.weights_net``) with the input
+    convention they carry and their classes; their S is the side they are resized to (``pretrained_cfg``)."""
+    if runs.is_run(spec):
+        return runs.load_run(spec, device)
+    net = weights_net(str(spec))
+    conv = net.convention
+    if conv.channel_order != "RGB":
+        raise ValueError(f"{spec}: weights that take {conv.channel_order} input cannot start a localisation net")
+    cfg = getattr(net.model, "pretrained_cfg", None) or {}
+    side = int(cfg.get("resize") or round(net.crop_size * 256 / 224))
+    # the convention as a training set's statistics on [0, 1] with "standardize": exact for any RGB convention
+    unit = float(conv.pixel_range)
+    stats = Stats(tuple(m / unit for m in conv.mean), tuple(v / unit for v in conv.std), (0.0, 0.0, 0.0),
+                  ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))  # fmt: skip
+    config = dict(scale_min=side, scale_max=side, data="", normalize="standardize", pixel_range=1)
+    classes = list(net.classes or [str(i) for i in range(net.num_classes)])
+    return runs.Run(path=Path(str(spec)), model=net.model.to(device).eval(), config=config, classes=classes,
+                    convention=Convention.of_run(stats, "standardize", 1), stats=stats)  # fmt: skip
+
+
 def load_loc_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[runs.Run, dict[str, Any]]:
     """A finished localisation run (as a :class:`~vggnet.runs.Run` of its box net) and its localize.json."""
     path = Path(path)
@@ -134,5 +159,5 @@ def load_loc_run(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 __all__ = [
     "FINETUNE", "IOU_THRESHOLD", "LOC_FIELDS", "LOC_FILE", "MERGE_IOU", "REGRESSIONS", "LocConfig", "box_loss",
-    "box_outputs", "load_loc_run", "localisation_net", "select_boxes", "stride",
+    "box_outputs", "load_loc_run", "load_source", "localisation_net", "select_boxes", "stride",
 ]  # fmt: skip

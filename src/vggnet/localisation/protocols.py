@@ -30,7 +30,7 @@ from ..data.io import BadImageError, load_image
 from ..data.transforms import AugParams, EvalTransform, crop_offsets, prepare_images, shape_groups
 from ..evaluation.views import average_map, softmax_mean
 from ..runtime import pick_device
-from .nets import IOU_THRESHOLD, MERGE_IOU, load_loc_run, select_boxes, stride
+from .nets import IOU_THRESHOLD, MERGE_IOU, load_loc_run, load_source, select_boxes, stride
 
 CHUNK = 32  # images decoded and run together: batched forward passes, bounded memory
 
@@ -183,8 +183,9 @@ def _dense_hits(s: _Setup, smp: B.BoxSample, size: tuple[int, int], maps: list[t
 
 
 def _classifier(path: str | os.PathLike, device: torch.device, num_classes: int) -> runs.Run:
-    """The classification run that rates the dense protocol's boxes; it must know the data's classes."""
-    cls = runs.load_run(path, device)
+    """The classification net that rates the dense protocol's boxes (a run folder or weights of any SOURCE form);
+    it must know the data's classes."""
+    cls = load_source(path, device)
     if cls.model.num_classes != num_classes:
         raise ValueError(f"the classification net {cls.path} has {cls.model.num_classes} classes, the data "
                          f"{num_classes}; pass the run the localisation net was made from (--classifier)")  # fmt: skip

@@ -38,7 +38,9 @@ from ..runtime import Dist
 from ..training import BatchPlan, Logger, new_run_dir, train
 from ..training.task import Classification
 from ..weights import unwrap
-from .nets import IOU_THRESHOLD, LOC_FIELDS, LOC_FILE, LocConfig, box_loss, localisation_net, select_boxes
+from .nets import (
+    IOU_THRESHOLD, LOC_FIELDS, LOC_FILE, LocConfig, box_loss, load_source, localisation_net, select_boxes,
+)  # fmt: skip
 
 BAD_BOXES_FILE = "bad_boxes.txt"
 
@@ -92,6 +94,9 @@ def adopt_source(cfg: LocConfig, src: runs.Run) -> None:
     (pixel range too) and data."""
     if src.model.arch["num_classes"] != len(src.classes):
         raise ValueError(f"{cfg.from_run}: its last layer does not match its classes; pass a classification run")
+    if not runs.is_run(cfg.from_run) and not cfg.data:
+        raise ValueError(f"--from {cfg.from_run}: weights without a run folder name no data; pass --data (images "
+                         f"with boxes of their {len(src.classes)} classes, in their label order)")  # fmt: skip
     arch = src.model.arch
     cfg.arch, cfg.batch_norm = arch["config"], bool(arch["batch_norm"])
     cfg.width, cfg.fc_width, cfg.dropout = float(arch["width"]), int(arch["fc_width"]), float(arch["dropout"])
@@ -118,9 +123,10 @@ class Localisation(Classification):
     def source(self, cfg: LocConfig) -> runs.Run:
         """The classification run (loaded once)."""
         if not cfg.from_run:
-            raise ValueError("vgg localize train needs --from RUN (a classification run) or --resume LOCRUN")
+            raise ValueError("vgg localize train needs --from SOURCE (a classification run or weights) or --resume "
+                             "LOCRUN")  # fmt: skip
         if cfg.from_run not in self._sources:
-            self._sources[cfg.from_run] = runs.load_run(cfg.from_run)
+            self._sources[cfg.from_run] = load_source(cfg.from_run)
         return self._sources[cfg.from_run]
 
     def resolve(self, config: LocConfig | dict[str, Any] | None) -> LocConfig:
@@ -148,9 +154,12 @@ class Localisation(Classification):
         report, val_report = B.BoxReport(), B.BoxReport()
         train_samples, classes = B.box_samples(cfg.data, "train", cfg.boxes or None, cfg.max_per_class, report)
         val_samples, _ = B.box_samples(cfg.data, "val", cfg.boxes or None, cfg.val_per_class, val_report)
-        if [str(c) for c in classes] != [str(c) for c in src.classes]:
+        # released weights name their classes in words (ImageNet's), the data by folder (n01440764): in label order
+        same = [str(c) for c in classes] == [str(c) for c in src.classes] or (
+            not runs.is_run(cfg.from_run) and len(classes) == len(src.classes))  # fmt: skip
+        if not same:
             raise ValueError(f"the classes of {cfg.data} differ from those of {cfg.from_run}; localise on the data "
-                             "the classification run was trained on")  # fmt: skip
+                             "the classification net was trained on")  # fmt: skip
         run = Path(cfg.out)
         if d.main:
             B.BoxReport(report.skipped + val_report.skipped).write(run / BAD_BOXES_FILE)
@@ -174,8 +183,9 @@ class Localisation(Classification):
                    fresh: bool):  # fmt: skip
         """The classification net with a box head (its last layer random; a resumed run's weights replace it)."""
         model = localisation_net(self.source(cfg).model, cfg.regression, len(classes))
-        model.pretrained_cfg = make_cfg(Convention.of_run(stats, cfg.normalize, cfg.pixel_range), source=str(run),
-                                        num_classes=model.num_classes, resize=cfg.scale, crop=cfg.crop_size)  # fmt: skip
+        conv = Convention.of_run(stats, cfg.normalize, cfg.pixel_range)
+        model.pretrained_cfg = make_cfg(conv, source=str(run), num_classes=model.num_classes, resize=cfg.scale,
+                                        crop=cfg.crop_size)  # fmt: skip
         if cfg.finetune == "fc":
             for p in model.features.parameters():
                 p.requires_grad_(False)
@@ -188,8 +198,10 @@ class Localisation(Classification):
 
     def write_files(self, run: Path, cfg: LocConfig, classes: list[str], stats: Stats) -> None:
         super().write_files(run, cfg, classes, stats)
-        info = dict(from_run=str(Path(cfg.from_run).resolve()), regression=cfg.regression, finetune=cfg.finetune,
-                    num_classes=len(classes), scale=cfg.scale, crop_size=cfg.crop_size, data=cfg.data)  # fmt: skip
+        local = Path(cfg.from_run).expanduser()
+        info = dict(from_run=str(local.resolve()) if local.exists() else cfg.from_run, regression=cfg.regression,
+                    finetune=cfg.finetune, num_classes=len(classes), scale=cfg.scale, crop_size=cfg.crop_size,
+                    data=cfg.data)  # fmt: skip
         atomic_write_text(run / LOC_FILE, json.dumps(info, indent=1) + "\n")
 
     def train_mode(self, model, cfg: LocConfig) -> None:

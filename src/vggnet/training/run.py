@@ -418,7 +418,8 @@ def _non_finite_message(e: NonFiniteLoss, r: _Run) -> str:
     return (
         f"{e} (epoch {r.prog.epoch + 1}): training stopped and {where}. The learning rate {lr:g} is too high "
         f"for this net and data (or --init draws too large weights): continue with a lower one, "
-        f"`{r.task.command} --resume {r.run} --lr {lr / 10:g}`{' (it starts again from step 0)' if last is None else ''}, "
+        f"`{r.task.command} --resume {r.run} --lr {lr / 10:g}`"
+        f"{' (it starts again from step 0)' if last is None else ''}, "
         f"or check the images"
     )
 

@@ -20,9 +20,9 @@ from ..config import (
     TrainConfig, config_changes, from_dict, read_run_config, read_toml, refuse_unsafe_changes, resolve,
 )  # fmt: skip
 from ..files import overlapping
-from ..pretrained import convention, init_from_pretrained
+from ..pretrained import convention, init_from_pretrained, resolve_weights
 from ..runtime import Dist, is_main
-from ..weights import ARCH_KEY, init_from_net_a, load_weights, read_state_dict, unwrap
+from ..weights import ARCH_KEY, init_from_net_a, read_state_dict, unwrap
 from .checkpoints import newest_valid_checkpoint
 from .progress import Logger
 
@@ -122,14 +122,13 @@ def input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
 
 
 def init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> None:
-    """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune)."""
-    src = Path(source)
-    if not src.exists():  # a URL or a named source (torchvision:vgg16, timm:..., caffe:vgg16)
-        log.line(init_from_pretrained(model, source))
-        return
-    weights = src / runs.MODEL_FILE if src.is_dir() else src
-    if src.is_dir() and (src / runs.CONFIG_FILE).is_file():
+    """--init-from SOURCE (any form of ``pretrained.WEIGHTS_FORMS``, found by the one resolver, ``resolve_weights``):
+    net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tuning, through the one
+    loader of released weights: any layout; a last layer of other classes keeps its fresh init)."""
+    src = Path(source).expanduser()
+    if runs.is_run(src):
         _check_same_input(src, cfg)
+    weights, _ = resolve_weights(source)
     sd, meta = read_state_dict(weights)
     src_config = json.loads(meta[ARCH_KEY])["config"] if ARCH_KEY in meta else None
     ours = unwrap(model)
@@ -137,8 +136,7 @@ def init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> N
         copied = init_from_net_a(ours, sd)
         log.line(f"init from net A ({weights}): copied {', '.join(copied)}")
     else:
-        load_weights(ours, weights)
-        log.line(f"init from {weights}: all layers")
+        log.line(init_from_pretrained(model, source))
 
 
 def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None, task=None):
