@@ -122,10 +122,11 @@ def make_data(root: Path, per_class: int = 4) -> None:
         csv.writer(f).writerows([list(B.CSV_HEADER), *rows])
 
 
-def make_run(folder: Path, data: Path) -> Path:
+def make_run(folder: Path, data: Path, dropout: float = 0.5) -> Path:
     """A classification run folder (untrained weights) as `vgg train` leaves it."""
     folder.mkdir(parents=True)
-    save_weights(create_model("A", num_classes=2, init="kaiming", seed=0, **TINY), folder / "model.safetensors")
+    net = create_model("A", num_classes=2, init="kaiming", seed=0, dropout=dropout, **TINY)
+    save_weights(net, folder / "model.safetensors")
     config = dict(arch="A", data=str(data), scale_min=48, scale_max=48, normalize="mean", **TINY)
     (folder / "config.toml").write_text(tomli_w.dumps(config))
     Stats((0.2, 0.2, 0.2), (0.3, 0.3, 0.3), (0.1, 0.01, 0.001), ((1, 0, 0), (0, 1, 0), (0, 0, 1))).save(
@@ -328,3 +329,35 @@ def test_localize_from_a_weights_file_equals_from_its_run(loc_source, tmp_path, 
     # weights name no data: --data is asked for, in one line
     assert main(["localize", "train", "--from", str(weights), "--device", "cpu", "--out", str(tmp_path / "c")]) == 2
     assert "pass --data" in capsys.readouterr().err
+
+
+def _ddp_localisation(rank, world, port, cfg):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    try:
+        L.train_localisation(cfg)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_localisation_equals_one_process(tmp_path):
+    """DDP, as `vgg train` has it: 2 processes x 2 images (gloo) make the same updates as 1 process x 4 images
+    (no dropout: its masks differ by rank), and rank 0 alone writes the run folder."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    make_data(tmp_path / "data", per_class=2)
+    cls = make_run(tmp_path / "cls", tmp_path / "data", dropout=0.0)
+    one = L.train_localisation(loc_config(cls, tmp_path / "one", epochs=1, max_steps=1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_localisation, args=(2, port, loc_config(cls, tmp_path / "two", epochs=1, max_steps=1)), nprocs=2,
+             join=True)  # fmt: skip
+    a = load_checkpoint(latest_checkpoint(one))["model"]
+    b = load_checkpoint(latest_checkpoint(tmp_path / "two"))["model"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert (tmp_path / "two" / "localize.json").is_file()

@@ -34,8 +34,8 @@ from ..data.stats import Stats
 from ..data.transforms import EvalTransform, TrainTransform
 from ..files import atomic_write_text
 from ..pretrained import make_cfg
-from ..runtime import Dist
-from ..training import BatchPlan, Logger, new_run_dir, train
+from ..runtime import Dist, is_main
+from ..training import BatchPlan, Logger, train
 from ..training.task import Classification
 from ..weights import unwrap
 from .nets import (
@@ -116,6 +116,7 @@ class Localisation(Classification):
     metric = "val_loc_err"  # the plateau schedule steps on the localisation error of the centre crop
     collate = staticmethod(collate_boxes)
     failure_files = (BAD_BOXES_FILE,)  # a run that finds no usable box keeps the list of what it skipped
+    runs_root = Path("runs") / "localize"
 
     def __init__(self) -> None:
         self._sources: dict[str, runs.Run] = {}
@@ -147,7 +148,7 @@ class Localisation(Classification):
                              f"(fix or delete those lines)")  # fmt: skip
         return values
 
-    def build_data(self, cfg: LocConfig, d: Dist, stats: Stats | None):
+    def build_data(self, cfg: LocConfig, d: Dist, stats: Stats | None, run: Path):
         """(train set, val set, classes, statistics) of the data with boxes; bad boxes go to bad_boxes.txt."""
         src = self.source(cfg)
         stats = stats if stats is not None else src.stats
@@ -160,7 +161,6 @@ class Localisation(Classification):
         if not same:
             raise ValueError(f"the classes of {cfg.data} differ from those of {cfg.from_run}; localise on the data "
                              "the classification net was trained on")  # fmt: skip
-        run = Path(cfg.out)
         if d.main:
             B.BoxReport(report.skipped + val_report.skipped).write(run / BAD_BOXES_FILE)
         if not train_samples or not val_samples:
@@ -279,9 +279,8 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
     task = Localisation()
     if resume is None:
         config = task.resolve(config)
-        if not config.out:
-            config.out = str(new_run_dir(Path("runs") / "localize"))
-        if (Path(config.out) / runs.CONFIG_FILE).exists():
+        # rank 0 alone: under torchrun the other processes would find the config.toml it has just written
+        if config.out and is_main() and (Path(config.out) / runs.CONFIG_FILE).exists():
             raise FileExistsError(f"{config.out} already holds a run; continue it with `vgg localize train --resume "
                                   f"{config.out}`")  # fmt: skip
     with contextlib.redirect_stdout(_Lines(log_fn)) if log_fn else contextlib.nullcontext():

@@ -111,7 +111,7 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         d = setup_distributed(device_kind)
         device = pick_device(cfg.device, d)
         if run is None:
-            run = claim_run_dir() if d.main else None
+            run = claim_run_dir(task.runs_root) if d.main else None
         run = broadcast_path(run, d)
         if d.main:
             check_out_apart(cfg, run)
@@ -243,7 +243,7 @@ def _build(cfg: TrainConfig, task: Classification, run: Path, ckpt, explicit_lr:
     if stats is not None and not all(math.isfinite(v) for v in (*stats.mean, *stats.std)):
         raise ValueError(f"{run / runs.STATS_FILE} holds a mean {list(stats.mean)} / std {list(stats.std)} that is not "
                          f"finite; restore it from a copy of the run (it is the training set's statistics)")  # fmt: skip
-    train_set, val_set, classes, stats = task.build_data(cfg, d, stats)
+    train_set, val_set, classes, stats = task.build_data(cfg, d, stats, run)
     model = task.make_model(cfg, classes, stats, run, d, log, fresh=ckpt is None)
     model.to(device)
     if cfg.channels_last:  # on the CPU too: oneDNN's convs are faster on it (half the time of net E at 1/16 width)

@@ -40,6 +40,7 @@ class Classification:
     metric = "val_top1_err"  # the validation error the plateau schedule steps on
     collate = staticmethod(collate)  # items -> (images, targets, bad files)
     failure_files: tuple[str, ...] = ()  # files a failed start keeps (it removes all else it wrote)
+    runs_root = Path("runs")  # where a run without --out gets the next numbered folder
 
     def resolve(self, config: TrainConfig | dict[str, Any] | None) -> TrainConfig:
         """A new run's config from what the caller gave."""
@@ -52,8 +53,8 @@ class Classification:
     def read_config(self, path: Path) -> dict[str, Any]:
         return read_run_config(path)
 
-    def build_data(self, cfg: TrainConfig, d: Dist, stats: Stats | None):
-        """(train set, val set, class names, statistics); ``stats`` given on resume."""
+    def build_data(self, cfg: TrainConfig, d: Dist, stats: Stats | None, run: Path):
+        """(train set, val set, class names, statistics) of the run in folder ``run``; ``stats`` given on resume."""
         return build_data(cfg, d, stats)
 
     def plan(self, cfg: TrainConfig, n: int, d: Dist) -> BatchPlan:
