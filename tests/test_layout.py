@@ -150,7 +150,7 @@ def _mentions(node: ast.AST, word: str) -> bool:
     a method called by that name (``x.mean(1)``, a reduction) is no stored mean."""
     methods = {id(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
     return any((isinstance(n, ast.Name) and word in n.id.lower()) or (isinstance(n, ast.Attribute)
-               and word in n.attr.lower() and id(n) not in methods) for n in ast.walk(node))  # fmt: skip
+               and word in n.attr.lower() and id(n) not in methods) for n in ast.walk(node))
 
 
 def _normalising(node: ast.AST) -> bool:
@@ -169,7 +169,7 @@ def _normalising(node: ast.AST) -> bool:
         if isinstance(node.op, ast.Div) and _mentions(node.right, "std"):
             return True
     return isinstance(node, ast.AugAssign) and isinstance(node.op, (ast.Sub, ast.Div)) and (
-        _mentions(node.value, "mean") or _mentions(node.value, "std"))  # fmt: skip
+        _mentions(node.value, "mean") or _mentions(node.value, "std"))
 
 
 def _training_step(node: ast.AST) -> bool:
@@ -208,7 +208,7 @@ def test_the_checks_see_a_second_copy():
     """The two checks below are only as good as their patterns: each planted copy must be found."""
     copies = ["def f(x, mean):\n    return x.sub_(mean)\n", "def f(x, s):\n    return (x / 255 - s.mean) / s.std\n",
               "def f(x):\n    return Normalize(MEAN, STD)(x)\n", "def f(x, m):\n    x -= m.mean[:, None, None]\n",
-              "def f(x, mean, std):\n    return x.sub(mean).div_(std)\n"]  # fmt: skip
+              "def f(x, mean, std):\n    return x.sub(mean).div_(std)\n"]
     for code in copies:
         assert _found(code, "x.py", _normalising, {}), code
     for code in ["def f(loss, optimizer):\n    loss.backward()\n", "def f(opt):\n    opt.step()\n"]:

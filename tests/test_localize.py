@@ -264,7 +264,7 @@ def straight_loc(loc_source, tmp_path_factory):
 
 
 def test_localisation_interrupted_then_resumed_equals_an_uninterrupted_run(loc_source, straight_loc, tmp_path,
-                                                                         monkeypatch):  # fmt: skip
+                                                                         monkeypatch):
     # a stop by --max-steps inside epoch 1, then SIGTERM in the middle of epoch 2 (the engine finishes the step
     # and saves a checkpoint), then the rest: the same weights, bit for bit, and the same logged epochs
     run = L.train_localisation(loc_config(loc_source, tmp_path / "loc", max_steps=1))
@@ -313,7 +313,7 @@ def test_localize_from_a_weights_file_equals_from_its_run(loc_source, tmp_path, 
 
     model = load_model(loc_source / "model.safetensors")
     model.pretrained_cfg = make_cfg(Convention((0.2, 0.2, 0.2)), source="test", num_classes=2, classes=["c0", "c1"],
-                                    resize=48, crop=32)  # the run's: normalize mean, pixel range 1, S = 48  # fmt: skip
+                                    resize=48, crop=32)  # the run's: normalize mean, pixel range 1, S = 48
     weights = tmp_path / "elsewhere" / "cls.safetensors"
     weights.parent.mkdir()
     save_weights(model, weights)
@@ -324,7 +324,7 @@ def test_localize_from_a_weights_file_equals_from_its_run(loc_source, tmp_path, 
     assert json.loads((b / "localize.json").read_text())["from_run"] == str(weights.resolve())
     capsys.readouterr()
     assert main(["localize", "eval", str(b), "--protocol", "dense", "--scales", "48", "--device", "cpu",
-                 "--classifier", str(weights)]) == 0  # fmt: skip
+                 "--classifier", str(weights)]) == 0
     assert "Table 9" in capsys.readouterr().out
     # weights name no data: --data is asked for, in one line
     assert main(["localize", "train", "--from", str(weights), "--device", "cpu", "--out", str(tmp_path / "c")]) == 2
@@ -333,7 +333,7 @@ def test_localize_from_a_weights_file_equals_from_its_run(loc_source, tmp_path, 
 
 def _ddp_localisation(rank, world, port, cfg):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+                      LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
         L.train_localisation(cfg)
@@ -356,7 +356,7 @@ def test_two_process_localisation_equals_one_process(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_localisation, args=(2, port, loc_config(cls, tmp_path / "two", epochs=1, max_steps=1)), nprocs=2,
-             join=True)  # fmt: skip
+             join=True)
     a = load_checkpoint(latest_checkpoint(one))["model"]
     b = load_checkpoint(latest_checkpoint(tmp_path / "two"))["model"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

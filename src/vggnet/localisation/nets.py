@@ -133,11 +133,11 @@ def load_source(spec: str | os.PathLike, device: str | torch.device = "cpu") -> 
     # the convention as a training set's statistics on [0, 1] with "standardize": exact for any RGB convention
     unit = float(conv.pixel_range)
     stats = Stats(tuple(m / unit for m in conv.mean), tuple(v / unit for v in conv.std), (0.0, 0.0, 0.0),
-                  ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))  # fmt: skip
+                  ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
     config = dict(scale_min=side, scale_max=side, data="", normalize="standardize", pixel_range=1)
     classes = list(net.classes or [str(i) for i in range(net.num_classes)])
     return runs.Run(path=Path(str(spec)), model=net.model.to(device).eval(), config=config, classes=classes,
-                    convention=Convention.of_run(stats, "standardize", 1), stats=stats)  # fmt: skip
+                    convention=Convention.of_run(stats, "standardize", 1), stats=stats)
 
 
 def load_loc_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[runs.Run, dict[str, Any]]:

@@ -40,7 +40,7 @@ from ..training.task import Classification
 from ..weights import unwrap
 from .nets import (
     IOU_THRESHOLD, LOC_FIELDS, LOC_FILE, LocConfig, box_loss, load_source, localisation_net, select_boxes,
-)  # fmt: skip
+)
 
 BAD_BOXES_FILE = "bad_boxes.txt"
 
@@ -96,7 +96,7 @@ def adopt_source(cfg: LocConfig, src: runs.Run) -> None:
         raise ValueError(f"{cfg.from_run}: its last layer does not match its classes; pass a classification run")
     if not runs.is_run(cfg.from_run) and not cfg.data:
         raise ValueError(f"--from {cfg.from_run}: weights without a run folder name no data; pass --data (images "
-                         f"with boxes of their {len(src.classes)} classes, in their label order)")  # fmt: skip
+                         f"with boxes of their {len(src.classes)} classes, in their label order)")
     arch = src.model.arch
     cfg.arch, cfg.batch_norm = arch["config"], bool(arch["batch_norm"])
     cfg.width, cfg.fc_width, cfg.dropout = float(arch["width"]), int(arch["fc_width"]), float(arch["dropout"])
@@ -125,7 +125,7 @@ class Localisation(Classification):
         """The classification run (loaded once)."""
         if not cfg.from_run:
             raise ValueError("vgg localize train needs --from SOURCE (a classification run or weights) or --resume "
-                             "LOCRUN")  # fmt: skip
+                             "LOCRUN")
         if cfg.from_run not in self._sources:
             self._sources[cfg.from_run] = load_source(cfg.from_run)
         return self._sources[cfg.from_run]
@@ -145,7 +145,7 @@ class Localisation(Classification):
         unknown = sorted(set(values) - LOC_FIELDS)
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {unknown}; the keys are the `vgg localize train` options "
-                             f"(fix or delete those lines)")  # fmt: skip
+                             f"(fix or delete those lines)")
         return values
 
     def build_data(self, cfg: LocConfig, d: Dist, stats: Stats | None, run: Path):
@@ -157,19 +157,19 @@ class Localisation(Classification):
         val_samples, _ = B.box_samples(cfg.data, "val", cfg.boxes or None, cfg.val_per_class, val_report)
         # released weights name their classes in words (ImageNet's), the data by folder (n01440764): in label order
         same = [str(c) for c in classes] == [str(c) for c in src.classes] or (
-            not runs.is_run(cfg.from_run) and len(classes) == len(src.classes))  # fmt: skip
+            not runs.is_run(cfg.from_run) and len(classes) == len(src.classes))
         if not same:
             raise ValueError(f"the classes of {cfg.data} differ from those of {cfg.from_run}; localise on the data "
-                             "the classification net was trained on")  # fmt: skip
+                             "the classification net was trained on")
         if d.main:
             B.BoxReport(report.skipped + val_report.skipped).write(run / BAD_BOXES_FILE)
         if not train_samples or not val_samples:
             raise ValueError(f"{cfg.data}: no usable boxes (train: {report.summary()}; val: {val_report.summary()}); "
-                             f"see {run / BAD_BOXES_FILE}, and give boxes as a boxes.csv or VOC XML files")  # fmt: skip
+                             f"see {run / BAD_BOXES_FILE}, and give boxes as a boxes.csv or VOC XML files")
         self.skipped = len(report.skipped) + len(val_report.skipped)
         conv, crop = Convention.of_run(stats, cfg.normalize, cfg.pixel_range), cfg.crop_size
         train_set = BoxDataset(train_samples, TrainTransform(stats, crop_size=crop, scale=cfg.scale, flip=cfg.flip,
-                                                              colour_std=0.0, convention=conv))  # fmt: skip
+                                                              colour_std=0.0, convention=conv))
         val_set = BoxDataset(val_samples, EvalTransform(stats, size=cfg.scale, crop_size=crop, convention=conv))
         return train_set, val_set, list(classes), stats
 
@@ -180,12 +180,12 @@ class Localisation(Classification):
         return BatchPlan(n, batch, d.world, d.rank, cfg.accum_steps, cfg.seed)
 
     def make_model(self, cfg: LocConfig, classes: list[str], stats: Stats, run: Path, d: Dist, log: Logger,
-                   fresh: bool):  # fmt: skip
+                   fresh: bool):
         """The classification net with a box head (its last layer random; a resumed run's weights replace it)."""
         model = localisation_net(self.source(cfg).model, cfg.regression, len(classes))
         conv = Convention.of_run(stats, cfg.normalize, cfg.pixel_range)
         model.pretrained_cfg = make_cfg(conv, source=str(run), num_classes=model.num_classes, resize=cfg.scale,
-                                        crop=cfg.crop_size)  # fmt: skip
+                                        crop=cfg.crop_size)
         if cfg.finetune == "fc":
             for p in model.features.parameters():
                 p.requires_grad_(False)
@@ -193,7 +193,7 @@ class Localisation(Classification):
         skipped = getattr(self, "skipped", 0)
         log.line(f"localisation: {cfg.regression.upper()} from {cfg.from_run}, fine-tuning {cfg.finetune} layers "
                  f"({trainable / 1e6:.2f}M parameters), boxes at S = {cfg.scale}"
-                 + (f"; skipped {skipped} box(es), see {BAD_BOXES_FILE}" if skipped else ""))  # fmt: skip
+                 + (f"; skipped {skipped} box(es), see {BAD_BOXES_FILE}" if skipped else ""))
         return model
 
     def write_files(self, run: Path, cfg: LocConfig, classes: list[str], stats: Stats) -> None:
@@ -201,7 +201,7 @@ class Localisation(Classification):
         local = Path(cfg.from_run).expanduser()
         info = dict(from_run=str(local.resolve()) if local.exists() else cfg.from_run, regression=cfg.regression,
                     finetune=cfg.finetune, num_classes=len(classes), scale=cfg.scale, crop_size=cfg.crop_size,
-                    data=cfg.data)  # fmt: skip
+                    data=cfg.data)
         atomic_write_text(run / LOC_FILE, json.dumps(info, indent=1) + "\n")
 
     def train_mode(self, model, cfg: LocConfig) -> None:
@@ -218,18 +218,18 @@ class Localisation(Classification):
         return 0.5 * (pred - targets[:, 1:]).pow(2).sum(1)
 
     def validate(self, model, dataset, cfg: LocConfig, device, autocast, d: Dist, bad_files: set[str],
-                 loader=None) -> dict[str, float]:  # fmt: skip
+                 loader=None) -> dict[str, float]:
         return validate_localisation(model, dataset, cfg, device, autocast, d, bad_files, loader)
 
     def epoch_text(self, metrics: dict[str, float]) -> str:
         return (f"val box loss {metrics['val_loss']:.4f}, val loc. error (centre crop, true class) "
-                f"{metrics['val_loc_err']:.2%}")  # fmt: skip
+                f"{metrics['val_loc_err']:.2%}")
 
 
 @torch.inference_mode()
 def validate_localisation(model, dataset: BoxDataset, cfg: LocConfig, device, autocast=contextlib.nullcontext,
                           d: Dist | None = None, bad_files: set[str] | None = None,
-                          loader=None) -> dict[str, float]:  # fmt: skip
+                          loader=None) -> dict[str, float]:
     """Box loss and localisation error (IoU <= 0.5) of the centre crop with the true class, in crop coordinates;
     summed over the processes."""
     model.eval()
@@ -269,7 +269,7 @@ class _Lines(io.TextIOBase):
 
 
 def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.PathLike | None = None,
-                       log_fn=None) -> Path:  # fmt: skip
+                       log_fn=None) -> Path:
     """Train a localisation net (the paper's Appendix A); return its run folder.
 
     ``resume``: a localisation run folder whose newest valid checkpoint is continued exactly (keys of a ``config``
@@ -282,7 +282,7 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
         # rank 0 alone: under torchrun the other processes would find the config.toml it has just written
         if config.out and is_main() and (Path(config.out) / runs.CONFIG_FILE).exists():
             raise FileExistsError(f"{config.out} already holds a run; continue it with `vgg localize train --resume "
-                                  f"{config.out}`")  # fmt: skip
+                                  f"{config.out}`")
     with contextlib.redirect_stdout(_Lines(log_fn)) if log_fn else contextlib.nullcontext():
         return train(config, resume, task)
 
@@ -290,4 +290,4 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
 __all__ = [
     "BAD_BOXES_FILE", "BoxDataset", "Localisation", "adopt_source", "collate_boxes", "train_localisation",
     "validate_localisation",
-]  # fmt: skip
+]

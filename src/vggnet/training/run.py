@@ -73,7 +73,7 @@ class _StopRequest:
 
 
 def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None = None,
-          task: Classification | None = None) -> Path:  # fmt: skip
+          task: Classification | None = None) -> Path:
     """Train a VGG net with the paper's recipe; return the run folder.
 
     ``config`` is a TrainConfig or a dict of its fields (resolved with the data set's preset).
@@ -221,7 +221,7 @@ class _Run:
 
 
 def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist, device,
-           started: list[bool], task: Classification) -> Path:  # fmt: skip
+           started: list[bool], task: Classification) -> Path:
     torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
     np.random.seed((cfg.seed + d.rank) % 2**32)
     random.seed(cfg.seed + d.rank)
@@ -237,7 +237,7 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
 
 
 def _build(cfg: TrainConfig, task: Classification, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist,
-           device, log: Logger) -> _Run:  # fmt: skip
+           device, log: Logger) -> _Run:
     """The data, the net (initialised, or from the checkpoint), the optimizer and the schedule of a run."""
     stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
     if stats is not None and not all(math.isfinite(v) for v in (*stats.mean, *stats.std)):
@@ -252,7 +252,7 @@ def _build(cfg: TrainConfig, task: Classification, run: Path, ckpt, explicit_lr:
                                 fused=(cuda_path(device) and cfg.fused) or None)  # fmt: skip
     plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays, cfg.plateau, cfg.lr_window)
     r = _Run(cfg, task, run, d, device, log, model, optimizer, plateau, Progress(0, 0, 0), 0, train_set, val_set,
-             classes)  # fmt: skip
+             classes)
     if ckpt is not None:
         _restore(r, ckpt, explicit_lr)
         log.line(f"resuming {run} at epoch {r.prog.epoch + 1}, step {r.prog.step_in_epoch} "
@@ -355,7 +355,7 @@ def _one_epoch(r: _Run, epoch: int) -> str:
     t_epoch = time.perf_counter()
     # the epoch's loss sums are kept in prog (and in mid-epoch checkpoints) by train_one_epoch
     train_one_epoch(r.net, r.loader, r.optimizer, cfg, r.plan, prog, r.device, r.autocast, r.log, r.bad_files,
-                    r.save_ckpt, r.stop, r.task)  # fmt: skip
+                    r.save_ckpt, r.stop, r.task)
     if r.stop():  # asked again: every process must take the same branch
         r.saved_at = r.save_ckpt()
         return "interrupted"
@@ -368,7 +368,7 @@ def _one_epoch(r: _Run, epoch: int) -> str:
     r.request.immediate = r.d.world == 1
     try:
         metrics = r.task.validate(r.model, r.val_set, cfg, r.device, r.autocast, r.d, r.bad_files,
-                                  r.val_loader)  # the uncompiled module  # fmt: skip
+                                  r.val_loader)  # the uncompiled module
     except KeyboardInterrupt:
         r.request.signum = r.request.signum or signal.SIGINT
         r.saved_at = r.save_ckpt(rng=rng_before)
@@ -428,7 +428,7 @@ def _interrupted_message(r: _Run, saved_at: Path | None) -> str:
     name = signal.Signals(r.request.signum).name
     if saved_at is not None or not r.d.main:
         return (f"{name}: stopped at step {r.prog.global_step} and saved {saved_at or 'a checkpoint'}; "
-                f"continue with `{r.task.command} --resume {r.run}`")  # fmt: skip
+                f"continue with `{r.task.command} --resume {r.run}`")
     last = latest_checkpoint(r.run)
     return (f"{name} twice: stopped without saving this step; `{r.task.command} --resume {r.run}` continues from "
             f"{last if last is not None else 'step 0 (no checkpoint yet)'}")  # fmt: skip

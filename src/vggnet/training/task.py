@@ -61,14 +61,14 @@ class Classification:
         return BatchPlan(n, cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
 
     def make_model(self, cfg: TrainConfig, classes: list[str], stats: Stats, run: Path, d: Dist, log: Logger,
-                   fresh: bool) -> nn.Module:  # fmt: skip
+                   fresh: bool) -> nn.Module:
         """The net of the config, initialised (``--init``, or ``--init-from`` for a fresh run), carrying the input
         convention it trains with: `vgg eval --weights` and create_model(pretrained=...) then need no run folder."""
         model = create_model(
             cfg.arch, num_classes=len(classes), width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size,
             dropout=cfg.dropout, batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
             init=cfg.init, seed=cfg.seed,
-        )  # fmt: skip
+        )
         if cfg.init_from and fresh:
             if d.world > 1 and not Path(cfg.init_from).exists():
                 # a download: rank 0 fetches it first, so that ranks sharing its cache read that file rather than
@@ -81,7 +81,7 @@ class Classification:
             Convention.of_run(stats, cfg.normalize, cfg.pixel_range), source=str(run),
             num_classes=len(classes), classes=list(classes), resize=(cfg.scale_min + cfg.scale_max) // 2,
             crop=cfg.crop_size,
-        )  # fmt: skip
+        )
         return model
 
     def write_files(self, run: Path, cfg: TrainConfig, classes: list[str], stats: Stats) -> None:
@@ -97,7 +97,7 @@ class Classification:
     loss = staticmethod(cross_entropy_loss)
 
     def validate(self, model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_files: set[str],
-                 loader=None) -> dict[str, float]:  # fmt: skip
+                 loader=None) -> dict[str, float]:
         return validate(model, dataset, cfg, device, autocast, d, bad_files, loader)
 
     def epoch_text(self, metrics: dict[str, float]) -> str:
