@@ -361,3 +361,22 @@ def test_two_process_localisation_equals_one_process(tmp_path):
     b = load_checkpoint(latest_checkpoint(tmp_path / "two"))["model"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert (tmp_path / "two" / "localize.json").is_file()
+
+
+def test_localize_from_weights_without_a_convention_takes_normalize(loc_source, tmp_path, capsys):
+    """A torchvision-layout file carries no input convention: `--normalize` states it, as for `--weights`, and
+    `localize eval` rates the boxes with the same convention."""
+    from vggnet.weights import load_model
+
+    sd = {k: v for k, v in load_model(loc_source / "model.safetensors").state_dict().items()}
+    weights = tmp_path / "tv.pth"
+    torch.save(sd, weights)
+    out = tmp_path / "loc"
+    args = ["localize", "train", "--from", str(weights), "--data", str(loc_source.parent / "data"), "--epochs", "1",
+            "--batch-size", "4", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 2
+    assert "no known input normalisation" in capsys.readouterr().err
+    assert main(args + ["--normalize", "mean:51,51,51"]) == 0  # the run's mean pixel 0.2 on 0-255
+    assert L.load_loc_run(out)[0].convention.mean == pytest.approx((0.2, 0.2, 0.2))
+    capsys.readouterr()
+    assert main(["localize", "eval", str(out), "--protocol", "dense", "--scales", "48", "--device", "cpu"]) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import field_help
 from ..localisation import FINETUNE, REGRESSIONS, LocConfig, evaluate_localisation, markdown_tables, train_localisation
-from ..pretrained import WEIGHTS_FORMS
+from ..pretrained import NORMALIZE_FORMS_OF_WEIGHTS, WEIGHTS_FORMS
 from ..report import write_report
 
 
@@ -39,6 +39,8 @@ def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_run", metavar="SOURCE", help="the classification net to start from: "
                    f"{WEIGHTS_FORMS}; a run gives S, the input convention, the classes and the data, weights give "
                    "theirs (their resize as S; --data is then needed)")
+    p.add_argument("--normalize", dest="source_normalize", default=None, metavar=NORMALIZE_FORMS_OF_WEIGHTS,
+                   help="the input convention of --from weights that carry none (a run carries its own)")
     p.add_argument("--regression", choices=REGRESSIONS, default=None, help="scr: one box; pcr: a box per class "
                    "(default pcr)")  # fmt: skip
     p.add_argument("--finetune", choices=FINETUNE, default=None, help="all layers, or the FC layers only (default all)")
@@ -65,7 +67,7 @@ def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_localize_train_cli(args: argparse.Namespace) -> int:
-    given = {k: getattr(args, k) for k in ("regression", "finetune", *_TRAIN_OPTIONS)}
+    given = {k: getattr(args, k) for k in ("regression", "finetune", "source_normalize", *_TRAIN_OPTIONS)}
     given = {k: v for k, v in given.items() if v is not None}
     if args.resume:
         run = train_localisation(given, resume=args.resume)

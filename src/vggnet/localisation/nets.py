@@ -43,6 +43,8 @@ class LocConfig(TrainConfig):
     scale: int = 0  # training scale S; 0: the classification run's smallest S (the paper: the same S, no jittering)
     max_per_class: int = 0  # train on the first N images of each class (0: all)
     val_per_class: int = 0  # validate on the first N images of each class (0: all)
+    # the input convention of --from weights that carry none (imagenet|caffe|mean:R,G,B; a run carries its own)
+    source_normalize: str = ""
     # the engine's options whose defaults differ for localisation
     # data with boxes: an embedded set or a folder with a boxes.csv / VOC XML files; default: mnist-scale when
     # the run's data is an embedded set, else the run's data
@@ -117,14 +119,14 @@ def stride(model: VGG) -> int:
     return 2 ** sum(isinstance(m, nn.MaxPool2d) for m in model.features)
 
 
-def load_source(spec: str | os.PathLike, device: str | torch.device = "cpu") -> runs.Run:
+def load_source(spec: str | os.PathLike, device: str | torch.device = "cpu", normalize: str | None = None) -> runs.Run:
     """The classification net that localisation starts from (`vgg localize train --from`) or rates its boxes with
     (`vgg localize eval --classifier`): a run folder, or weights in any of the forms of
     :data:`vggnet.pretrained.WEIGHTS_FORMS`, loaded by the one loader (``evaluation.weights_net``) with the input
-    convention they carry and their classes; their S is the side they are resized to (``pretrained_cfg``)."""
+    convention they carry (or ``normalize``) and their classes; their S is the side they are resized to."""
     if runs.is_run(spec):
         return runs.load_run(spec, device)
-    net = weights_net(str(spec))
+    net = weights_net(str(spec), normalize or None)
     conv = net.convention
     if conv.channel_order != "RGB":
         raise ValueError(f"{spec}: weights that take {conv.channel_order} input cannot start a localisation net")

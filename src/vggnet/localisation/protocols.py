@@ -182,10 +182,11 @@ def _dense_hits(s: _Setup, smp: B.BoxSample, size: tuple[int, int], maps: list[t
     return correct[0], any(correct), ranked[0] == smp.label
 
 
-def _classifier(path: str | os.PathLike, device: torch.device, num_classes: int) -> runs.Run:
+def _classifier(path: str | os.PathLike, device: torch.device, num_classes: int,
+                normalize: str | None = None) -> runs.Run:
     """The classification net that rates the dense protocol's boxes (a run folder or weights of any SOURCE form);
     it must know the data's classes."""
-    cls = load_source(path, device)
+    cls = load_source(path, device, normalize)
     if cls.model.num_classes != num_classes:
         raise ValueError(f"the classification net {cls.path} has {cls.model.num_classes} classes, the data "
                          f"{num_classes}; pass the run the localisation net was made from (--classifier)")  # fmt: skip
@@ -219,7 +220,9 @@ def evaluate_localisation(loc_run: str | os.PathLike, protocol: str = "dense", s
     samples, classes = B.box_samples(data or info["data"], "val", boxes_csv, max_per_class, report)
     if not samples:
         raise ValueError(f"{data or info['data']}: no validation images with boxes ({report.summary()})")
-    cls = _classifier(classifier or info["from_run"], dev, len(classes)) if protocol == "dense" else None
+    # the net the localisation net was made from, with the convention it was given (--from weights that carry none)
+    path, normalize = (classifier, None) if classifier else (info["from_run"], info.get("source_normalize") or None)
+    cls = _classifier(path, dev, len(classes), normalize) if protocol == "dense" else None
     loc.model.eval()
     s = _Setup(loc, cls, info["regression"], crop, scales, dev, stride(loc.model))
     t0 = time.perf_counter()

@@ -127,7 +127,7 @@ class Localisation(Classification):
             raise ValueError("vgg localize train needs --from SOURCE (a classification run or weights) or --resume "
                              "LOCRUN")
         if cfg.from_run not in self._sources:
-            self._sources[cfg.from_run] = load_source(cfg.from_run)
+            self._sources[cfg.from_run] = load_source(cfg.from_run, normalize=cfg.source_normalize)
         return self._sources[cfg.from_run]
 
     def resolve(self, config: LocConfig | dict[str, Any] | None) -> LocConfig:
@@ -201,7 +201,7 @@ class Localisation(Classification):
         local = Path(cfg.from_run).expanduser()
         info = dict(from_run=str(local.resolve()) if local.exists() else cfg.from_run, regression=cfg.regression,
                     finetune=cfg.finetune, num_classes=len(classes), scale=cfg.scale, crop_size=cfg.crop_size,
-                    data=cfg.data)
+                    data=cfg.data, source_normalize=cfg.source_normalize)
         atomic_write_text(run / LOC_FILE, json.dumps(info, indent=1) + "\n")
 
     def train_mode(self, model, cfg: LocConfig) -> None:
