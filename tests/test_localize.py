@@ -160,6 +160,8 @@ def test_train_resume_and_evaluate_both_protocols(tmp_path):
     assert not torch.equal(after["classifier.6.weight"], at_step_1["classifier.6.weight"])
     with pytest.raises(FileExistsError):
         L.train_localisation(cfg)
+    with pytest.raises(ValueError, match=r"regression \('pcr' -> 'scr'\)"):  # what the net learns: refused by name
+        L.train_localisation({"regression": "scr", "epochs": 3}, resume=run)
     # one writer per run folder: a localisation run held by another writer is refused, naming the holder
     with RunLock(run, "another vgg localize train"), pytest.raises(RunInUse, match=f"{os.getpid()}.*one writer"):
         L.train_localisation({"max_steps": 0, "epochs": 3}, resume=run)

@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch.distributed as dist
 
 from .. import boxes as B
 from .. import runs
-from ..config import input_settings, read_toml
+from ..config import TrainConfig, input_settings, read_toml, refuse_unsafe_changes
 from ..convention import Convention
 from ..data import EMBEDDED
 from ..data.io import BadImageError, load_image
@@ -268,6 +269,16 @@ class _Lines(io.TextIOBase):
         return len(text)
 
 
+def _refuse_box_changes(config: LocConfig | dict[str, Any] | None, run: Path) -> None:
+    """--resume with another regression, source, boxes, ... (what the engine's own check does not know): refused by
+    name, as `vgg train --resume` refuses a changed data set."""
+    given = config.to_dict() if isinstance(config, LocConfig) else dict(config or {})
+    saved = read_toml(run / runs.CONFIG_FILE) if (run / runs.CONFIG_FILE).is_file() else {}
+    own = LOC_FIELDS - {f.name for f in fields(TrainConfig)}
+    refuse_unsafe_changes({k: (saved[k], v) for k, v in given.items() if k in own and k in saved and saved[k] != v},
+                          "--resume with these options", run)
+
+
 def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.PathLike | None = None,
                        log_fn=None) -> Path:
     """Train a localisation net (the paper's Appendix A); return its run folder.
@@ -277,6 +288,8 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
     ``log_fn``: where the progress lines go (default: printed).
     """
     task = Localisation()
+    if resume is not None:
+        _refuse_box_changes(config, Path(resume))
     if resume is None:
         config = task.resolve(config)
         # rank 0 alone: under torchrun the other processes would find the config.toml it has just written
