@@ -25,7 +25,7 @@ from vggnet.weights import read_state_dict
 from _tiny_runs import epoch_rows, options, same, small, weights
 
 loop_mod = importlib.import_module("vggnet.training.loop")  # where the training step calls F and validate runs
-run_mod = importlib.import_module("vggnet.training.run")  # where a run builds its net and calls validate
+task_mod = importlib.import_module("vggnet.training.task")  # where a run builds its net and calls validate
 
 SRC = str(Path(__file__).parents[1] / "src")
 
@@ -75,13 +75,13 @@ def test_signal_mid_step_then_resume_is_bit_identical(folder, tmp_path, straight
 
 def test_signal_during_validation_then_resume(folder, tmp_path, straight, monkeypatch):
     cfg = small(folder, tmp_path / "run", accum_steps=2)
-    real = run_mod.validate
+    real = task_mod.validate
 
     def interrupted_validate(*a, **kw):
         os.kill(os.getpid(), signal.SIGINT)
         return real(*a, **kw)
 
-    monkeypatch.setattr(run_mod, "validate", interrupted_validate)
+    monkeypatch.setattr(task_mod, "validate", interrupted_validate)
     with pytest.raises(Interrupted):
         train(cfg)
     monkeypatch.undo()
@@ -305,14 +305,14 @@ def test_cuda_defaults_run_on_the_cpu(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("VGGNET_CUDA_PATH_ON_CPU", "1")
     torch._dynamo.reset()
     dtypes = []
-    real = run_mod.create_model
+    real = task_mod.create_model
 
     def recording(*a, **kw):
         model = real(*a, **kw)
         model.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
         return model
 
-    monkeypatch.setattr(run_mod, "create_model", recording)
+    monkeypatch.setattr(task_mod, "create_model", recording)
     run = train(small(folder, tmp_path / "run", epochs=1, dropout=0.0))  # 4 steps, validation, checkpoint
     ckpt = load_checkpoint(latest_checkpoint(run))
     assert ckpt["model"]["features.0.weight"].is_contiguous(memory_format=torch.channels_last)
