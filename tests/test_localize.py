@@ -149,6 +149,8 @@ def test_train_resume_and_evaluate_both_protocols(tmp_path):
     assert saved["regression"] == "pcr" and saved["scale"] == 48 and saved["num_classes"] == 2
     # stopped inside epoch 1: a checkpoint, and no weights yet (as `vgg train --max-steps`)
     assert not (run / "model.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match="continue it with `vgg localize train --resume"):
+        L.load_loc_run(run)
     at_step_1 = load_checkpoint(latest_checkpoint(run))["model"]
     L.train_localisation({"max_steps": 0}, resume=run)  # to the end of epoch 2
     epochs = epoch_rows(run)
