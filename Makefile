@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # this lock (flock, from util-linux; without it, as on macOS, make goes on unlocked).
 LOCK := $(shell command -v flock >/dev/null 2>&1 && echo flock $(CACHE)/venv.lock)
 
-.PHONY: demo test venv clean-venv paper-check
+.PHONY: demo test test-fast docs lint venv clean-venv paper-check
 
 # The main job: train net A on the embedded MNIST digits (the mnist preset of `vgg train`), then print the
 # paper-style table of the four test protocols for the run.
@@ -18,8 +18,25 @@ demo: venv
 	$(VENV)/bin/vgg train --out $$run && \
 	$(VENV)/bin/vgg eval $$run --protocol center,dense,multicrop,dense+multicrop --scales single
 
+# every test (CI runs this one)
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the inner loop: all but the tests marked slow (torchrun, multiprocessing, subprocess runs of the CLI and
+# benchmarks, full-size nets)
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The manual and the API reference (mkdocs.yml) into site/; --strict fails on a broken link, a reference that
+# does not resolve or a docstring that does not parse (not --quiet: it hides the warnings, and strict then passes).
+docs: venv
+	$(VENV)/bin/mkdocs build --strict
+
+# The formatter and the linter ([tool.ruff] in pyproject.toml): `ruff format .` and `ruff check --fix .` repair
+# what they can.
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 # The paper's scale on the CPU: every stage of recipes/imagenet/ at full width from real-size JPEGs through
 # `vgg train`, a few steps each; the learning rows (net A, then D from A) run on CUDA, or with --learn

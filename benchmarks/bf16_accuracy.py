@@ -46,8 +46,8 @@ def photos(n: int, seed: int = 0) -> list[torch.Tensor]:
     h, w = base.shape[-2:]
     for i in range(n):
         ch, cw = int(torch.randint(h // 2, h + 1, (1,), generator=g)), int(torch.randint(w // 2, w + 1, (1,), generator=g))
-        t, l = int(torch.randint(0, h - ch + 1, (1,), generator=g)), int(torch.randint(0, w - cw + 1, (1,), generator=g))
-        img = base[:, t : t + ch, l : l + cw].float() * (0.7 + 0.6 * torch.rand(3, 1, 1, generator=g))
+        top, left = int(torch.randint(0, h - ch + 1, (1,), generator=g)), int(torch.randint(0, w - cw + 1, (1,), generator=g))
+        img = base[:, top : top + ch, left : left + cw].float() * (0.7 + 0.6 * torch.rand(3, 1, 1, generator=g))
         out.append((img.flip(-1) if i % 2 else img).clamp(0, 255).to(torch.uint8))
     return out
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                                       mode=ImageReadMode.RGB), paths),
         }  # fmt: skip
         rates: dict[str, list[float]] = {name: [] for name in rows}
-        for name, (fn, items) in rows.items():  # warm-up: page cache, lazy imports, allocator
+        for fn, items in rows.values():  # warm-up: page cache, lazy imports, allocator
             fn(items[0])
         for _ in range(args.repeats):
             for name, (fn, items) in rows.items():

@@ -5,7 +5,8 @@ Rows:
 - (a) our training step on synthetic batches already on the GPU: config D, 1000 classes, batch 256, 224 crops,
   bf16 autocast, channels-last, torch.compile, fused SGD (momentum 0.9, weight decay 5e-4), dropout 0.5. The
   step is ``vggnet.training.train_one_epoch`` itself, the loop ``vgg train`` runs.
-- (b) torchvision's vgg16 through the same loop with the same settings (PERFORMANCE.md: about 5,000 images/s).
+- (b) torchvision's vgg16 through the same loop with the same settings (about 5,000 images/s: the reference
+  measurements of docs/performance.md).
 - (c) our training from a folder of JPEGs with the paper's augmentation (S jittered in [256, 512], random 224
   crop, flip, PCA colour shift, mean subtraction), the batches built by ``vggnet.training.make_train_loader`` as
   ``vgg train`` builds them: the GPU data path (``--loader gpu``: workers read the bytes, nvJPEG decodes, the
@@ -336,7 +337,7 @@ class Bench:
         flop = train_flops(tv, s) / 1e9
         self.row("(b)", "torchvision vgg16: the same loop, synthetic batches",
                  lambda: train_rate(tv_net, tv_opt, synthetic(s), s.warmup, s.steps, s), flop)  # fmt: skip
-        del tv, tv_opt, tv_net
+        tv = tv_opt = tv_net = None  # frees the memory (the timed lambda holds these names)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -375,7 +376,7 @@ class Bench:
             loader, _ = self.loader(kind, n)
             self.row("(c)", f"ours from the JPEGs, paper augmentation, --loader {kind}",
                      lambda: train_rate(net, optimizer, loader, warm, s.data_steps, s), flop)  # fmt: skip
-            del loader
+            loader = None  # frees the loader (the timed lambda holds the name)
 
     def dense_rows(self, model: nn.Module) -> None:
         from vggnet.evaluation import dense_posteriors

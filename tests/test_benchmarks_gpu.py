@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from vggnet.data.synthetic import write_jpeg
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_prints_every_row(tmp_path):
     # the GPU machine has neither mlxtend nor (maybe) tomli_w: make importing them fail here too
     blocked = tmp_path / "blocked"
@@ -77,6 +79,7 @@ def test_preflight_reports_every_failure_in_one_table(monkeypatch):
     assert "| bf16" in table and "RuntimeError: no bf16 on this device" in table
 
 
+@pytest.mark.slow
 def test_preflight_alone_on_the_cpu(tmp_path):
     """`gpu.py --cpu --preflight`: the table, the GPU tests run (and skip themselves without CUDA), exit 0.
     The compile check uses the "eager" backend here: inductor's C++ compile takes about a minute on 2 cores."""

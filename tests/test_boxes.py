@@ -137,6 +137,7 @@ def test_voc_xml_boxes(tmp_path):
     assert any("not a readable PASCAL VOC XML" in s for s in report.skipped)
 
 
+@pytest.mark.slow
 def test_embedded_mnist_scale_boxes_hold_the_digits(tmp_path):
     path = boxes_file("mnist-scale", tmp_path)
     root = materialise("mnist-scale", tmp_path)

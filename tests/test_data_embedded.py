@@ -23,6 +23,7 @@ def count(folder: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("name, side", [("mnist", 32), ("mnist-scale", 64)])
+@pytest.mark.slow
 def test_materialise_split_sizes_and_images(cache, name, side):
     root = materialise(name, cache)
     assert root == cache / name

@@ -126,7 +126,7 @@ def test_features_file_refuses_another_request_and_transfers(tmp_path, capsys):
     rep = tmp_path / "rep"
     assert main(["transfer", str(raw), str(out), "--train-per-class", "3", "--splits", "2", "--out", str(rep)]) == 0
     text = capsys.readouterr().out
-    rows = [[c.strip() for c in l.strip("|").split("|")] for l in text.splitlines() if l.startswith("|")][2:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")][2:]
     assert "mean class recall %" in text and [r[5] for r in rows] == ["3", "3"]
     res = json.loads((rep / "transfer.json").read_text())["results"]
     assert [len(r["accuracy"]) for r in res] == [2, 2] and res[0]["accuracy"][0] > 0.9  # the band is in the pixels

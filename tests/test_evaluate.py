@@ -204,7 +204,7 @@ def make_run(path, seed=0, scale=(32, 48), data="mnist"):
 
 @pytest.fixture
 def run_dir(tmp_path):
-    data = make_images(tmp_path / "data" / "val")
+    make_images(tmp_path / "data" / "val")
     make_images(tmp_path / "data" / "train")
     return make_run(tmp_path / "run", data=tmp_path / "data")
 
@@ -287,6 +287,16 @@ def test_predict_cli_and_api(run_dir, capsys):
     assert sum(preds[0].probs) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_the_net_stays_trainable_after_predict_and_evaluate():
+    """The net is moved to the device outside inference mode: its weights are not inference tensors after."""
+    model = tiny_model()
+    predict(model, [image(40, 50)], device="cpu")
+    evaluate(model, [(image(36, 36), 1)], scales=[32], device="cpu")
+    model.train()
+    model(torch.rand(2, 3, 32, 32)).sum().backward()  # raised "Inference tensors cannot be saved for backward"
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_resolve_eval_samples_defaults(run_dir, tmp_path, monkeypatch):
     run = load_run(run_dir)
     # the config's data folder has val/: its images, labelled by class name
@@ -349,13 +359,9 @@ def test_run_default_split_and_display_names(tmp_path):
     assert sorted({y for _, y in samples}) == [2, 9]
 
 
-def test_evaluation_is_a_package_and_evaluate_the_function():
-    import importlib.util
-
+def test_the_package_exports_evaluate_and_predict():
     import vggnet.evaluation
 
-    # no module named vggnet.evaluate to shadow the function (nor a predict module inside the package)
-    assert importlib.util.find_spec("vggnet.evaluate") is None
     assert callable(vggnet.evaluate) and vggnet.evaluate is vggnet.evaluation.evaluate
     assert callable(vggnet.evaluation.predict) and vggnet.predict is vggnet.evaluation.predict
 

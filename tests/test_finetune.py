@@ -55,7 +55,7 @@ def test_the_net_and_input_come_from_the_source(sources, folder, tmp_path):
     cfg = resolve_config(_opts(folder, tmp_path / "r", sources["bn"], scale_min=None, scale_max=None))
     assert (cfg.arch, cfg.batch_norm, cfg.width, cfg.fc_width, cfg.crop_size) == ("A", True, 1 / 16, 16, 32)
     assert (cfg.scale_min, cfg.scale_max) == (37, 37)  # the paper's 256 / 224 of a file that records no scale
-    assert cfg.pixel_range == 1 and cfg.finetune == "on"
+    assert cfg.pixel_range == 1 and cfg.finetune_preset == "on"
     named = resolve_config(dict(init_from="torchvision:vgg16_bn", data=str(folder)))  # a table entry: no download
     assert (named.arch, named.batch_norm, named.crop_size, named.scale_min, named.normalize) == ("D", True, 224, 256,
                                                                                                  "imagenet")
@@ -88,7 +88,7 @@ def test_a_contradicting_arch_is_refused(sources, folder, tmp_path, capsys):
     # the same net named another way, and net A into a deeper net (the paper's staged init), are no contradiction
     assert resolve_config(_opts(folder, tmp_path / "r", sources["bn"], arch="vgg11_bn")).batch_norm
     staged = resolve_config(dict(init_from=str(sources["run"]), arch="D", data=str(sources["run"].parent / "other")))
-    assert staged.arch == "D" and staged.finetune == "off" and staged.lr == TrainConfig.lr  # same data: the paper's
+    assert staged.arch == "D" and staged.finetune_preset == "off" and staged.lr == TrainConfig.lr  # same data: the paper's
     rc = main(["train", "--init-from", "torchvision:vgg16", "--arch", "vgg13", "--data", str(folder)])
     err = capsys.readouterr().err
     assert rc == 2 and "leave --arch out" in err and len(err.strip().splitlines()) == 1
@@ -96,15 +96,15 @@ def test_a_contradicting_arch_is_refused(sources, folder, tmp_path, capsys):
 
 def test_the_preset_applies_to_other_labels_only_and_flags_override_it(sources, folder, tmp_path):
     cfg = resolve_config(_opts(folder, tmp_path / "r", sources["run"], lr=0.005, epochs=None))
-    assert cfg.finetune == "on" and cfg.lr == 0.005  # a flag over the preset
+    assert cfg.finetune_preset == "on" and cfg.lr == 0.005  # a flag over the preset
     assert {k: getattr(cfg, k) for k in FINETUNE_PRESET if k != "lr"} == {k: v for k, v in FINETUNE_PRESET.items()
                                                                           if k != "lr"}  # fmt: skip
-    off = resolve_config(_opts(folder, tmp_path / "r", sources["run"], finetune="off", epochs=None))
-    assert off.finetune == "off" and (off.lr, off.epochs, off.head_lr_mult) == (0.01, 74, 1.0)
+    off = resolve_config(_opts(folder, tmp_path / "r", sources["run"], finetune_preset="off", epochs=None))
+    assert off.finetune_preset == "off" and (off.lr, off.epochs, off.head_lr_mult) == (0.01, 74, 1.0)
     same_data = str(sources["run"].parent / "other")  # the data the source run was trained on
-    assert resolve_config(dict(init_from=str(sources["run"]), data=same_data)).finetune == "off"
-    forced = resolve_config(dict(init_from=str(sources["run"]), data=same_data, finetune="on"))
-    assert (forced.finetune, forced.lr, forced.head_lr_mult) == ("on", 1e-3, 10.0)
+    assert resolve_config(dict(init_from=str(sources["run"]), data=same_data)).finetune_preset == "off"
+    forced = resolve_config(dict(init_from=str(sources["run"]), data=same_data, finetune_preset="on"))
+    assert (forced.finetune_preset, forced.lr, forced.head_lr_mult) == ("on", 1e-3, 10.0)
     with pytest.raises(ValueError, match="--freeze conv5_3: net A has no such layer"):
         resolve_config(dict(data=str(folder), freeze="conv5_3"))  # A's block 5 has two convs; no data scanned
 
@@ -112,7 +112,7 @@ def test_the_preset_applies_to_other_labels_only_and_flags_override_it(sources, 
 def test_freeze_keeps_layers_bit_identical_and_bn_in_eval_mode(sources, folder, tmp_path):
     run = train(resolve_config(_opts(folder, tmp_path / "r", sources["bn"], freeze="conv4_2", lr=0.05)))
     text = (run / "config.toml").read_text()
-    assert 'freeze = "conv4_2"' in text and 'finetune = "on"' in text and "head_lr_mult = 10.0" in text
+    assert 'freeze = "conv4_2"' in text and 'finetune_preset = "on"' in text and "head_lr_mult = 10.0" in text
     before, after = torch.load(sources["bn"]), weights(run)
     net = vggnet.create_model("vgg11_bn", num_classes=2, **TINY)
     names = dict(zip([f"features.{i}." for i in range(len(net.features))], net.layer_names))

@@ -50,7 +50,7 @@ def test_background_keeps_order_raises_and_stops():
     # a consumer that stops early: the thread (and the upstream stage's) is stopped and joined at once
     stage1 = background(iter(range(10**9)), lambda x: x, 2, torch.device("cpu"))
     stage2 = background(stage1, lambda x: -x, 2, torch.device("cpu"))
-    for i, x in enumerate(stage2):
+    for i, _ in enumerate(stage2):
         if i == 5:
             break
     stage2.close()

@@ -170,6 +170,7 @@ def _ddp_empty_worker(rank: int, port: int, out: str):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_rank_with_only_unreadable_images_stays_in_the_all_reduce(tmp_path):
     """2 gloo processes; rank 1's first micro-batch is empty. Both finish (no watchdog timeout) with equal weights."""
     with socket.socket() as s:

@@ -39,6 +39,7 @@ def test_paper_init_statistics(scheme, std):
     assert _weights(default)[3].weight.std().item() == pytest.approx(PAPER_STD, rel=0.05)
 
 
+@pytest.mark.slow
 def test_full_width_net_a_starts_at_ln_classes_with_the_default_reading():
     """Net A at full width, a 224 input on the 0-255 scale minus a mean: the paper's std 0.01 gives a loss of
     ln(classes) (the logits start near 0); the literal std 0.1 starts orders of magnitude above it."""

@@ -64,6 +64,7 @@ def test_predict_weights_names_classes(files, capsys):
     assert rc == 0 and len(out[0]["top"]) == 2 and {t["class"] for t in out[0]["top"]} <= set(CLASSES)
 
 
+@pytest.mark.slow
 def test_export_onnx_checked_in_onnxruntime(files, capsys, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from vggnet.export import check_onnx
@@ -91,7 +92,7 @@ def _fine_tune(files, source, arch, run):
                  "--stats-images", "4", "--no-tensorboard", "--out", str(run)])  # fmt: skip
 
 
-def test_train_init_from_a_named_source(served, files, tmp_path, capsys):
+def test_train_init_from_a_named_source(served, files, tmp_path, capsys):  # noqa: F811  (the fixture)
     run = tmp_path / "run"
     assert _fine_tune(files, "torchvision:vgg11", "vgg11", run) == 0
     log = (run / "train.log").read_text() if (run / "train.log").exists() else capsys.readouterr().out

@@ -173,8 +173,8 @@ def test_a_run_made_with_another_config_stops_the_plan(tmp_path):
 def table(text, title):
     """The rows of the Markdown table under the heading that starts with ``title``."""
     section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
-    lines = [l for l in section.splitlines() if l.startswith("|")]
-    return [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
 
 
 @pytest.mark.slow
@@ -312,7 +312,7 @@ def test_medium_dry_run_prints_the_runs_and_an_estimate_of_gpu_hours(capsys, tmp
         cli(["--grid", "medium", "--dry-run", "--data", str(data / "train")])
 
 
-# ---- the command line: --grid (and its old name --scale), --seeds N or a list ------------------------------
+# ---- the command line: --grid, --seeds N or a list ------------------------------------------------------------
 
 
 def test_seeds_take_a_count_or_a_list(capsys, tmp_path):

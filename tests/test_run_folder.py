@@ -282,6 +282,7 @@ def test_workers_are_capped_by_cores_and_memory(monkeypatch, capsys):
     assert loader_workers(resolve({"workers": 1}), Dist(0, 1, 0)) == 1
 
 
+@pytest.mark.slow
 def test_a_loader_worker_dies_with_its_parent(tmp_path):
     code = (f"import os, sys, time; sys.path.insert(0, {SRC!r}); from vggnet.training.loaders import "
             f"ignore_stop_signals\npid = os.fork()\nif pid == 0:\n    ignore_stop_signals(); time.sleep(60); "

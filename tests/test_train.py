@@ -141,6 +141,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process(folder, tmp_path):
     """2 processes x 4 images (gloo) make the same updates as 1 process x 8 images; each process also
     accumulates its 4 images as 2 micro-batches of 2, which must not change the update either."""

@@ -20,6 +20,7 @@ def x224():
 
 
 @pytest.mark.parametrize("name", ["vgg11", "vgg13", "vgg16", "vgg19", "vgg16_bn"])
+@pytest.mark.slow
 def test_torchvision_round_trip(name, tmp_path, x224):
     torch.manual_seed(1)
     tv = getattr(torchvision.models, name)(num_classes=10).eval()
@@ -42,6 +43,7 @@ def test_torchvision_round_trip(name, tmp_path, x224):
     assert (_logits(tv2, x224) - ref).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_timm_round_trip(tmp_path, x224):
     torch.manual_seed(2)
     tm = timm.create_model("vgg16", pretrained=False, num_classes=10).eval()

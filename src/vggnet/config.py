@@ -41,7 +41,7 @@ class TrainConfig:
                             "-> all its weights), a weights file of any layout, a URL, torchvision:vgg16, "
                             "timm:vgg16.tv_in1k or caffe:vgg16 (fine-tuning); the net (--arch, width, crop) and "
                             "its input convention come from SOURCE unless given (docs/finetune.md)")
-    finetune: str = option("auto", "the fine-tuning preset under --init-from (docs/finetune.md: lr 1e-3, 20 epochs, "
+    finetune_preset: str = option("auto", "the fine-tuning preset under --init-from (docs/finetune.md: lr 1e-3, 20 epochs, "
                            "new layer at 10x lr, ...; flags override each value): auto: on when SOURCE was trained "
                            "on another label set (released weights, a weights file, a run on other data), off for "
                            "a run on the same data (the paper's staged init); on; off. The run records on or off")
@@ -159,8 +159,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if not (self.head_lr_mult > 0 and math.isfinite(self.head_lr_mult)):
             raise ValueError(f"--head-lr-mult must be a positive number, got {self.head_lr_mult}")
-        if self.finetune not in ("auto", "on", "off"):
-            raise ValueError(f"--finetune must be auto, on or off, got {self.finetune!r}")
+        if self.finetune_preset not in ("auto", "on", "off"):
+            raise ValueError(f"--finetune-preset must be auto, on or off, got {self.finetune_preset!r}")
         self._check_ranges()
 
     def _check_ranges(self) -> None:

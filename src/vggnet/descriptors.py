@@ -35,13 +35,13 @@ from .data import resolve_data
 from .data.io import BadImageError, load_image
 from .data.transforms import prepare_images, shape_groups
 from .evaluation.nets import Net, as_net, weights_net
+from .evaluation.views import dense_views
 from .files import atomic_write
 from .init import init_weights
-from .model import VGG, spatial_average
+from .model import VGG
 from .pretrained import resolve_weights
 from .runs import load_run
 from .runtime import pick_device
-from .weights import unwrap
 
 AGGREGATES = ("mean", "stack")
 
@@ -53,11 +53,8 @@ AGGREGATES = ("mean", "stack")
 def scale_descriptors(model: nn.Module, x: torch.Tensor, flip: bool = True) -> torch.Tensor:
     """(N, 3, H, W) normalised images of one size -> (N, D) L2-normalised descriptors at that size: the
     penultimate dense map averaged over locations, averaged with the flipped images', L2-normalised."""
-    size, crop = tuple(x.shape[-2:]), unwrap(model).crop_size
-    d = spatial_average(model.dense(x, head=False).float(), size, crop)  # windows on the image (model.window_mask)
-    if flip:
-        d = (d + spatial_average(model.dense(x.flip(-1), head=False).float(), size, crop)) / 2
-    return F.normalize(d, dim=1)
+    # evaluation's dense views (the one dense averager): each view's map averaged over the windows on the image
+    return F.normalize(dense_views(model, x, flip, head=False).mean(1), dim=1)
 
 
 def aggregate(per_scale: Sequence[torch.Tensor], how: str = "mean") -> torch.Tensor:

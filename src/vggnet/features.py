@@ -22,10 +22,13 @@ class VGGFeatures(nn.Module):
 
     Args:
         config: a config letter ("A", "A-LRN", "B", "C", "D", "E").
-        width, batch_norm, in_chans, inplace_relu: as for ``VGG``.
+        width: as for ``VGG``.
+        batch_norm: as for ``VGG``.
+        in_chans: as for ``VGG``.
         out_indices: stages (``feature_info`` of the full net): 0-4 the last ReLU of blocks 1-5 (relu1_2,
             relu2_2, relu3_3, relu4_3, relu5_3 for D), 5 pool5. Default: (0, 1, 2, 3, 4).
         layers: instead of stages, the paper's layer names (conv3_1, relu4_2, pool2, ...; no FC layers).
+        inplace_relu: as for ``VGG``.
     """
 
     def __init__(

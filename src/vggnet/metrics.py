@@ -88,3 +88,49 @@ class TopKErrors:
         if not self.n:
             return {k: float("nan") for k in self.ks}
         return {k: int(self._wrong[k]) / self.n for k in self.ks}
+
+
+def top1_predictions(scores: torch.Tensor) -> torch.Tensor:
+    """The top-1 class of each row of scores (N, C), with the ties policy of :func:`target_rank`: the first of
+    equal maxima, and a NaN score never the prediction (unless a row is all NaN: class 0)."""
+    return scores.float().nan_to_num(nan=float("-inf")).argmax(1)
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The (C, C) int64 confusion matrix: entry [t, p] counts the images of true class t predicted as p.
+
+    Row t sums to the number of images of class t; its diagonal entry is how many of them were right.
+    """
+    predicted, labels = predicted.long().flatten().cpu(), labels.long().flatten().cpu()
+    if predicted.shape != labels.shape:
+        raise ValueError(f"{predicted.numel()} predictions for {labels.numel()} labels")
+    for name, t in (("labels", labels), ("predictions", predicted)):
+        if t.numel() and (t.min() < 0 or t.max() >= num_classes):
+            raise ValueError(f"{name} must be in [0, {num_classes}), got values in [{int(t.min())}, {int(t.max())}]")
+    flat = torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+    return flat.view(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images per class (C,) int64, top-1 accuracy per class (C,) float64, NaN for a class without images)."""
+    n = confusion.sum(1)
+    correct = confusion.diagonal()
+    return n, torch.where(n > 0, correct.double() / n.clamp(min=1), torch.full(n.shape, float("nan"), dtype=torch.float64))
+
+
+def most_confused(confusion: torch.Tensor, top: int | None = None) -> list[tuple[int, int, int, float]]:
+    """The off-diagonal cells of a confusion matrix, most images first: (true class, predicted class, count,
+    share of the true class's images). Ties: the larger share first, then by class indices. ``top``: keep these."""
+    c = confusion.shape[0]
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    cells = off.flatten().nonzero().flatten()  # row-major: by true class, then predicted class
+    counts = off.flatten()[cells]
+    share = counts.double() / confusion.sum(1)[cells // c].double()
+    # stable sorts, the last key first: share descending, then count descending
+    order = torch.sort(share, descending=True, stable=True).indices
+    order = order[torch.sort(counts[order], descending=True, stable=True).indices]
+    if top is not None:
+        order = order[:top]
+    cells, counts, share = cells[order], counts[order], share[order]
+    return list(zip((cells // c).tolist(), (cells % c).tolist(), counts.tolist(), share.tolist()))

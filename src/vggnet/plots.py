@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from . import runs
+from .files import atomic_write
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -67,3 +71,41 @@ def plot_run(run: str | Path) -> list[Path]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return [path]
+
+
+def plot_confusion(confusion: torch.Tensor, classes: Sequence[str] | None, path: str | Path, title: str = "") -> Path:
+    """A confusion-matrix picture: a row per class with images, its share of images (colour) predicted as each
+    of those classes, and a last column "other" for predictions outside them (an ImageNet subset scored by a
+    1,000-class net); counts are written in the cells of small matrices. Written atomically; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = (confusion.sum(1) > 0).nonzero().flatten()
+    counts = confusion[rows][:, rows]
+    other = confusion[rows].sum(1) - counts.sum(1)
+    names = [classes[i] if classes else str(i) for i in rows.tolist()]
+    if int(other.sum()):
+        counts, names_x = torch.cat([counts, other[:, None]], 1), [*names, "other"]
+    else:
+        names_x = names
+    share = counts.double() / counts.sum(1, keepdim=True).clamp(min=1)
+    m = len(names)
+    side = min(max(4.0, 0.22 * len(names_x) + 2.5), 24.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side * max(m, 1) / len(names_x) + 1.0))
+    im = ax.imshow(share.numpy(), cmap="Blues", vmin=0.0, vmax=1.0, aspect="equal")
+    ax.set_xticks(range(len(names_x)), names_x, rotation=90, fontsize=7 if len(names_x) > 20 else 9)
+    ax.set_yticks(range(m), names, fontsize=7 if m > 20 else 9)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    if len(names_x) <= 20:
+        for (t, p), c in zip(torch.cartesian_prod(torch.arange(m), torch.arange(len(names_x))).tolist(),
+                             counts.flatten().tolist()):  # fmt: skip
+            if c:
+                ax.text(p, t, str(c), ha="center", va="center", fontsize=8,
+                        color="white" if share[t, p] > 0.5 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return Path(path)

@@ -94,11 +94,30 @@ def _git_describe() -> str | None:
     return None
 
 
+def _flat(obj: Any) -> bool:
+    """Whether ``obj`` is a plain value, or a list or object of plain values only (``map(type)``: C speed)."""
+    if not isinstance(obj, (dict, list, tuple)):
+        return True
+    return not set(map(type, obj.values() if isinstance(obj, dict) else obj)) & {dict, list, tuple}
+
+
+def json_text(data: Any, level: int = 0) -> str:
+    """JSON indented by one space a level, with every list or object of plain values on one line: a confusion
+    matrix of 1,000 classes is 1,000 lines, not a million."""
+    pad = " " * (level + 1)
+    if isinstance(data, dict) and not _flat(data):
+        items = [f"{pad}{json.dumps(str(k))}: {json_text(v, level + 1)}" for k, v in data.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * level + "}"
+    if isinstance(data, (list, tuple)) and not _flat(data):
+        return "[\n" + ",\n".join(pad + json_text(v, level + 1) for v in data) + "\n" + " " * level + "]"
+    return json.dumps(data)
+
+
 def write_report(folder: str | os.PathLike, name: str, markdown: str, data: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``folder/name.md`` and ``folder/name.json`` atomically; returns both paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     md, js = folder / f"{name}.md", folder / f"{name}.json"
     atomic_write_text(md, markdown.rstrip() + "\n")
-    atomic_write_text(js, json.dumps(data, indent=1) + "\n")
+    atomic_write_text(js, json_text(data) + "\n")
     return md, js

@@ -95,11 +95,12 @@ def run_convention(config: dict[str, Any], stats: Any) -> Convention:
 
 
 def _missing(path: Path, name: str) -> str:
+    command = "vgg localize train" if (path / LOC_INFO_FILE).is_file() else "vgg train"
     if (path / "checkpoints").is_dir() and name == MODEL_FILE:
         return (f"{path / name} is missing: {path} has not finished an epoch yet (or its weights were moved); "
-                f"continue it with `vgg train --resume {path}`")  # fmt: skip
-    return (f"{path / name} is missing: {path} is not a finished `vgg train` run; restore {name} from a copy of "
-            f"the run (`vgg train --resume {path}` continues an interrupted run)")  # fmt: skip
+                f"continue it with `{command} --resume {path}`")  # fmt: skip
+    return (f"{path / name} is missing: {path} is not a finished `{command}` run; restore {name} from a copy of "
+            f"the run (`{command} --resume {path}` continues an interrupted run)")  # fmt: skip
 
 
 def _recorded_classes(model: nn.Module) -> list[str] | None:

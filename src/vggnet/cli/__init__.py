@@ -37,7 +37,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 _GROUPS = {
     "model": ("arch", "width", "fc_width", "crop_size", "dropout", "batch_norm", "init"),
-    "fine-tuning (docs/finetune.md)": ("init_from", "finetune", "freeze", "head_lr_mult"),
+    "fine-tuning (docs/finetune.md)": ("init_from", "finetune_preset", "freeze", "head_lr_mult"),
     "data": ("data", "val", "val_fraction", "class_names", "scale_min", "scale_max", "flip", "colour_shift",
              "normalize", "pixel_range", "stats_images", "workers"),
     "optimisation (the paper's recipe)": ("epochs", "batch_size", "accum_steps", "lr", "momentum", "weight_decay",

@@ -18,9 +18,11 @@ from ..evaluation import (
     predict,
     resolve_eval_samples,
     weights_net,
+    write_eval_files,
     write_eval_report,
 )
 from ..pretrained import NORMALIZE_FORMS_OF_WEIGHTS, NORMALIZE_HELP, WEIGHTS_FORMS
+from ..report import json_text
 from ..runs import Run, is_run, load_run
 
 
@@ -63,7 +65,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="image decoding processes (default: min(8, CPUs-1) on CUDA, 0 on CPU)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
-    parser.add_argument("--no-save", action="store_true", help="do not write the report into RUN/eval/")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write the report files (Markdown, JSON with per-class accuracy and confusion matrices, "
+                             "confusion-matrix PNGs for up to 100 classes) into DIR instead of each RUN/eval/; "
+                             "evaluations of --weights alone write files only with --out")  # fmt: skip
+    parser.add_argument("--no-save", action="store_true", help="do not write the report files")
 
 
 def _flip(args: argparse.Namespace, runs: Sequence[Run]) -> bool:
@@ -108,6 +114,8 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     if not runs and (args.data is None or not Path(args.data).expanduser().is_dir()):
         raise ValueError(f"--weights have no validation data of their own; pass --data DIR (DIR/<class>/<image>)"
                          f"{'' if args.data is None else f', not {args.data!r}'}")  # fmt: skip
+    if args.out and Path(args.out).expanduser().exists() and not Path(args.out).expanduser().is_dir():
+        raise ValueError(f"--out {args.out} is not a folder: name a folder for the report files (made if missing)")
     nets = _cli_nets(args, runs)
     samples: Any = resolve_eval_samples(runs[0], args.data) if runs else Path(args.data).expanduser()
     progress = _Progress()
@@ -120,10 +128,13 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     result.data = args.data or f"the validation data of {runs[0].path} (data = {runs[0].config.get('data')!r})"
-    print(json.dumps(result.to_dict(), indent=1) if args.json else result.markdown())
-    if not args.no_save:
-        for path in write_eval_report(result, [r.path for r in runs]):
-            print(f"wrote {path}", file=sys.stderr)
+    print(json_text(result.to_dict()) if args.json else result.markdown())
+    if args.no_save:
+        return 0
+    written = write_eval_files(result, Path(args.out).expanduser()) if args.out else write_eval_report(
+        result, [r.path for r in runs])  # fmt: skip
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -180,8 +191,9 @@ def run_predict_cli(args: argparse.Namespace) -> int:
         return 1 if skipped else 0
     for p in preds:
         print(p.image)
-        width = max(len(n) for n in p.names)
-        for rank, (name, prob) in enumerate(zip(p.names, p.probs), 1):
+        shown = [f"{w} {n}" for w, n in zip(p.wnids, p.names)] if p.wnids else p.names  # ImageNet: id and name
+        width = max(len(n) for n in shown)
+        for rank, (name, prob) in enumerate(zip(shown, p.probs), 1):
             print(f"  {rank}. {name:<{width}}  {prob:.4f}")
     return 1 if skipped else 0
 

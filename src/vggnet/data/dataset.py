@@ -152,7 +152,8 @@ class SeededSampler(Sampler[tuple[int, int]]):
         num_samples: length of the data set.
         seed: the run's seed.
         shuffle: shuffle per epoch (False: index order, each index keeping its seed of the epoch).
-        rank, world_size: this process's shard.
+        rank: this process's shard ...
+        world_size: ... of this many.
     """
 
     def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):

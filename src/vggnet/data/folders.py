@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -161,6 +163,29 @@ def folder_samples(
     if not samples:
         raise ValueError(f"{root}: the class folders hold no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return samples
+
+
+@cache
+def _imagenet_wnids() -> tuple[str, ...]:
+    text = resources.files("vggnet.data").joinpath("imagenet_wnids.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def imagenet_wnids() -> list[str]:
+    """ImageNet's 1,000 WordNet ids (n01440764 ...) in the label order of the released nets: sorted, as
+    torchvision's ImageFolder orders ImageNet's class folders, line by line beside the names of
+    ``vggnet.pretrained.imagenet_classes()`` (tench is 0, n01440764; goldfish 1, n01443537). Shipped with the
+    package: copied from timm's ``timm/data/_info/imagenet_synsets.txt``, its order checked against the names."""
+    return list(_imagenet_wnids())
+
+
+def wnid_labels(folders: Sequence[str]) -> dict[str, int] | None:
+    """Each folder's label among ImageNet's 1,000 classes when every folder is named by a WordNet id of
+    ImageNet-1k (a subset of ImageNet, in any number of classes); None otherwise."""
+    index = {w: i for i, w in enumerate(_imagenet_wnids())}
+    if not folders or any(f not in index for f in folders):
+        return None
+    return {f: index[f] for f in folders}
 
 
 def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:

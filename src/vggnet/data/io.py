@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import warnings
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 # An image as the test-time protocols take it: a file path, or pixels already in memory (a uint8 tensor, a
 # numpy array, a PIL image; see to_image).
-Source = Union[str, os.PathLike, torch.Tensor, np.ndarray]
+Source = str | os.PathLike | torch.Tensor | np.ndarray
 
 
 class BadImageError(ValueError):

@@ -131,7 +131,7 @@ def compute_stats(
     a warning.
 
     Args:
-        source: an ImageDataset (its samples), a list of (path, label) samples, a list of paths, or a
+        source (ImageDataset | list | str | Path): an ImageDataset (its samples), a list of (path, label) samples, a list of paths, or a
             class-folder directory.
         max_images: use a seeded random sample of at most this many images (None: all).
         seed: seed of that sample.

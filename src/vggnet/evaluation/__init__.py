@@ -23,7 +23,9 @@ The rooms:
 - ``views``: the views of a rescaled image and their averaged posteriors (dense, multi-crop, centre);
 - ``samples``: which labelled images a net is evaluated on (a run's own validation data, a folder);
 - ``driver``: ``evaluate`` and ``posteriors``: decoding, every net at every Q, fusion, the error counts;
-- ``results``: ``EvalResult`` / ``ProtocolResult``, the report; ``prediction``: the top classes of images.
+- ``results``: ``EvalResult`` / ``ProtocolResult`` (top-1 / top-5 error, per-class accuracy, the confusion matrix
+  and most-confused pairs, errors among an ImageNet subset's own classes), the report files; ``prediction``:
+  the top classes of images.
 
 Preprocessing (decoding, rescaling to Q, the input convention of vggnet.convention, the centre crop) and folder scanning live in
 ``vggnet.data``; the device and precision in ``vggnet.runtime``; the command line in ``vggnet.cli.evaluate``.
@@ -37,7 +39,7 @@ from .driver import DEFAULT_BATCH_SIZE, evaluate, net_posteriors, posteriors
 from .nets import FUSED, Net, as_net, as_nets, weights_net
 from .prediction import Prediction, predict
 from .protocols import PROTOCOLS, parse_protocols, parse_scales, resolve_scales
-from .results import EvalResult, ProtocolResult, write_eval_report
+from .results import EvalResult, ProtocolResult, write_eval_files, write_eval_report
 from .samples import bare_folder_samples, resolve_eval_samples
 from .views import (
     GRID,
@@ -58,5 +60,5 @@ __all__ = [
     "crop_posteriors", "dense_posteriors", "evaluate", "folder_samples", "grid_crops",
     "grid_offsets", "multicrop_posteriors", "net_posteriors", "parse_protocols", "parse_scales",
     "posteriors", "predict", "prepare_images", "resolve_eval_samples", "resolve_scales", "softmax_mean",
-    "weights_net", "with_flip", "write_eval_report",
+    "weights_net", "with_flip", "write_eval_files", "write_eval_report",
 ]  # fmt: skip

@@ -28,7 +28,7 @@ from torch import nn
 from ..data.dataset import DecodedImages
 from ..data.io import to_image
 from ..data.transforms import prepare_images
-from ..metrics import TopKErrors, effective_k
+from ..metrics import TopKErrors, confusion_matrix, effective_k, top1_predictions
 from ..report import provenance
 from ..resources import fit_eval_batch
 from ..runtime import Runtime, runtime
@@ -98,7 +98,10 @@ def net_posteriors(
 
 @contextmanager
 def eval_mode(models: Sequence[nn.Module], rt: Runtime) -> Iterator[None]:
-    """Models on the device in eval mode; their training flags are restored afterwards (not their device)."""
+    """Models on the device in eval mode; their training flags are restored afterwards (not their device).
+
+    Entered before ``torch.inference_mode``: a move or a channels-last copy made inside it would turn the
+    weights into inference tensors, and the caller's net could no longer be trained or run with autograd."""
     training = [m.training for m in models]
     for m in models:
         rt.prepare(m)
@@ -134,7 +137,7 @@ def posteriors(
     bs = fit_eval_batch([n.model for n in nets], plans, batch_size or DEFAULT_BATCH_SIZE, rt.device)  # before any work
     img = to_image(image, max_scale(plans))
     out = []
-    with torch.inference_mode(), eval_mode([n.model for n in nets], rt):
+    with eval_mode([n.model for n in nets], rt), torch.inference_mode():
         for net, plan in zip(nets, plans):
             out.append(net_posteriors(net, [img], plan, flip, bs, rt)[protocol][0])
     return torch.stack(out).mean(0).cpu()
@@ -186,11 +189,20 @@ def stream(
 
 
 class _Tally:
-    """The running top-1 / top-k errors of every (net or fusion, protocol), and what the caller keeps."""
+    """The running top-1 / top-k errors of every (net or fusion, protocol), each image's top-1 class (for the
+    confusion matrices), the errors restricted to ``subset`` (the data's classes, when fewer than the net's),
+    and what the caller keeps."""
 
-    def __init__(self, rows: Sequence[str], protocols: Sequence[str], keep: bool) -> None:
+    def __init__(self, rows: Sequence[str], protocols: Sequence[str], keep: bool, num_classes: int,
+                 subset: Sequence[int] | None = None) -> None:  # fmt: skip
         self.rows, self.protocols, self.keep = list(rows), list(protocols), keep
         self.meters = {(r, p): TopKErrors((1, 5)) for r in rows for p in protocols}
+        self.subset = torch.tensor(list(subset), dtype=torch.long) if subset is not None else None
+        self.position = torch.full((num_classes,), -1, dtype=torch.long)  # class index -> its column in the subset
+        if self.subset is not None:
+            self.position[self.subset] = torch.arange(len(self.subset))
+            self.sub_meters = {(r, p): TopKErrors((1, 5)) for r in rows for p in protocols}
+        self.top1: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
         self.kept: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
         self.kept_labels: list[torch.Tensor] = []
         self.indices: list[int] = []
@@ -202,19 +214,33 @@ class _Tally:
         if not idx:
             return
         self.indices += idx
+        self.kept_labels.append(labels)
         for r in self.rows:
             for p in self.protocols:
-                self.meters[(r, p)].update(out[r][p], labels)
+                scores = out[r][p]
+                self.meters[(r, p)].update(scores, labels)
+                self.top1[(r, p)].append(top1_predictions(scores))  # stays on the device: no sync a chunk
+                if self.subset is not None:  # argmax over the data's classes only: the subset's own task
+                    sub = scores.index_select(1, self.subset.to(scores.device))
+                    self.sub_meters[(r, p)].update(sub, self.position[labels])
                 if self.keep:
-                    self.kept[(r, p)].append(out[r][p].cpu())
-        if self.keep:
-            self.kept_labels.append(labels)
+                    self.kept[(r, p)].append(scores.cpu())
+
+    def confusion(self, r: str, p: str) -> torch.Tensor:
+        return confusion_matrix(torch.cat(self.top1[(r, p)]), torch.cat(self.kept_labels), len(self.position))
+
+    def subset_errors(self, r: str, p: str) -> dict[str, float | None]:
+        if self.subset is None:
+            return {}
+        err = self.sub_meters[(r, p)].errors()
+        return {"subset_top1_err": err[1], "subset_top5_err": err[5]}
 
 
 def _results(
     nets: Sequence[Net], plans: Sequence[Plan], tally: _Tally, flip: bool, timer: Timer
 ) -> list[ProtocolResult]:
-    """The table's rows: each net's, then the fusion's, under each protocol, with their compute time."""
+    """The table's rows: each net's, then the fusion's, under each protocol, with their compute time, confusion
+    matrix and (on a subset of the classes) the errors restricted to the subset."""
 
     def seconds(net: Net, plan: Plan, p: str) -> float:
         # what the protocol costs on its own: the rescale at each of its Q plus its kinds' forward passes
@@ -222,6 +248,7 @@ def _results(
                    for q in plan[p])  # fmt: skip
 
     n = len(tally.indices)
+    names = nets[0].classes or [str(i) for i in range(nets[0].num_classes)]
     results = []
     for r in tally.rows:
         for p in tally.protocols:
@@ -234,7 +261,8 @@ def _results(
             else:
                 i = [nt.name for nt in nets].index(r)
                 sc, secs = plans[i][p], seconds(nets[i], plans[i], p)
-            results.append(ProtocolResult(r, p, sc, flip, err[1], err[5], n, secs))
+            results.append(ProtocolResult(r, p, sc, flip, err[1], err[5], n, secs, confusion=tally.confusion(r, p),
+                                          classes=names, **tally.subset_errors(r, p)))  # fmt: skip
     return results
 
 
@@ -264,6 +292,11 @@ def evaluate(
 ) -> EvalResult:
     """Top-1 / top-5 error of one or several nets (and of their fusion) under the paper's test protocols.
 
+    Each row of the result (``EvalResult.get(protocol, net)``) also carries where the net errs: its
+    ``confusion`` matrix (C, C), ``per_class`` accuracy and ``confused_pairs()``. When the data has fewer
+    classes than the nets (an ImageNet subset: folders named by WordNet ids, or some of the nets' class
+    names), each row is also scored among the data's classes only (``subset_top1_err``, ``subset_top5_err``).
+
     Args:
         nets: a VGG model, a ``Run``, a run folder, or a list of them. Several nets are evaluated each and fused
             (posteriors averaged). Models are moved to ``device`` and kept there; their train/eval mode is restored.
@@ -278,7 +311,9 @@ def evaluate(
         device: "auto", "cpu", "cuda", ...
         limit: evaluate a fixed pseudo-random subset (seed 0) of this many samples, so that classes stay mixed.
         workers: DataLoader decoding processes; default min(8, CPUs - 1) on CUDA, 0 on CPU.
-        mean, std, classes: for bare models (runs carry their own).
+        mean: for bare models (runs carry their own).
+        std: for bare models.
+        classes: for bare models.
         return_posteriors: keep each row's (N, C) posteriors in the result.
         log: called with (images done, images in all) after each chunk of images (a progress bar).
         amp: None for bf16 autocast on CUDA and on a CPU with native bf16 (AMX / AVX512-bf16), float32 elsewhere;
@@ -292,14 +327,16 @@ def evaluate(
     if bs < 1:
         raise ValueError(f"--batch-size must be at least 1, got {bs}")
     first = net_list[0]
-    items, data_name = eval_samples(samples, first, limit)
+    items, data_name, present = eval_samples(samples, first, limit)
+    # the data has fewer classes than the net (an ImageNet subset): also scored among its own classes only
+    subset = present if 0 <= present[0] and present[-1] < first.num_classes > len(present) else None
     workers = _default_workers(items, rt) if workers is None else workers
     plans = plan_scales(net_list, protocol_list, scales)
     bs = fit_eval_batch([n.model for n in net_list], plans, bs, rt.device)  # shrunk or refused, before any work
     rows = [n.name for n in net_list] + ([FUSED] if len(net_list) > 1 else [])
-    tally = _Tally(rows, protocol_list, return_posteriors)
+    tally = _Tally(rows, protocol_list, return_posteriors, first.num_classes, subset)
     timer = Timer(rt)
-    with torch.inference_mode(), eval_mode([n.model for n in net_list], rt):
+    with eval_mode([n.model for n in net_list], rt), torch.inference_mode():
         for chunk in stream(net_list, items, plans, flip, bs, rt, workers, timer, log):
             tally.add(chunk)
     if not tally.indices:
@@ -311,7 +348,8 @@ def evaluate(
         wall_s=time.perf_counter() - t_start,
         decode_s=timer.seconds["decode"], data=data_name, provenance=provenance(rt.device),
         posteriors={k: torch.cat(v) for k, v in tally.kept.items()},
-        labels=torch.cat(tally.kept_labels) if tally.kept_labels else None, indices=tally.indices,
+        labels=torch.cat(tally.kept_labels) if return_posteriors else None, indices=tally.indices,
+        subset=subset, subset_k=effective_k(5, len(subset)) if subset else None,
     )  # fmt: skip
 
 

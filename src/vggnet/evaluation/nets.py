@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..convention import Convention, ConventionTensors
-from ..pretrained import load_pretrained, require_cfg
+from ..data.folders import imagenet_wnids
+from ..pretrained import imagenet_classes, load_pretrained, require_cfg
 from ..runs import Run, load_run
 from ..scales import eval_scales
 from ..weights import unwrap
@@ -77,6 +78,8 @@ def _model_net(
     else:
         conv = Convention.from_cfg(cfg) or Convention()
     classes = classes or cfg.get("classes")
+    if not classes and int(inner.num_classes) == 1000:
+        classes = imagenet_classes()  # a bare 1,000-class head (a torchvision .pth file): ImageNet's, in its order
     # the released nets were trained at S = resize (256 for 224 crops): the paper's test scales follow it
     scale = (int(cfg["resize"]),) * 2 if cfg.get("resize") else None
     src = str(cfg.get("source") or "")
@@ -113,6 +116,13 @@ def as_net(
     raise TypeError(f"expected a run folder, a Run or a VGG model, got {type(obj).__name__}")
 
 
+def _canonical(classes: Sequence[str]) -> list[str]:
+    """Class names to compare nets by: ImageNet's WordNet ids (a run trained on ImageNet's folders) read as the
+    released nets' names of the same classes."""
+    classes = list(classes)
+    return imagenet_classes() if classes == imagenet_wnids() else classes
+
+
 def as_nets(nets: Any, **kwargs: Any) -> list[Net]:
     """A list of ``Net`` from one net-like object or a sequence of them; names are made unique.
 
@@ -133,7 +143,7 @@ def as_nets(nets: Any, **kwargs: Any) -> list[Net]:
     for n in out[1:]:
         if n.num_classes != first.num_classes:
             raise ValueError(f"cannot fuse {first.name} ({first.num_classes} classes) and {n.name} ({n.num_classes})")
-        if first.classes and n.classes and first.classes != n.classes:
+        if first.classes and n.classes and _canonical(first.classes) != _canonical(n.classes):
             raise ValueError(f"cannot fuse {first.name} and {n.name}: their class names (classes.json) differ")
     return out
 

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.folders import imagenet_wnids
 from ..data.io import Source
 from ..metrics import effective_k
+from ..pretrained import imagenet_classes
 from ..resources import fit_eval_batch
 from ..runtime import runtime
 from .driver import DEFAULT_BATCH_SIZE, Timer, eval_mode, stream
@@ -28,11 +30,13 @@ class Prediction:
     names: list[str]
     probs: list[float]
     precision: str = "float32"  # what the nets computed in: "bf16" (autocast) or "float32"
+    wnids: list[str] | None = None  # ImageNet's WordNet ids of the classes, for nets of ImageNet's 1,000 classes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "top": [{"label": l, "class": c, "prob": p}
-                                             for l, c, p in zip(self.labels, self.names, self.probs)],
-                "precision": self.precision}  # fmt: skip
+        top = [{"label": i, "class": c, "prob": p} for i, c, p in zip(self.labels, self.names, self.probs)]
+        for t, w in zip(top, self.wnids or []):
+            t["wnid"] = w
+        return {"image": self.image, "top": top, "precision": self.precision}
 
 
 def predict(
@@ -64,6 +68,9 @@ def predict(
     single = isinstance(images, (str, os.PathLike, torch.Tensor, np.ndarray)) or hasattr(images, "convert")
     image_list = [images] if single else list(images)  # type: ignore[list-item]
     names = net_list[0].classes or [str(i) for i in range(net_list[0].num_classes)]
+    wnids = imagenet_wnids() if names == imagenet_classes() else None  # the released nets' labels
+    if names == imagenet_wnids():  # a run trained on ImageNet's folders: its classes are the ids; add the names
+        names, wnids = imagenet_classes(), names
     plans = plan_scales(net_list, [protocol], scales)
     # shrunk or refused before any work, as in evaluate
     bs = fit_eval_batch([n.model for n in net_list], plans, batch_size or DEFAULT_BATCH_SIZE, rt.device)
@@ -71,7 +78,7 @@ def predict(
     preds: list[Prediction | None] = [None] * len(image_list)
     items = [(src, 0) for src in image_list]
     row = FUSED if len(net_list) > 1 else net_list[0].name
-    with torch.inference_mode(), eval_mode([n.model for n in net_list], rt):
+    with eval_mode([n.model for n in net_list], rt), torch.inference_mode():
         for idx, _, out, bad in stream(net_list, items, plans, flip, bs, rt, 0, Timer(rt)):
             if bad and skipped is None:
                 raise ValueError(f"cannot read image {bad[0]}")
@@ -83,7 +90,8 @@ def predict(
             for i, pi, li in zip(idx, p.tolist(), lab.tolist()):
                 src = image_list[i]
                 label = str(src) if isinstance(src, (str, os.PathLike)) else f"image {i}"
-                preds[i] = Prediction(label, li, [names[j] for j in li], pi, rt.precision)
+                preds[i] = Prediction(label, li, [names[j] for j in li], pi, rt.precision,
+                                      [wnids[j] for j in li] if wnids else None)  # fmt: skip
     return [p for p in preds if p is not None]
 
 

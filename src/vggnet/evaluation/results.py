@@ -4,6 +4,7 @@ and its report written into run folders (Markdown for people, JSON for programs)
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -12,9 +13,15 @@ from typing import Any
 
 import torch
 
+from ..metrics import most_confused, per_class_accuracy
+from ..plots import plot_confusion
 from ..report import markdown_table, write_report
 from .nets import FUSED
 from .protocols import parse_protocols
+
+WORST = 5  # the classes and pairs the printed report shows (the files show every class and MOST_CONFUSED pairs)
+MOST_CONFUSED = 50
+MAX_PNG_CLASSES = 100  # a confusion-matrix picture of more classes is unreadable: the tables say it instead
 
 
 @dataclass
@@ -29,6 +36,12 @@ class ProtocolResult:
     top5_err: float  # top-k error with k = min(5, classes), see EvalResult.k
     n: int
     seconds: float  # compute time of this protocol's views (rescale + forward), decoding excluded
+    # (C, C) int64 over the net's classes: [true, predicted] counts of the top-1 predictions
+    confusion: torch.Tensor | None = field(default=None, repr=False)
+    classes: list[str] | None = field(default=None, repr=False)  # the net's class names (per_class, pairs)
+    # scored among the data's classes only (argmax over their posteriors), when the data has fewer than the net
+    subset_top1_err: float | None = None
+    subset_top5_err: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -39,10 +52,37 @@ class ProtocolResult:
             return "; ".join(f"{k}: {','.join(map(str, v))}" for k, v in self.scales.items())
         return ",".join(map(str, self.scales))
 
+    def class_name(self, i: int) -> str:
+        return self.classes[i] if self.classes else str(i)
+
+    @property
+    def per_class(self) -> list[dict[str, Any]]:
+        """Top-1 accuracy of each class that has images, in class order: {index, class, n, correct, top1_acc}."""
+        if self.confusion is None:
+            return []
+        n, acc = per_class_accuracy(self.confusion)
+        correct = self.confusion.diagonal()
+        return [{"index": i, "class": self.class_name(i), "n": int(n[i]), "correct": int(correct[i]),
+                 "top1_acc": float(acc[i])} for i in n.nonzero().flatten().tolist()]  # fmt: skip
+
+    def confused_pairs(self, top: int | None = None) -> list[dict[str, Any]]:
+        """The most-confused pairs, most images first: {true, predicted, count, share} (share: of the true
+        class's images), with the classes' indices as true_index and predicted_index."""
+        if self.confusion is None:
+            return []
+        return [{"true": self.class_name(t), "predicted": self.class_name(p), "count": c, "share": sh,
+                 "true_index": t, "predicted_index": p} for t, p, c, sh in most_confused(self.confusion, top)]  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(net=self.net, protocol=self.protocol, scales=self.scales, flip=self.flip,
-                    top1_err=self.top1_err, top5_err=self.top5_err, n=self.n, seconds=self.seconds,
-                    images_per_s=self.images_per_s)  # fmt: skip
+        out = dict(net=self.net, protocol=self.protocol, scales=self.scales, flip=self.flip,
+                   top1_err=self.top1_err, top5_err=self.top5_err, n=self.n, seconds=self.seconds,
+                   images_per_s=self.images_per_s)  # fmt: skip
+        if self.subset_top1_err is not None:
+            out.update(subset_top1_err=self.subset_top1_err, subset_top5_err=self.subset_top5_err)
+        if self.confusion is not None:
+            out.update(per_class=self.per_class, most_confused=self.confused_pairs(MOST_CONFUSED),
+                       confusion=self.confusion.tolist())  # fmt: skip
+        return out
 
 
 @dataclass
@@ -71,6 +111,8 @@ class EvalResult:
     posteriors: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     labels: torch.Tensor | None = None
     indices: list[int] = field(default_factory=list)
+    subset: list[int] | None = None  # the data's classes when fewer than the net's (rows' subset_top*_err)
+    subset_k: int | None = None  # the k of the subset's "top-5": min(5, len(subset))
 
     def get(self, protocol: str, net: str | None = None) -> ProtocolResult:
         """The row of ``protocol`` for ``net`` (default: the fusion when there are several nets, else the net)."""
@@ -81,8 +123,10 @@ class EvalResult:
                 return r
         raise KeyError(f"no result for net {net!r} and protocol {protocol!r}")
 
-    def markdown(self) -> str:
-        """The table of Table 5 / Table 6's shape: a row per net and protocol, errors in percent."""
+    def markdown(self, full: bool = False) -> str:
+        """The table of Table 5 / Table 6's shape: a row per net and protocol, errors in percent; then where the
+        nets err: by default the worst classes and most-confused pairs of the headline row (the fusion's, or the
+        net's, under the first protocol), with ``full`` every class and the most-confused pairs of every row."""
         topk = f"top-{self.k} err %"
         rows = [
             [r.net, r.protocol, r.scales_text(), "yes" if r.flip and r.protocol != "center" else "no",
@@ -90,16 +134,36 @@ class EvalResult:
             for r in self.results
         ]  # fmt: skip
         headers = ["net", "protocol", "Q (test scales)", "flip", "top-1 err %", topk, "images/s"]
+        if self.subset:
+            m = len(self.subset)
+            headers[6:6] = [f"top-1 err % ({m} classes)", f"top-{self.subset_k} err % ({m} classes)"]
+            for row, r in zip(rows, self.results):
+                row[6:6] = [f"{100 * (r.subset_top1_err or 0.0):.2f}", f"{100 * (r.subset_top5_err or 0.0):.2f}"]
         lines = [
             f"Evaluation of {' + '.join(self.nets)} on {self.data or 'the given samples'}: {self.n} images"
             + (f" ({len(self.skipped)} unreadable, skipped)" if self.skipped else "")
             + f", {self.num_classes} classes, {self.device} ({self.precision}), batch {self.batch_size}.",
             "",
-            markdown_table(headers, rows, "llllrrr"),
+            markdown_table(headers, rows, "llll" + "r" * (len(headers) - 4)),
             "",
             "images/s: compute (rescale and forward passes) of each protocol's views, image decoding excluded; "
             f"decoding took {self.decode_s:.1f} s, the whole evaluation {self.wall_s:.1f} s.",
         ]
+        lines += self._notes()
+        rows_shown = self.results if full else [self.get(self.protocols[0])]
+        for r in rows_shown:
+            lines += ["", errors_markdown(r, None if full else WORST, MOST_CONFUSED if full else WORST)]
+        if not full:
+            lines += ["", ("Every class, and the most-confused pairs of every net and protocol: in the report "
+                           "files (RUN/eval/ or --out DIR) and the JSON.")]  # fmt: skip
+        return "\n".join(lines)
+
+    def _notes(self) -> list[str]:
+        lines = []
+        if self.subset:
+            lines.append(f"The data has {len(self.subset)} of the nets' {self.num_classes} classes: the "
+                         f"'({len(self.subset)} classes)' columns score each image among those classes only (the "
+                         f"highest posterior of the data's classes); the others among all {self.num_classes}.")  # fmt: skip
         if self.k < 5:
             lines.append(f"top-{self.k} in place of top-5: the nets have only {self.num_classes} classes "
                          f"(k = min(5, classes)).")  # fmt: skip
@@ -107,7 +171,7 @@ class EvalResult:
             lines.append(f"{FUSED}: the soft-max posteriors of {', '.join(self.nets)} averaged (section 4.4).")
         if self.skipped:
             lines.append("Skipped: " + "; ".join(self.skipped[:10]) + (" ..." if len(self.skipped) > 10 else ""))
-        return "\n".join(lines)
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return dict(
@@ -115,21 +179,56 @@ class EvalResult:
             protocols=self.protocols, flip=self.flip, batch_size=self.batch_size, device=self.device,
             precision=self.precision, wall_s=self.wall_s, decode_s=self.decode_s, skipped=self.skipped,
             results=[r.to_dict() for r in self.results], provenance=self.provenance,
+            **({"subset": self.subset, "subset_k": self.subset_k} if self.subset else {}),
         )  # fmt: skip
 
 
-def write_eval_report(result: EvalResult, folders: Iterable[str | os.PathLike]) -> list[Path]:
-    """Write the result as Markdown and JSON into each ``folder/eval/`` (run folders); returns the files."""
+def errors_markdown(r: ProtocolResult, worst: int | None = WORST, pairs: int | None = WORST) -> str:
+    """Where one row errs: its ``worst`` classes by top-1 accuracy (all with None) and its ``pairs``
+    most-confused pairs (true class, predicted class, images, share of the true class)."""
+    per_class = sorted(r.per_class, key=lambda c: (c["top1_acc"], c["index"]))
+    if worst is not None:
+        per_class = per_class[:worst]
+    head = f"Where {r.net} errs under {r.protocol} (top-1 among all classes)"
+    what = f"the {len(per_class)} worst classes" if worst is not None else "every class with images, worst first"
+    lines = [f"{head}: {what}", "",
+             markdown_table(["class", "images", "top-1 acc %"],
+                            [[c["class"], c["n"], f"{100 * c['top1_acc']:.1f}"] for c in per_class], "lrr")]  # fmt: skip
+    confused = r.confused_pairs(pairs)
+    if confused:
+        lines += ["", f"the {len(confused)} most-confused pairs", "",
+                  markdown_table(["true class", "predicted", "images", "share of the true class %"],
+                                 [[c["true"], c["predicted"], c["count"], f"{100 * c['share']:.1f}"]
+                                  for c in confused], "llrr")]  # fmt: skip
+    else:
+        lines += ["", "no image was taken for another class"]
+    return "\n".join(lines)
+
+
+def write_eval_files(result: EvalResult, out: str | os.PathLike) -> list[Path]:
+    """Write the result into the folder ``out``: ``eval-STAMP.md`` (the table, every class and the most-confused
+    pairs of every row), ``eval-STAMP.json`` (all of it, with the confusion matrices) and, for data of at most
+    ``MAX_PNG_CLASSES`` classes, a confusion-matrix PNG per row; returns the files. Never replaces a report."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is not a folder: the evaluation report is written into a folder (--out DIR)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    written = []
-    for folder in folders:
-        out = Path(folder) / "eval"
-        name, i = f"eval-{stamp}", 1
-        while (out / f"{name}.json").exists():  # two evaluations within one second keep both reports
-            i += 1
-            name = f"eval-{stamp}-{i}"
-        written += write_report(out, name, result.markdown(), result.to_dict())
+    name, i = f"eval-{stamp}", 1
+    while (out / f"{name}.json").exists():  # two evaluations within one second keep both reports
+        i += 1
+        name = f"eval-{stamp}-{i}"
+    written = list(write_report(out, name, result.markdown(full=True), result.to_dict()))
+    for r in result.results:
+        if r.confusion is not None and int((r.confusion.sum(1) > 0).sum()) <= MAX_PNG_CLASSES:
+            title = f"{r.net}, {r.protocol}: top-1 err {100 * r.top1_err:.2f}% on {r.n} images"
+            png = out / re.sub(r"[^\w.+-]", "_", f"{name}-confusion-{r.net}-{r.protocol}.png")
+            written.append(plot_confusion(r.confusion, r.classes, png, title))
     return written
 
 
-__all__ = ["EvalResult", "ProtocolResult", "write_eval_report"]
+def write_eval_report(result: EvalResult, folders: Iterable[str | os.PathLike]) -> list[Path]:
+    """Write the result's files (``write_eval_files``) into each ``folder/eval/`` (run folders); returns them."""
+    return [path for folder in folders for path in write_eval_files(result, Path(folder) / "eval")]
+
+
+__all__ = ["MAX_PNG_CLASSES", "EvalResult", "ProtocolResult", "errors_markdown", "write_eval_files", "write_eval_report"]

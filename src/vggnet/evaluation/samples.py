@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import data as data_pkg  # data_pkg.resolve_data is looked up when called (the tests replace it)
-from ..data.folders import find_classes, folder_samples, read_class_names
+from ..data.folders import find_classes, folder_samples, read_class_names, wnid_labels
 from ..data.io import Source
+from ..pretrained import imagenet_classes
 from ..runs import Run
 from .nets import Net
 
@@ -25,17 +26,34 @@ def _split_root(folder: Path) -> Path:
     return folder / "val" if (folder / "val").is_dir() else folder
 
 
+def _imagenet_net(net: Net) -> bool:
+    """Whether the net's labels are ImageNet-1k's in the released order: 1,000 classes named as the released
+    nets name them (or without names: a bare 1,000-class head is taken to be ImageNet's)."""
+    return net.num_classes == 1000 and (not net.classes or net.classes == imagenet_classes())
+
+
 def bare_folder_samples(folder: Path, net: Net) -> list[EvalSample]:
-    """The labelled images of a class-folder tree for a net without a run: folders named by the net's class
-    names, or, when they are not (ImageNet's n01440764 ...), as many folders as classes, taken in sorted order
-    (torchvision's ImageFolder order, the label order of the released ImageNet nets)."""
+    """The labelled images of a class-folder tree for a net without a run. The folders are, in this order:
+    named by the net's class names (any subset of them); ImageNet WordNet ids (n01440764 ..., any subset of
+    ImageNet-1k) for a 1,000-class ImageNet net, each mapped to its index in the released order; or, when
+    neither, as many folders as classes, taken in sorted order (torchvision's ImageFolder order)."""
     root = _split_root(folder)
     folders = find_classes(root)
     if net.classes and set(folders) <= set(net.classes):
         return folder_samples(root, net.classes)
+    wnids = wnid_labels(folders) if _imagenet_net(net) else None
+    if wnids is not None:
+        classes = net.classes or [str(i) for i in range(net.num_classes)]
+        return folder_samples(root, classes, {f: classes[i] for f, i in wnids.items()})
     if len(folders) != net.num_classes:
-        raise ValueError(f"{folder} has {len(folders)} class folders, the net {net.num_classes} classes, and the "
-                         f"folder names are not its class names; give one folder per class (sorted order = labels)")
+        shown = ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else "")
+        names = ", ".join((net.classes or [])[:3]) + ", ..." if net.classes else "none"
+        wnid_fix = " or ImageNet WordNet ids (n01440764 ...)" if _imagenet_net(net) else ""
+        raise ValueError(
+            f"{root}: its {len(folders)} class folders ({shown}) are neither the class names of {net.name} "
+            f"({net.num_classes} classes; names: {names}){wnid_fix}, nor one folder per class; name the folders by "
+            f"the net's class names{wnid_fix}, or give exactly {net.num_classes} folders (sorted order = labels)"
+        )
     return folder_samples(root, folders)
 
 
@@ -106,8 +124,9 @@ def resolve_eval_samples(run: Run, data: str | os.PathLike | None = None) -> lis
 
 def eval_samples(
     samples: Sequence[EvalSample] | str | os.PathLike | None, first: Net, limit: int | None = None
-) -> tuple[list[EvalSample], str]:
-    """The samples ``evaluate`` runs on, and how its report names them.
+) -> tuple[list[EvalSample], str, list[int]]:
+    """The samples ``evaluate`` runs on, how its report names them, and the classes the data has (the sorted
+    labels of all its samples, before ``limit``: an ImageNet subset's classes among the net's 1,000).
 
     ``samples``: (image, label) pairs, a folder of class folders, or None for the first net's run's validation
     data. ``limit``: a fixed pseudo-random subset (seed 0) of this many samples, so that classes stay mixed.
@@ -129,10 +148,11 @@ def eval_samples(
         raise ValueError("no samples to evaluate")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    present = sorted({int(y) for _, y in items})
     if limit is not None and limit < len(items):
         keep = sorted(random.Random(0).sample(range(len(items)), limit))
         items = [items[i] for i in keep]
-    return items, data_name
+    return items, data_name, present
 
 
 __all__ = ["EvalSample", "bare_folder_samples", "eval_samples", "resolve_eval_samples"]

@@ -15,17 +15,20 @@ Every function here takes images already rescaled to one test scale Q and normal
 
 Flip: the horizontally flipped image is one more view of each kind (except the centre crop). The posteriors of
 an image's views are averaged with equal weights.
+
+``dense_average`` (and ``average_map`` for a map already computed) is the one dense averager: evaluation's dense
+views, localisation's class posterior (``vggnet.localisation.protocols``) and the descriptors of Appendix B
+(``vggnet.descriptors``, which average an image's and its mirror's ``dense_views``) all take their maps from it.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..data.transforms import center_crop
+from ..data.transforms import center_crop, shape_groups
 from ..model import spatial_average
 from ..runtime import Runtime, runtime
 from ..weights import unwrap
@@ -60,16 +63,32 @@ def softmax_mean(logits: torch.Tensor) -> torch.Tensor:
     return logits.float().softmax(-1).mean(1)
 
 
+def average_map(model: nn.Module, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, h, w) dense maps of ``model`` on inputs of ``size`` (H, W) -> (N, C), averaged in float32 (bf16 sums
+    over many positions lose digits) over the windows that lie on the image (``model.window_mask``)."""
+    return spatial_average(maps.float(), tuple(size), unwrap(model).crop_size)
+
+
+def dense_average(model: nn.Module, x: torch.Tensor, head: bool = True) -> torch.Tensor:
+    """(N, 3, H, W) normalised images of one size -> (N, C): the net's dense map averaged over the image (class
+    scores; with ``head=False`` the penultimate features, Appendix B's descriptors)."""
+    maps = model.dense(x) if head else model.dense(x, head=False)
+    return average_map(model, maps, tuple(x.shape[-2:]))
+
+
+def dense_views(model: nn.Module, x: torch.Tensor, flip: bool = True, head: bool = True) -> torch.Tensor:
+    """(B, 3, H, W) normalised images of one size -> (B, V, C): :func:`dense_average` of each view, the image and
+    (with ``flip``) its mirror image."""
+    views = with_flip(x) if flip else x[:, None]
+    return dense_average(model, views.flatten(0, 1), head).view(*views.shape[:2], -1)
+
+
 def _scores(model: nn.Module, views: torch.Tensor, dense: bool, rt: Runtime) -> torch.Tensor:
-    """(B, V, 3, H, W) views -> (B, V, C) class scores; dense views are spatially averaged score maps."""
+    """(B, V, 3, H, W) views -> (B, V, C) class scores; dense views are averaged score maps (:func:`dense_average`)."""
     b, v = views.shape[:2]
     x = rt.input(views.flatten(0, 1))
     with rt.autocast():
-        # average the score map in float32: bf16 sums over many positions lose digits
-        if dense:  # windows mostly beyond the image's edge do not count (model.window_mask)
-            y = spatial_average(model.dense(x).float(), tuple(x.shape[-2:]), unwrap(model).crop_size)
-        else:
-            y = model(x).float()
+        y = dense_average(model, x) if dense else model(x).float()
     return y.view(b, v, -1)
 
 
@@ -83,11 +102,8 @@ def dense_posteriors(
     """
     rt = rt or runtime("cpu")
     out: list[torch.Tensor | None] = [None] * len(xs)
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, x in enumerate(xs):
-        groups[(x.shape[-2], x.shape[-1])].append(i)
     per = max(1, batch_size // (2 if flip else 1))
-    for idx in groups.values():
+    for idx in shape_groups(xs).values():
         for j in range(0, len(idx), per):
             part = idx[j : j + per]
             x = torch.stack([xs[i] for i in part])
@@ -151,6 +167,6 @@ VIEW_KINDS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 __all__ = [
-    "GRID", "VIEW_KINDS", "center_posteriors", "crop_posteriors", "dense_posteriors", "grid_crops", "grid_offsets",
-    "multicrop_posteriors", "softmax_mean", "with_flip",
+    "GRID", "VIEW_KINDS", "average_map", "center_posteriors", "crop_posteriors", "dense_average", "dense_posteriors",
+    "dense_views", "grid_crops", "grid_offsets", "multicrop_posteriors", "softmax_mean", "with_flip",
 ]  # fmt: skip

@@ -11,7 +11,8 @@ A localisation run is a folder like a training run (config.toml, model.safetenso
 for resume, eval/ for reports) plus ``localize.json`` naming the classification run and the regression.
 
 The rooms: ``nets`` (the config, the box heads, the loss, loading a localisation run), ``training``
-(``train_localisation``), ``protocols`` (``evaluate_localisation``, greedy merging) and ``tables`` (Tables 8 and
+(``train_localisation``: the task :class:`Localisation` that the one training engine, :mod:`vggnet.training`,
+trains), ``protocols`` (``evaluate_localisation``, greedy merging) and ``tables`` (Tables 8 and
 9, and their laptop-scale version in `vgg reproduce`); the command line is ``vggnet.cli.localize``.
 
 Testing (``evaluate_localisation``):
@@ -41,16 +42,17 @@ from .nets import (
     box_loss,
     box_outputs,
     load_loc_run,
+    load_source,
     localisation_net,
     select_boxes,
 )
 from .protocols import LocResult, evaluate_localisation, merge_boxes, window_boxes
 from .tables import markdown_tables, reproduce_localisation
-from .training import BoxDataset, collate_boxes, train_localisation, validate_localisation
+from .training import BoxDataset, Localisation, collate_boxes, train_localisation, validate_localisation
 
 __all__ = [
     "FINETUNE", "IOU_THRESHOLD", "LOC_FILE", "MERGE_IOU", "REGRESSIONS", "BoxDataset", "LocConfig", "LocResult",
-    "box_loss", "box_outputs", "collate_boxes", "evaluate_localisation", "load_loc_run", "localisation_net",
-    "markdown_tables", "merge_boxes", "reproduce_localisation", "select_boxes", "train_localisation",
-    "validate_localisation", "window_boxes",
+    "Localisation", "box_loss", "box_outputs", "collate_boxes", "evaluate_localisation", "load_loc_run",
+    "load_source", "localisation_net", "markdown_tables", "merge_boxes", "reproduce_localisation", "select_boxes",
+    "train_localisation", "validate_localisation", "window_boxes",
 ]  # fmt: skip

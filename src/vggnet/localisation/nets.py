@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from .. import runs
-from ..config import read_toml
+from ..config import TrainConfig, read_toml
+from ..convention import Convention
 from ..data import Stats
+from ..evaluation.nets import weights_net
 from ..model import VGG
 
 REGRESSIONS = ("scr", "pcr")
@@ -29,50 +31,44 @@ MERGE_IOU = 0.5  # greedy merging joins two boxes that overlap by more than this
 
 
 @dataclass
-class LocConfig:
-    from_run: str  # the classification run the net starts from (its S, stats and classes)
+class LocConfig(TrainConfig):
+    """A localisation run's config: the training engine's options (`vgg train`'s, with Appendix A's defaults
+    below) and the box regression's. The net's shape, crop, S and input convention are the classification run's,
+    filled in when the run starts (:func:`vggnet.localisation.training.adopt_source`)."""
+
+    from_run: str = ""  # the classification run the net starts from (its S, stats and classes)
     regression: str = "pcr"  # scr: one box for all classes; pcr: one box per class
     finetune: str = "all"  # all: every layer; fc: the FC layers only (the conv layers frozen)
+    boxes: str = ""  # a box CSV (default: boxes.csv at the data's root, or VOC XML beside the images)
+    scale: int = 0  # training scale S; 0: the classification run's smallest S (the paper: the same S, no jittering)
+    max_per_class: int = 0  # train on the first N images of each class (0: all)
+    val_per_class: int = 0  # validate on the first N images of each class (0: all)
+    # the input convention of --from weights that carry none (imagenet|caffe|mean:R,G,B; a run carries its own)
+    source_normalize: str = ""
+    # the engine's options whose defaults differ for localisation
     # data with boxes: an embedded set or a folder with a boxes.csv / VOC XML files; default: mnist-scale when
     # the run's data is an embedded set, else the run's data
     data: str = ""
-    boxes: str = ""  # a box CSV (default: boxes.csv at the data's root, or VOC XML beside the images)
-    scale: int = 0  # training scale S; 0: the classification run's smallest S (the paper: the same S, no jittering)
     epochs: int = 6
     batch_size: int = 32
     lr: float = 1e-3  # the paper's
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     lr_patience: int = 1
-    lr_threshold: float = 1e-3
     lr_decays: int = 1
-    max_per_class: int = 0  # train on the first N images of each class (0: all)
-    val_per_class: int = 0  # validate on the first N images of each class (0: all)
     flip: bool = False  # random horizontal flips (off for digits)
+    colour_shift: float = 0.0  # the box targets are learnt on the images as they are
     workers: int = 0
-    device: str = "auto"
-    seed: int = 0
-    out: str = ""
-    log_every: int = 50
-    keep_checkpoints: int = 2
-    max_steps: int = 0  # stop after this many steps in all (0: no limit)
-    # the classification run's preprocessing, recorded so that `vgg eval` style loaders can read this folder
-    crop_size: int = 0
-    scale_min: int = 0
-    scale_max: int = 0
-    normalize: str = "mean"
-    pixel_range: int = 1  # with normalize=mean: the classification run's pixel scale (vggnet.convention)
+    loader: str = "cpu"  # the GPU data path carries no boxes
+    pixel_range: int = 1  # set from the classification run
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.regression not in REGRESSIONS:
             raise ValueError(f"--regression must be scr or pcr, got {self.regression!r}")
         if self.finetune not in FINETUNE:
             raise ValueError(f"--finetune must be all or fc, got {self.finetune!r}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("--batch-size and --epochs must be positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        if self.loader != "cpu":
+            raise ValueError("localisation trains on the CPU data path (the GPU path carries no boxes): --loader cpu")
 
 
 LOC_FIELDS = frozenset(f.name for f in fields(LocConfig))
@@ -123,6 +119,29 @@ def stride(model: VGG) -> int:
     return 2 ** sum(isinstance(m, nn.MaxPool2d) for m in model.features)
 
 
+def load_source(spec: str | os.PathLike, device: str | torch.device = "cpu", normalize: str | None = None) -> runs.Run:
+    """The classification net that localisation starts from (`vgg localize train --from`) or rates its boxes with
+    (`vgg localize eval --classifier`): a run folder, or weights in any of the forms of
+    :data:`vggnet.pretrained.WEIGHTS_FORMS`, loaded by the one loader (``evaluation.weights_net``) with the input
+    convention they carry (or ``normalize``) and their classes; their S is the side they are resized to."""
+    if runs.is_run(spec):
+        return runs.load_run(spec, device)
+    net = weights_net(str(spec), normalize or None)
+    conv = net.convention
+    if conv.channel_order != "RGB":
+        raise ValueError(f"{spec}: weights that take {conv.channel_order} input cannot start a localisation net")
+    cfg = getattr(net.model, "pretrained_cfg", None) or {}
+    side = int(cfg.get("resize") or round(net.crop_size * 256 / 224))
+    # the convention as a training set's statistics on [0, 1] with "standardize": exact for any RGB convention
+    unit = float(conv.pixel_range)
+    stats = Stats(tuple(m / unit for m in conv.mean), tuple(v / unit for v in conv.std), (0.0, 0.0, 0.0),
+                  ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    config = dict(scale_min=side, scale_max=side, data="", normalize="standardize", pixel_range=1)
+    classes = list(net.classes or [str(i) for i in range(net.num_classes)])
+    return runs.Run(path=Path(str(spec)), model=net.model.to(device).eval(), config=config, classes=classes,
+                    convention=Convention.of_run(stats, "standardize", 1), stats=stats)
+
+
 def load_loc_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[runs.Run, dict[str, Any]]:
     """A finished localisation run (as a :class:`~vggnet.runs.Run` of its box net) and its localize.json."""
     path = Path(path)
@@ -142,5 +161,5 @@ def load_loc_run(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 __all__ = [
     "FINETUNE", "IOU_THRESHOLD", "LOC_FIELDS", "LOC_FILE", "MERGE_IOU", "REGRESSIONS", "LocConfig", "box_loss",
-    "box_outputs", "load_loc_run", "localisation_net", "select_boxes", "stride",
+    "box_outputs", "load_loc_run", "load_source", "localisation_net", "select_boxes", "stride",
 ]  # fmt: skip

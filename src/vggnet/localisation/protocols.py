@@ -28,9 +28,9 @@ from .. import boxes as B
 from .. import runs
 from ..data.io import BadImageError, load_image
 from ..data.transforms import AugParams, EvalTransform, crop_offsets, prepare_images, shape_groups
-from ..model import spatial_average
+from ..evaluation.views import average_map, softmax_mean
 from ..runtime import pick_device
-from .nets import IOU_THRESHOLD, MERGE_IOU, load_loc_run, select_boxes, stride
+from .nets import IOU_THRESHOLD, MERGE_IOU, load_loc_run, load_source, select_boxes, stride
 
 CHUNK = 32  # images decoded and run together: batched forward passes, bounded memory
 
@@ -148,9 +148,9 @@ def _dense_maps(s: _Setup, chunk: list[tuple[B.BoxSample, torch.Tensor]]) -> lis
             x = torch.stack([xs_cls[k] for k in idx])
             logits = s.cls.model.dense(x).float()  # (B, C, h, w)
             scores = F.softmax(logits, 1).cpu()  # each location's class posterior: the boxes' scores
-            # the image's class posterior as `vgg eval` computes it: the score map averaged over the windows that
-            # lie on the image (model.window_mask), then the soft-max
-            posterior = F.softmax(spatial_average(logits, tuple(x.shape[-2:]), s.crop), 1).cpu()
+            # the image's class posterior as `vgg eval` computes it: evaluation's dense average of the same map
+            # (the windows that lie on the image), then the soft-max
+            posterior = softmax_mean(average_map(s.cls.model, logits, tuple(x.shape[-2:]))[:, None]).cpu()
             box_map = s.loc.model.dense(torch.stack([xs_loc[k] for k in idx])).float().cpu()  # (B, 4 or 4C, h, w)
             for j, k in enumerate(idx):
                 maps[k].append((scores[j], box_map[j], tuple(x.shape[-2:]), posterior[j]))
@@ -182,9 +182,11 @@ def _dense_hits(s: _Setup, smp: B.BoxSample, size: tuple[int, int], maps: list[t
     return correct[0], any(correct), ranked[0] == smp.label
 
 
-def _classifier(path: str | os.PathLike, device: torch.device, num_classes: int) -> runs.Run:
-    """The classification run that rates the dense protocol's boxes; it must know the data's classes."""
-    cls = runs.load_run(path, device)
+def _classifier(path: str | os.PathLike, device: torch.device, num_classes: int,
+                normalize: str | None = None) -> runs.Run:
+    """The classification net that rates the dense protocol's boxes (a run folder or weights of any SOURCE form);
+    it must know the data's classes."""
+    cls = load_source(path, device, normalize)
     if cls.model.num_classes != num_classes:
         raise ValueError(f"the classification net {cls.path} has {cls.model.num_classes} classes, the data "
                          f"{num_classes}; pass the run the localisation net was made from (--classifier)")  # fmt: skip
@@ -218,7 +220,9 @@ def evaluate_localisation(loc_run: str | os.PathLike, protocol: str = "dense", s
     samples, classes = B.box_samples(data or info["data"], "val", boxes_csv, max_per_class, report)
     if not samples:
         raise ValueError(f"{data or info['data']}: no validation images with boxes ({report.summary()})")
-    cls = _classifier(classifier or info["from_run"], dev, len(classes)) if protocol == "dense" else None
+    # the net the localisation net was made from, with the convention it was given (--from weights that carry none)
+    path, normalize = (classifier, None) if classifier else (info["from_run"], info.get("source_normalize") or None)
+    cls = _classifier(path, dev, len(classes), normalize) if protocol == "dense" else None
     loc.model.eval()
     s = _Setup(loc, cls, info["regression"], crop, scales, dev, stride(loc.model))
     t0 = time.perf_counter()

@@ -1,6 +1,11 @@
 """Training a localisation net (Appendix A): from a classification run of the same S (no scale jittering), at
 learning rate 1e-3, fine-tuning all layers or only the FC layers, with a Euclidean loss on the box of the
-image's class; resumable from its checkpoints like a training run.
+image's class.
+
+It trains through the one training engine (:func:`vggnet.training.train`) as the task :class:`Localisation`: its
+data (images with boxes), net (the classification net with a box head), loss and validation plug in; the run
+folder, the lock, resume from the newest valid checkpoint (RNG states included, a torn checkpoint skipped),
+progress lines, DDP under torchrun and the plateau schedule are the engine's, as for `vgg train`.
 
 A localisation run is a folder like a training run (config.toml, model.safetensors whose last layer has 4 or
 4 x classes outputs, stats.json and classes.json copied from the classification run, metrics.jsonl, checkpoints/
@@ -9,41 +14,44 @@ for resume, eval/ for reports) plus ``localize.json`` naming the classification 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import math
 import os
-import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import torch.distributed as dist
 
 from .. import boxes as B
 from .. import runs
-from ..config import input_settings, toml_text
+from ..config import TrainConfig, input_settings, read_toml, refuse_unsafe_changes
+from ..convention import Convention
 from ..data import EMBEDDED
 from ..data.io import BadImageError, load_image
 from ..data.stats import Stats
 from ..data.transforms import EvalTransform, TrainTransform
-from ..model import VGG
+from ..files import atomic_write_text
 from ..pretrained import make_cfg
-from ..runtime import pick_device
-from ..training import BatchPlan, Logger, Plateau, latest_checkpoint, load_checkpoint, new_run_dir, save_checkpoint
-from ..files import RunLock, atomic_write_text
-from ..weights import save_weights
-from .nets import IOU_THRESHOLD, LOC_FIELDS, LOC_FILE, LocConfig, box_loss, localisation_net, select_boxes
+from ..runtime import Dist, is_main
+from ..training import BatchPlan, Logger, train
+from ..training.task import Classification
+from ..weights import unwrap
+from .nets import (
+    IOU_THRESHOLD, LOC_FIELDS, LOC_FILE, LocConfig, box_loss, load_source, localisation_net, select_boxes,
+)
+
+BAD_BOXES_FILE = "bad_boxes.txt"
 
 
 class BoxDataset(torch.utils.data.Dataset):
     """Crops of box samples through the paper's transforms, with the box as the regression target.
 
-    ``dataset[(index, seed)]`` is (image, label, target, path): the target is the image's largest box of its class
-    in the crop's coordinates (through the same rescale, crop and flip as the pixels), as (cx, cy, w, h) / crop.
-    Images are decoded at full size: the boxes are in the original pixels.
+    ``dataset[(index, seed)]`` is (image, target, path): the target is (label, cx, cy, w, h), the image's class and
+    its largest box of that class in the crop's coordinates (through the same rescale, crop and flip as the
+    pixels) as fractions of the crop side. Images are decoded at full size: the boxes are in the original pixels.
     """
 
     def __init__(self, samples: list[B.BoxSample], transform) -> None:
@@ -60,21 +68,21 @@ class BoxDataset(torch.utils.data.Dataset):
         try:
             img = load_image(s.path)
         except BadImageError:
-            return None, s.label, None, s.path
+            return None, None, s.path
         x = self.transform.apply(img, params)
         crop = self.transform.crop_size
         biggest = s.boxes[B.area(s.boxes).argmax()][None]
         box = B.augment_boxes(biggest, img.shape[-2], img.shape[-1], params, crop)[0]
-        return x, s.label, B.to_cxcywh(box) / crop, s.path
+        return x, torch.cat([torch.tensor([float(s.label)]), (B.to_cxcywh(box) / crop).float()]), s.path
 
 
 def collate_boxes(batch):
+    """(images (N, 3, crop, crop), targets (N, 5): label and box, paths of unreadable images)."""
     good = [b for b in batch if b[0] is not None]
-    bad = [b[3] for b in batch if b[0] is None]
+    bad = [b[2] for b in batch if b[0] is None]
     if not good:
-        return torch.empty(0, 3, 0, 0), torch.empty(0, dtype=torch.int64), torch.empty(0, 4), bad
-    return (torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), torch.stack([b[2] for b in good]),
-            bad)  # fmt: skip
+        return torch.empty(0, 3, 0, 0), torch.empty(0, 5), bad
+    return torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]), bad
 
 
 def _default_data(src: runs.Run) -> str:
@@ -82,25 +90,17 @@ def _default_data(src: runs.Run) -> str:
     return "mnist-scale" if data in EMBEDDED or not data else data
 
 
-def _config(config: LocConfig | dict[str, Any], resume: str | os.PathLike | None) -> tuple[LocConfig, Path | None, Any]:
-    """(config, run folder or None for a new numbered one, checkpoint to continue or None)."""
-    if resume is None:
-        cfg = config if isinstance(config, LocConfig) else LocConfig(**config)
-        return cfg, (Path(cfg.out) if cfg.out else None), None
-    run = Path(resume)
-    found = latest_checkpoint(run)
-    if found is None:
-        raise FileNotFoundError(f"{run}/checkpoints has no checkpoint to resume from; start a new run instead")
-    ckpt = load_checkpoint(found)
-    given = config.to_dict() if isinstance(config, LocConfig) else dict(config or {})
-    cfg = LocConfig(**{k: v for k, v in dict(ckpt["config"], **given).items() if k in LOC_FIELDS})
-    return cfg, run, ckpt
-
-
-def _adopt_source(cfg: LocConfig, src: runs.Run) -> None:
-    """Fill in what the classification run decides: S (its smallest), crop, normalisation, data."""
+def adopt_source(cfg: LocConfig, src: runs.Run) -> None:
+    """Fill in what the classification run decides: the net's shape, S (its smallest), crop, input convention
+    (pixel range too) and data."""
     if src.model.arch["num_classes"] != len(src.classes):
         raise ValueError(f"{cfg.from_run}: its last layer does not match its classes; pass a classification run")
+    if not runs.is_run(cfg.from_run) and not cfg.data:
+        raise ValueError(f"--from {cfg.from_run}: weights without a run folder name no data; pass --data (images "
+                         f"with boxes of their {len(src.classes)} classes, in their label order)")
+    arch = src.model.arch
+    cfg.arch, cfg.batch_norm = arch["config"], bool(arch["batch_norm"])
+    cfg.width, cfg.fc_width, cfg.dropout = float(arch["width"]), int(arch["fc_width"]), float(arch["dropout"])
     (s_min, _), crop = src.scale_range, src.model.crop_size
     cfg.scale = cfg.scale or s_min
     cfg.crop_size, cfg.scale_min, cfg.scale_max = crop, cfg.scale, cfg.scale
@@ -110,189 +110,197 @@ def _adopt_source(cfg: LocConfig, src: runs.Run) -> None:
         raise ValueError(f"--scale {cfg.scale} is smaller than the crop {crop}")
 
 
-def _datasets(cfg: LocConfig, src: runs.Run, run: Path) -> tuple[BoxDataset, BoxDataset, list, int]:
-    """(train set, val set, classes, skipped samples) of the data with boxes; bad boxes go to bad_boxes.txt."""
-    report = B.BoxReport()
-    train_samples, classes = B.box_samples(cfg.data, "train", cfg.boxes or None, cfg.max_per_class, report)
-    val_report = B.BoxReport()
-    val_samples, _ = B.box_samples(cfg.data, "val", cfg.boxes or None, cfg.val_per_class, val_report)
-    if list(classes) != list(src.classes) and [str(c) for c in classes] != [str(c) for c in src.classes]:
-        raise ValueError(f"the classes of {cfg.data} differ from those of {cfg.from_run}; localise on the data the "
-                         "classification run was trained on")  # fmt: skip
-    both = B.BoxReport(report.skipped + val_report.skipped)
-    both.write(run / "bad_boxes.txt")
-    if not train_samples or not val_samples:
-        raise ValueError(f"{cfg.data}: no usable boxes (train: {report.summary()}; val: {val_report.summary()}); "
-                         f"see {run / 'bad_boxes.txt'}, and give boxes as a boxes.csv or VOC XML files")  # fmt: skip
-    stats: Stats = src.stats
-    conv, crop = src.convention, cfg.crop_size
-    train_set = BoxDataset(train_samples, TrainTransform(stats, crop_size=crop, scale=cfg.scale, flip=cfg.flip,
-                                                          colour_std=0.0, convention=conv))  # fmt: skip
-    val_set = BoxDataset(val_samples, EvalTransform(stats, size=cfg.scale, crop_size=crop, convention=conv))
-    return train_set, val_set, list(classes), len(both.skipped)
+class Localisation(Classification):
+    """The box regression of Appendix A as a task of the training engine (see :mod:`vggnet.training.task`)."""
 
+    command = "vgg localize train"
+    metric = "val_loc_err"  # the plateau schedule steps on the localisation error of the centre crop
+    collate = staticmethod(collate_boxes)
+    failure_files = (BAD_BOXES_FILE,)  # a run that finds no usable box keeps the list of what it skipped
+    runs_root = Path("runs") / "localize"
 
-def _write_run_files(run: Path, cfg: LocConfig, src: runs.Run, num_classes: int) -> None:
-    """config.toml, stats.json, classes.json and localize.json of a new localisation run."""
-    atomic_write_text(run / runs.CONFIG_FILE, toml_text(cfg.to_dict()))
-    src.stats.save(run / runs.STATS_FILE)
-    atomic_write_text(run / runs.CLASSES_FILE, json.dumps(list(src.classes)))
-    info = dict(from_run=str(Path(cfg.from_run).resolve()), regression=cfg.regression, finetune=cfg.finetune,
-                num_classes=num_classes, scale=cfg.scale, crop_size=cfg.crop_size, data=cfg.data)  # fmt: skip
-    atomic_write_text(run / LOC_FILE, json.dumps(info, indent=1) + "\n")
+    def __init__(self) -> None:
+        self._sources: dict[str, runs.Run] = {}
 
+    def source(self, cfg: LocConfig) -> runs.Run:
+        """The classification run (loaded once)."""
+        if not cfg.from_run:
+            raise ValueError("vgg localize train needs --from SOURCE (a classification run or weights) or --resume "
+                             "LOCRUN")
+        if cfg.from_run not in self._sources:
+            self._sources[cfg.from_run] = load_source(cfg.from_run, normalize=cfg.source_normalize)
+        return self._sources[cfg.from_run]
 
-@dataclass
-class _Loop:
-    """What one localisation training run carries from step to step, and saves in its checkpoints."""
+    def resolve(self, config: LocConfig | dict[str, Any] | None) -> LocConfig:
+        cfg = config if isinstance(config, LocConfig) else LocConfig(**(config or {}))
+        adopt_source(cfg, self.source(cfg))
+        return cfg
 
-    run: Path
-    cfg: LocConfig
-    model: VGG
-    optimizer: torch.optim.Optimizer
-    plateau: Plateau
-    device: torch.device
-    log: Logger
-    say: Callable[[str], None]
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
+    def from_dict(self, d: dict[str, Any]) -> LocConfig:
+        d = {k: v for k, v in d.items() if k in LOC_FIELDS}
+        d["normalize"], d["pixel_range"] = input_settings(d)
+        return LocConfig(**d)
 
-    def save_ckpt(self) -> None:
-        save_checkpoint(self.run, self.model, self.optimizer, self.plateau, self.cfg, self.epoch, self.step_in_epoch,
-                        self.global_step, self.cfg.keep_checkpoints)  # fmt: skip
+    def read_config(self, path: Path) -> dict[str, Any]:
+        values = read_toml(path)
+        unknown = sorted(set(values) - LOC_FIELDS)
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {unknown}; the keys are the `vgg localize train` options "
+                             f"(fix or delete those lines)")
+        return values
 
-    def train_epoch(self, loader) -> tuple[float, int]:
-        """One epoch's steps (or up to --max-steps): (summed box loss, steps)."""
-        cfg = self.cfg
-        self.model.train()
+    def build_data(self, cfg: LocConfig, d: Dist, stats: Stats | None, run: Path):
+        """(train set, val set, classes, statistics) of the data with boxes; bad boxes go to bad_boxes.txt."""
+        src = self.source(cfg)
+        stats = stats if stats is not None else src.stats
+        report, val_report = B.BoxReport(), B.BoxReport()
+        train_samples, classes = B.box_samples(cfg.data, "train", cfg.boxes or None, cfg.max_per_class, report)
+        val_samples, _ = B.box_samples(cfg.data, "val", cfg.boxes or None, cfg.val_per_class, val_report)
+        # released weights name their classes in words (ImageNet's), the data by folder (n01440764): in label order
+        same = [str(c) for c in classes] == [str(c) for c in src.classes] or (
+            not runs.is_run(cfg.from_run) and len(classes) == len(src.classes))
+        if not same:
+            raise ValueError(f"the classes of {cfg.data} differ from those of {cfg.from_run}; localise on the data "
+                             "the classification net was trained on")
+        if d.main:
+            B.BoxReport(report.skipped + val_report.skipped).write(run / BAD_BOXES_FILE)
+        if not train_samples or not val_samples:
+            raise ValueError(f"{cfg.data}: no usable boxes (train: {report.summary()}; val: {val_report.summary()}); "
+                             f"see {run / BAD_BOXES_FILE}, and give boxes as a boxes.csv or VOC XML files")
+        self.skipped = len(report.skipped) + len(val_report.skipped)
+        conv, crop = Convention.of_run(stats, cfg.normalize, cfg.pixel_range), cfg.crop_size
+        train_set = BoxDataset(train_samples, TrainTransform(stats, crop_size=crop, scale=cfg.scale, flip=cfg.flip,
+                                                              colour_std=0.0, convention=conv))
+        val_set = BoxDataset(val_samples, EvalTransform(stats, size=cfg.scale, crop_size=crop, convention=conv))
+        return train_set, val_set, list(classes), stats
+
+    def plan(self, cfg: LocConfig, n: int, d: Dist) -> BatchPlan:
+        """The engine's plan, with the batch cut to the training set when it holds fewer boxes than a batch."""
+        unit = d.world * cfg.accum_steps
+        batch = cfg.batch_size if n >= cfg.batch_size else max(unit, n // unit * unit)
+        return BatchPlan(n, batch, d.world, d.rank, cfg.accum_steps, cfg.seed)
+
+    def make_model(self, cfg: LocConfig, classes: list[str], stats: Stats, run: Path, d: Dist, log: Logger,
+                   fresh: bool):
+        """The classification net with a box head (its last layer random; a resumed run's weights replace it)."""
+        model = localisation_net(self.source(cfg).model, cfg.regression, len(classes))
+        conv = Convention.of_run(stats, cfg.normalize, cfg.pixel_range)
+        model.pretrained_cfg = make_cfg(conv, source=str(run), num_classes=model.num_classes, resize=cfg.scale,
+                                        crop=cfg.crop_size)
         if cfg.finetune == "fc":
-            self.model.features.eval()
-        total, n = 0.0, 0
-        for images, labels, targets, _ in loader:
-            if images.shape[0] == 0:
-                continue
-            images, labels, targets = images.to(self.device), labels.to(self.device), targets.to(self.device)
-            loss = box_loss(select_boxes(self.model(images), labels, cfg.regression), targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if not math.isfinite(loss.item()):
-                raise ValueError(f"non-finite box loss at step {self.global_step}: lower --lr")
-            total, n = total + loss.item(), n + 1
-            self.step_in_epoch, self.global_step = self.step_in_epoch + 1, self.global_step + 1
-            if self.global_step % cfg.log_every == 0:
-                self.log.record("step", epoch=self.epoch, step=self.global_step, loss=total / n, lr=self.plateau.lr)
-            if cfg.max_steps and self.global_step >= cfg.max_steps:
-                break
-        return total, n
+            for p in model.features.parameters():
+                p.requires_grad_(False)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        skipped = getattr(self, "skipped", 0)
+        log.line(f"localisation: {cfg.regression.upper()} from {cfg.from_run}, fine-tuning {cfg.finetune} layers "
+                 f"({trainable / 1e6:.2f}M parameters), boxes at S = {cfg.scale}"
+                 + (f"; skipped {skipped} box(es), see {BAD_BOXES_FILE}" if skipped else ""))
+        return model
 
-    def fit(self, plan: BatchPlan, loader, val_set: BoxDataset) -> None:
-        """Epochs until --epochs or the plateau schedule ends; weights and a checkpoint after each."""
-        cfg = self.cfg
-        while self.epoch < cfg.epochs and not self.plateau.done:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.plateau.lr
-            plan.set_epoch(self.epoch, self.step_in_epoch)
-            t0 = time.perf_counter()
-            total, n = self.train_epoch(loader)
-            if self.step_in_epoch < plan.steps_per_epoch:  # stopped by max_steps inside the epoch
-                self.save_ckpt()
-                break
-            metrics = validate_localisation(self.model, val_set, cfg.regression, self.device, cfg.batch_size)
-            self.plateau.step(metrics["val_loc_err"])
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            record = dict(epoch=self.epoch, step=self.global_step, train_loss=total / max(n, 1),
-                          lr=self.optimizer.param_groups[0]["lr"], epoch_time_s=time.perf_counter() - t0, **metrics)
-            self.log.record("epoch", **record)
-            self.say(f"epoch {self.epoch}/{cfg.epochs}: box loss {record['train_loss']:.4f}, val loss "
-                     f"{metrics['val_loss']:.4f}, val loc. error (centre crop, true class) {metrics['val_loc_err']:.2%}"
-                     f", {record['epoch_time_s']:.0f}s")  # fmt: skip
-            save_weights(self.model, self.run / runs.MODEL_FILE)
-            self.save_ckpt()
+    def write_files(self, run: Path, cfg: LocConfig, classes: list[str], stats: Stats) -> None:
+        super().write_files(run, cfg, classes, stats)
+        local = Path(cfg.from_run).expanduser()
+        info = dict(from_run=str(local.resolve()) if local.exists() else cfg.from_run, regression=cfg.regression,
+                    finetune=cfg.finetune, num_classes=len(classes), scale=cfg.scale, crop_size=cfg.crop_size,
+                    data=cfg.data, source_normalize=cfg.source_normalize)
+        atomic_write_text(run / LOC_FILE, json.dumps(info, indent=1) + "\n")
 
+    def train_mode(self, model, cfg: LocConfig) -> None:
+        model.train()
+        if cfg.finetune == "fc":  # frozen conv layers keep their batch-norm statistics too
+            unwrap(model).features.eval()
 
-def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.PathLike | None = None,
-                       log_fn=None) -> Path:  # fmt: skip
-    """Train a localisation net (the paper's Appendix A); return its run folder.
+    @staticmethod
+    def loss(out: torch.Tensor, targets: torch.Tensor, cfg: LocConfig, reduction: str = "mean") -> torch.Tensor:
+        """The Euclidean loss on the box of the image's class (``reduction="none"``: one per image)."""
+        pred = select_boxes(out.float(), targets[:, 0].long(), cfg.regression)
+        if reduction == "mean":
+            return box_loss(pred, targets[:, 1:])
+        return 0.5 * (pred - targets[:, 1:]).pow(2).sum(1)
 
-    ``resume``: a localisation run folder whose newest checkpoint is continued (keys of a ``config`` dict, for
-    example a larger ``epochs``, override its saved config).
-    """
-    cfg, run, ckpt = _config(config, resume)
-    src = runs.load_run(cfg.from_run)
-    _adopt_source(cfg, src)
-    run = run or new_run_dir(Path("runs") / "localize")
-    if resume is None and (run / runs.CONFIG_FILE).exists():
-        raise FileExistsError(f"{run} already holds a run; continue it with `vgg localize train --resume {run}`")
-    run.mkdir(parents=True, exist_ok=True)
-    _lock = RunLock(run, "vgg localize train")  # one writer per run folder; released when this call returns
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    random.seed(cfg.seed)
-    log = Logger(run, True, False)
-    say = log_fn or log.line
-    train_set, val_set, classes, skipped = _datasets(cfg, src, run)
+    def validate(self, model, dataset, cfg: LocConfig, device, autocast, d: Dist, bad_files: set[str],
+                 loader=None) -> dict[str, float]:
+        return validate_localisation(model, dataset, cfg, device, autocast, d, bad_files, loader)
 
-    model = localisation_net(src.model, cfg.regression, len(classes))
-    model.pretrained_cfg = make_cfg(src.convention, source=str(run), num_classes=model.num_classes, resize=cfg.scale,
-                                    crop=cfg.crop_size)  # fmt: skip
-    if cfg.finetune == "fc":
-        for p in model.features.parameters():
-            p.requires_grad_(False)
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    loop = _Loop(run, cfg, model, optimizer, Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays),
-                 device, log, say)  # fmt: skip
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        loop.plateau.load_state_dict(ckpt["plateau"])
-        loop.epoch, loop.step_in_epoch, loop.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        say(f"resuming {run} at epoch {loop.epoch + 1}, step {loop.step_in_epoch}")
-    else:
-        _write_run_files(run, cfg, src, len(classes))
-
-    plan = BatchPlan(len(train_set), min(cfg.batch_size, len(train_set)), 1, 0, 1, cfg.seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=plan, collate_fn=collate_boxes,
-                                         num_workers=cfg.workers, generator=torch.Generator())  # fmt: skip
-    trainable = sum(p.numel() for p in params)
-    say(f"localisation run {run}: {cfg.regression.upper()} from {cfg.from_run} ({model.name}, fine-tuning "
-        f"{cfg.finetune} layers: {trainable / 1e6:.2f}M parameters), {len(train_set)} train / {len(val_set)} val "
-        f"images with boxes at S = {cfg.scale}, crop {cfg.crop_size}, lr {cfg.lr:g}"
-        + (f"; skipped {skipped} (see bad_boxes.txt)" if skipped else ""))  # fmt: skip
-    started = time.perf_counter()
-    try:
-        loop.fit(plan, loader, val_set)
-    except KeyboardInterrupt:
-        say(f"interrupted: saving a checkpoint; continue with `vgg localize train --resume {run}`")
-        loop.save_ckpt()
-        raise
-    finally:
-        log.close()
-    if not (run / runs.MODEL_FILE).exists():
-        save_weights(model, run / runs.MODEL_FILE)
-    say(f"done in {time.perf_counter() - started:.0f}s: {run}")
-    return run
+    def epoch_text(self, metrics: dict[str, float]) -> str:
+        return (f"val box loss {metrics['val_loss']:.4f}, val loc. error (centre crop, true class) "
+                f"{metrics['val_loc_err']:.2%}")
 
 
 @torch.inference_mode()
-def validate_localisation(model: VGG, dataset: BoxDataset, regression: str, device, batch_size: int = 64):
-    """Box loss and localisation error of the centre crop with the true class, in crop coordinates."""
+def validate_localisation(model, dataset: BoxDataset, cfg: LocConfig, device, autocast=contextlib.nullcontext,
+                          d: Dist | None = None, bad_files: set[str] | None = None,
+                          loader=None) -> dict[str, float]:
+    """Box loss and localisation error (IoU <= 0.5) of the centre crop with the true class, in crop coordinates;
+    summed over the processes."""
     model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_boxes)
-    loss_sum, wrong, n = 0.0, 0, 0
-    for images, labels, targets, _ in loader:
+    if loader is None:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_boxes)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # images, summed box loss, wrong boxes
+    for images, targets, bad in loader:
+        if bad_files is not None:
+            bad_files.update(bad)
         if images.shape[0] == 0:
             continue
-        pred = select_boxes(model(images.to(device)), labels.to(device), regression).cpu().float()
-        loss_sum += box_loss(pred, targets).item() * len(labels)
-        overlap = B.iou(B.to_xyxy(pred), B.to_xyxy(targets)).diagonal()
-        wrong += int((overlap <= IOU_THRESHOLD).sum())
-        n += len(labels)
-    return {"val_loss": loss_sum / max(n, 1), "val_loc_err": wrong / max(n, 1), "val_images": n}
+        images, targets = images.to(device), targets.to(device)
+        with autocast():
+            out = model(images)
+        pred = select_boxes(out.float(), targets[:, 0].long(), cfg.regression)
+        counts[0] += len(targets)
+        counts[1] += Localisation.loss(out, targets, cfg, "none").sum()
+        overlap = B.iou(B.to_xyxy(pred), B.to_xyxy(targets[:, 1:])).diagonal()
+        counts[2] += (overlap <= IOU_THRESHOLD).sum()
+    if d is not None and d.world > 1:
+        dist.all_reduce(counts)
+    n, loss_sum, wrong = counts.tolist()
+    return {"val_loss": loss_sum / max(n, 1), "val_loc_err": wrong / max(n, 1), "val_images": int(n)}
 
 
-__all__ = ["BoxDataset", "collate_boxes", "train_localisation", "validate_localisation"]
+class _Lines(io.TextIOBase):
+    """A text stream that hands each complete line to ``fn`` (``log_fn`` of :func:`train_localisation`)."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.pending = fn, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self.fn(line)
+        return len(text)
+
+
+def _refuse_box_changes(config: LocConfig | dict[str, Any] | None, run: Path) -> None:
+    """--resume with another regression, source, boxes, ... (what the engine's own check does not know): refused by
+    name, as `vgg train --resume` refuses a changed data set."""
+    given = config.to_dict() if isinstance(config, LocConfig) else dict(config or {})
+    saved = read_toml(run / runs.CONFIG_FILE) if (run / runs.CONFIG_FILE).is_file() else {}
+    own = LOC_FIELDS - {f.name for f in fields(TrainConfig)}
+    refuse_unsafe_changes({k: (saved[k], v) for k, v in given.items() if k in own and k in saved and saved[k] != v},
+                          "--resume with these options", run)
+
+
+def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.PathLike | None = None,
+                       log_fn=None) -> Path:
+    """Train a localisation net (the paper's Appendix A); return its run folder.
+
+    ``resume``: a localisation run folder whose newest valid checkpoint is continued exactly (keys of a ``config``
+    dict, for example a larger ``epochs``, apply over its saved config where `vgg train --resume` would take them).
+    ``log_fn``: where the progress lines go (default: printed).
+    """
+    task = Localisation()
+    if resume is not None:
+        _refuse_box_changes(config, Path(resume))
+    if resume is None:
+        config = task.resolve(config)
+        # rank 0 alone: under torchrun the other processes would find the config.toml it has just written
+        if config.out and is_main() and (Path(config.out) / runs.CONFIG_FILE).exists():
+            raise FileExistsError(f"{config.out} already holds a run; continue it with `vgg localize train --resume "
+                                  f"{config.out}`")
+    with contextlib.redirect_stdout(_Lines(log_fn)) if log_fn else contextlib.nullcontext():
+        return train(config, resume, task)
+
+
+__all__ = [
+    "BAD_BOXES_FILE", "BoxDataset", "Localisation", "adopt_source", "collate_boxes", "train_localisation",
+    "validate_localisation",
+]

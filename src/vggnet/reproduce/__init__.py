@@ -30,8 +30,8 @@ Grids (``vggnet.reproduce.grids``):
 
 - ``small`` (default): the embedded ``mnist-clutter`` digits, nets at 1/16 width, 64-pixel crops, every scale
   divided by 4 (S in {64, 96}, jittered [64, 128]), every run stopped by its plateau, 3 seeds; for 2 CPU cores
-  (two runs at a time, one thread each; 44 minutes measured on a quiet machine). ``grids.SMALL_DESIGN`` gives
-  the design and its reasons.
+  (two runs at a time, one thread each; 48 minutes measured). ``grids.SMALL_DESIGN`` states the design
+  that the report prints; docs/reproduce-design.md gives the reasons and pilots behind it.
 - ``quick``: the same runs and evaluations with one seed, one or two epochs a stage, on 60
   training and 20 validation images a class: a plumbing check (every table filled), not a measurement.
 - ``medium``: the paper's grid on a user's ImageNet-style subset (``--data DIR``) at 224 crops, for one GPU;

@@ -1,7 +1,7 @@
 """What a reproduction plan will cost before it runs: training and evaluation FLOPs of every run, turned into
 GPU-hours by a step rate that is measured on this machine's GPU or, without one, stated.
 
-The stated rate is PERFORMANCE.md's measurement on one H200: about 5,000 training images/s for net D (VGG-16)
+The stated rate is docs/performance.md's reference on one H200: about 5,000 training images/s for net D (VGG-16)
 at 224 (bf16, channels-last, torch.compile), i.e. 92.65 GFLOP a training image (forward + backward, 3x the
 forward) at 463 TFLOP/s. Every net is assumed to reach the same FLOP rate, so a net's images/s is that rate
 divided by its own training FLOPs (A: 2x D's images/s; E: 0.79x). The measured rate, when a GPU is there, is
@@ -24,7 +24,7 @@ import torch
 from ..data.folders import is_image_file
 from ..factory import create_model
 
-STATED_IMAGES_PER_S = 5000.0  # net D at 224, training, one H200 (PERFORMANCE.md)
+STATED_IMAGES_PER_S = 5000.0  # net D at 224, training, one H200 (docs/performance.md, reference measurements)
 STATED_NET, STATED_CROP = "D", 224
 
 
@@ -73,7 +73,7 @@ def measure_rate(crop: int, device: str = "cuda", steps: int = 5, batch: int = 6
         step()
     torch.cuda.synchronize(dev)
     rate = steps * batch / (time.perf_counter() - t0)
-    del model, opt, x, y
+    model = opt = x = y = None  # frees the GPU memory (the closure holds these names)
     torch.cuda.empty_cache()
     return rate
 
@@ -99,8 +99,9 @@ def estimate(plan: Any, measured: float | None = None) -> dict[str, Any]:
     else:
         stated = 3 * forward_flops(STATED_NET, 1000, STATED_CROP)
         flop_rate = STATED_IMAGES_PER_S * stated
-        source = (f"stated: net D at 224 trains at {STATED_IMAGES_PER_S:,.0f} images/s on one H200 (PERFORMANCE.md, "
-                  f"{flop_rate / 1e12:.0f} TFLOP/s), the same FLOP rate assumed for every net")  # fmt: skip
+        source = (f"stated: net D at 224 trains at {STATED_IMAGES_PER_S:,.0f} images/s on one H200 "
+                  f"(docs/performance.md, {flop_rate / 1e12:.0f} TFLOP/s), "
+                  "the same FLOP rate assumed for every net")  # fmt: skip
     rows, total_train = [], 0.0
     for r in plan.runs:
         cfg = r.config()

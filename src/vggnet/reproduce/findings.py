@@ -116,10 +116,10 @@ def claims(scale_label: Callable[[str], str]) -> list[Claim]:
                           t3(*[f"C@{s}" for s in SCALE_LABELS]))]),
         Claim("jitter", "Scale jittering in training beats a fixed S (C, D, E; at one test scale, Table 3, and at "
                         "several, Table 4)",
-              [Comparison(f"{sj} vs {s} at one test scale", t3(*jit), t3(*[f"{a}@{l}" for a in cde]))
-               for s, l in ((s256, "256"), (s384, "384"))]
+              [Comparison(f"{sj} vs {s} at one test scale", t3(*jit), t3(*[f"{a}@{lab}" for a in cde]))
+               for s, lab in ((s256, "256"), (s384, "384"))]
               + [Comparison(f"{sj} vs {s} at several test scales", [("4", c) for c in jit],
-                            [("4", f"{a}@{l}") for a in cde]) for s, l in ((s256, "256"), (s384, "384"))]),
+                            [("4", f"{a}@{lab}") for a in cde]) for s, lab in ((s256, "256"), (s384, "384"))]),
         Claim("multiscale", "Multi-scale testing beats one test scale (Table 4 vs Table 3)",
               [Comparison("fixed-S nets (B; C, D, E at both fixed S)", [("4", c) for c in fixed], t3(*fixed)),
                Comparison("jittered nets (C, D, E)", [("4", c) for c in jit], t3(*jit))]),
@@ -134,24 +134,27 @@ def claims(scale_label: Callable[[str], str]) -> list[Claim]:
     ]  # fmt: skip
 
 
+def _side(refs: list[tuple[str, str]], cells: dict[str, dict[str, dict[int, list[float]]]]) -> dict[int, float] | None:
+    """One side of a comparison per seed: the mean top-1 error of its cells, over the seeds they all have."""
+    per = [cells.get(t, {}).get(c) for t, c in refs]
+    if any(p is None for p in per):
+        return None
+    seeds = set.intersection(*(set(p) for p in per))
+    return {s: sum(p[s][0] for p in per) / len(per) for s in sorted(seeds)}
+
+def _paper_side(refs: list[tuple[str, str]]) -> float | None:
+    """One side of a comparison in the paper's tables: the mean of its cells (None when one is missing)."""
+    vals = [paper_value(t, c) for t, c in refs]
+    return None if any(v is None for v in vals) else sum(vals) / len(vals)
+
+
 def check(comp: Comparison, cells: dict[str, dict[str, dict[int, list[float]]]]) -> dict[str, Any]:
     """Evaluate one comparison on our per-seed numbers and on the paper's: verdict, means, spread."""
 
-    def side(refs: list[tuple[str, str]]) -> dict[int, float] | None:
-        per = [cells.get(t, {}).get(c) for t, c in refs]
-        if any(p is None for p in per):
-            return None
-        seeds = set.intersection(*(set(p) for p in per))
-        return {s: sum(p[s][0] for p in per) / len(per) for s in sorted(seeds)}
-
-    def paper(refs: list[tuple[str, str]]) -> float | None:
-        vals = [paper_value(t, c) for t, c in refs]
-        return None if any(v is None for v in vals) else sum(vals) / len(vals)
-
     out: dict[str, Any] = dict(label=comp.label, expect=comp.expect)
-    pt, pb = paper(comp.treatment), paper(comp.baseline)
+    pt, pb = _paper_side(comp.treatment), _paper_side(comp.baseline)
     out["paper_diff"] = None if pt is None or pb is None else round(pt - pb, 2)
-    t, b = side(comp.treatment), side(comp.baseline)
+    t, b = _side(comp.treatment, cells), _side(comp.baseline, cells)
     if t is None or b is None:
         out.update(verdict="not measured", reason="a run of this comparison is not in the plan")
         return out

@@ -7,7 +7,8 @@ at what size: the data, the width of the nets, the crop, our scales for the pape
 plateau schedule stops a run first) and the settings every run shares.
 
 ``small``: the laptop reproduction, designed so that what it compares can differ for the paper's reasons
-(the design and its reasons are in ``SMALL_DESIGN``, which the report prints before its results).
+(the design is ``SMALL_DESIGN``, which the report prints before its results; the reasons and pilots
+behind it are in docs/reproduce-design.md).
 ``quick``: the same code path at a toy size, a plumbing check. ``medium``: the paper's grid on a user's
 ImageNet-style subset at 224 crops, for one GPU. (``paper``, the recipes of recipes/imagenet, is built from
 the TOML files by ``plan.paper_plan``.)
@@ -71,14 +72,12 @@ class Grid:
 
 SMALL_DESIGN = """\
 The small grid is designed so that the comparisons can come out the way the paper's did, for the paper's
-reasons, on 2 CPU cores:
+reasons, on 2 CPU cores (each choice with its reason and pilot: docs/reproduce-design.md in vggnet's repository):
 
 - **Geometry: 64-pixel crops.** A block's convs work on the crop divided by 2 per pool before them: at 224
-  the paper's block 5 convs see 14x14 maps; at 64 ours see 4x4 (block 4: 8x8, block 3: 16x16). The previous
-  small grid's 32 crops left block 5 on 2x2 maps (and block 4 on 4x4), where most of what the extra 3x3 convs
-  of D and E see is zero padding. Dense windows (64 pixels at a stride of 32) overlap by 50% (the paper: 86%;
-  the previous grid: 0%). 128 crops would give 8x8 maps in block 5 and 75% overlap, at 2.7 times the CPU
-  time an epoch (pilot of net A): beyond the budget.
+  the paper's block 5 convs see 14x14 maps; at 64 ours see 4x4 (block 4: 8x8, block 3: 16x16), so the extra
+  3x3 convs of D and E see more than zero padding. Dense windows (64 pixels at a stride of 32) overlap by 50%
+  (the paper: 86%).
 - **Scales: the paper's divided by 4.** S = 64 for 256, S = 96 for 384, jittered [64, 128] for [256, 512];
   test scales by the rule of `vggnet.scales` ({S - 9, S, S + 9} for a fixed S at 64 crops, {Smin, middle,
   Smax} when jittered; none below the crop). The pools round up (Caffe's ceil mode), so dense evaluation at
@@ -87,27 +86,16 @@ reasons, on 2 CPU cores:
   fragments of other digits as clutter and the digit's size varying by a factor 3: not saturated (a net
   has to find the digit among strokes like its own), and scale jittering has sizes to act on.
 - **Nets: 1/16 width** (4-8-16-32-32 channels), FC layers 128 wide, batch 32, lr 0.01, Kaiming init, no
-  dropout, no flips (digits are not mirror-symmetric). In a pilot net A stopped at its plateau after 24
-  epochs at 26% top-1 error (chance 90%).
-- **Budget.** A one-seed run of this grid (docs/reproduce-small/one-seed at commit bf5c1c1) took 28.6 min
-  on 2 cores, 54 min of training summed over its 13 runs of 8-30 epochs: 3 seeds at that pace take about 86
-  minutes, twice the 45 aimed at. Two changes that leave every net, scale and schedule as they are halve
-  it: the decoded images stay in memory (`cache_images`; decoding the PNGs was 40% of net A's epoch), and
-  training runs in the channels-last memory format, in which oneDNN's CPU convolutions at this width take
-  0.7 (A) to 0.45 (C, E) of the time. In a 3-epoch pilot net A's epoch went from 10.5 to 5 CPU-s and E's from 15.8
-  to 6.5, which puts the 3 seeds at about 40 minutes on 2 cores.
+  dropout, no flips (digits are not mirror-symmetric). Decoded images stay in memory and training runs
+  channels-last: both change the time, not the result.
 - **Every run stops at its plateau:** the paper's schedule (lr / 10 when the validation error stopped
   improving, at most 2 times, once in the fine-tuning stages 3 and 4, then stop at the next plateau), with
   "stopped improving" decided by the trend rule (docs/plateau.md): the least-squares line through the last 5
-  epochs at the current rate does not fall by more than 0.1 points. The previous 3-seed report (at 315d6ef)
-  used "no new best for more than 1 epoch", which fired on single noisy epochs of 1,000 validation images
-  while the error still fell by points an epoch, and its deep-net comparisons had per-seed spreads of 5-8
-  points. The rule was chosen from simulated curves and a constant-lr pilot before this grid ran; nothing
-  else in the grid changed. The epoch counts are caps that a run should not reach; the report counts the runs
-  still improving at their last epoch (by the same rule) and those that reached their cap.
-- **Dense windows:** a window of the dense score map whose centre lies beyond the image's edge does not count
-  (issue 21). With 64-pixel crops no window's centre ever does (a ceil-mode overhang is under 32 pixels), so
-  this changes nothing in this grid.
+  epochs at the current rate does not fall by more than 0.1 points. The epoch counts are caps that a run
+  should not reach; the report counts the runs still improving at their last epoch (by the same rule) and
+  those that reached their cap.
+- **Dense windows:** a window of the dense score map whose centre lies beyond the image's edge does not count;
+  with 64-pixel crops no window's centre ever does, so this changes nothing in this grid.
 """
 
 _SMALL_BASE: dict[str, Any] = dict(

@@ -176,23 +176,29 @@ def _scale_name(arch: str, scale: tuple[int, int]) -> str:
     return f"{arch}-{s}"
 
 
-def small_plan(grid: Grid, out: Path, seeds: Sequence[int] | None = None, data: str | None = None,
-               device: str = "cpu", jobs: int | None = None) -> Plan:  # fmt: skip
-    """The staged plan of a small grid: every cell of ``grid`` for every seed."""
-    seeds = list(seeds if seeds is not None else grid.seeds)
+def _grid_data(grid: Grid, out: Path, data: str | None) -> tuple[dict[str, Any], tuple[str, str, Any] | None]:
+    """The grid's shared settings with its data (``data`` over the grid's own), and the subset to make when the
+    grid trains on a smaller copy of the data (source, copy, the grid's subset; see _prepare_data)."""
     base = dict(grid.base)
-    subset = None
     if grid.needs_data and not data:
         raise ValueError(f"--grid {grid.name} needs --data DIR: an ImageNet-style folder with train/ and val/ class "
                          f"folders (for example Imagenette or ImageNet-100)")  # fmt: skip
     if data:
         base["data"] = data
-    if grid.subset:
-        # a smaller copy of the data, made when the plan runs (see _prepare_data)
-        source = base["data"]
-        name = f"{Path(source).name}-{grid.subset[0]}-{grid.subset[1]}"
-        subset = (source, str(out / "data" / name), grid.subset)
-        base["data"] = subset[1]
+    if not grid.subset:
+        return base, None
+    source = base["data"]
+    name = f"{Path(source).name}-{grid.subset[0]}-{grid.subset[1]}"
+    subset = (source, str(out / "data" / name), grid.subset)
+    base["data"] = subset[1]
+    return base, subset
+
+
+def small_plan(grid: Grid, out: Path, seeds: Sequence[int] | None = None, data: str | None = None,
+               device: str = "cpu", jobs: int | None = None) -> Plan:  # fmt: skip
+    """The staged plan of a small grid: every cell of ``grid`` for every seed."""
+    seeds = list(seeds if seeds is not None else grid.seeds)
+    base, subset = _grid_data(grid, out, data)
     specs: list[RunSpec] = []
     for seed in seeds:
         names = {}

@@ -11,51 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from .. import runs as runs_mod
-from ..config import TrainConfig
-from ..plots import read_epochs
 from ..report import markdown_table, provenance
 from ..scales import scale_step
-from ..training.schedule import Plateau
 from ..files import atomic_write_text
 from .figures import draw as draw_figures
-from .findings import Comparison, check, claims, collect, fmt, stats, verdict
+from .findings import check, claims, collect, fmt, stats, verdict
 from .grids import SCALE_LABELS, SMALL_DESIGN
+from .notes import ReportNotes, last_epoch_trend
 from .plan import Plan
 from .published import (
-    EVAL_PROTOCOLS, PAPER_B5X5_RELATIVE, PAPER_Q_MULTI, PAPER_Q_SINGLE, PAPER_SCALES, TABLE3, TABLE4, TABLE5, TABLE6,
+    PAPER_B5X5_RELATIVE, PAPER_Q_MULTI, PAPER_Q_SINGLE, PAPER_SCALES, TABLE3, TABLE4, TABLE5, TABLE6,
     TABLE6_SUBMISSION, paper_scale_text,
 )  # fmt: skip
 
 
-def last_epoch_trend(errors: Sequence[float], threshold: float, rule: str = "trend", window: int = 5) -> str:
-    """Whether a run was still improving at its last epoch, by the plateau schedule's own rule
-    (:meth:`vggnet.training.Plateau.improving`); ``errors`` are the epochs at the run's last learning rate.
-
-    ``trend``: "improving" when the fitted line through the last ``window`` errors falls by more than
-    ``threshold`` (or fewer than ``window`` epochs ran at that rate), else "flat". ``best``: "improving" when
-    the last error beats all before it by more than ``threshold``, "within" when it is the best by no more than
-    that, else "flat"."""
-    if rule == "trend":
-        w = list(errors[-window:])
-        return "improving" if len(w) < window or Plateau.trending_down(w, threshold) else "flat"
-    best = min(errors[:-1])
-    if Plateau.improves(errors[-1], best, threshold):
-        return "improving"
-    return "within" if errors[-1] < best else "flat"
-
-
-def _at_last_lr(rows: list[dict[str, Any]]) -> list[float]:
-    """The validation errors of the epochs trained at the last epoch's learning rate."""
-    lr = rows[-1].get("lr")
-    out: list[float] = []
-    for r in reversed(rows):
-        if r.get("lr") != lr:
-            break
-        out.append(r["val_top1_err"])
-    return out[::-1]
-
-
-class Report:
+class Report(ReportNotes):
     """Builds REPORT.md, results.json and the plots from a plan and its results."""
 
     def __init__(self, plan: Plan, outcome: dict[str, Any], command: str) -> None:
@@ -161,120 +131,6 @@ class Report:
                    "our difference (per-seed mean ± std)", "comparison verdict"]  # fmt: skip
         return markdown_table(headers, rows, "llllrl")
 
-    def history_lines(self) -> list[str]:
-        """Earlier calls into the output folder that trained runs (their wall time is the cost of the runs)."""
-        earlier = self.outcome.get("history", [])[:-1]
-        if not earlier:
-            return []
-        trained = [h for h in earlier if h["trained"]]
-        text = "; ".join(f"{h['date']}: `{h['command']}`, {h['wall_s'] / 60:.1f} min, {h['trained']} runs trained, "
-                         f"{h['reused']} reused" + (f", vggnet {h['git']}" if h.get("git") else "")
-                         for h in trained)  # fmt: skip
-        rest = len(earlier) - len(trained)
-        if rest:
-            text += ("; " if text else "") + f"{rest} call(s) that trained nothing"
-        return [f"- Earlier calls into this folder: {text}."]
-
-    def recipe_text(self) -> str:
-        """Epochs and learning rate of each stage, and where the shared settings differ from the paper's."""
-        stages = []
-        for stage in sorted({r.stage for r in self.plan.runs}):
-            cfg = next(r for r in self.plan.runs if r.stage == stage).config()
-            stages.append(f"stage {stage} up to {cfg.epochs} epochs at lr {cfg.lr:g}, at most {cfg.lr_decays} lr "
-                          "decay(s)")  # fmt: skip
-        cfg = self.plan.runs[0].config()
-        keys = ("width", "fc_width", "crop_size", "batch_size", "momentum", "weight_decay", "dropout", "init", "flip",
-                "colour_shift", "normalize", "lr_patience", "lr_decays", "label_smoothing", "batch_norm")  # fmt: skip
-        differ = [f"{k} {getattr(cfg, k)!r} (paper {getattr(TrainConfig, k)!r})" for k in keys
-                  if getattr(cfg, k) != getattr(TrainConfig, k)]  # fmt: skip
-        text = "; ".join(stages) + " (the epochs are caps: the plateau schedule stops a run first)"
-        return text + (f"; differs from the paper's recipe in: {', '.join(differ)}" if differ else "; otherwise the "
-                       "paper's recipe")  # fmt: skip
-
-    def _test_scales(self) -> dict[tuple[str, str], list[int]]:
-        """The Q at which each table cell was evaluated densely (multi-crop cells have none)."""
-        out: dict[tuple[str, str], list[int]] = {}
-        for e in self.plan.evals:
-            r = self.plan.run(e.runs[0])
-            if e.kind == "scales":
-                out[("3", f"{r.arch}@{r.label}")] = [e.single]
-                out[("4", f"{r.arch}@{r.label}")] = e.multi
-            else:
-                for p in EVAL_PROTOCOLS:
-                    qs = e.multi if "dense" in p else []
-                    out[("6", p)] = qs
-                    for name in e.runs:
-                        out[("5", f"{self.plan.run(name).arch}@{p}")] = qs
-        return out
-
-    def affected(self, comp: Comparison) -> bool:
-        """Whether a comparison rests on dense evaluation at a Q where the caveat applies (see ``caveats``)."""
-        if not self.caveats():
-            return False
-        crop = self.plan.runs[0].config().crop_size
-        qs = self._test_scales()
-        return any(q > crop for cell in comp.treatment + comp.baseline for q in qs.get(cell, []))
-
-    def caveats(self) -> list[str]:
-        """Measurement limits worth knowing before reading the tables: none at the paper's scales, none from 64
-        crops up (block 5's convs on maps of at least 4x4, overlapping dense windows: the small grid's design).
-
-        Dense evaluation scores windows of the crop size at a stride of 32 pixels (five 2x2 pools). With 224 crops
-        neighbouring windows share 86% of their pixels, with 64 crops 50%; with 32-pixel crops they share none,
-        and block 5 works on 2x2 maps. (The pools round up, Caffe's ceil mode: the windows cover the image.)
-        """
-        crop = self.plan.runs[0].config().crop_size
-        qs = sorted({q for e in self.plan.evals for q in [e.single, *e.multi] if q > crop})
-        if not qs or crop >= 64:
-            return []
-        overlap = max(0.0, 1 - 32 / crop)
-        text = (
-            f"Dense evaluation scores windows of the {crop}-pixel crop at a stride of 32 pixels (five 2x2 pools). In "
-            f"the paper a 224 window moves 32 pixels at a time and neighbouring windows share 86% of their pixels; "
-            f"here they share {100 * overlap:.0f}%, and block 5 works on {crop // 16}x{crop // 16} maps (the paper: "
-            f"14x14). So the comparisons marked † rest on evaluations at a geometry the paper did not have: the "
-            f"one-scale rows of Table 3 for the large fixed and the jittered scales (Q above {crop}), multi-scale "
-            "averages, and dense against multi-crop evaluation. Their verdicts measure this small-scale geometry as "
-            "much as the paper's claims."
-        )
-        return [text]
-
-    def convergence_note(self) -> str:
-        """Per stage, how many runs were still improving at their last epoch by the plateau schedule's own rule
-        (:func:`last_epoch_trend`; under the ``best`` rule a last epoch better by less than the threshold is
-        counted apart): nets still improving when stopped are compared before they converged (the paper trains
-        each to its plateau)."""
-        parts, within = [], 0
-        for stage in sorted({r.stage for r in self.plan.runs}):
-            rows = [(read_epochs(r.folder), r.config()) for r in self.plan.runs if r.stage == stage]
-            trends = [last_epoch_trend(_at_last_lr(rs) if c.plateau == "trend" else [e["val_top1_err"] for e in rs],
-                                       c.lr_threshold, c.plateau, c.lr_window)
-                      for rs, c in rows if len(rs) >= 2]  # fmt: skip
-            if trends:
-                within += trends.count("within")
-                parts.append(f"stage {stage}: {trends.count('improving')} of {len(trends)}")
-        if parts and within:
-            parts.append(f"runs whose last epoch was their best by no more than the threshold (not an improvement "
-                         f"to the schedule): {within}")  # fmt: skip
-        capped = [r.name for r in self.plan.runs if (m := self.outcome["markers"].get(r.name))
-                  and m.get("epochs") is not None and m["epochs"] >= r.config().epochs]  # fmt: skip
-        if parts:
-            parts.append(f"runs that reached their epoch cap instead of a plateau: {len(capped)}"
-                         + (f" ({', '.join(capped)})" if capped else ""))  # fmt: skip
-        return "; ".join(parts)
-
-    def depth_note(self) -> str:
-        """D vs E: the paper's saturation at 19 layers, shown without a verdict."""
-        parts = []
-        for label in ("256", "256-512"):
-            d, e = self.cells["3"].get(f"D@{label}"), self.cells["3"].get(f"E@{label}")
-            if d and e:
-                seeds = sorted(set(d) & set(e))
-                diffs = [e[s][0] - d[s][0] for s in seeds]
-                parts.append(f"E - D at {self.scale_text(label)}: {fmt(diffs, sign=True)} (paper "
-                             f"{TABLE3[('E', label)][0] - TABLE3[('D', label)][0]:+.1f})")  # fmt: skip
-        return "; ".join(parts)
-
     def runs_table(self) -> str:
         rows = []
         for r in self.plan.runs:
@@ -336,7 +192,7 @@ class Report:
             step = scale_step(p.runs[0].config().crop_size)  # the paper's 32 at 224, proportional to the crop
             lines += [
                 "Our scales stand for the paper's: "
-                + ", ".join(f"{self.scale_text(l)} for {paper_scale_text(l)}" for l in SCALE_LABELS)
+                + ", ".join(f"{self.scale_text(lab)} for {paper_scale_text(lab)}" for lab in SCALE_LABELS)
                 + f"; test scales Q likewise (Q = S for a fixed S, the middle of the range for a jittered one; three "
                 f"scales {{S - {step}, S, S + {step}}} for the paper's {{S - 32, S, S + 32}}, or {{Smin, "
                 f"middle, Smax}}, none below the crop size). Error rates on {self.classes or 'these'} classes are not "
@@ -446,12 +302,12 @@ class Report:
             m5, s5 = stats([per[s][1] for s in seeds])
             return dict(per_seed={str(s): per[s] for s in seeds}, top1_mean=m1, top1_std=s1, top5_mean=m5, top5_std=s5)
 
-        paper = {"3": {f"{a}@{l}": v for (a, l), v in TABLE3.items()},
-                 "4": {f"{a}@{l}": v for (a, l), v in TABLE4.items()},
+        paper = {"3": {f"{a}@{lab}": v for (a, lab), v in TABLE3.items()},
+                 "4": {f"{a}@{lab}": v for (a, lab), v in TABLE4.items()},
                  "5": {f"{a}@{p}": v for (a, p), v in TABLE5.items()}, "6": dict(TABLE6)}  # fmt: skip
         return dict(
             command=self.command, grid=self.plan.grid, description=self.plan.description, seeds=self.plan.seeds,
-            scales={l: list(s) for l, s in self.scales.items()}, flip=self.flip, classes=self.classes,
+            scales={lab: list(s) for lab, s in self.scales.items()}, flip=self.flip, classes=self.classes,
             wall_s=self.outcome["seconds"], trained=self.outcome["trained"], reused=self.outcome["reused"],
             history=self.outcome.get("history", []),
             tables={t: {k: agg(v) for k, v in cells.items()} for t, cells in self.cells.items()},
@@ -481,4 +337,4 @@ class Report:
         return report
 
 
-__all__ = ["Report"]
+__all__ = ["Report", "last_epoch_trend"]

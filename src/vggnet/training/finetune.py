@@ -153,9 +153,9 @@ def source_defaults(src: Source, explicit: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | Path | None = None) -> TrainConfig:
     """``config.resolve`` with ``--init-from``'s source: the net and input convention come from SOURCE unless
-    given, and the fine-tuning preset applies (``--finetune auto``) when SOURCE's weights were trained on another
-    label set: released weights, a weights file, or a run on other data; not for a run on the same data (the
-    paper's staged initialisation of a deeper net from net A keeps the paper's recipe)."""
+    given, and the fine-tuning preset applies (``--finetune-preset auto``) when SOURCE's weights were trained on
+    another label set: released weights, a weights file, or a run on other data; not for a
+    run on the same data (the paper's staged initialisation of a deeper net from net A keeps the paper's recipe)."""
     explicit = explicit_values(overrides, recipe)
     if not explicit.get("init_from"):
         cfg = resolve(overrides, recipe)
@@ -164,12 +164,12 @@ def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | Path |
     src = describe_source(str(explicit["init_from"]))
     check_net(src, explicit)
     defaults = source_defaults(src, explicit)
-    mode = explicit.get("finetune", "auto")
+    mode = explicit.get("finetune_preset", "auto")
     other = src.kind != "run" or not _same_data(src.data, str(explicit.get("data", TrainConfig.data)))
     on = mode == "on" or (mode == "auto" and other)
     if on:
         defaults.update(FINETUNE_PRESET)
-    cfg = resolve(dict(overrides or {}, finetune="on" if on else "off"), recipe, defaults=defaults)
+    cfg = resolve(dict(overrides or {}, finetune_preset="on" if on else "off"), recipe, defaults=defaults)
     frozen_layers(cfg.arch, cfg.batch_norm, cfg.freeze)  # an unknown --freeze fails before the data are scanned
     if is_main():
         print(describe_plan(cfg, src), flush=True)
@@ -181,7 +181,7 @@ def describe_plan(cfg: TrainConfig, src: Source) -> str:
     net = (f"net {src.name}, width {cfg.width:g}, fc {cfg.fc_width}, crop {cfg.crop_size}, "
            f"S [{cfg.scale_min}, {cfg.scale_max}]")
     text = f"--init-from {src.spec}: {net}, input --normalize {cfg.normalize} --pixel-range {cfg.pixel_range}"
-    if cfg.finetune == "on":
+    if cfg.finetune_preset == "on":
         values = ", ".join(f"{k} {getattr(cfg, k):g}" for k in FINETUNE_PRESET)
         text += f"; fine-tuning preset (docs/finetune.md; flags override): {values}, freeze {cfg.freeze}"
     return text
@@ -242,11 +242,13 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     ``head_lr_mult * lr`` in a group of its own (one group when the multiplier is 1, as before it existed, so
     that older checkpoints resume). Each group's ``lr_mult`` is kept for the schedule: lr = rate * lr_mult."""
     net = unwrap(model)
-    head = [p for p in net.get_classifier().parameters() if p.requires_grad]
-    body = [p for p in net.parameters() if p.requires_grad and all(p is not h for h in head)]
+    trainable = [p for p in net.parameters() if p.requires_grad]
     if cfg.head_lr_mult == 1.0:
-        body, head = body + head, []
-    groups = [dict(params=ps, lr=cfg.lr * m, lr_mult=m) for ps, m in ((body, 1.0), (head, cfg.head_lr_mult)) if ps]
+        groups = [dict(params=trainable, lr=cfg.lr, lr_mult=1.0)] if trainable else []
+    else:
+        head = [p for p in net.get_classifier().parameters() if p.requires_grad]
+        body = [p for p in trainable if all(p is not h for h in head)]
+        groups = [dict(params=ps, lr=cfg.lr * m, lr_mult=m) for ps, m in ((body, 1.0), (head, cfg.head_lr_mult)) if ps]
     if not groups:
         raise ValueError(f"--freeze {cfg.freeze} leaves no layer to train")
     return groups

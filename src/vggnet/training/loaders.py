@@ -50,13 +50,13 @@ def build_data(cfg: TrainConfig, d: Dist, stats=None):
     return train_set, data.ImageDataset(val_samples, val_tf, warn=False), classes, stats
 
 
-def make_loader(dataset, batch_sampler, workers: int, device: torch.device):
+def make_loader(dataset, batch_sampler, workers: int, device: torch.device, collate_fn=collate):
     kw: dict[str, Any] = {}
     if workers > 0:
         kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4, worker_init_fn=ignore_stop_signals)
     # A private generator: the loader must not draw from the global RNG (dropout's), or resume would drift.
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=batch_sampler, collate_fn=collate, pin_memory=device.type == "cuda",
+        dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, pin_memory=device.type == "cuda",
         generator=torch.Generator(), **kw,
     )  # fmt: skip
 
@@ -74,20 +74,22 @@ def pick_loader(name: str, device: torch.device, samples) -> str:
     return name
 
 
-def make_train_loader(cfg: TrainConfig, train_set, plan, workers: int, device: torch.device):
+def make_train_loader(cfg: TrainConfig, train_set, plan, workers: int, device: torch.device, collate_fn=collate):
     """The training batches in ``plan``'s order and with its (index, seed) keys, from either data path: the same
-    keys give the same S, crop, flip and colour shift on both. Returns (loader, "cpu" or "gpu")."""
+    keys give the same S, crop, flip and colour shift on both. Returns (loader, "cpu" or "gpu").
+    ``collate_fn``: the task's (items to (images, targets, bad files)) on the CPU path."""
     kind = pick_loader(cfg.loader, device, train_set.samples)
     check_loader_memory(kind, train_set.samples, plan.micro, cfg.crop_size, workers)
     if kind == "cpu":
-        return make_loader(train_set, plan, workers, device), kind
+        return make_loader(train_set, plan, workers, device, collate_fn), kind
     # the workers only read files and draw parameters; a few keep ahead of nvJPEG
     loader = GPULoader(train_set.samples, train_set.transform, batch_sampler=plan, device=device,
                        num_workers=min(workers, 8), channels_last=cfg.channels_last and device.type == "cuda")  # fmt: skip
     return loader, kind
 
 
-def make_val_loader(cfg: TrainConfig, dataset, d: Dist, workers: int, device: torch.device, kind: str = "cpu"):
+def make_val_loader(cfg: TrainConfig, dataset, d: Dist, workers: int, device: torch.device, kind: str = "cpu",
+                    collate_fn=collate):
     """The validation batches (this process's share, in order, fixed size but the last), made once per run.
 
     ``kind`` "gpu" (the training data path's choice, on CUDA): :class:`~vggnet.data.gpu.GPULoader` with the
@@ -101,7 +103,7 @@ def make_val_loader(cfg: TrainConfig, dataset, d: Dist, workers: int, device: to
         return GPULoader(dataset.samples, dataset.transform, batch_sampler=batches, device=device,
                          num_workers=min(workers, 8),
                          channels_last=cfg.channels_last and cuda_path(device))  # fmt: skip
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=workers,
                                        pin_memory=device.type == "cuda",
                                        worker_init_fn=ignore_stop_signals if workers else None)  # fmt: skip
 

@@ -35,7 +35,8 @@ class NonFiniteLoss(RuntimeError):
 
 def pad_batch(images: torch.Tensor, labels: torch.Tensor, size: int, crop: int):
     """A micro-batch of exactly ``size`` images: the n readable ones, then copies of them (zeros when none is
-    readable), and a mask of the n real ones; (images, labels, mask).
+    readable), and a mask of the n real ones; (images, labels, mask). ``labels`` are the task's targets, one
+    row per image (class labels, or a localisation net's label and box).
 
     Dropped unreadable files shrink a batch; a fixed shape keeps a compiled step from recompiling (forward and
     backward, tens of seconds on a GPU), and a forward on placeholders keeps a process whose micro-batch was
@@ -46,16 +47,23 @@ def pad_batch(images: torch.Tensor, labels: torch.Tensor, size: int, crop: int):
     n, device = images.shape[0], images.device
     if n == 0:
         images = torch.zeros(size, 3, crop, crop, device=device)
-        labels = torch.zeros(size, dtype=torch.int64, device=device)
+        labels = torch.zeros(size, *labels.shape[1:], dtype=labels.dtype, device=device)
     else:
         idx = torch.arange(size, device=device) % n
         images, labels = images[idx], labels[idx]
     return images, labels, torch.arange(size, device=device) < n
 
 
+def cross_entropy_loss(out: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, reduction: str = "mean"):
+    """Classification's loss: the soft-max cross-entropy (with ``--label-smoothing``); "none": one per image."""
+    return F.cross_entropy(out, labels, label_smoothing=cfg.label_smoothing, reduction=reduction)
+
+
 def forward_backward(model, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, plan: BatchPlan,
-                     device, autocast, last_micro: bool) -> torch.Tensor:
+                     device, autocast, last_micro: bool, loss_fn=cross_entropy_loss) -> torch.Tensor:
     """One micro-batch: forward, loss, backward (gradients summed over the accumulation steps); returns the loss.
+
+    ``loss_fn(output, labels, cfg, reduction)``: the task's loss (:mod:`.task`), classification's by default.
 
     DDP averages the gradients only on the last micro-batch of an optimizer step. A micro-batch short of
     unreadable files is padded back to the batch shape (:func:`pad_batch`); one with none readable leaves a
@@ -74,12 +82,11 @@ def forward_backward(model, images: torch.Tensor, labels: torch.Tensor, cfg: Tra
     saved = [b.clone() for b in model.buffers()] if n == 0 else None
     with sync:
         with autocast():
-            logits = model(images)
+            out = model(images)
             if mask is None:
-                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+                loss = loss_fn(out, labels, cfg)
             else:  # the mean over the readable images; the placeholders weigh 0 (0 when there are none)
-                per = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing, reduction="none")
-                loss = torch.where(mask, per, 0.0).sum() / max(n, 1)
+                loss = torch.where(mask, loss_fn(out, labels, cfg, "none"), 0.0).sum() / max(n, 1)
         (loss / cfg.accum_steps).backward()
     if saved is not None:
         with torch.no_grad():
@@ -106,8 +113,10 @@ class _Window:
 
 
 def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan, prog: Progress, device,
-                    autocast, log: Logger, bad_files: set[str], save_ckpt, stop=None) -> float:
+                    autocast, log: Logger, bad_files: set[str], save_ckpt, stop=None, task=None) -> float:
     """Run the rest of one epoch; return the mean training loss of the steps run.
+
+    ``task`` (:mod:`.task`; classification when None) gives the loss and what train mode means for its net.
 
     The steps' losses are added to ``prog``'s running sums of the epoch (``epoch_loss_sum``, ``epoch_loss_steps``)
     before each mid-epoch checkpoint and at the end, so that a checkpoint carries them and a resumed epoch logs
@@ -115,7 +124,11 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
     ``stop()`` is asked after every optimizer step: True (Ctrl-C or SIGTERM arrived) ends the epoch there, at a
     step boundary, so a checkpoint holds exactly the state of an uninterrupted run after that step.
     """
-    model.train()
+    if task is None:
+        model.train()
+    else:
+        task.train_mode(model, cfg)
+    loss_fn = cross_entropy_loss if task is None else task.loss
     loss_sum = torch.zeros((), device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
     window = _Window(device)
@@ -126,7 +139,7 @@ def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan,
     for images, labels, bad in loader:
         bad_files.update(bad)
         last_micro = (micro + 1) % cfg.accum_steps == 0
-        loss = forward_backward(model, images, labels, cfg, plan, device, autocast, last_micro)
+        loss = forward_backward(model, images, labels, cfg, plan, device, autocast, last_micro, loss_fn)
         finite &= torch.isfinite(loss)
         window.loss += loss / cfg.accum_steps
         loss_sum += loss / cfg.accum_steps
@@ -248,6 +261,6 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 __all__ = [
-    "NonFiniteLoss", "PROGRESS_SECONDS", "compile_model", "forward_backward", "pad_batch", "peak_memory_mb",
-    "setup_backends", "train_one_epoch", "validate",
+    "NonFiniteLoss", "PROGRESS_SECONDS", "compile_model", "cross_entropy_loss", "forward_backward", "pad_batch",
+    "peak_memory_mb", "setup_backends", "train_one_epoch", "validate",
 ]  # fmt: skip

@@ -9,7 +9,6 @@ valid checkpoint), sets up the device and the process group, builds the data, th
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -30,28 +29,25 @@ from .. import runs
 from ..config import (
     TrainConfig, toml_text,
 )  # fmt: skip
-from ..convention import Convention
 from ..data import Stats
-from ..factory import create_model
 from ..files import RunInUse, RunLock, atomic_write_text
 from ..plots import plot_run
-from ..pretrained import make_cfg
-from ..pretrained import resolve_weights
 from ..runtime import Dist, cuda_path, is_main, pick_device, setup_distributed
 from ..weights import save_weights, unwrap
 from .checkpoints import (
     latest_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
     trim_metrics, write_bad_files,
 )  # fmt: skip
-from .finetune import freeze, param_groups
-from .loaders import build_data, fallback_note, loader_workers, make_train_loader, make_val_loader, stop_workers
-from .loop import NonFiniteLoss, compile_model, peak_memory_mb, setup_backends, train_one_epoch, validate
+from .finetune import param_groups
+from .loaders import fallback_note, loader_workers, make_train_loader, make_val_loader, stop_workers
+from .loop import NonFiniteLoss, compile_model, peak_memory_mb, setup_backends, train_one_epoch
 from .progress import Logger, Progress
 from .schedule import BatchPlan, Plateau
 from .setup import (
-    broadcast_path, check_out_apart, claim_run_dir, epochs_logged, init_from, input_for_released_weights, plan_run,
+    broadcast_path, check_out_apart, claim_run_dir, epochs_logged, input_for_released_weights, plan_run,
     trained_without_checkpoint,
 )  # fmt: skip
+from .task import CLASSIFICATION, Classification
 
 
 class Interrupted(KeyboardInterrupt):
@@ -77,7 +73,8 @@ class _StopRequest:
             raise KeyboardInterrupt
 
 
-def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None = None) -> Path:
+def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None = None,
+          task: Classification | None = None) -> Path:
     """Train a VGG net with the paper's recipe; return the run folder.
 
     ``config`` is a TrainConfig or a dict of its fields (resolved with the data set's preset).
@@ -85,19 +82,22 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
     step 0 when it has none yet); its saved config is used, with the keys of a ``config`` dict (for example a
     larger ``epochs``) applied over it when they are safe to change (``config.SAFE_ON_RESUME``).
     A new run whose ``out`` folder already holds a run with the same config continues it the same way.
+    ``task``: what is trained (:mod:`.task`): classification by default; localisation plugs in its own data,
+    net, loss and validation and gets the same run folder, resume, progress and DDP.
 
     Raises:
         Interrupted: Ctrl-C or SIGTERM stopped training, after saving a checkpoint.
         NonFiniteLoss: the loss became NaN or infinite; the message names the checkpoint to continue from.
     """
+    task = task or CLASSIFICATION
     named = _named_folder(config, resume)
     before = _entries(named)  # what a pre-existing folder held: a failed start leaves it so
     # one writer per run folder, taken before anything in it is read: a second `vgg train` is refused at once
-    lock = RunLock(named) if is_main() and named is not None and named.is_dir() else None
+    lock = RunLock(named, task.command) if is_main() and named is not None and named.is_dir() else None
     started: list[bool] = []
     run = named
     try:
-        cfg, run, ckpt, explicit_lr, restart = plan_run(config, resume)
+        cfg, run, ckpt, explicit_lr, restart = plan_run(config, resume, task)
         if run is not None:
             check_out_apart(cfg, run)
         if restart and run is not None and (run / runs.MODEL_FILE).is_file() and trained_without_checkpoint(run, cfg):
@@ -112,18 +112,19 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
         d = setup_distributed(device_kind)
         device = pick_device(cfg.device, d)
         if run is None:
-            run = claim_run_dir() if d.main else None
+            run = claim_run_dir(task.runs_root) if d.main else None
         run = broadcast_path(run, d)
         if d.main:
             check_out_apart(cfg, run)
-            lock = lock or RunLock(run)
+            lock = lock or RunLock(run, task.command)
             _open_folder(run, cfg, ckpt)
         if d.world > 1:
             dist.barrier()
-        return _train(cfg, run, ckpt, explicit_lr, restart, d, device, started)
+        return _train(cfg, run, ckpt, explicit_lr, restart, d, device, started, task)
     except BaseException as e:
         if not started and is_main() and run is not None and not isinstance(e, RunInUse):
-            _restore_folder(run, before if run == named else None)  # a failed start leaves no trace
+            # a failed start leaves no trace but the task's account of why (localisation's bad_boxes.txt)
+            _restore_folder(run, before if run == named else None, task.failure_files)
         raise
     finally:
         if lock is not None:
@@ -143,13 +144,15 @@ def _entries(folder: Path | None) -> set[str] | None:
     return set(os.listdir(folder)) if folder is not None and folder.is_dir() else None
 
 
-def _restore_folder(run: Path, before: set[str] | None) -> None:
-    """Undo a failed start: remove the folder it made, or the entries it added to a folder that was there."""
-    if before is None:
+def _restore_folder(run: Path, before: set[str] | None, keep: tuple[str, ...] = ()) -> None:
+    """Undo a failed start: remove the folder it made, or the entries it added to a folder that was there; the
+    files named in ``keep`` stay."""
+    kept = {name for name in keep if (run / name).is_file()}
+    if before is None and not kept:
         if run.is_dir():
             shutil.rmtree(run, ignore_errors=True)
         return
-    for name in set(os.listdir(run)) - before if run.is_dir() else ():
+    for name in set(os.listdir(run)) - (before or set()) - kept if run.is_dir() else ():
         path = run / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -171,6 +174,7 @@ class _Run:
     """Everything the epoch loop of one run works with."""
 
     cfg: TrainConfig
+    task: Classification
     run: Path
     d: Dist
     device: torch.device
@@ -218,13 +222,13 @@ class _Run:
 
 
 def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist, device,
-           started: list[bool]) -> Path:
+           started: list[bool], task: Classification) -> Path:
     torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
     np.random.seed((cfg.seed + d.rank) % 2**32)
     random.seed(cfg.seed + d.rank)
     log = Logger(run, d.main, cfg.tensorboard)
     try:
-        r = _build(cfg, run, ckpt, explicit_lr, restart, d, device, log)
+        r = _build(cfg, task, run, ckpt, explicit_lr, restart, d, device, log)
     except BaseException:
         log.close()
         raise
@@ -233,15 +237,15 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
     return _epochs(r)
 
 
-def _build(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist, device,
-           log: Logger) -> _Run:
+def _build(cfg: TrainConfig, task: Classification, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist,
+           device, log: Logger) -> _Run:
     """The data, the net (initialised, or from the checkpoint), the optimizer and the schedule of a run."""
     stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
     if stats is not None and not all(math.isfinite(v) for v in (*stats.mean, *stats.std)):
         raise ValueError(f"{run / runs.STATS_FILE} holds a mean {list(stats.mean)} / std {list(stats.std)} that is not "
                          f"finite; restore it from a copy of the run (it is the training set's statistics)")  # fmt: skip
-    train_set, val_set, classes, stats = build_data(cfg, d, stats)
-    model = _make_model(cfg, classes, stats, run, d, log, fresh=ckpt is None)
+    train_set, val_set, classes, stats = task.build_data(cfg, d, stats, run)
+    model = task.make_model(cfg, classes, stats, run, d, log, fresh=ckpt is None)
     model.to(device)
     if cfg.channels_last:  # on the CPU too: oneDNN's convs are faster on it (half the time of net E at 1/16 width)
         model = model.to(memory_format=torch.channels_last)
@@ -250,7 +254,8 @@ def _build(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
     optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, fused=fused)
     plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays, cfg.plateau, cfg.lr_window)
-    r = _Run(cfg, run, d, device, log, model, optimizer, plateau, Progress(0, 0, 0), 0, train_set, val_set, classes)
+    r = _Run(cfg, task, run, d, device, log, model, optimizer, plateau, Progress(0, 0, 0), 0, train_set, val_set,
+             classes)
     if ckpt is not None:
         _restore(r, ckpt, explicit_lr)
         log.line(f"resuming {run} at epoch {r.prog.epoch + 1}, step {r.prog.step_in_epoch} "
@@ -259,38 +264,8 @@ def _build(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
         if restart:
             log.line(f"{run} has no checkpoint yet: starting it again from step 0")
         if d.main:
-            stats.save(run / runs.STATS_FILE)
-            atomic_write_text(run / runs.CLASSES_FILE, json.dumps(classes))
+            task.write_files(run, cfg, classes, stats)
     return r
-
-
-def _make_model(cfg: TrainConfig, classes: list[str], stats: Stats, run: Path, d: Dist, log: Logger,
-                fresh: bool) -> nn.Module:
-    """The net of the config, initialised (``--init``, or ``--init-from`` for a fresh run), carrying the input
-    convention it trains with: `vgg eval --weights` and create_model(pretrained=...) then need no run folder."""
-    model = create_model(
-        cfg.arch, num_classes=len(classes), width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size,
-        dropout=cfg.dropout, batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
-        init=cfg.init, seed=cfg.seed,
-    )  # fmt: skip
-    if cfg.init_from and fresh:
-        if d.world > 1 and not Path(cfg.init_from).exists():
-            # a download: rank 0 fetches it first, so that ranks sharing its cache read that file rather than
-            # all downloading at once (downloads are atomic either way)
-            if d.main:
-                resolve_weights(cfg.init_from)
-            dist.barrier()
-        init_from(model, cfg.init_from, log, cfg)
-    frozen = freeze(model, cfg.freeze)  # a resumed run too: the checkpoint's weights load into the same modules
-    if frozen:
-        log.line(f"--freeze {cfg.freeze}: {frozen[0]} ... {frozen[-1]} frozen ({len(frozen)} modules), "
-                 f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters train")  # fmt: skip
-    model.pretrained_cfg = make_cfg(
-        Convention.of_run(stats, cfg.normalize, cfg.pixel_range), source=str(run),
-        num_classes=len(classes), classes=list(classes), resize=(cfg.scale_min + cfg.scale_max) // 2,
-        crop=cfg.crop_size,
-    )  # fmt: skip
-    return model
 
 
 def _restore(r: _Run, ckpt: dict[str, Any], explicit_lr: bool) -> None:
@@ -317,9 +292,10 @@ def _start(r: _Run) -> None:
         r.net = nn.parallel.DistributedDataParallel(r.net, device_ids=[device.index] if device.type == "cuda" else None)
         # the processes agree on stopping over a CPU flag, through gloo
         r.stop_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-    r.plan = BatchPlan(len(r.train_set), cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
-    r.loader, r.loader_kind = make_train_loader(cfg, r.train_set, r.plan, loader_workers(cfg, d), device)
-    r.val_loader = make_val_loader(cfg, r.val_set, d, loader_workers(cfg, d), device, r.loader_kind)
+    r.plan = r.task.plan(cfg, len(r.train_set), d)
+    collate_fn = r.task.collate
+    r.loader, r.loader_kind = make_train_loader(cfg, r.train_set, r.plan, loader_workers(cfg, d), device, collate_fn)
+    r.val_loader = make_val_loader(cfg, r.val_set, d, loader_workers(cfg, d), device, r.loader_kind, collate_fn)
     n_params = sum(p.numel() for p in r.model.parameters())
     r.log.line(
         f"run {r.run}: {unwrap(r.model).name} ({n_params / 1e6:.2f}M parameters, {len(r.classes)} classes)"
@@ -382,7 +358,7 @@ def _one_epoch(r: _Run, epoch: int) -> str:
     t_epoch = time.perf_counter()
     # the epoch's loss sums are kept in prog (and in mid-epoch checkpoints) by train_one_epoch
     train_one_epoch(r.net, r.loader, r.optimizer, cfg, r.plan, prog, r.device, r.autocast, r.log, r.bad_files,
-                    r.save_ckpt, r.stop)  # fmt: skip
+                    r.save_ckpt, r.stop, r.task)
     if r.stop():  # asked again: every process must take the same branch
         r.saved_at = r.save_ckpt()
         return "interrupted"
@@ -394,7 +370,8 @@ def _one_epoch(r: _Run, epoch: int) -> str:
     rng_before = rng_state()
     r.request.immediate = r.d.world == 1
     try:
-        metrics = validate(r.model, r.val_set, cfg, r.device, r.autocast, r.d, r.bad_files, r.val_loader)  # uncompiled
+        metrics = r.task.validate(r.model, r.val_set, cfg, r.device, r.autocast, r.d, r.bad_files,
+                                  r.val_loader)  # the uncompiled module
     except KeyboardInterrupt:
         r.request.signum = r.request.signum or signal.SIGINT
         r.saved_at = r.save_ckpt(rng=rng_before)
@@ -408,7 +385,7 @@ def _one_epoch(r: _Run, epoch: int) -> str:
 def _end_epoch(r: _Run, epoch: int, metrics: dict[str, float], seconds: float) -> None:
     """The schedule steps on the validation error; the epoch is logged; weights, checkpoint and plots written."""
     prog = r.prog
-    r.plateau.step(metrics["val_top1_err"])
+    r.plateau.step(metrics[r.task.metric])
     if r.bad_files - r.reported:
         new = sorted(r.bad_files - r.reported)
         r.reported.update(new)
@@ -423,8 +400,8 @@ def _end_epoch(r: _Run, epoch: int, metrics: dict[str, float], seconds: float) -
                   peak_mem_mb=peak_memory_mb(r.device), **metrics)  # fmt: skip
     r.log.record("epoch", **record)
     r.log.line(
-        f"epoch {epoch + 1}/{r.cfg.epochs}: train loss {train_loss:.4f}, val top-1 err "
-        f"{metrics['val_top1_err']:.2%}, lr {lr:.1e}, {seconds:.0f}s"
+        f"epoch {epoch + 1}/{r.cfg.epochs}: train loss {train_loss:.4f}, {r.task.epoch_text(metrics)}, lr {lr:.1e}, "
+        f"{seconds:.0f}s"
         + (f", lr -> {r.plateau.lr:.1e}" if r.plateau.lr != lr else "")
     )
     if r.d.main:
@@ -445,7 +422,8 @@ def _non_finite_message(e: NonFiniteLoss, r: _Run) -> str:
     return (
         f"{e} (epoch {r.prog.epoch + 1}): training stopped and {where}. The learning rate {lr:g} is too high "
         f"for this net and data (or --init draws too large weights): continue with a lower one, "
-        f"`vgg train --resume {r.run} --lr {lr / 10:g}`{' (it starts again from step 0)' if last is None else ''}, "
+        f"`{r.task.command} --resume {r.run} --lr {lr / 10:g}`"
+        f"{' (it starts again from step 0)' if last is None else ''}, "
         f"or check the images"
     )
 
@@ -454,9 +432,9 @@ def _interrupted_message(r: _Run, saved_at: Path | None) -> str:
     name = signal.Signals(r.request.signum).name
     if saved_at is not None or not r.d.main:
         return (f"{name}: stopped at step {r.prog.global_step} and saved {saved_at or 'a checkpoint'}; "
-                f"continue with `vgg train --resume {r.run}`")  # fmt: skip
+                f"continue with `{r.task.command} --resume {r.run}`")
     last = latest_checkpoint(r.run)
-    return (f"{name} twice: stopped without saving this step; `vgg train --resume {r.run}` continues from "
+    return (f"{name} twice: stopped without saving this step; `{r.task.command} --resume {r.run}` continues from "
             f"{last if last is not None else 'step 0 (no checkpoint yet)'}")  # fmt: skip
 
 

@@ -20,9 +20,9 @@ from ..config import (
     TrainConfig, config_changes, from_dict, read_run_config, read_toml, refuse_unsafe_changes,
 )  # fmt: skip
 from ..files import overlapping
-from ..pretrained import convention, init_from_pretrained
+from ..pretrained import convention, init_from_pretrained, resolve_weights
 from ..runtime import Dist, is_main
-from ..weights import ARCH_KEY, convert_state_dict, init_from_net_a, load_weights, read_state_dict, unwrap
+from ..weights import ARCH_KEY, init_from_net_a, read_state_dict, unwrap
 from .checkpoints import newest_valid_checkpoint
 from .finetune import resolve_config
 from .progress import Logger
@@ -123,46 +123,43 @@ def input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
 
 
 def init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> None:
-    """--init-from: net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tune).
+    """--init-from SOURCE (any form of ``pretrained.WEIGHTS_FORMS``, found by the one resolver, ``resolve_weights``):
+    net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tuning, through the one
+    loader of released weights: any layout).
 
     A last layer for another number of classes than SOURCE's is new: N(0, 0.01^2) weights and zero bias
     (``VGG.reset_classifier``; the paper's FC init and torchvision's), whatever ``--init`` says: its logits start
     near zero, so the first steps' gradients into the trained layers below are small and do not undo them."""
-    src = Path(source)
+    src = Path(source).expanduser()
     ours = unwrap(model)
-    if not src.exists():  # a URL or a named source (torchvision:vgg16, timm:..., caffe:vgg16)
-        line = init_from_pretrained(model, source)
-        if "but the last" in line:  # init_from_pretrained kept the fresh last layer: the fine-tuning head init
-            ours.reset_classifier(ours.num_classes)
-        log.line(line)
-        return
-    weights = src / runs.MODEL_FILE if src.is_dir() else src
-    if src.is_dir() and (src / runs.CONFIG_FILE).is_file():
+    if runs.is_run(src):
         _check_same_input(src, cfg)
+    weights, _ = resolve_weights(source)
     sd, meta = read_state_dict(weights)
     src_config = json.loads(meta[ARCH_KEY])["config"] if ARCH_KEY in meta else None
     if src_config == "A" and ours.arch["config"] != "A":
         copied = init_from_net_a(ours, sd)
         log.line(f"init from net A ({weights}): copied {', '.join(copied)}")
-        return
-    last = convert_state_dict(sd, ours).get("classifier.6.weight")
-    new_head = last is not None and last.shape[0] != ours.num_classes
-    load_weights(ours, weights, head=not new_head)
-    if new_head:
-        ours.reset_classifier(ours.num_classes)
-    log.line(f"init from {weights}: " + (f"all layers but the last ({last.shape[0]} classes there, "
-                                         f"{ours.num_classes} here: a new one)" if new_head else "all layers"))
+    else:
+        line = init_from_pretrained(model, source)
+        if "but the last" in line:  # a new last layer (other classes): the fine-tuning head init, not --init's
+            ours.reset_classifier(ours.num_classes)
+        log.line(line)
 
 
-def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None):
+def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None, task=None):
     """Which run folder, with which config, from which checkpoint: (cfg, run or None, ckpt, explicit lr, restart).
 
     ``--resume RUN`` continues the newest valid checkpoint, or starts RUN again from step 0 with its
     config.toml when it has none yet. A new run's command pointing (``--out``) at a folder that already holds a
     run does the same, so one command line restarts a pre-empted job wherever it died. Either way a changed
     key that a resumed run cannot take (see ``config.SAFE_ON_RESUME``) is refused, naming the keys.
+    ``task`` (:mod:`.task`; classification when None) reads and resolves its configs.
     """
     rank0 = is_main()
+    new_config = task.resolve if task else (lambda c: c if isinstance(c, TrainConfig) else resolve_config(c))
+    saved_config, read_config = (task.from_dict, task.read_config) if task else (from_dict, read_run_config)
+    command = task.command if task else "vgg train"
     if resume is not None:
         run = Path(resume)
         if not run.is_dir():
@@ -170,17 +167,17 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
         given = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
         what = "--resume with these options"
     else:
-        cfg = config if isinstance(config, TrainConfig) else resolve_config(config)
+        cfg = new_config(config)
         run = Path(cfg.out) if cfg.out else None
         if run is None or not (run / runs.CONFIG_FILE).is_file():
             return cfg, run, None, False, False
         given = cfg.to_dict()
         what = "this command"
     toml_path = run / runs.CONFIG_FILE
-    file_cfg = from_dict(read_run_config(toml_path)).to_dict() if toml_path.is_file() else None
+    file_cfg = saved_config(read_config(toml_path)).to_dict() if toml_path.is_file() else None
     found, ckpt = newest_valid_checkpoint(run, rename_bad=rank0)
     if ckpt is not None:
-        saved = from_dict(ckpt["config"]).to_dict()
+        saved = saved_config(ckpt["config"]).to_dict()
         if file_cfg is not None:  # config.toml edited by hand since the checkpoint: the same rules as flags
             edits = config_changes(saved, file_cfg)
             refuse_unsafe_changes(edits, f"{toml_path} (edited since the checkpoint)", run)
@@ -189,7 +186,7 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
         saved = file_cfg
     else:
         raise FileNotFoundError(
-            f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `vgg train --out {run}`"
+            f"{run} holds no run to resume (no config.toml, no checkpoint); start it with `{command} --out {run}`"
         )
     changes = config_changes(saved, given)
     changes.pop("out", None)
@@ -203,7 +200,7 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
         if rank0:
             print(f"--max-steps {saved['max_steps']} was reached at step {step}: continuing without a step limit "
                   f"(pass --max-steps N to set another)", flush=True)  # fmt: skip
-    cfg = from_dict(dict(saved, **explicit, out=str(run)))
+    cfg = saved_config(dict(saved, **explicit, out=str(run)))
     return cfg, run, ckpt, "lr" in explicit, ckpt is None
 
 
