@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _tiny_runs import same, weights
 
 import vggnet
 from vggnet.cli import main
@@ -14,8 +15,6 @@ from vggnet.training import freeze, resolve_config, train
 from vggnet.training.checkpoints import latest_checkpoint, load_checkpoint
 from vggnet.training.finetune import param_groups
 from vggnet.weights import save_weights, to_torchvision
-
-from _tiny_runs import same, weights
 
 TINY = dict(width=1 / 16, fc_width=16, crop_size=32)
 
@@ -88,7 +87,8 @@ def test_a_contradicting_arch_is_refused(sources, folder, tmp_path, capsys):
     # the same net named another way, and net A into a deeper net (the paper's staged init), are no contradiction
     assert resolve_config(_opts(folder, tmp_path / "r", sources["bn"], arch="vgg11_bn")).batch_norm
     staged = resolve_config(dict(init_from=str(sources["run"]), arch="D", data=str(sources["run"].parent / "other")))
-    assert staged.arch == "D" and staged.finetune_preset == "off" and staged.lr == TrainConfig.lr  # same data: the paper's
+    assert staged.arch == "D" and staged.finetune_preset == "off"
+    assert staged.lr == TrainConfig.lr  # a run on the same data: the paper's recipe, not the preset
     rc = main(["train", "--init-from", "torchvision:vgg16", "--arch", "vgg13", "--data", str(folder)])
     err = capsys.readouterr().err
     assert rc == 2 and "leave --arch out" in err and len(err.strip().splitlines()) == 1
@@ -166,7 +166,6 @@ def test_a_frozen_run_resumes_and_refuses_another_freeze(sources, folder, tmp_pa
 def test_a_frozen_fine_tune_under_ddp_equals_one_process(sources, folder, tmp_path):
     """2 processes x 4 images (gloo) fine-tune with --freeze and --head-lr-mult as 1 process x 8 images does."""
     import torch.multiprocessing as mp
-
     from test_train import _ddp_worker, _free_port
 
     # no dropout: its masks differ between the processes by design (a per-rank seed), and the preset's 0.5 would
@@ -180,3 +179,14 @@ def test_a_frozen_fine_tune_under_ddp_equals_one_process(sources, folder, tmp_pa
     start = weights(sources["run"])
     assert all(torch.equal(a[k], start[k]) for k in ("features.0.weight", "features.8.weight"))  # conv1_1, conv3_2
     assert not torch.equal(a["features.11.weight"], start["features.11.weight"])  # conv4_1 trains
+
+
+def test_the_command_line_takes_the_fine_tuning_flags(sources, folder, tmp_path):
+    run = tmp_path / "cli"
+    rc = main(["train", "--init-from", str(sources["bn"]), "--data", str(folder), "--freeze", "features",
+               "--head-lr-mult", "5", "--finetune-preset", "on", "--epochs", "1", "--max-steps", "1",
+               "--batch-size", "8", "--val-fraction", "0.2", "--device", "cpu", "--workers", "0",
+               "--stats-images", "8", "--no-tensorboard", "--out", str(run)])  # fmt: skip
+    text = (run / "config.toml").read_text()
+    assert rc == 0 and 'freeze = "features"' in text and "head_lr_mult = 5.0" in text and "lr = 0.001" in text
+    assert 'arch = "A"' in text and "batch_norm = true" in text and "crop_size = 32" in text

@@ -114,7 +114,8 @@ def test_run_folder_records_the_pixel_range(tmp_path):
     # --init-from that run takes its input convention unless told otherwise (issue 23) ...
     from vggnet.training import resolve_config
 
-    assert resolve_config(dict(arch="B", init="kaiming", init_from=str(run), data=str(tmp_path / "data"))).pixel_range == 255
+    took = resolve_config(dict(arch="B", init="kaiming", init_from=str(run), data=str(tmp_path / "data")))
+    assert took.pixel_range == 255
     # ... and another one, asked for, is refused, naming the flags to pass
     with pytest.raises(ValueError, match="--pixel-range 255"):
         vggnet.train(dict(arch="B", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=32,

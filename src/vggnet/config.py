@@ -41,10 +41,13 @@ class TrainConfig:
                             "-> all its weights), a weights file of any layout, a URL, torchvision:vgg16, "
                             "timm:vgg16.tv_in1k or caffe:vgg16 (fine-tuning); the net (--arch, width, crop) and "
                             "its input convention come from SOURCE unless given (docs/finetune.md)")
-    finetune_preset: str = option("auto", "the fine-tuning preset under --init-from (docs/finetune.md: lr 1e-3, 20 epochs, "
-                           "new layer at 10x lr, ...; flags override each value): auto: on when SOURCE was trained "
-                           "on another label set (released weights, a weights file, a run on other data), off for "
-                           "a run on the same data (the paper's staged init); on; off. The run records on or off")
+    finetune_preset: str = option(
+        "auto",
+        "the fine-tuning preset under --init-from (docs/finetune.md: lr 1e-3, 20 epochs, new layer at 10x lr, ...; "
+        "flags override each value): auto: on when SOURCE was trained on another label set (released weights, a "
+        "weights file, a run on other data), off for a run on the same data (the paper's staged init); on; off. "
+        "The run records on or off",
+    )
     freeze: str = option("none", "train nothing up to and including this layer of the paper's naming: conv5_3, "
                          "conv4_3, pool4, ... (the names of the net's own config), fc6, fc7, "
                          "features (every conv: train the classifier only) or none; frozen batch norm stays in eval "

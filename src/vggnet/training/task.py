@@ -26,11 +26,11 @@ from ..factory import create_model
 from ..files import atomic_write_text
 from ..pretrained import make_cfg, resolve_weights
 from ..runtime import Dist
+from .finetune import freeze, resolve_config
 from .loaders import build_data
 from .loop import cross_entropy_loss, validate
 from .progress import Logger
 from .schedule import BatchPlan
-from .finetune import freeze, resolve_config
 from .setup import init_from
 
 
