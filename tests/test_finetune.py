@@ -109,6 +109,19 @@ def test_the_preset_applies_to_other_labels_only_and_flags_override_it(sources, 
         resolve_config(dict(data=str(folder), freeze="conv5_3"))  # A's block 5 has two convs; no data scanned
 
 
+def test_a_new_last_layer_gets_small_weights_whatever_init_says(sources):
+    from vggnet.training.setup import init_from
+
+    model = vggnet.create_model("vgg11_bn", num_classes=2, init="kaiming", **TINY)  # He: fc8 std 0.35 at fan-in 16
+    lines = []
+    log = type("Log", (), {"line": staticmethod(lines.append)})()
+    init_from(model, str(sources["bn"]), log, TrainConfig(arch="vgg11_bn", **TINY))
+    fc8 = model.get_classifier()
+    assert "but the last" in lines[0] and fc8.weight.shape == (2, 16)
+    assert torch.count_nonzero(fc8.bias) == 0 and 0 < fc8.weight.std() < 0.03  # N(0, 0.01^2), zero bias
+    assert torch.equal(model.classifier[3].weight, torch.load(sources["bn"])["classifier.3.weight"])  # fc7: SOURCE's
+
+
 def test_freeze_keeps_layers_bit_identical_and_bn_in_eval_mode(sources, folder, tmp_path):
     run = train(resolve_config(_opts(folder, tmp_path / "r", sources["bn"], freeze="conv4_2", lr=0.05)))
     text = (run / "config.toml").read_text()
