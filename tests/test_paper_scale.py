@@ -111,12 +111,17 @@ def test_run_folder_records_the_pixel_range(tmp_path):
     loaded = runs.load_run(run)
     assert loaded.config["pixel_range"] == 255 and loaded.config["init"] == "paper"
     torch.testing.assert_close(loaded.std, torch.full((3,), 1 / 255))
-    # --init-from that run with another input convention is refused, naming the flags to pass
+    # --init-from that run takes its input convention unless told otherwise (issue 23) ...
+    from vggnet.training import resolve_config
+
+    took = resolve_config(dict(arch="B", init="kaiming", init_from=str(run), data=str(tmp_path / "data")))
+    assert took.pixel_range == 255
+    # ... and another one, asked for, is refused, naming the flags to pass
     with pytest.raises(ValueError, match="--pixel-range 255"):
         vggnet.train(dict(arch="B", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=32,
                           data=str(tmp_path / "data"), val_fraction=0.2, batch_size=8, epochs=1, workers=0,
                           device="cpu", tensorboard=False, stats_images=8, out=str(tmp_path / "run2"),
-                          init="kaiming", init_from=str(run)))  # fmt: skip
+                          init="kaiming", pixel_range=1, init_from=str(run)))  # fmt: skip
 
 
 def _paper_check():

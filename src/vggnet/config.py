@@ -39,7 +39,21 @@ class TrainConfig:
     )
     init_from: str = option("", "SOURCE: a run folder (net A -> the paper's transfer to a deeper net; the same net "
                             "-> all its weights), a weights file of any layout, a URL, torchvision:vgg16, "
-                            "timm:vgg16.tv_in1k or caffe:vgg16 (fine-tuning)")
+                            "timm:vgg16.tv_in1k or caffe:vgg16 (fine-tuning); the net (--arch, width, crop) and "
+                            "its input convention come from SOURCE unless given (docs/finetune.md)")
+    finetune_preset: str = option(
+        "auto",
+        "the fine-tuning preset under --init-from (docs/finetune.md: lr 1e-3, 20 epochs, new layer at 10x lr, ...; "
+        "flags override each value): auto: on when SOURCE was trained on another label set (released weights, a "
+        "weights file, a run on other data), off for a run on the same data (the paper's staged init); on; off. "
+        "The run records on or off",
+    )
+    freeze: str = option("none", "train nothing up to and including this layer of the paper's naming: conv5_3, "
+                         "conv4_3, pool4, ... (the names of the net's own config), fc6, fc7, "
+                         "features (every conv: train the classifier only) or none; frozen batch norm stays in eval "
+                         "mode")
+    head_lr_mult: float = option(1.0, "the last layer (fc8, new when the classes differ from SOURCE's) learns at "
+                                 "this multiple of --lr")
     # --- data
     data: str = option(
         "mnist",
@@ -146,6 +160,10 @@ class TrainConfig:
             raise ValueError(f"--lr-window must be at least 2 epochs, got {self.lr_window}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if not (self.head_lr_mult > 0 and math.isfinite(self.head_lr_mult)):
+            raise ValueError(f"--head-lr-mult must be a positive number, got {self.head_lr_mult}")
+        if self.finetune_preset not in ("auto", "on", "off"):
+            raise ValueError(f"--finetune-preset must be auto, on or off, got {self.finetune_preset!r}")
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -186,6 +204,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         log_every=50, dropout=0.0, workers=1, cache_images=True,
     ),
 }
+
+# The fine-tuning preset (docs/finetune.md has the reasoning): applied under --init-from when SOURCE's weights were
+# trained on another label set, over the data set's preset and under a recipe and flags.
+# - lr 1e-3: the paper's own rate for starting from trained weights (S = 384 from S = 256; localisation from the
+#   classifier); the from-scratch 1e-2 would move pretrained filters far in the first steps.
+# - head_lr_mult 10: the last layer, new and random, learns at 1e-2 (Caffe's fine-tuning example, the
+#   authors' framework: base_lr 1e-3 and lr_mult 10 on the new fc8), so it catches up with the trained layers.
+# - epochs 20, lr_decays 2: the same plateau rule (trend over 5 epochs) with room for two decreases; starting
+#   from trained features, a small set is fitted in a few epochs, not 74.
+# - dropout 0.5, weight decay 5e-4, momentum 0.9: as the released nets were trained; the pretrained FC layers
+#   were fitted with dropout and a small target set needs its regularisation more, not less. At lr 1e-3 the
+#   decay shrinks a weight by 5e-7 a step: it does not pull the pretrained filters to zero.
+# - the scale: the source's training scale (set with the architecture, not here), so that the filters see
+#   objects at the size they learned them.
+FINETUNE_PRESET: dict[str, Any] = dict(
+    lr=1e-3, head_lr_mult=10.0, epochs=20, lr_decays=2, dropout=0.5, weight_decay=5e-4, momentum=0.9,
+)
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
@@ -304,8 +339,8 @@ def refuse_unsafe_changes(changes: dict[str, tuple[Any, Any]], where: str, run: 
     )
 
 
-def resolve(overrides: dict[str, Any] | None = None, recipe: str | Path | None = None) -> TrainConfig:
-    """Build the config: paper defaults < data preset < recipe < overrides (None values are ignored)."""
+def explicit_values(overrides: dict[str, Any] | None = None, recipe: str | Path | None = None) -> dict[str, Any]:
+    """The values a recipe and flags set (flags over the recipe; None values are not set)."""
     values: dict[str, Any] = {}
     if recipe:
         values.update(read_recipe(recipe))
@@ -313,9 +348,18 @@ def resolve(overrides: dict[str, Any] | None = None, recipe: str | Path | None =
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise ValueError(f"unknown training options {unknown}")
+    return values
+
+
+def resolve(overrides: dict[str, Any] | None = None, recipe: str | Path | None = None,
+            defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """Build the config: paper defaults < data preset < ``defaults`` < recipe < overrides (None values are
+    ignored). ``defaults``: what --init-from's source sets (its net and the fine-tuning preset,
+    vggnet.training.finetune)."""
+    values = explicit_values(overrides, recipe)
     data = values.get("data", TrainConfig.data)
     preset = {k: v for k, v in PRESETS.get(data, {}).items() if k not in values}
-    merged = {**preset, **values}
+    merged = {**preset, **(defaults or {}), **values}
     return TrainConfig(**{k: _coerce(k, v) for k, v in merged.items()})
 
 
@@ -346,6 +390,7 @@ def field_help() -> dict[str, str]:
 
 
 __all__ = [
-    "HOW_IT_RUNS", "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "field_help", "from_dict",
-    "read_recipe", "read_run_config", "read_toml", "refuse_unsafe_changes", "resolve", "toml_text",
+    "FINETUNE_PRESET", "HOW_IT_RUNS", "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "explicit_values",
+    "field_help", "from_dict", "read_recipe", "read_run_config", "read_toml", "refuse_unsafe_changes", "resolve",
+    "toml_text",
 ]  # fmt: skip

@@ -36,7 +36,8 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 _GROUPS = {
-    "model": ("arch", "width", "fc_width", "crop_size", "dropout", "batch_norm", "init", "init_from"),
+    "model": ("arch", "width", "fc_width", "crop_size", "dropout", "batch_norm", "init"),
+    "fine-tuning (docs/finetune.md)": ("init_from", "finetune_preset", "freeze", "head_lr_mult"),
     "data": ("data", "val", "val_fraction", "class_names", "scale_min", "scale_max", "flip", "colour_shift",
              "normalize", "pixel_range", "stats_images", "workers"),
     "optimisation (the paper's recipe)": ("epochs", "batch_size", "accum_steps", "lr", "momentum", "weight_decay",
@@ -73,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .. import config as config_mod
     from ..runtime import is_main
-    from ..training import train
+    from ..training import resolve_config, train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(config_mod.TrainConfig)}
     if args.scale:
@@ -90,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             given = {**config_mod.read_recipe(args.recipe), **given}
         run = train(given, resume=args.resume)
     else:
-        run = train(config_mod.resolve(overrides, recipe=args.recipe))
+        run = train(resolve_config(overrides, recipe=args.recipe))  # with --init-from: the net from SOURCE
     if is_main():
         print(f"run folder: {run}")
         if not (run / "model.safetensors").is_file():  # stopped by --max-steps inside the first epoch

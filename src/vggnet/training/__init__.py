@@ -2,6 +2,8 @@
 
 - :mod:`.run`: ``train(config)``, the epoch loop and its stop signals;
 - :mod:`.setup`: where a run starts: its folder, config, checkpoint and ``--init-from`` weights;
+- :mod:`.finetune`: what ``--init-from``'s source decides (net, input, the fine-tuning preset), ``--freeze``,
+  ``--head-lr-mult``;
 - :mod:`.loop`: one epoch of SGD (gradient accumulation, padded micro-batches) and one validation pass;
 - :mod:`.schedule`: the batch plan (which images each process sees at each step) and the plateau schedule;
 - :mod:`.checkpoints`: checkpoints written atomically, the newest valid one found on resume;
@@ -19,6 +21,7 @@ from __future__ import annotations
 from .checkpoints import (
     latest_checkpoint, load_checkpoint, newest_valid_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )  # fmt: skip
+from .finetune import freeze, resolve_config
 from .loaders import (
     build_data, check_loader_memory, fallback_note, make_loader, make_train_loader, make_val_loader, pick_loader,
 )  # fmt: skip
@@ -30,8 +33,8 @@ from .setup import new_run_dir, plan_run
 
 __all__ = [
     "BatchPlan", "HostCopy", "Interrupted", "Logger", "NonFiniteLoss", "Plateau", "Progress", "build_data",
-    "check_loader_memory", "fallback_note", "latest_checkpoint", "load_checkpoint", "make_loader",
+    "check_loader_memory", "fallback_note", "freeze", "latest_checkpoint", "load_checkpoint", "make_loader",
     "make_train_loader", "make_val_loader", "new_run_dir", "newest_valid_checkpoint", "pad_batch", "pick_loader",
-    "plan_run", "rng_state", "save_checkpoint", "set_rng_state", "setup_backends", "train", "train_one_epoch",
-    "validate",
+    "plan_run", "resolve_config", "rng_state", "save_checkpoint", "set_rng_state", "setup_backends", "train",
+    "train_one_epoch", "validate",
 ]  # fmt: skip

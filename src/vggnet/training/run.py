@@ -38,6 +38,7 @@ from .checkpoints import (
     latest_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
     trim_metrics, write_bad_files,
 )  # fmt: skip
+from .finetune import param_groups
 from .loaders import fallback_note, loader_workers, make_train_loader, make_val_loader, stop_workers
 from .loop import NonFiniteLoss, compile_model, peak_memory_mb, setup_backends, train_one_epoch
 from .progress import Logger, Progress
@@ -248,8 +249,10 @@ def _build(cfg: TrainConfig, task: Classification, run: Path, ckpt, explicit_lr:
     model.to(device)
     if cfg.channels_last:  # on the CPU too: oneDNN's convs are faster on it (half the time of net E at 1/16 width)
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                fused=(cuda_path(device) and cfg.fused) or None)  # fmt: skip
+    # frozen layers (--freeze) are not in the optimizer; fc8 has its own group at --head-lr-mult x lr
+    fused = (cuda_path(device) and cfg.fused) or None
+    optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, fused=fused)
     plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays, cfg.plateau, cfg.lr_window)
     r = _Run(cfg, task, run, d, device, log, model, optimizer, plateau, Progress(0, 0, 0), 0, train_set, val_set,
              classes)
@@ -350,7 +353,7 @@ def _one_epoch(r: _Run, epoch: int) -> str:
         prog.epoch, prog.step_in_epoch = epoch, 0
         prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0
     for group in r.optimizer.param_groups:
-        group["lr"] = r.plateau.lr
+        group["lr"] = r.plateau.lr * group.get("lr_mult", 1.0)
     r.plan.set_epoch(epoch, prog.step_in_epoch)
     t_epoch = time.perf_counter()
     # the epoch's loss sums are kept in prog (and in mid-epoch checkpoints) by train_one_epoch
@@ -391,7 +394,8 @@ def _end_epoch(r: _Run, epoch: int, metrics: dict[str, float], seconds: float) -
     train_loss = prog.epoch_loss_sum / max(prog.epoch_loss_steps, 1)
     prog.epoch, prog.step_in_epoch = epoch + 1, 0
     prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0
-    lr = r.optimizer.param_groups[0]["lr"]
+    first = r.optimizer.param_groups[0]
+    lr = first["lr"] / first.get("lr_mult", 1.0)  # the schedule's rate (fc8 may learn at a multiple of it)
     record = dict(epoch=epoch + 1, step=prog.global_step, train_loss=train_loss, lr=lr, epoch_time_s=seconds,
                   peak_mem_mb=peak_memory_mb(r.device), **metrics)  # fmt: skip
     r.log.record("epoch", **record)

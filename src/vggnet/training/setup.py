@@ -17,13 +17,14 @@ from torch import nn
 
 from .. import runs
 from ..config import (
-    TrainConfig, config_changes, from_dict, read_run_config, read_toml, refuse_unsafe_changes, resolve,
+    TrainConfig, config_changes, from_dict, read_run_config, read_toml, refuse_unsafe_changes,
 )  # fmt: skip
 from ..files import overlapping
 from ..pretrained import convention, init_from_pretrained, resolve_weights
 from ..runtime import Dist, is_main
 from ..weights import ARCH_KEY, init_from_net_a, read_state_dict, unwrap
 from .checkpoints import newest_valid_checkpoint
+from .finetune import resolve_config
 from .progress import Logger
 
 
@@ -124,19 +125,26 @@ def input_for_released_weights(cfg: TrainConfig) -> TrainConfig:
 def init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> None:
     """--init-from SOURCE (any form of ``pretrained.WEIGHTS_FORMS``, found by the one resolver, ``resolve_weights``):
     net A's four convs + three FCs into a deeper net (the paper), or the whole net (fine-tuning, through the one
-    loader of released weights: any layout; a last layer of other classes keeps its fresh init)."""
+    loader of released weights: any layout).
+
+    A last layer for another number of classes than SOURCE's is new: N(0, 0.01^2) weights and zero bias
+    (``VGG.reset_classifier``; the paper's FC init and torchvision's), whatever ``--init`` says: its logits start
+    near zero, so the first steps' gradients into the trained layers below are small and do not undo them."""
     src = Path(source).expanduser()
+    ours = unwrap(model)
     if runs.is_run(src):
         _check_same_input(src, cfg)
     weights, _ = resolve_weights(source)
     sd, meta = read_state_dict(weights)
     src_config = json.loads(meta[ARCH_KEY])["config"] if ARCH_KEY in meta else None
-    ours = unwrap(model)
     if src_config == "A" and ours.arch["config"] != "A":
         copied = init_from_net_a(ours, sd)
         log.line(f"init from net A ({weights}): copied {', '.join(copied)}")
     else:
-        log.line(init_from_pretrained(model, source))
+        line = init_from_pretrained(model, source)
+        if "but the last" in line:  # a new last layer (other classes): the fine-tuning head init, not --init's
+            ours.reset_classifier(ours.num_classes)
+        log.line(line)
 
 
 def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None, task=None):
@@ -149,7 +157,7 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
     ``task`` (:mod:`.task`; classification when None) reads and resolves its configs.
     """
     rank0 = is_main()
-    new_config = task.resolve if task else (lambda c: c if isinstance(c, TrainConfig) else resolve(c))
+    new_config = task.resolve if task else (lambda c: c if isinstance(c, TrainConfig) else resolve_config(c))
     saved_config, read_config = (task.from_dict, task.read_config) if task else (from_dict, read_run_config)
     command = task.command if task else "vgg train"
     if resume is not None:

@@ -19,13 +19,14 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import runs
-from ..config import TrainConfig, from_dict, read_run_config, resolve
+from ..config import TrainConfig, from_dict, read_run_config
 from ..convention import Convention
 from ..data import Stats, collate
 from ..factory import create_model
 from ..files import atomic_write_text
 from ..pretrained import make_cfg, resolve_weights
 from ..runtime import Dist
+from .finetune import freeze, resolve_config
 from .loaders import build_data
 from .loop import cross_entropy_loss, validate
 from .progress import Logger
@@ -43,8 +44,9 @@ class Classification:
     runs_root = Path("runs")  # where a run without --out gets the next numbered folder
 
     def resolve(self, config: TrainConfig | dict[str, Any] | None) -> TrainConfig:
-        """A new run's config from what the caller gave."""
-        return config if isinstance(config, TrainConfig) else resolve(config)
+        """A new run's config from what the caller gave (a dict: with --init-from's source and the fine-tuning
+        preset, :func:`.finetune.resolve_config`)."""
+        return config if isinstance(config, TrainConfig) else resolve_config(config)
 
     def from_dict(self, d: dict[str, Any]) -> TrainConfig:
         """A saved config (config.toml or a checkpoint's) read back."""
@@ -77,6 +79,10 @@ class Classification:
                     resolve_weights(cfg.init_from)
                 dist.barrier()
             init_from(model, cfg.init_from, log, cfg)
+        frozen = freeze(model, cfg.freeze)  # a resumed run too: the checkpoint's weights load into the same modules
+        if frozen:
+            log.line(f"--freeze {cfg.freeze}: {frozen[0]} ... {frozen[-1]} frozen ({len(frozen)} modules), "
+                     f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters train")
         model.pretrained_cfg = make_cfg(
             Convention.of_run(stats, cfg.normalize, cfg.pixel_range), source=str(run),
             num_classes=len(classes), classes=list(classes), resize=(cfg.scale_min + cfg.scale_max) // 2,
