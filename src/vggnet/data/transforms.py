@@ -14,10 +14,9 @@ only normalisation of the package) applied to ``x / 255 + shift``, with ``shift`
 The test-time protocols (vggnet.evaluation) take a batch of decoded images to several test scales Q on the
 device rather than one image through one transform: :func:`prepare_images` (rescale with :func:`eval_rescale`,
 as :class:`EvalTransform` does, then the net's :class:`~vggnet.convention.Convention`) and :func:`center_crop` are their preprocessing, kept
-here beside the transforms. Two centre conventions stand side by side and are kept as they were measured:
-the protocols' :func:`center_crop` rounds the offset down, ``(H - crop) // 2``; :class:`EvalTransform` (and
-localisation, which shares its box geometry with training) takes :func:`crop_offsets` at position 0.5,
-``floor((H - crop + 1) / 2)``: one pixel apart when ``H - crop`` is odd.
+here beside the transforms. One centre for all: the offset ``(H - crop) // 2``, of the protocols'
+:func:`center_crop` and of :func:`crop_offsets` at position 0.5 (:class:`EvalTransform`: validation in training,
+localisation), so that the same net sees the same pixels through every command.
 """
 
 from __future__ import annotations
@@ -47,7 +46,8 @@ class AugParams:
     Attributes:
         scale: S (training) or Q (test): the image's smaller side after the isotropic rescale.
         top, left: the crop position as a fraction in [0, 1) of the free range; the crop's offset in the
-            rescaled image is ``floor(top * (H - crop + 1))`` (see :func:`crop_offsets`).
+            rescaled image is ``floor(top * (H - crop + 1))``, and ``(H - crop) // 2`` at 0.5, the centre
+            (see :func:`crop_offsets`).
         flip: mirror horizontally.
         alpha: AlexNet's colour-shift coefficients, already multiplied by the colour std (0.1 in AlexNet).
     """
@@ -83,9 +83,16 @@ def crop_offsets(height: int, width: int, params: AugParams, crop: int) -> tuple
     nh, nw = rescaled_size(height, width, params.scale)
     if crop > min(nh, nw):
         raise ValueError(f"crop {crop} is larger than the rescaled image {nh}x{nw}; use a scale >= the crop size")
-    top = min(int(params.top * (nh - crop + 1)), nh - crop)
-    left = min(int(params.left * (nw - crop + 1)), nw - crop)
-    return nh, nw, top, left
+    return nh, nw, _offset(params.top, nh - crop), _offset(params.left, nw - crop)
+
+
+def _offset(position: float, free: int) -> int:
+    """The crop's offset at ``position`` in [0, 1) of ``free`` spare pixels: uniform over 0..free for a uniform
+    position; 0.5, the centre, is ``free // 2`` as in :func:`center_crop`, so that validation in training,
+    localisation and every test protocol crop the same pixels."""
+    if position == 0.5:
+        return free // 2
+    return min(int(position * (free + 1)), free)
 
 
 def _span(offset: int, crop: int, f: float, size: int) -> tuple[int, int, int]:
