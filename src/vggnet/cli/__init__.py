@@ -44,6 +44,8 @@ _GROUPS = {
                                          "plateau", "lr_window", "lr_patience", "lr_threshold", "lr_decays",
                                          "label_smoothing"),
 }  # fmt: skip
+# the placeholders of --help where the field's name would say less (SOURCE: as every command that reads weights)
+_METAVARS = {"init_from": "SOURCE", "data": "DIR_OR_NAME", "out": "RUN_DIR"}
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,7 +64,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         if isinstance(f.default, bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            group.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=text, metavar=f.name.upper())
+            metavar = _METAVARS.get(f.name, f.name.upper())
+            group.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=text, metavar=metavar)
     p.add_argument("--scale", metavar="S[,SMAX]", help="training scale: S, or Smin,Smax for scale jittering "
                    "(sets --scale-min and --scale-max)")  # fmt: skip
     p.add_argument("--recipe", metavar="FILE.toml", help="a TOML recipe of these options (flags override it)")
