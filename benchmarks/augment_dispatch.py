@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         assert torch.equal(out_a, out_b), "before and after differ"
         scales = len({(w.fy, w.fx) for w in windows})
         rows.append((name, ms_b, ops_b, ms_a, ops_a, scales))
-    print(f"augment_dispatch: a batch of {args.batch} images of 50x38 / 38x50, 22 crops, float32, 1 CPU thread, "
-          f"torch {torch.__version__}; median of {args.repeats}")  # fmt: skip
+    print(
+        f"augment_dispatch: a batch of {args.batch} images of 50x38 / 38x50, 22 crops, float32, 1 CPU thread, "
+        f"torch {torch.__version__}; median of {args.repeats}"
+    )
     print()
     print("| augmentation | before: ms | before: torch ops | after: ms | after: torch ops | scales in the batch |")
     print("|---|---:|---:|---:|---:|---:|")

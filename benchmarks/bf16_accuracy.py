@@ -45,8 +45,14 @@ def photos(n: int, seed: int = 0) -> list[torch.Tensor]:
     out = []
     h, w = base.shape[-2:]
     for i in range(n):
-        ch, cw = int(torch.randint(h // 2, h + 1, (1,), generator=g)), int(torch.randint(w // 2, w + 1, (1,), generator=g))
-        top, left = int(torch.randint(0, h - ch + 1, (1,), generator=g)), int(torch.randint(0, w - cw + 1, (1,), generator=g))
+        ch, cw = (
+            int(torch.randint(h // 2, h + 1, (1,), generator=g)),
+            int(torch.randint(w // 2, w + 1, (1,), generator=g)),
+        )
+        top, left = (
+            int(torch.randint(0, h - ch + 1, (1,), generator=g)),
+            int(torch.randint(0, w - cw + 1, (1,), generator=g)),
+        )
         img = base[:, top : top + ch, left : left + cw].float() * (0.7 + 0.6 * torch.rand(3, 1, 1, generator=g))
         out.append((img.flip(-1) if i % 2 else img).clamp(0, 255).to(torch.uint8))
     return out
@@ -56,15 +62,35 @@ def compare(net, samples, scales, batch_size: int) -> list[list[str]]:
     """One row per protocol: top-1 agreement, largest and mean |posterior difference|, top-1 errors."""
     rows = []
     for pr in PROTOCOLS:
-        res = {amp: evaluate(net, samples, protocols=pr, scales=scales if pr != "center" else None, device="cpu",
-                             amp=amp, return_posteriors=True, batch_size=batch_size) for amp in (False, True)}  # fmt: skip
+        res = {
+            amp: evaluate(
+                net,
+                samples,
+                protocols=pr,
+                scales=scales if pr != "center" else None,
+                device="cpu",
+                amp=amp,
+                return_posteriors=True,
+                batch_size=batch_size,
+            )
+            for amp in (False, True)
+        }
         name = res[False].nets[0]
         p32, p16 = res[False].posteriors[(name, pr)], res[True].posteriors[(name, pr)]
         agree = (p32.argmax(1) == p16.argmax(1)).float().mean().item()
         diff = (p32 - p16).abs()
-        rows.append([name, pr, str(len(p32)), f"{100 * agree:.2f}", f"{diff.max().item():.2e}",
-                     f"{diff.mean().item():.1e}", f"{100 * res[False].get(pr).top1_err:.2f}",
-                     f"{100 * res[True].get(pr).top1_err:.2f}"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                pr,
+                str(len(p32)),
+                f"{100 * agree:.2f}",
+                f"{diff.max().item():.2e}",
+                f"{diff.mean().item():.1e}",
+                f"{100 * res[False].get(pr).top1_err:.2f}",
+                f"{100 * res[True].get(pr).top1_err:.2f}",
+            ]
+        )
     return rows
 
 
@@ -77,12 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--d-scales", default="256", help="test scales Q of --full-d, comma-separated (default 256)")
     args = p.parse_args(argv)
     info = provenance(torch.device("cpu"))
-    print(f"bf16 autocast vs float32 on {info['device_name']}, torch {info['torch']}, {info['threads']} threads, "
-          f"native bf16: {cpu_has_native_bf16()}")  # fmt: skip
+    print(
+        f"bf16 autocast vs float32 on {info['device_name']}, torch {info['torch']}, {info['threads']} threads, "
+        f"native bf16: {cpu_has_native_bf16()}"
+    )
     rows = []
     if args.run:
-        rows += compare(vggnet.evaluation.as_net(args.run), None if args.limit is None else
-                        vggnet.evaluation.resolve_eval_samples(vggnet.load_run(args.run))[: args.limit], None, 256)  # fmt: skip
+        rows += compare(
+            vggnet.evaluation.as_net(args.run),
+            None
+            if args.limit is None
+            else vggnet.evaluation.resolve_eval_samples(vggnet.load_run(args.run))[: args.limit],
+            None,
+            256,
+        )
     if args.full_d:
         with tempfile.TemporaryDirectory() as tmp:
             src = vggnet.create_model("D", init="kaiming", seed=0)
@@ -90,10 +124,22 @@ def main(argv: list[str] | None = None) -> int:
             del src
             net = vggnet.pretrained.load_pretrained(None, Path(tmp) / "d.pth", normalize="imagenet")
         samples = [(img, 0) for img in photos(args.images)]
-        rows += compare(vggnet.evaluation.as_net(net, name="D (Kaiming init, torchvision layout)"), samples,
-                        [int(q) for q in args.d_scales.split(",")], 8)  # fmt: skip
-    headers = ["net", "protocol", "images", "top-1 agreement %", "max abs dp", "mean abs dp", "top-1 err % fp32",
-               "top-1 err % bf16"]  # fmt: skip
+        rows += compare(
+            vggnet.evaluation.as_net(net, name="D (Kaiming init, torchvision layout)"),
+            samples,
+            [int(q) for q in args.d_scales.split(",")],
+            8,
+        )
+    headers = [
+        "net",
+        "protocol",
+        "images",
+        "top-1 agreement %",
+        "max abs dp",
+        "mean abs dp",
+        "top-1 err % fp32",
+        "top-1 err % bf16",
+    ]
     print(markdown_table(headers, rows, "lllrrrrr"))
     return 0
 

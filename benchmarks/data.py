@@ -58,24 +58,34 @@ def main(argv: list[str] | None = None) -> int:
             paths = make_jpeg_folder(folder, args.n, classes=0)
         kb = sum(Path(q).stat().st_size for q in paths) / len(paths) / 1024
 
-        tv = T.Compose([
-            T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
-            T.Normalize(IMAGENET_STATS.mean, IMAGENET_STATS.std),
-        ])  # fmt: skip
+        tv = T.Compose(
+            [
+                T.Resize(256),
+                T.RandomCrop(224),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_STATS.mean, IMAGENET_STATS.std),
+            ]
+        )
         samples = [(q, 0) for q in paths]
         paper = ImageDataset(samples, TrainTransform(IMAGENET_STATS, 224, (256, 512), divide_std=True))
         fixed = ImageDataset(samples, TrainTransform(IMAGENET_STATS, 224, 256, divide_std=True))
         keys = [(i, 1000 + i) for i in range(len(paths))]
         rows = {
             "torchvision PIL: Resize(256) RandomCrop(224) Flip ToTensor Normalize": (
-                lambda q: tv(Image.open(q).convert("RGB")), paths),
+                lambda q: tv(Image.open(q).convert("RGB")),
+                paths,
+            ),
             "vggnet CPU: S in [256,512], crop 224, flip, colour shift, normalise": (paper.__getitem__, keys),
             "vggnet CPU: S = 256, crop 224, flip, colour shift, normalise": (fixed.__getitem__, keys),
             "decode only: Pillow": (lambda q: Image.open(q).convert("RGB"), paths),
             "decode only: torchvision.io.decode_jpeg": (
-                lambda q: decode_jpeg(torch.frombuffer(bytearray(Path(q).read_bytes()), dtype=torch.uint8),
-                                      mode=ImageReadMode.RGB), paths),
-        }  # fmt: skip
+                lambda q: decode_jpeg(
+                    torch.frombuffer(bytearray(Path(q).read_bytes()), dtype=torch.uint8), mode=ImageReadMode.RGB
+                ),
+                paths,
+            ),
+        }
         rates: dict[str, list[float]] = {name: [] for name in rows}
         for fn, items in rows.values():  # warm-up: page cache, lazy imports, allocator
             fn(items[0])
@@ -86,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         gpu_row = _gpu(paths) if torch.cuda.is_available() else None
 
     base = statistics.median(rates[next(iter(rows))])
-    print(f"CPU data path, {len(paths)} JPEGs (500x375, quality 90, {kb:.0f} KB on average), one process, one "
-          f"thread; median of {args.repeats} passes")  # fmt: skip
+    print(
+        f"CPU data path, {len(paths)} JPEGs (500x375, quality 90, {kb:.0f} KB on average), one process, one "
+        f"thread; median of {args.repeats} passes"
+    )
     print(f"torch {torch.__version__}, Pillow {Image.__version__}, Python {sys.version.split()[0]}")
     print()
     print("| pipeline | images/s per core | ms/image | vs torchvision |")
@@ -96,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         r = statistics.median(rs)
         print(f"| {name} | {r:,.0f} | {1000 / r:.2f} | {r / base:.2f}x |")
     if gpu_row:
-        print(f"| vggnet GPU ({torch.cuda.get_device_name()}): decode_jpeg on cuda + batched augmentation, "
-              f"batches of 256 (whole GPU) | {gpu_row:,.0f} | - | - |")  # fmt: skip
+        print(
+            f"| vggnet GPU ({torch.cuda.get_device_name()}): decode_jpeg on cuda + batched augmentation, "
+            f"batches of 256 (whole GPU) | {gpu_row:,.0f} | - | - |"
+        )
     return 0
 
 

@@ -6,8 +6,10 @@
 today: conv2d on the Linear weight viewed as a conv weight (oneDNN converts it to the channels-last input's
 layout on each call); cl_weight: conv2d on a channels-last copy of the weight; unfold_addmm: F.unfold + addmm
 with the stored weight; strided_addmm: the windows as a strided view, one reshape copy, addmm (what
-``VGG.dense_head`` does, there without the contiguous() copy first). Prints each one's largest difference from today's and its best-of-3 seconds.
+``VGG.dense_head`` does, there without the contiguous() copy first). Prints each one's largest difference from
+today's and its best-of-3 seconds.
 """
+
 import sys
 import time
 
@@ -36,12 +38,16 @@ def unfold(f):
     cols = F.unfold(f, p).transpose(1, 2).reshape(-1, C * p * p)
     y = torch.addmm(b, cols, W.t())
     return y.view(n, h - p + 1, w - p + 1, OUT).permute(0, 3, 1, 2)
+
+
 def strided(f):  # windows of a contiguous NCHW map as a view, then one copy into (N*L, C*p*p)
     f = f.contiguous()
     n, _, h, w = f.shape
     win = f.unfold(2, p, 1).unfold(3, p, 1)  # n, C, h', w', p, p
     cols = win.permute(0, 2, 3, 1, 4, 5).reshape(-1, C * p * p)
     return torch.addmm(b, cols, W.t()).view(n, h - p + 1, w - p + 1, OUT).permute(0, 3, 1, 2)
+
+
 sizes = [(12, 16), (8, 11), (16, 22), (7, 7)]
 fs = [torch.randn(2, C, h, w).contiguous(memory_format=torch.channels_last) for h, w in sizes]
 fns = dict(today=today, cl_weight=cl, unfold_addmm=unfold, strided_addmm=strided)
@@ -57,4 +63,4 @@ for _ in range(3):
             fn(f)
         times[name].append(time.perf_counter() - t)
 for k, v in times.items():
-    print(f"{k:15s} {min(v):.3f}s  ratio vs today {min(times['today'])/min(v):.2f}x")
+    print(f"{k:15s} {min(v):.3f}s  ratio vs today {min(times['today']) / min(v):.2f}x")

@@ -31,8 +31,9 @@ from vggnet.runtime import runtime
 
 PRESETS = {
     # the paper's net D, ImageNet-sized: 224 crops, evaluated at Q = 384
-    "D384": dict(arch="D", width=1.0, fc_width=4096, crop_size=224, classes=1000, scales="384", images=1024,
-                 protocols="dense"),  # fmt: skip
+    "D384": dict(
+        arch="D", width=1.0, fc_width=4096, crop_size=224, classes=1000, scales="384", images=1024, protocols="dense"
+    ),
 }
 ASPECTS = [(3, 4), (4, 3), (2, 3), (1, 1)]  # height : width of the synthetic "photos"
 
@@ -92,8 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     scales = [int(q) for q in args.scales.split(",")]
     protocols = parse_protocols(args.protocols)
     flip = not args.no_flip
-    model = vggnet.create_model(args.arch, num_classes=args.classes, width=args.width, fc_width=args.fc_width,
-                                crop_size=args.crop_size, init="kaiming", seed=0)  # fmt: skip
+    model = vggnet.create_model(
+        args.arch,
+        num_classes=args.classes,
+        width=args.width,
+        fc_width=args.fc_width,
+        crop_size=args.crop_size,
+        init="kaiming",
+        seed=0,
+    )
     images = synthetic_images(args.images, args.short_side or round(1.3 * max(scales)), args.same_size)
     samples = [(img, i % args.classes) for i, img in enumerate(images)]
     kw = dict(protocols=protocols, scales=scales, flip=flip, batch_size=args.batch_size, device=rt.device)
@@ -110,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
 
     info = provenance(rt.device)
     net = f"{args.arch} (width {args.width:g}, FC {args.fc_width}, crop {args.crop_size}, {args.classes} classes)"
-    print(f"vggnet evaluation throughput: {net}, {args.images} images, Q = {scales}, flip {flip}, "
-          f"batch {res.batch_size}")  # fmt: skip
-    print(f"{info['device_name']} ({info['device']}), torch {info['torch']}, {info['threads']} threads; "
-          f"median of {args.repeats} runs after a warm-up")  # fmt: skip
+    print(
+        f"vggnet evaluation throughput: {net}, {args.images} images, Q = {scales}, flip {flip}, batch {res.batch_size}"
+    )
+    print(
+        f"{info['device_name']} ({info['device']}), torch {info['torch']}, {info['threads']} threads; "
+        f"median of {args.repeats} runs after a warm-up"
+    )
     print()
     rows = []
     for pr in protocols:
@@ -123,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([pr, ",".join(map(str, scales)), f"{ips:,.1f}", spread, f"{gflop:.3f}", f"{gflop * ips / 1e3:.3g}"])
     print(markdown_table(["protocol", "Q", "images/s", "min - max", "GFLOP/image", "TFLOP/s"], rows, "llrrrr"))
     print()
-    print(f"all protocols together (shared views computed once, decoding included): "
-          f"{statistics.median(end_to_end):,.1f} images/s")  # fmt: skip
+    print(
+        f"all protocols together (shared views computed once, decoding included): "
+        f"{statistics.median(end_to_end):,.1f} images/s"
+    )
     return 0
 
 

@@ -72,31 +72,72 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="finetune-bench", help="folder for the runs and the exported weights")
     ap.add_argument("--source-epochs", type=int, default=8, help="epochs of the mnist source run (preset: 18)")
-    ap.add_argument("--epochs", type=int, default=None,
-                    help="epochs of the uci-digits runs (default: the fine-tuning preset's 20 for all four)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs of the uci-digits runs (default: the fine-tuning preset's 20 for all four)",
+    )
     ap.add_argument("--seeds", default="0", help="seeds of the uci-digits runs, comma-separated (the source: seed 0)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     times = Times(out)
     source = out / "mnist"
-    times.run("source (mnist)", ["train", "--data", "mnist", "--epochs", str(args.source_epochs), "--out", str(source),
-                                 "--no-tensorboard", "--device", "cpu", "--seed", "0"])  # fmt: skip
+    times.run(
+        "source (mnist)",
+        [
+            "train",
+            "--data",
+            "mnist",
+            "--epochs",
+            str(args.source_epochs),
+            "--out",
+            str(source),
+            "--no-tensorboard",
+            "--device",
+            "cpu",
+            "--seed",
+            "0",
+        ],
+    )
     pth = out / "mnist_A.pth"
     times.run("export", ["export", str(source), "--format", "torchvision", "--out", str(pth)])
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    kinds = {"head only (--freeze features)": ("head", ["--init-from", str(pth), "--freeze", "features", *epochs]),
-             "from conv5 (--freeze conv4_2)": ("conv5", ["--init-from", str(pth), "--freeze", "conv4_2", *epochs]),
-             "all layers (--freeze none)": ("all", ["--init-from", str(pth), "--freeze", "none", *epochs]),
-             "scratch": ("scratch", ["--arch", "A", "--width", "0.25", "--fc-width", "256", "--crop-size", "32",
-                                     "--scale", "37", "--init", "kaiming", "--lr", "0.02", "--epochs",
-                                     str(args.epochs or 20)])}  # fmt: skip
+    kinds = {
+        "head only (--freeze features)": ("head", ["--init-from", str(pth), "--freeze", "features", *epochs]),
+        "from conv5 (--freeze conv4_2)": ("conv5", ["--init-from", str(pth), "--freeze", "conv4_2", *epochs]),
+        "all layers (--freeze none)": ("all", ["--init-from", str(pth), "--freeze", "none", *epochs]),
+        "scratch": (
+            "scratch",
+            [
+                "--arch",
+                "A",
+                "--width",
+                "0.25",
+                "--fc-width",
+                "256",
+                "--crop-size",
+                "32",
+                "--scale",
+                "37",
+                "--init",
+                "kaiming",
+                "--lr",
+                "0.02",
+                "--epochs",
+                str(args.epochs or 20),
+            ],
+        ),
+    }
     folders: dict[str, list[Path]] = {name: [] for name in kinds}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name, (folder, flags) in kinds.items():
             run = out / f"{folder}-s{seed}"
-            times.run(f"{name}, seed {seed}", ["train", "--data", "uci-digits", *flags, *COMMON, "--seed", str(seed),
-                                               "--out", str(run)])  # fmt: skip
+            times.run(
+                f"{name}, seed {seed}",
+                ["train", "--data", "uci-digits", *flags, *COMMON, "--seed", str(seed), "--out", str(run)],
+            )
             folders[name].append(run)
     report(times.seconds, folders, source)
 
@@ -119,15 +160,19 @@ class Times:
 def report(seconds: dict[str, float], folders: dict[str, list[Path]], source: Path) -> None:
     load = os.getloadavg()[0]
     print(f"\nmachine: {os.cpu_count()} CPUs, load average {load:.1f} at the end; torch {torch.__version__}")
-    print(f"source: mnist top-1 {per_class(source)[0]:.2%} (centre crop, its validation split), "
-          f"{epochs_run(source)} epochs, {seconds.get('source (mnist)', float('nan')):.0f} s\n")  # fmt: skip
+    print(
+        f"source: mnist top-1 {per_class(source)[0]:.2%} (centre crop, its validation split), "
+        f"{epochs_run(source)} epochs, {seconds.get('source (mnist)', float('nan')):.0f} s\n"
+    )
     table = {name: [per_class(run) for run in runs] for name, runs in folders.items()}
     print("| run | top-1 % per seed | mean | epochs run | wall s per seed |\n|---|---|---:|---:|---|")
     for name, rows in table.items():
         accs = [100 * r[0] for r in rows]
         walls = [seconds.get(f"{name}, seed {run.name.rsplit('-s', 1)[1]}", float("nan")) for run in folders[name]]
-        print(f"| {name} | {', '.join(f'{a:.1f}' for a in accs)} | {sum(accs) / len(accs):.1f} | "
-              f"{', '.join(str(epochs_run(run)) for run in folders[name])} | {', '.join(f'{w:.0f}' for w in walls)} |")
+        print(
+            f"| {name} | {', '.join(f'{a:.1f}' for a in accs)} | {sum(accs) / len(accs):.1f} | "
+            f"{', '.join(str(epochs_run(run)) for run in folders[name])} | {', '.join(f'{w:.0f}' for w in walls)} |"
+        )
     marks = (1, 3, 5, 10, 20)
     print("\nhow fast: validation top-1 error % after epoch " + ", ".join(map(str, marks)) + " (mean over the seeds)\n")
     print("| run | " + " | ".join(f"epoch {e}" for e in marks) + " |\n|---|" + "---:|" * len(marks))

@@ -96,25 +96,52 @@ class Setup:
 def cpu_setup() -> Setup:
     """A smoke run on 2 CPU cores: net D at 1/16 width on 32-pixel crops, a few steps of each row."""
     return Setup(
-        device="cpu", width=1 / 16, fc_width=64, crop=32, scale=(32, 48), classes=16, batch=16, warmup=1, steps=2,
-        data_warmup=1, data_steps=2, images=48, image_size=(64, 48), folders=4, dense_q=(55, 37), dense_batch=8,
-        dense_steps=2, compile=False, amp=False, channels_last=False, gpu_workers=1, cpu_workers=2, peak_tflops=None,
-    )  # fmt: skip
+        device="cpu",
+        width=1 / 16,
+        fc_width=64,
+        crop=32,
+        scale=(32, 48),
+        classes=16,
+        batch=16,
+        warmup=1,
+        steps=2,
+        data_warmup=1,
+        data_steps=2,
+        images=48,
+        image_size=(64, 48),
+        folders=4,
+        dense_q=(55, 37),
+        dense_batch=8,
+        dense_steps=2,
+        compile=False,
+        amp=False,
+        channels_last=False,
+        gpu_workers=1,
+        cpu_workers=2,
+        peak_tflops=None,
+    )
 
 
 # ---- the JPEG folder ------------------------------------------------------------------------------------------
+
 
 def make_jpegs(root: Path, s: Setup, seed: int = 0) -> dict[str, Any]:
     """s.images JPEGs in s.folders class folders under root (kept when already there); a description."""
     from vggnet.data.synthetic import make_jpeg_folder, photo_sources
 
     names = [name for name, _ in photo_sources()]
-    paths = make_jpeg_folder(root, s.images, classes=s.folders, size=s.image_size, seed=seed,
-                             processes=min(16, os.cpu_count() or 1))  # fmt: skip
+    paths = make_jpeg_folder(
+        root, s.images, classes=s.folders, size=s.image_size, seed=seed, processes=min(16, os.cpu_count() or 1)
+    )
     sizes = [os.path.getsize(p) for p in paths]
     w, h = s.image_size
-    return dict(images=len(paths), classes=s.folders, size=f"{w}x{h}", kb=sum(sizes) / len(sizes) / 1024,
-                sources=names or ["numpy textures"])  # fmt: skip
+    return dict(
+        images=len(paths),
+        classes=s.folders,
+        size=f"{w}x{h}",
+        kb=sum(sizes) / len(sizes) / 1024,
+        sources=names or ["numpy textures"],
+    )
 
 
 # ---- timing ---------------------------------------------------------------------------------------------------
@@ -161,15 +188,35 @@ def train_rate(net: nn.Module, optimizer, batches: Iterable, warmup: int, steps:
                 images[0] += batch[0].shape[0]
             yield batch
 
-    cfg = TrainConfig(arch="D", crop_size=s.crop, scale_min=s.scale[0], scale_max=s.scale[1], batch_size=s.batch,
-                      log_every=10**9, amp=s.amp, channels_last=s.channels_last, compile=s.compile)  # fmt: skip
+    cfg = TrainConfig(
+        arch="D",
+        crop_size=s.crop,
+        scale_min=s.scale[0],
+        scale_max=s.scale[1],
+        batch_size=s.batch,
+        log_every=10**9,
+        amp=s.amp,
+        channels_last=s.channels_last,
+        compile=s.compile,
+    )
     plan = BatchPlan(s.batch * (warmup + steps + 2), s.batch, 1, 0, 1, 0)  # only its length and world are read
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if s.amp else contextlib.nullcontext
     clock.sync()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            train_one_epoch(net, marked(), optimizer, cfg, plan, Progress(0, 0, 0), device, autocast,
-                            Logger(Path(tmp), False, False), set(), lambda: None)  # fmt: skip
+            train_one_epoch(
+                net,
+                marked(),
+                optimizer,
+                cfg,
+                plan,
+                Progress(0, 0, 0),
+                device,
+                autocast,
+                Logger(Path(tmp), False, False),
+                set(),
+                lambda: None,
+            )
         except NonFiniteLoss:
             pass  # random data at a high learning rate may diverge; the time is still the time
     end = clock.mark()
@@ -239,16 +286,26 @@ def torchvision_net(s: Setup) -> nn.Module:
             p, c = s.crop // 32, layers[-2]
             model.avgpool = nn.AdaptiveAvgPool2d(p)
             model.classifier = nn.Sequential(
-                nn.Linear(c * p * p, s.fc_width), nn.ReLU(True), nn.Dropout(), nn.Linear(s.fc_width, s.fc_width),
-                nn.ReLU(True), nn.Dropout(), nn.Linear(s.fc_width, s.classes),
-            )  # fmt: skip
+                nn.Linear(c * p * p, s.fc_width),
+                nn.ReLU(True),
+                nn.Dropout(),
+                nn.Linear(s.fc_width, s.fc_width),
+                nn.ReLU(True),
+                nn.Dropout(),
+                nn.Linear(s.fc_width, s.classes),
+            )
     return model.to(memory_format=torch.channels_last) if s.channels_last else model
 
 
 def sgd(model: nn.Module, s: Setup):
     # the paper's optimiser; the learning rate does not change the time of a step
-    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4,
-                           fused=True if s.device.startswith("cuda") else None)  # fmt: skip
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=1e-3,
+        momentum=0.9,
+        weight_decay=5e-4,
+        fused=True if s.device.startswith("cuda") else None,
+    )
 
 
 def synthetic(s: Setup):
@@ -296,8 +353,11 @@ class Bench:
             self.failed += 1
         r.seconds = time.perf_counter() - t0
         self.rows.append(r)
-        print(f"  {key:5} {what}: {'-' if r.ips is None else f'{r.ips:,.0f} images/s'} ({r.seconds:.0f}s) {r.note}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"  {key:5} {what}: {'-' if r.ips is None else f'{r.ips:,.0f} images/s'} ({r.seconds:.0f}s) {r.note}",
+            file=sys.stderr,
+            flush=True,
+        )
         return r
 
     def compiled(self, model: nn.Module, mode: str | None = None) -> nn.Module:
@@ -310,8 +370,12 @@ class Bench:
         net = self.compiled(model)
         flop = train_flops(model, s) / 1e9
         if "a" in rows:
-            self.row("(a)", "ours: synthetic batches already on the device",
-                     lambda: train_rate(net, optimizer, synthetic(s), s.warmup, s.steps, s), flop)  # fmt: skip
+            self.row(
+                "(a)",
+                "ours: synthetic batches already on the device",
+                lambda: train_rate(net, optimizer, synthetic(s), s.warmup, s.steps, s),
+                flop,
+            )
         if "b" in rows:
             self.torchvision_row()
         if "c" in rows:
@@ -322,8 +386,12 @@ class Bench:
             for mode in ("max-autotune-no-cudagraphs", "reduce-overhead"):
                 torch._dynamo.reset()
                 variant = self.compiled(model, mode)
-                self.row("(e)", f"(a) under torch.compile mode {mode}",
-                         lambda: train_rate(variant, optimizer, synthetic(s), s.warmup, s.steps, s), flop)  # fmt: skip
+                self.row(
+                    "(e)",
+                    f"(a) under torch.compile mode {mode}",
+                    lambda: train_rate(variant, optimizer, synthetic(s), s.warmup, s.steps, s),
+                    flop,
+                )
         a = next((r.ips for r in self.rows if r.key == "(a)" and r.ips), None)
         for r in self.rows:
             if a and r.ips and not r.key.startswith("(d"):
@@ -335,8 +403,12 @@ class Bench:
         tv_opt = sgd(tv, s)
         tv_net = self.compiled(tv)
         flop = train_flops(tv, s) / 1e9
-        self.row("(b)", "torchvision vgg16: the same loop, synthetic batches",
-                 lambda: train_rate(tv_net, tv_opt, synthetic(s), s.warmup, s.steps, s), flop)  # fmt: skip
+        self.row(
+            "(b)",
+            "torchvision vgg16: the same loop, synthetic batches",
+            lambda: train_rate(tv_net, tv_opt, synthetic(s), s.warmup, s.steps, s),
+            flop,
+        )
         tv = tv_opt = tv_net = None  # frees the memory (the timed lambda holds these names)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -353,8 +425,14 @@ class Bench:
         samples = files * math.ceil(n_batches * s.batch / len(files))
         transform = TrainTransform(IMAGENET_STATS, crop_size=s.crop, scale=s.scale, flip=True, colour_std=0.1)
         plan = BatchPlan(len(samples), s.batch, world=1, rank=0, accum=1, seed=0)
-        cfg = TrainConfig(loader=kind, crop_size=s.crop, scale_min=s.scale[0], scale_max=s.scale[1],
-                          batch_size=s.batch, channels_last=s.channels_last)  # fmt: skip
+        cfg = TrainConfig(
+            loader=kind,
+            crop_size=s.crop,
+            scale_min=s.scale[0],
+            scale_max=s.scale[1],
+            batch_size=s.batch,
+            channels_last=s.channels_last,
+        )
         workers = s.gpu_workers if kind == "gpu" else s.cpu_workers
         loader, _ = make_train_loader(cfg, ImageDataset(samples, transform), plan, workers, self.device)
         return loader, min(workers, 8) if kind == "gpu" else workers
@@ -367,21 +445,32 @@ class Bench:
             warm = s.data_warmup if kind == "gpu" else max(s.data_warmup, 2 * s.cpu_workers)
             n = warm + s.data_steps
             loader, workers = self.loader(kind, n)
-            how = (f"{workers} readers, nvJPEG + batched augmentation in 2 threads" if kind == "gpu" else
-                   f"decode + augment in {workers} worker processes")  # fmt: skip
+            how = (
+                f"{workers} readers, nvJPEG + batched augmentation in 2 threads"
+                if kind == "gpu"
+                else f"decode + augment in {workers} worker processes"
+            )
             if kind == "gpu" and self.device.type != "cuda":
                 how = f"{workers} reader, the batched path on the CPU"
-            self.row("(c0)", f"{kind} data path alone ({how})",
-                     lambda: data_rate(loader, warm, s.data_steps, self.device), None)  # fmt: skip
+            self.row(
+                "(c0)",
+                f"{kind} data path alone ({how})",
+                lambda: data_rate(loader, warm, s.data_steps, self.device),
+                None,
+            )
             loader, _ = self.loader(kind, n)
-            self.row("(c)", f"ours from the JPEGs, paper augmentation, --loader {kind}",
-                     lambda: train_rate(net, optimizer, loader, warm, s.data_steps, s), flop)  # fmt: skip
+            self.row(
+                "(c)",
+                f"ours from the JPEGs, paper augmentation, --loader {kind}",
+                lambda: train_rate(net, optimizer, loader, warm, s.data_steps, s),
+                flop,
+            )
             loader = None  # frees the loader (the timed lambda holds the name)
 
     def dense_rows(self, model: nn.Module) -> None:
         from vggnet.evaluation import dense_posteriors
-        from vggnet.runtime import Runtime
         from vggnet.model import spatial_average
+        from vggnet.runtime import Runtime
 
         s = self.s
         rt = Runtime(self.device, amp=s.amp, channels_last=s.channels_last)
@@ -407,13 +496,20 @@ class Bench:
             xs = [torch.randn(3, q, q, device=self.device) for _ in range(s.dense_batch)]
             x = rt.input(torch.stack(xs))
             gflop = dense_flops(model, q, self.device) / 1e9
-            self.row("(d)", f"dense eval Q = {q}: eager, as `vgg eval` (evaluation.dense_posteriors)",
-                     lambda: timed(lambda: dense_posteriors(model, xs, flip=False, batch_size=len(xs), rt=rt), len(xs)),
-                     gflop)  # fmt: skip
+            self.row(
+                "(d)",
+                f"dense eval Q = {q}: eager, as `vgg eval` (evaluation.dense_posteriors)",
+                lambda: timed(lambda: dense_posteriors(model, xs, flip=False, batch_size=len(xs), rt=rt), len(xs)),
+                gflop,
+            )
             if s.compile:
                 fn = torch.compile(scores, dynamic=False)  # one static graph per Q
-                self.row("(d)", f"dense eval Q = {q}: the same under torch.compile",
-                         lambda: timed(lambda: fn(x), len(xs)), gflop)  # fmt: skip
+                self.row(
+                    "(d)",
+                    f"dense eval Q = {q}: the same under torch.compile",
+                    lambda: timed(lambda: fn(x), len(xs)),
+                    gflop,
+                )
 
 
 # ---- preflight: the machine's problems in one table, before any row ---------------------------------------------
@@ -437,9 +533,11 @@ def _check_device(s: Setup) -> str:
     if dev.type != "cuda":
         return f"CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     p = torch.cuda.get_device_properties(dev)
-    return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}, CUDA "
-            f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
-            f"{torch.cuda.device_count()} GPU(s)")  # fmt: skip
+    return (
+        f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}, CUDA "
+        f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+        f"{torch.cuda.device_count()} GPU(s)"
+    )
 
 
 def _check_shm(s: Setup) -> str:
@@ -495,15 +593,21 @@ def _check_jpeg(s: Setup) -> str:
     if counts or any(x is None or x.device.type != torch.device(s.device).type for x in out):
         raise RuntimeError(f"the batched decoder fell back: {dict(counts)}")
     return f"torchvision.io.decode_jpeg: 4 JPEGs in one batched call on {s.device}" + (
-        " (nvJPEG)" if torch.device(s.device).type == "cuda" else "")
+        " (nvJPEG)" if torch.device(s.device).type == "cuda" else ""
+    )
 
 
 def _check_gpu_tests(s: Setup) -> str:
     """The test suite's GPU tests (pytest -m gpu) in a subprocess; without CUDA they skip themselves."""
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                           str(ROOT / "tests")], cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     last = (proc.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
     if "No module named pytest" in proc.stderr:
         raise _Skip("pytest is not installed (pip install pytest)")
@@ -549,8 +653,9 @@ def preflight(s: Setup, backend: str = "inductor", gpu_tests: bool = True) -> li
 def preflight_table(checks: list[Check]) -> str:
     from vggnet.report import markdown_table
 
-    return markdown_table(["check", "status", "detail", "s"],
-                          [[c.name, c.status, c.detail, f"{c.seconds:.0f}"] for c in checks], "lllr")  # fmt: skip
+    return markdown_table(
+        ["check", "status", "detail", "s"], [[c.name, c.status, c.detail, f"{c.seconds:.0f}"] for c in checks], "lllr"
+    )
 
 
 # ---- output ---------------------------------------------------------------------------------------------------
@@ -564,8 +669,10 @@ def provenance(s: Setup, data: dict[str, Any]) -> list[str]:
     dev = torch.device(s.device)
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
-        hw = (f"{p.name} ({p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs), CUDA "
-              f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")  # fmt: skip
+        hw = (
+            f"{p.name} ({p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs), CUDA "
+            f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+        )
     else:
         hw = f"CPU ({info['cpu']}), {torch.get_num_threads()} torch thread(s)"
     precision = "bf16 autocast, channels-last" if s.amp and s.channels_last else "float32"
@@ -578,14 +685,15 @@ def provenance(s: Setup, data: dict[str, Any]) -> list[str]:
         + (f", vggnet {info['git']}" if info.get("git") else ""),
         f"training: config D at width {s.width:g}, FC {s.fc_width}, {s.classes} classes, {s.crop} crops, batch "
         f"{s.batch}, dropout 0.5, {precision}, {'torch.compile' if s.compile else 'eager'}, "
-        f"{'fused ' if dev.type == 'cuda' else ''}SGD (momentum 0.9, weight decay 5e-4); vggnet.training.train_one_epoch",
+        f"{'fused ' if dev.type == 'cuda' else ''}SGD (momentum 0.9, weight decay 5e-4); "
+        "vggnet.training.train_one_epoch",
         f"augmentation (c): S in [{s.scale[0]}, {s.scale[1]}], random {s.crop} crop, flip, PCA colour shift (std "
         f"0.1), mean RGB subtracted (ImageNet statistics)",
         f"timing: {s.steps} steps after {s.warmup} (a, b, e); {s.data_steps} after {s.data_warmup} (c, gpu) or after "
         f"max({s.data_warmup}, 2 x workers) (c, cpu); {s.dense_steps} batches of {s.dense_batch} after 2 (d); {mfu}",
         f"data: {data['images']} JPEGs of {data['size']} (1 in 5 portrait), quality 90, {data['kb']:.0f} KB on "
         f"average, {data['classes']} classes, from {', '.join(data['sources'])}",
-    ]  # fmt: skip
+    ]
 
 
 def table(rows: list[Row]) -> str:
@@ -597,16 +705,28 @@ def table(rows: list[Row]) -> str:
     def pct(v):
         return "-" if not v else f"{100 * v:.0f}%"
 
-    body = [[r.key, r.what + (f" ({r.note})" if r.note else ""), num(r.ips, ",.0f"), num(r.ms, ".1f"),
-             num(r.gflop, ".2f" if (r.gflop or 0) >= 1 else ".2g"), pct(r.mfu), pct(r.of_a), f"{r.seconds:.0f}"]
-            for r in rows]  # fmt: skip
-    return markdown_table(["row", "what", "images/s", "ms/batch", "GFLOP/image", "MFU", "of (a)", "s"], body,
-                          "llrrrrrr")  # fmt: skip
+    body = [
+        [
+            r.key,
+            r.what + (f" ({r.note})" if r.note else ""),
+            num(r.ips, ",.0f"),
+            num(r.ms, ".1f"),
+            num(r.gflop, ".2f" if (r.gflop or 0) >= 1 else ".2g"),
+            pct(r.mfu),
+            pct(r.of_a),
+            f"{r.seconds:.0f}",
+        ]
+        for r in rows
+    ]
+    return markdown_table(
+        ["row", "what", "images/s", "ms/batch", "GFLOP/image", "MFU", "of (a)", "s"], body, "llrrrrrr"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--cpu", action="store_true", help="smoke run on the CPU: tiny net, images and step counts")
     p.add_argument("--rows", default="abcd", help="which rows to run, letters of abcd (default all)")
     p.add_argument("--variants", action="store_true", help="also (e): compile modes max-autotune, reduce-overhead")
@@ -616,8 +736,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-workers", type=int, help="worker processes of the CPU data path (default: all cores)")
     p.add_argument("--dir", type=Path, help="make (or reuse) the JPEG folder here instead of a temporary folder")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
-    p.add_argument("--preflight", action="store_true",
-                   help="only the preflight checks (with --cpu: on the CPU); a full GPU run starts with them")
+    p.add_argument(
+        "--preflight",
+        action="store_true",
+        help="only the preflight checks (with --cpu: on the CPU); a full GPU run starts with them",
+    )
     p.add_argument("--skip-preflight", action="store_true", help="run the rows without the preflight checks")
     p.add_argument("--compile-backend", default="inductor", help="the preflight's compile check (default inductor)")
     p.add_argument("--no-gpu-tests", action="store_true", help="leave the GPU tests out of the preflight")
@@ -669,13 +792,25 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(bench.rows))
     print()
-    print("(a), (b), (c), (e): training images/s; (c0): images/s the data path delivers alone; (d): images/s of "
-          "one dense view each; of (a): the share of the data-free step; s: seconds the row took, compilation "
-          "included.")  # fmt: skip
+    print(
+        "(a), (b), (c), (e): training images/s; (c0): images/s the data path delivers alone; (d): images/s of "
+        "one dense view each; of (a): the share of the data-free step; s: seconds the row took, compilation "
+        "included."
+    )
     if args.json:
-        args.json.write_text(json.dumps(dict(provenance=lines, setup=asdict(s), data=data,
-                                             preflight=[asdict(c) for c in checks],
-                                             rows=[asdict(r) for r in bench.rows]), indent=1) + "\n")  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                dict(
+                    provenance=lines,
+                    setup=asdict(s),
+                    data=data,
+                    preflight=[asdict(c) for c in checks],
+                    rows=[asdict(r) for r in bench.rows],
+                ),
+                indent=1,
+            )
+            + "\n"
+        )
     return 1 if bench.failed else 0
 
 

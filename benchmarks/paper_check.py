@@ -55,10 +55,12 @@ PAPER_BATCH, PAPER_LR = 256, 1e-2  # the recipe's batch and initial learning rat
 # the number of images until net A leaves its init's plateau hardly depends on the batch (about 30 steps at lr 1e-2
 # and batch 32, so about 7,700 images at any batch B with lr 1e-2 x B / 256), and this CPU trains some 4 full-width
 # images a second: 30 minutes or more for the plateau alone.
-CPU_LEARN_NOTE = ("learning rows not run on the CPU: at the linear scaling rule (batch 32, lr 1.25e-3) net A was still "
-                  "on its init's plateau after 60 steps (8.6 s a step, loss 1.3863 -> 1.3841); leaving it takes about "
-                  "7,700 images at any batch, 30+ minutes on 2 cores (docs/paper-check.md). They wait for the GPU: "
-                  "--device cuda runs them at batch 256, lr 1e-2; --learn runs them here anyway")
+CPU_LEARN_NOTE = (
+    "learning rows not run on the CPU: at the linear scaling rule (batch 32, lr 1.25e-3) net A was still "
+    "on its init's plateau after 60 steps (8.6 s a step, loss 1.3863 -> 1.3841); leaving it takes about "
+    "7,700 images at any batch, 30+ minutes on 2 cores (docs/paper-check.md). They wait for the GPU: "
+    "--device cuda runs them at batch 256, lr 1e-2; --learn runs them here anyway"
+)
 
 
 def learn_lr(batch: int) -> float:
@@ -77,7 +79,8 @@ COLOURS = [(170, 80, 80), (80, 170, 80), (80, 80, 170), (160, 160, 70), (160, 70
 
 def texture(rng: np.random.Generator, cls: int, classes: int, w: int, h: int) -> np.ndarray:
     """One image of class ``cls``: stripes of the class's orientation and period over a smooth colour field tinted
-    with the class's colour. The colour is what a net fresh from the paper's init picks up first (docs/paper-check.md)."""
+    with the class's colour. The colour is what a net fresh from the paper's init picks up first
+    (docs/paper-check.md)."""
     angle = math.pi * cls / classes + rng.normal(0, 0.05)
     period = 18.0 + 10.0 * cls / max(classes - 1, 1)  # 18..28 px at 500x375
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -85,7 +88,9 @@ def texture(rng: np.random.Generator, cls: int, classes: int, w: int, h: int) ->
     stripes = np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period + phase)
     # the class's colour, varied by a smooth random colour field of a fifth of its weight
     field_ = Image.fromarray(rng.integers(60, 196, (max(h // 60, 2), max(w // 60, 2), 3), dtype=np.uint8))
-    base = 0.2 * np.asarray(field_.resize((w, h), Image.BICUBIC), np.float64) + 0.8 * np.array(COLOURS[cls % len(COLOURS)])
+    base = 0.2 * np.asarray(field_.resize((w, h), Image.BICUBIC), np.float64) + 0.8 * np.array(
+        COLOURS[cls % len(COLOURS)]
+    )
     img = base + 45.0 * stripes[..., None] + rng.normal(0, 12, (h, w, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -157,12 +162,38 @@ def run_stage(stage: Stage, data: Path, out: Path, args: argparse.Namespace, ste
         shutil.rmtree(run)
     per_epoch = args.train_per_class * args.classes // args.batch_size
     cmd = [
-        sys.executable, "-m", "vggnet", "train", "--recipe", str(stage.recipe), "--data", str(data), "--out", str(run),
-        "--batch-size", str(args.batch_size), "--epochs", str(max(1, math.ceil(steps / per_epoch))),
-        "--max-steps", str(steps), "--log-every", str(args.log_every), "--stats-images", str(args.stats_images),
-        "--plateau", "best", "--lr-patience", "1000", "--device", args.device, "--workers", str(args.workers),
-        "--no-tensorboard", "--keep-checkpoints", "1",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vggnet",
+        "train",
+        "--recipe",
+        str(stage.recipe),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(max(1, math.ceil(steps / per_epoch))),
+        "--max-steps",
+        str(steps),
+        "--log-every",
+        str(args.log_every),
+        "--stats-images",
+        str(args.stats_images),
+        "--plateau",
+        "best",
+        "--lr-patience",
+        "1000",
+        "--device",
+        args.device,
+        "--workers",
+        str(args.workers),
+        "--no-tensorboard",
+        "--keep-checkpoints",
+        "1",
+    ]
     if stage.init_from:
         cmd += ["--init-from", str(out / stage.init_from)]
     cmd += extra
@@ -200,7 +231,9 @@ def run_stage(stage: Stage, data: Path, out: Path, args: argparse.Namespace, ste
         res.why = f"ran {res.steps} of {steps} steps"
     else:
         res.ok = True
-    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # ~1 GB each at full width; the next stage needs only the weights
+    shutil.rmtree(
+        run / "checkpoints", ignore_errors=True
+    )  # ~1 GB each at full width; the next stage needs only the weights
     if not res.ok and args.verbose:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", file=sys.stderr)
     return res
@@ -259,8 +292,10 @@ def data_free_rate(arch: str, batch: int, steps: int = 20, warmup: int = 5) -> f
 
 
 def table(rows: list[tuple[str, Result]]) -> str:
-    lines = ["| stage | check | steps | loss first | loss last | img/s | peak MB | time s | result |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| stage | check | steps | loss first | loss last | img/s | peak MB | time s | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for check, r in rows:
         lines.append(
             f"| {r.name} | {check} | {r.steps} | {r.first:.4f} | {r.last:.4f} | {r.images_per_s:,.1f} | "
@@ -270,9 +305,14 @@ def table(rows: list[tuple[str, Result]]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU path (bf16, channels-last, compile, "
-                   "fused SGD, the nvJPEG loader)")  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda for the GPU path (bf16, channels-last, compile, fused SGD, the nvJPEG loader)",
+    )
     p.add_argument("--out", default="runs/paper-check", help="work folder (the JPEGs and one run per stage)")
     p.add_argument("--stages", default="", help="comma-separated stage names (recipe file stems); default all")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per stage (cpu 2, cuda 100)")
@@ -280,13 +320,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--learn-steps", type=int, default=None, help="steps of each learning row (cpu 60, cuda 200)")
     p.add_argument("--learn-batch-size", type=int, default=None, help="batch of the learning rows (cpu 32, cuda 256)")
-    p.add_argument("--learn-lr", type=float, default=None,
-                   help="learning rate of the learning rows (default: 1e-2 x batch / 256, the linear scaling rule)")
-    p.add_argument("--learn-rows", default="A,D", help="which learning rows: A (net A from the paper's init), D (net D "
-                   "from that A); a pilot of the init's plateau runs A alone")
-    p.add_argument("--learn", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the learning rows (default: on CUDA only; on 2 CPU cores the init's plateau at the "
-                        "linear scaling rule outlasts 30 minutes: docs/paper-check.md)")
+    p.add_argument(
+        "--learn-lr",
+        type=float,
+        default=None,
+        help="learning rate of the learning rows (default: 1e-2 x batch / 256, the linear scaling rule)",
+    )
+    p.add_argument(
+        "--learn-rows",
+        default="A,D",
+        help="which learning rows: A (net A from the paper's init), D (net D "
+        "from that A); a pilot of the init's plateau runs A alone",
+    )
+    p.add_argument(
+        "--learn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the learning rows (default: on CUDA only; on 2 CPU cores the init's plateau at the "
+        "linear scaling rule outlasts 30 minutes: docs/paper-check.md)",
+    )
     p.add_argument("--no-stages", dest="run_stages", action="store_false", help="only the learning rows")
     p.add_argument("--workers", type=int, default=None, help="data loader processes (cpu 1, cuda 12)")
     p.add_argument("--verbose", action="store_true", help="print a failing stage's output")
@@ -295,7 +347,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.learn = cuda if args.learn is None else args.learn
     args.steps = args.steps or (100 if cuda else 2)
     args.batch_size = args.batch_size or (256 if cuda else 8)
-    args.learn_steps = args.learn_steps or (200 if cuda else 60)  # the escape from the init's plateau: ~35 steps in the pilot
+    args.learn_steps = args.learn_steps or (
+        200 if cuda else 60
+    )  # the escape from the init's plateau: ~35 steps in the pilot
     args.learn_batch_size = args.learn_batch_size or (256 if cuda else 32)  # the paper's batch on a GPU
     args.learn_lr = args.learn_lr or learn_lr(args.learn_batch_size)
     args.workers = args.workers if args.workers is not None else (12 if cuda else 1)
@@ -314,8 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = make_folder(out / "jpegs", args.classes, args.train_per_class, args.val_per_class)
-    print(f"JPEG folder {data}: {args.classes} classes, {args.train_per_class} train and {args.val_per_class} val "
-          f"images per class, 500x375 (one in five 375x500), made in {time.perf_counter() - t0:.0f}s", flush=True)
+    print(
+        f"JPEG folder {data}: {args.classes} classes, {args.train_per_class} train and {args.val_per_class} val "
+        f"images per class, 500x375 (one in five 375x500), made in {time.perf_counter() - t0:.0f}s",
+        flush=True,
+    )
     rows: list[tuple[str, Result]] = []
     chosen = stages([s for s in args.stages.split(",") if s]) if args.run_stages else []
     for st in chosen:
@@ -344,10 +401,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"learns (batch {args.learn_batch_size}, lr {args.learn_lr:g})", r))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
-    print(f"Paper-scale check: full-width nets, 224 crops, batch {args.batch_size}, device {args.device}, "
-          f"{args.classes} classes (ln {args.classes} = {math.log(args.classes):.4f}); fails above "
-          f"{EXPLODE:g} x ln(classes); learning rows need the mean of the last 3 losses < "
-          f"{LEARN_FRACTION:g} x ln(classes) = {LEARN_FRACTION * math.log(args.classes):.4f}")
+    print(
+        f"Paper-scale check: full-width nets, 224 crops, batch {args.batch_size}, device {args.device}, "
+        f"{args.classes} classes (ln {args.classes} = {math.log(args.classes):.4f}); fails above "
+        f"{EXPLODE:g} x ln(classes); learning rows need the mean of the last 3 losses < "
+        f"{LEARN_FRACTION:g} x ln(classes) = {LEARN_FRACTION * math.log(args.classes):.4f}"
+    )
     print()
     print(table(rows))
     if not args.learn and not args.device.startswith("cuda"):
@@ -356,9 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         free = data_free_rate("D", args.batch_size)
         ours = [r.images_per_s for _, r in rows if r.name.startswith(("2-D", "3-D", "4-D")) and r.ok]
         print()
-        print(f"data-free training step, D, batch {args.batch_size}, compiled bf16 channels-last fused SGD: "
-              f"{free:,.0f} images/s; from JPEGs through `vgg train` (D stages, median of logged windows): "
-              + (", ".join(f"{v:,.0f}" for v in ours) + f" images/s ({ours[0] / free:.0%} of data-free)" if ours else "n/a"))
+        print(
+            f"data-free training step, D, batch {args.batch_size}, compiled bf16 channels-last fused SGD: "
+            f"{free:,.0f} images/s; from JPEGs through `vgg train` (D stages, median of logged windows): "
+            + (
+                ", ".join(f"{v:,.0f}" for v in ours) + f" images/s ({ours[0] / free:.0%} of data-free)"
+                if ours
+                else "n/a"
+            )
+        )
     print(f"\ntotal {time.perf_counter() - t0:.0f}s")
     return 0 if all(r.ok for _, r in rows) else 1
 

@@ -11,7 +11,8 @@ process: imports, building the net, loading the weights, dense evaluation at its
     PYTHONPATH=src python benchmarks/peers.py --quick         # a smoke run: 1 round, batch 1, no predict
 
 - crops: a batch of ``--batch`` 224x224 crops, ``model(x)`` of each library.
-- dense: one 384x512 image (Q x about 4Q/3, a multiple of 32: timm's pools round down, ours up) and its flip through the fully convolutional net: ``model.dense`` + spatial average
+- dense: one 384x512 image (Q x about 4Q/3, a multiple of 32: timm's pools round down, ours up) and its flip
+  through the fully convolutional net: ``model.dense`` + spatial average
   (vggnet) and timm's VGG, whose ConvMlp pre-logits run FC1/FC2 as convolutions before its average-pool head
   (the same function: checked equal, printed as "max abs dp"). torchvision's VGG has no dense mode (n/a).
 - multicrop: the 50 crops of one image (5x5 grid and its flip) as one batch, ``model(x)``.
@@ -93,7 +94,7 @@ def bench(nets, work, rounds: int, precisions: list[str]) -> list[list[str]]:
                 timed(fns[lib], x, bf16)
             secs = {lib: [] for lib in libs}
             for r in range(rounds):
-                order = libs[r % len(libs):] + libs[: r % len(libs)]
+                order = libs[r % len(libs) :] + libs[: r % len(libs)]
                 for lib in order:
                     secs[lib].append(timed(fns[lib], x, bf16))
             ours = secs["vggnet"]
@@ -102,8 +103,11 @@ def bench(nets, work, rounds: int, precisions: list[str]) -> list[list[str]]:
                     rows.append([name, prec, lib, "n/a", ""])
                     continue
                 ratios = [t / o for t, o in zip(secs[lib], ours)]
-                text = "" if lib == "vggnet" else (f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-"
-                                                   f"{max(ratios):.2f})")  # fmt: skip
+                text = (
+                    ""
+                    if lib == "vggnet"
+                    else (f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+                )
                 rows.append([name, prec, lib, f"{statistics.median(secs[lib]):.3f}", text])
     return rows
 
@@ -130,8 +134,14 @@ def predict_latency(rounds: int, amp: list[bool]) -> list[list[str]]:
                 t0 = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True)
                 secs.append(time.perf_counter() - t0)
-            rows.append(["vgg predict, 1 JPEG 500x375, D, dense 3 scales + flips", "bf16 (default here)" if a else
-                         "float32 (--no-amp)", f"{statistics.median(secs):.2f}", f"{min(secs):.2f}-{max(secs):.2f}"])  # fmt: skip
+            rows.append(
+                [
+                    "vgg predict, 1 JPEG 500x375, D, dense 3 scales + flips",
+                    "bf16 (default here)" if a else "float32 (--no-amp)",
+                    f"{statistics.median(secs):.2f}",
+                    f"{min(secs):.2f}-{max(secs):.2f}",
+                ]
+            )
     return rows
 
 
@@ -147,13 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.batch, args.q, args.no_predict = 1, 1, 224, True
     info = provenance(torch.device("cpu"))
-    print(f"vggnet vs torchvision vs timm on {info['cpu']} ({info['threads']} threads), torch {info['torch']}, "
-          f"torchvision {info['torchvision']}, {args.rounds} rounds interleaved after a warm-up")  # fmt: skip
+    print(
+        f"vggnet vs torchvision vs timm on {info['cpu']} ({info['threads']} threads), torch {info['torch']}, "
+        f"torchvision {info['torchvision']}, {args.rounds} rounds interleaved after a warm-up"
+    )
     nets = contenders(args.quick)
     work = workloads(nets, args.batch, args.q)
     dense_x = work[f"dense Q={args.q}"][0]
-    print(f"dense: vggnet and timm's ConvMlp head agree to max abs dp = {check_dense_equal(nets, dense_x):.1e} "
-          f"(float32)\n")  # fmt: skip
+    print(
+        f"dense: vggnet and timm's ConvMlp head agree to max abs dp = {check_dense_equal(nets, dense_x):.1e} "
+        f"(float32)\n"
+    )
     rows = bench(nets, work, args.rounds, args.precision.split(","))
     print(markdown_table(["protocol", "precision", "library", "median s", "vggnet's speed-up (range)"], rows, "lllrr"))
     if not args.no_predict:

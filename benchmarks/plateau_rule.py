@@ -42,8 +42,14 @@ RULES = {
 
 def first_decay(errors, spec: dict) -> int | None:
     """The epoch index (0-based) after which ``spec``'s rule first decreases the learning rate, or None."""
-    p = Plateau(lr=1.0, patience=spec.get("patience", 2), threshold=1e-3, max_decays=1, rule=spec["rule"],
-                window=spec.get("window", 5))  # fmt: skip
+    p = Plateau(
+        lr=1.0,
+        patience=spec.get("patience", 2),
+        threshold=1e-3,
+        max_decays=1,
+        rule=spec["rule"],
+        window=spec.get("window", 5),
+    )
     for t, e in enumerate(errors):
         p.step(float(e))
         if p.decays:
@@ -60,9 +66,12 @@ def simulate(n: int, noise: float, trials: int, seed: int) -> None:
 
     slopes = (-2, -1, -0.5, -0.25)
     print(f"\nn = {n} validation images, noise {noise:g} x binomial, {trials} curves a cell")
-    print("| rule | " + " | ".join(f"false decay, falling {-s:g} pt/ep" for s in slopes)
-          + " | plateau 40%: fired <= 10 ep | mean epoch | plateau 5%: fired | mean epoch "
-          "| descent: first decay epoch | gap to floor (pt) | decays while falling > 0.5 pt/ep |")  # fmt: skip
+    print(
+        "| rule | "
+        + " | ".join(f"false decay, falling {-s:g} pt/ep" for s in slopes)
+        + " | plateau 40%: fired <= 10 ep | mean epoch | plateau 5%: fired | mean epoch "
+        "| descent: first decay epoch | gap to floor (pt) | decays while falling > 0.5 pt/ep |"
+    )
     print("|---" * 12 + "|")
     t40 = np.arange(40)
     true_exp = 0.25 + 0.45 * np.exp(-t40 / 8)
@@ -84,8 +93,10 @@ def simulate(n: int, noise: float, trials: int, seed: int) -> None:
 
 
 def replay(folders: list[str]) -> None:
-    print("\nrecorded curves at one learning rate: the epoch of each rule's first decrease (1-based), the error "
-          "there, and the best error the run reached later at the same rate (points lower)")  # fmt: skip
+    print(
+        "\nrecorded curves at one learning rate: the epoch of each rule's first decrease (1-based), the error "
+        "there, and the best error the run reached later at the same rate (points lower)"
+    )
     print("| run | epochs | " + " | ".join(RULES) + " |")
     print("|---" * (len(RULES) + 2) + "|")
     for f in folders:

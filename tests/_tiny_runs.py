@@ -14,10 +14,26 @@ from vggnet.weights import read_state_dict
 
 def options(folder, out, **kw):
     values = dict(
-        arch="A", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=40, data=str(folder),
-        val_fraction=0.2, batch_size=8, epochs=2, workers=0, device="cpu", log_every=1, tensorboard=False,
-        stats_images=16, init="kaiming", dropout=0.5, out=str(out), lr=0.01,
-    )  # fmt: skip
+        arch="A",
+        width=1 / 16,
+        fc_width=16,
+        crop_size=32,
+        scale_min=32,
+        scale_max=40,
+        data=str(folder),
+        val_fraction=0.2,
+        batch_size=8,
+        epochs=2,
+        workers=0,
+        device="cpu",
+        log_every=1,
+        tensorboard=False,
+        stats_images=16,
+        init="kaiming",
+        dropout=0.5,
+        out=str(out),
+        lr=0.01,
+    )
     values.update(kw)
     return values
 

@@ -29,8 +29,14 @@ def test_cpu_smoke_run_prints_every_row(tmp_path):
         (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocked), str(ROOT / "src")]), PYTHONWARNINGS="ignore")
     out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--json", str(out), "--dir", str(tmp_path / "jpegs")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--cpu", "--json", str(out), "--dir", str(tmp_path / "jpegs")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
     keys = [line.split("|")[1].strip() for line in table]

@@ -38,8 +38,10 @@ def test_cxcywh_round_trip():
     assert torch.allclose(B.to_xyxy(B.to_cxcywh(xyxy)), xyxy)
 
 
-@pytest.mark.parametrize("scale, top, left, flip", [(80, 0.3, 0.7, False), (80, 0.3, 0.7, True), (48, 0.0, 1.0, True),
-                                                   (120, 0.9, 0.1, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "scale, top, left, flip",
+    [(80, 0.3, 0.7, False), (80, 0.3, 0.7, True), (48, 0.0, 1.0, True), (120, 0.9, 0.1, False)],
+)
 def test_a_box_follows_the_pixels(scale, top, left, flip):
     # a white rectangle on black: after the paper's rescale, crop and flip, the transformed box is the rectangle's
     img = torch.zeros(3, 40, 60, dtype=torch.uint8)
@@ -105,8 +107,13 @@ def test_csv_boxes_skip_bad_ones_with_a_count(tmp_path):
     assert got[0].boxes[0].tolist() == [1, 2, 20, 25]
     assert (report.images, report.boxes, len(report.skipped)) == (2, 3, 5)
     text = "\n".join(report.skipped)
-    for why in ("zero or negative area", "outside the 40x30 image", "no box of its class 'dog'", "no box",
-                "the image does not exist"):  # fmt: skip
+    for why in (
+        "zero or negative area",
+        "outside the 40x30 image",
+        "no box of its class 'dog'",
+        "no box",
+        "the image does not exist",
+    ):
         assert why in text
 
 

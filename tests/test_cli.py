@@ -20,7 +20,9 @@ def test_params_json(capsys):
 
 def test_params_table_via_console_entry_point():
     out = subprocess.run([sys.executable, "-m", "vggnet", "params"], capture_output=True, text=True, check=True)
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines() if line.startswith("| D ")]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines() if line.startswith("| D ")
+    ]
     assert rows and rows[0][:5] == ["D", "vgg16", "16", "138,357,544", "138M"]
 
 
@@ -111,8 +113,9 @@ def test_help_does_not_import_torch():
 def test_broken_pipe_is_silent():
     """`vgg ... | head`: the reader leaves early; no BrokenPipeError traceback."""
     env = dict(os.environ, PYTHONPATH=SRC)
-    proc = subprocess.Popen([sys.executable, "-m", "vggnet", "params"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vggnet", "params"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     proc.stdout.close()  # before the table is printed: every write fails
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

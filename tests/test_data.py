@@ -20,12 +20,12 @@ from vggnet.data import (
     IMAGENET_STATS,
     AugParams,
     BadImageError,
-    center_crop,
     EvalTransform,
     ImageDataset,
     SeededSampler,
     Stats,
     TrainTransform,
+    center_crop,
     collate,
     collate_list,
     compute_stats,
@@ -400,8 +400,9 @@ def test_colour_shift_spread():
     stats = Stats(mean=(0, 0, 0), std=(1, 1, 1), eigval=eigval, eigvec=((1, 0, 0), (0, 1, 0), (0, 0, 1)))
     t = TrainTransform(stats, crop_size=8, scale=8, colour_std=0.1, flip=False)
     img = torch.full((3, 8, 8), 128, dtype=torch.uint8)
-    shifts = np.array([(t.apply(img, t.sample(torch.Generator().manual_seed(s)))[:, 0, 0] - 128 / 255).tolist()
-                       for s in range(1000)])  # fmt: skip
+    shifts = np.array(
+        [(t.apply(img, t.sample(torch.Generator().manual_seed(s)))[:, 0, 0] - 128 / 255).tolist() for s in range(1000)]
+    )
     assert np.allclose(shifts.std(0), 0.1 * np.array(eigval), rtol=0.1)
     # and the shift is eigvec @ (alpha * eigval) for a general basis
     q, _ = np.linalg.qr(RNG.normal(size=(3, 3)))
@@ -605,8 +606,10 @@ def test_decode_batch_handles_bad_and_mixed_inputs(tmp_path, caplog):
     cmyk = save(tmp_path / "c.jpg", photo(20, 30), "JPEG", mode="CMYK")
     png = save(tmp_path / "p.png", photo(11, 12))
     trunc = good.read_bytes()[:200]
-    datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in
-             (good.read_bytes(), trunc, cmyk.read_bytes(), png.read_bytes(), b"not an image")]  # fmt: skip
+    datas = [
+        torch.frombuffer(bytearray(b), dtype=torch.uint8)
+        for b in (good.read_bytes(), trunc, cmyk.read_bytes(), png.read_bytes(), b"not an image")
+    ]
     with caplog.at_level(logging.WARNING, logger="vggnet.data"):
         out = decode_batch(datas + [None], "cpu", ["a", "trunc", "c", "p", "text", "none"])
     assert [x is None for x in out] == [False, True, False, False, True, True]

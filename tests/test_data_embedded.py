@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggnet.data import EMBEDDED, ImageDataset, TrainTransform, collate, data_cache_dir, materialise, resolve_data
-from vggnet.data import embedded
+from vggnet.data import (
+    EMBEDDED,
+    ImageDataset,
+    TrainTransform,
+    collate,
+    data_cache_dir,
+    embedded,
+    materialise,
+    resolve_data,
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +141,10 @@ def test_mnist_clutter_images_are_digits_over_photos_with_clutter():
     """The harder variant of the small reproduction grid, checked image by image without writing the set."""
     digits, labels = embedded._mnist()
     others = digits[:50]
-    imgs = [embedded._render_clutter("mnist-clutter", digits[i], others, np.random.default_rng((embedded._SEED, i)))
-            for i in range(60, 66)]  # fmt: skip
+    imgs = [
+        embedded._render_clutter("mnist-clutter", digits[i], others, np.random.default_rng((embedded._SEED, i)))
+        for i in range(60, 66)
+    ]
     again = embedded._render_clutter("mnist-clutter", digits[60], others, np.random.default_rng((embedded._SEED, 60)))
     assert np.array_equal(imgs[0], again)  # a fixed seed per image
     for img in imgs:
@@ -145,7 +155,9 @@ def test_mnist_clutter_images_are_digits_over_photos_with_clutter():
     assert EMBEDDED["mnist-clutter"]["size"] == 128 and len(embedded._photos()) == 3
     # the digit's box (localisation): drawing the image again with a list fills in where the digit was pasted
     box: list = []
-    img = embedded._render_clutter("mnist-clutter", digits[60], others, np.random.default_rng((embedded._SEED, 60)), box)
+    img = embedded._render_clutter(
+        "mnist-clutter", digits[60], others, np.random.default_rng((embedded._SEED, 60)), box
+    )
     assert np.array_equal(img, imgs[0])
     x0, y0, x1, y1 = box
     lo, hi = EMBEDDED["mnist-clutter"]["digit_size"]

@@ -18,8 +18,10 @@ def _net(crop: int) -> torch.nn.Module:
     return net
 
 
-@pytest.mark.parametrize("crop,size", [(224, (256, 341)), (224, (224, 224)), (224, (384, 512)), (64, (96, 160)),
-                                       (64, (73, 73)), (32, (64, 96))])  # fmt: skip
+@pytest.mark.parametrize(
+    "crop,size",
+    [(224, (256, 341)), (224, (224, 224)), (224, (384, 512)), (64, (96, 160)), (64, (73, 73)), (32, (64, 96))],
+)
 def test_paper_geometry_keeps_every_window_and_the_same_posteriors(crop, size):
     """Q a multiple of 32, the paper's 256x341 image at 224 crops (its 2x5 map), and any size at crops of 64 or
     more: every window counts, and the posteriors are the plain spatial average's."""

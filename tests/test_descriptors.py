@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vggnet import create_model
 from vggnet import descriptors as D
 from vggnet import transfer as T
 from vggnet.cli import main
 from vggnet.convention import Convention
-from vggnet.model import window_mask
 from vggnet.data import Stats, materialise, rescale, resolve_data
-from vggnet import create_model
+from vggnet.model import window_mask
 from vggnet.weights import save_weights
 
 TINY = dict(width=0.125, fc_width=64, crop_size=32)
@@ -88,8 +88,9 @@ def make_data(root: Path, per_class: int = 8) -> None:
 def make_run(folder: Path) -> Path:
     folder.mkdir(parents=True)
     save_weights(create_model("A", num_classes=3, init="kaiming", seed=0, **TINY), folder / "model.safetensors")
-    (folder / "config.toml").write_text(tomli_w.dumps(dict(arch="A", scale_min=32, scale_max=32, init="kaiming",
-                                                           normalize="mean", **TINY)))  # fmt: skip
+    (folder / "config.toml").write_text(
+        tomli_w.dumps(dict(arch="A", scale_min=32, scale_max=32, init="kaiming", normalize="mean", **TINY))
+    )
     Stats((0.3,) * 3, (0.2,) * 3, (0.1, 0.01, 0.001), ((1, 0, 0), (0, 1, 0), (0, 0, 1))).save(folder / "stats.json")
     (folder / "classes.json").write_text(json.dumps(["a", "b", "c"]))
     return folder
@@ -107,12 +108,30 @@ def test_features_file_refuses_another_request_and_transfers(tmp_path, capsys):
     assert f.meta["scales"] == [32, 48] and f.meta["aggregate"] == "stack" and f.meta["net_sha256"]
     assert main(argv + ["--device", "cpu"]) == 0 and "up to date" in capsys.readouterr().out
     # the same file asked for other scales, or of another net: a clear error, the file untouched
-    assert main(["features", str(run), "--data", str(data), "--scales", "32", "--aggregate", "stack", "--out",
-                 str(out)]) == 2  # fmt: skip
+    assert (
+        main(["features", str(run), "--data", str(data), "--scales", "32", "--aggregate", "stack", "--out", str(out)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "holds descriptors of another request: scales [32, 48] (requested [32])" in err and "--out" in err
-    assert main(["features", str(run), "--random-init", "--data", str(data), "--scales", "32,48", "--aggregate",
-                 "stack", "--out", str(out)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "features",
+                str(run),
+                "--random-init",
+                "--data",
+                str(data),
+                "--scales",
+                "32,48",
+                "--aggregate",
+                "stack",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "net 'run" in capsys.readouterr().err
     # the baselines
     raw = tmp_path / "raw.safetensors"
@@ -166,8 +185,7 @@ def test_features_of_caffe_weights_feed_bgr_0_255_minus_the_mean(tmp_path):
     """`vgg features --weights FILE --normalize caffe`: the descriptors are those of the unfolded Caffe net fed BGR
     pixels on 0-255 minus the authors' mean BGR (issue 22: they were fed ImageNet's mean and std)."""
     from vggnet.convention import CAFFE_MEAN_BGR
-    from vggnet.model import layer_names
-    from vggnet.model import HEAD_NAMES
+    from vggnet.model import HEAD_NAMES, layer_names
 
     data = tmp_path / "data"
     make_data(data, per_class=2)
@@ -182,8 +200,26 @@ def test_features_of_caffe_weights_feed_bgr_0_255_minus_the_mean(tmp_path):
             caffe[f"{HEAD_NAMES[i]}.weight"], caffe[f"{HEAD_NAMES[i]}.bias"] = m.weight.detach(), m.bias.detach()
     torch.save(caffe, tmp_path / "caffe.pth")
     out = tmp_path / "f.safetensors"
-    assert main(["features", "--weights", str(tmp_path / "caffe.pth"), "--normalize", "caffe", "--data", str(data),
-                 "--scales", "32,40", "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "features",
+                "--weights",
+                str(tmp_path / "caffe.pth"),
+                "--normalize",
+                "caffe",
+                "--data",
+                str(data),
+                "--scales",
+                "32,40",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     got = D.load_features(out)
     imgs = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB")).copy()).permute(2, 0, 1) for f in got.files]
     bgr = Convention(CAFFE_MEAN_BGR, pixel_range=255, channel_order="BGR")  # as the Caffe net was trained

@@ -15,8 +15,9 @@ def relative_links(md: Path) -> list[str]:
 
 def test_every_relative_link_of_the_readme_and_docs_points_at_a_file():
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    missing = [f"{md.relative_to(ROOT)} -> {t}" for md in pages for t in relative_links(md)
-               if not (md.parent / t).exists()]
+    missing = [
+        f"{md.relative_to(ROOT)} -> {t}" for md in pages for t in relative_links(md) if not (md.parent / t).exists()
+    ]
     assert not missing, missing
     assert "docs/api/index.md" in relative_links(ROOT / "README.md")  # the front page links the API reference
 
@@ -30,7 +31,11 @@ def test_the_small_grid_design_names_a_page_that_exists():
 
 
 def test_no_file_cites_a_performance_page_outside_the_repository():
-    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "src").rglob("*.py"),
-             *(ROOT / "benchmarks").rglob("*.py")]
+    files = [
+        ROOT / "README.md",
+        *(ROOT / "docs").rglob("*.md"),
+        *(ROOT / "src").rglob("*.py"),
+        *(ROOT / "benchmarks").rglob("*.py"),
+    ]
     citing = [str(f.relative_to(ROOT)) for f in files if "PERFORMANCE.md" in f.read_text()]
     assert not citing, f"cite docs/performance.md#reference-measurements instead: {citing}"

@@ -33,8 +33,9 @@ CLASSES = [f"c{i}" for i in range(10)]
 
 
 def tiny(num_classes=10, seed=0):
-    return vggnet.create_model("A", num_classes=num_classes, width=1 / 16, fc_width=64, crop_size=32,
-                               init="kaiming", seed=seed).eval()  # fmt: skip
+    return vggnet.create_model(
+        "A", num_classes=num_classes, width=1 / 16, fc_width=64, crop_size=32, init="kaiming", seed=seed
+    ).eval()
 
 
 def pixels(seed):
@@ -53,8 +54,9 @@ def make_folder(root, classes, per_class=2):
 def save_net(model, path, classes):
     """Weights as a released net's: the ImageNet convention and class names in the file."""
     conv = Convention(P.IMAGENET_MEAN, P.IMAGENET_STD)
-    model.pretrained_cfg = P.make_cfg(conv, source="test", num_classes=model.num_classes, classes=classes, resize=32,
-                                      crop=32)  # fmt: skip
+    model.pretrained_cfg = P.make_cfg(
+        conv, source="test", num_classes=model.num_classes, classes=classes, resize=32, crop=32
+    )
     vggnet.save_weights(model, path)
     return path
 
@@ -80,14 +82,16 @@ def parse(add, argv):
 
 def test_confusion_matrix_and_per_class_accuracy_of_known_predictions():
     nan = float("nan")
-    scores = torch.tensor([
-        [0.9, 0.1, 0.0],  # true 0 -> 0
-        [0.2, 0.7, 0.1],  # true 0 -> 1
-        [0.5, 0.5, 0.0],  # true 1 -> 0 (a tie: the first of equal maxima, as top-k error ranks it)
-        [0.1, 0.2, 0.7],  # true 1 -> 2
-        [0.0, 0.3, 0.6],  # true 1 -> 2
-        [nan, 0.1, 0.2],  # true 2 -> 2 (a NaN never the prediction)
-    ])  # fmt: skip
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.0],  # true 0 -> 0
+            [0.2, 0.7, 0.1],  # true 0 -> 1
+            [0.5, 0.5, 0.0],  # true 1 -> 0 (a tie: the first of equal maxima, as top-k error ranks it)
+            [0.1, 0.2, 0.7],  # true 1 -> 2
+            [0.0, 0.3, 0.6],  # true 1 -> 2
+            [nan, 0.1, 0.2],  # true 2 -> 2 (a NaN never the prediction)
+        ]
+    )
     labels = torch.tensor([0, 0, 1, 1, 1, 2])
     pred = top1_predictions(scores)
     assert pred.tolist() == [0, 1, 0, 2, 2, 2]
@@ -105,9 +109,13 @@ def test_confusion_matrix_and_per_class_accuracy_of_known_predictions():
     # the result object names the classes
     row = ProtocolResult("net", "center", [32], False, 4 / 6, 0.0, 6, 1.0, confusion=cm, classes=["a", "b", "c"])
     assert [(c["class"], c["n"], c["correct"], c["top1_acc"]) for c in row.per_class] == [
-        ("a", 2, 1, 0.5), ("b", 3, 0, 0.0), ("c", 1, 1, 1.0)]  # fmt: skip
-    assert row.confused_pairs(1) == [dict(true="b", predicted="c", count=2, share=2 / 3, true_index=1,
-                                          predicted_index=2)]  # fmt: skip
+        ("a", 2, 1, 0.5),
+        ("b", 3, 0, 0.0),
+        ("c", 1, 1, 1.0),
+    ]
+    assert row.confused_pairs(1) == [
+        dict(true="b", predicted="c", count=2, share=2 / 3, true_index=1, predicted_index=2)
+    ]
     assert row.to_dict()["confusion"] == cm.tolist()
 
 
@@ -116,8 +124,22 @@ def test_eval_weights_out_writes_where_the_net_errs(tmp_path, capsys):
     weights = save_net(model, tmp_path / "w.safetensors", CLASSES)
     data = make_folder(tmp_path / "data", ["c0", "c1", "c2", "c3"], per_class=3)
     out = tmp_path / "out"
-    argv = ["--weights", str(weights), "--data", str(data), "--out", str(out), "--protocol", "center,dense",
-            "--scales", "32", "--no-flip", "--device", "cpu", "--no-amp"]  # fmt: skip
+    argv = [
+        "--weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--protocol",
+        "center,dense",
+        "--scales",
+        "32",
+        "--no-flip",
+        "--device",
+        "cpu",
+        "--no-amp",
+    ]
     assert run_eval_cli(parse(add_eval_arguments, argv)) == 0
     printed = capsys.readouterr().out
     assert "worst classes" in printed and ("most-confused pairs" in printed or "no image was taken" in printed)
@@ -182,8 +204,20 @@ def test_imagenet_subset_of_wordnet_id_folders_against_a_1000_class_head(imagene
     data = make_folder(tmp_path / "subset", wnids, per_class=3)
     assert imagenet_wnids()[:2] == wnids[:2] and imagenet_wnids()[999] == wnids[2]
     assert sorted({y for _, y in bare_folder_samples(data, weights_net(str(weights)))}) == [0, 1, 999]
-    argv = ["--weights", str(weights), "--data", str(data), "--protocol", "center", "--scales", "32",
-            "--device", "cpu", "--no-amp", "--json"]  # fmt: skip
+    argv = [
+        "--weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--protocol",
+        "center",
+        "--scales",
+        "32",
+        "--device",
+        "cpu",
+        "--no-amp",
+        "--json",
+    ]
     assert run_eval_cli(parse(add_eval_arguments, argv)) == 0
     report = json.loads(capsys.readouterr().out)
     (row,) = report["results"]
@@ -221,8 +255,20 @@ def test_predict_prints_imagenet_names_and_wordnet_ids(imagenet_head, tmp_path, 
     probs, _ = by_hand(model, tmp_path / "imgs", ["x"])
     best = int(probs[0].argmax())
     name, wnid = P.imagenet_classes()[best], imagenet_wnids()[best]
-    argv = ["--weights", str(weights), str(img), "--top", "2", "--protocol", "center", "--scales", "32",
-            "--device", "cpu", "--no-amp"]  # fmt: skip
+    argv = [
+        "--weights",
+        str(weights),
+        str(img),
+        "--top",
+        "2",
+        "--protocol",
+        "center",
+        "--scales",
+        "32",
+        "--device",
+        "cpu",
+        "--no-amp",
+    ]
     assert run_predict_cli(parse(add_predict_arguments, argv)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith(f"  1. {wnid} {name} ") and len(lines) == 3
@@ -234,15 +280,26 @@ def test_predict_prints_imagenet_names_and_wordnet_ids(imagenet_head, tmp_path, 
     top = json.loads(capsys.readouterr().out)[0]["top"][0]
     assert (top["label"], top["class"], top["wnid"]) == (best, name, wnid)
     # a net whose classes are the ids (trained on ImageNet's folders) is named the same way
-    (pred,) = predict(model, img, top=1, protocol="center", scales=[32], classes=imagenet_wnids(), device="cpu",
-                      amp=False)  # fmt: skip
+    (pred,) = predict(
+        model, img, top=1, protocol="center", scales=[32], classes=imagenet_wnids(), device="cpu", amp=False
+    )
     assert (pred.labels, pred.names, pred.wnids) == ([best], [name], [wnid])
 
 
 def test_every_row_of_a_fusion_has_the_confusion_of_its_posteriors():
     samples = [(pixels(i).permute(2, 0, 1).contiguous(), i % 3) for i in range(9)]
-    res = evaluate([tiny(seed=0), tiny(seed=1)], samples, protocols="center,dense", scales=[32], flip=False,
-                   mean=P.IMAGENET_MEAN, std=P.IMAGENET_STD, device="cpu", amp=False, return_posteriors=True)  # fmt: skip
+    res = evaluate(
+        [tiny(seed=0), tiny(seed=1)],
+        samples,
+        protocols="center,dense",
+        scales=[32],
+        flip=False,
+        mean=P.IMAGENET_MEAN,
+        std=P.IMAGENET_STD,
+        device="cpu",
+        amp=False,
+        return_posteriors=True,
+    )
     assert len(res.results) == 6 and res.subset == [0, 1, 2]
     for row in res.results:
         probs = res.posteriors[(row.net, row.protocol)]

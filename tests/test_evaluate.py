@@ -22,6 +22,7 @@ from vggnet.cli.evaluate import (
     run_fuse_cli,
     run_predict_cli,
 )
+from vggnet.convention import Convention
 from vggnet.data import Stats
 from vggnet.evaluation import (
     as_net,
@@ -37,7 +38,6 @@ from vggnet.evaluation import (
     resolve_eval_samples,
     resolve_scales,
 )
-from vggnet.convention import Convention
 from vggnet.runs import load_run
 from vggnet.scales import eval_scales as default_scales
 
@@ -47,8 +47,9 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25)
 
 def tiny_model(seed=0, num_classes=10):
     # Kaiming init gives logits of order 1, so posteriors are far from uniform and comparisons mean something
-    return vggnet.create_model("A", num_classes=num_classes, width=1 / 16, fc_width=64, crop_size=32,
-                               init="kaiming", seed=seed).eval()  # fmt: skip
+    return vggnet.create_model(
+        "A", num_classes=num_classes, width=1 / 16, fc_width=64, crop_size=32, init="kaiming", seed=seed
+    ).eval()
 
 
 def image(h, w, seed=0):
@@ -125,8 +126,16 @@ def test_mixed_sizes_batched_equal_one_by_one(model, batch_size):
     sizes = [(40, 56), (56, 40), (40, 56), (48, 48), (33, 70), (40, 56), (64, 32), (48, 48), (35, 35)]
     samples = [(image(h, w, seed=i), i % 10) for i, (h, w) in enumerate(sizes)]
     protocols = ["dense", "multicrop", "dense+multicrop", "center"]
-    res = evaluate(model, samples, protocols=protocols, scales=[32, 40], batch_size=batch_size, mean=MEAN,
-                   std=STD, return_posteriors=True)  # fmt: skip
+    res = evaluate(
+        model,
+        samples,
+        protocols=protocols,
+        scales=[32, 40],
+        batch_size=batch_size,
+        mean=MEAN,
+        std=STD,
+        return_posteriors=True,
+    )
     assert res.n == len(sizes) and res.labels.tolist() == [y for _, y in samples]
     for p in protocols:
         one_by_one = torch.stack([posteriors(model, img, p, scales=[32, 40], mean=MEAN, std=STD) for img, _ in samples])
@@ -216,8 +225,10 @@ def parse(add, argv):
 
 
 def test_eval_cli_writes_reports(run_dir, capsys):
-    args = parse(add_eval_arguments, [str(run_dir), "--protocol", "dense,multicrop,dense+multicrop,center",
-                                      "--scales", "32,40", "--device", "cpu"])  # fmt: skip
+    args = parse(
+        add_eval_arguments,
+        [str(run_dir), "--protocol", "dense,multicrop,dense+multicrop,center", "--scales", "32,40", "--device", "cpu"],
+    )
     assert run_eval_cli(args) == 0
     out = capsys.readouterr().out
     for p in ("dense", "multicrop", "dense+multicrop", "center"):

@@ -94,8 +94,14 @@ def test_bf16_evaluation_within_tolerance_of_float32():
     net = vggnet.create_model("A", num_classes=5, width=1 / 16, fc_width=32, crop_size=32, init="kaiming", seed=0)
     g = torch.Generator().manual_seed(0)
     samples = [(torch.randint(0, 256, (3, 40 + 4 * i, 48), dtype=torch.uint8, generator=g), i % 5) for i in range(3)]
-    kw = dict(protocols="center,dense,multicrop", scales=[32, 40], device="cpu", return_posteriors=True,
-              mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # fmt: skip
+    kw = dict(
+        protocols="center,dense,multicrop",
+        scales=[32, 40],
+        device="cpu",
+        return_posteriors=True,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
     f32 = vggnet.evaluate(net, samples, amp=False, **kw)
     b16 = vggnet.evaluate(net, samples, amp=True, **kw)
     assert (f32.precision, b16.precision) == ("float32", "bf16")
@@ -117,8 +123,19 @@ def test_predict_no_amp_computes_float32_and_says_so(tmp_path, capsys, monkeypat
     vggnet.save_weights(net, tmp_path / "w.safetensors")
     Image.fromarray(torch.randint(0, 256, (40, 52, 3), dtype=torch.uint8).numpy()).save(tmp_path / "x.jpg")
     monkeypatch.setenv("VGGNET_CPU_BF16", "1")  # the default of a CPU with native bf16
-    cmd = ["predict", "--weights", str(tmp_path / "w.safetensors"), "--normalize", "imagenet", str(tmp_path / "x.jpg"),
-           "--json", "--device", "cpu", "--scales", "32,40"]  # fmt: skip
+    cmd = [
+        "predict",
+        "--weights",
+        str(tmp_path / "w.safetensors"),
+        "--normalize",
+        "imagenet",
+        str(tmp_path / "x.jpg"),
+        "--json",
+        "--device",
+        "cpu",
+        "--scales",
+        "32,40",
+    ]
     out = {}
     for flag in ([], ["--no-amp"]):
         assert main(cmd + flag) == 0
@@ -139,9 +156,11 @@ def test_predict_imports_neither_torchvision_nor_dynamo(tmp_path):
     net = vggnet.create_model("A", num_classes=5, width=1 / 16, fc_width=32, crop_size=32, init="kaiming", seed=0)
     vggnet.save_weights(net, tmp_path / "w.safetensors")
     Image.fromarray(torch.randint(0, 256, (40, 52, 3), dtype=torch.uint8).numpy()).save(tmp_path / "x.jpg")
-    code = (f"import sys; from vggnet.cli import main; main(['predict', '--weights', {str(tmp_path / 'w.safetensors')!r}, "
-            f"'--normalize', 'imagenet', {str(tmp_path / 'x.jpg')!r}, '--device', 'cpu', '--scales', '32']); "
-            f"print('LOADED', [m for m in ('torchvision', 'torch._dynamo') if m in sys.modules])")  # fmt: skip
+    code = (
+        f"import sys; from vggnet.cli import main; main(['predict', '--weights', {str(tmp_path / 'w.safetensors')!r}, "
+        f"'--normalize', 'imagenet', {str(tmp_path / 'x.jpg')!r}, '--device', 'cpu', '--scales', '32']); "
+        f"print('LOADED', [m for m in ('torchvision', 'torch._dynamo') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "LOADED []" in out, out
 

@@ -4,12 +4,11 @@ Kills before the first checkpoint, Ctrl-C / SIGTERM in the middle of a step or o
 newest checkpoint, a changed config on resume, a NaN before any checkpoint, a failing start, torchrun.
 """
 
-import json
+import importlib
 import math
 import os
 import random
 import signal
-import importlib
 import subprocess
 import sys
 import time
@@ -17,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny_runs import epoch_rows, options, same, small, weights
 from PIL import Image
 
-from vggnet.config import SAFE_ON_RESUME, resolve
+from vggnet.config import SAFE_ON_RESUME
 from vggnet.training import Interrupted, NonFiniteLoss, latest_checkpoint, load_checkpoint, train
-from vggnet.weights import read_state_dict
-from _tiny_runs import epoch_rows, options, same, small, weights
 
 loop_mod = importlib.import_module("vggnet.training.loop")  # where the training step calls F and validate runs
 task_mod = importlib.import_module("vggnet.training.task")  # where a run builds its net and calls validate
@@ -163,17 +161,56 @@ def test_failing_start_leaves_no_run_folder(folder, tmp_path, monkeypatch):
 
 
 def _cli(out, folder, *extra):
-    args = ["--data", str(folder), "--out", str(out), "--arch", "A", "--width", "0.0625", "--fc-width", "16",
-            "--crop-size", "32", "--scale", "32,40", "--val-fraction", "0.2", "--batch-size", "8", "--epochs", "2",
-            "--workers", "0", "--device", "cpu", "--log-every", "1", "--no-tensorboard", "--stats-images", "16",
-            "--init", "kaiming", "--dropout", "0.5", "--lr", "0.01", "--accum-steps", "2", *extra]  # fmt: skip
+    args = [
+        "--data",
+        str(folder),
+        "--out",
+        str(out),
+        "--arch",
+        "A",
+        "--width",
+        "0.0625",
+        "--fc-width",
+        "16",
+        "--crop-size",
+        "32",
+        "--scale",
+        "32,40",
+        "--val-fraction",
+        "0.2",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--no-tensorboard",
+        "--stats-images",
+        "16",
+        "--init",
+        "kaiming",
+        "--dropout",
+        "0.5",
+        "--lr",
+        "0.01",
+        "--accum-steps",
+        "2",
+        *extra,
+    ]
     return [sys.executable, "-m", "vggnet", "train", *args]
 
 
 def _env():
     # the same number of threads as in here: the same float sums, so weights compare bit for bit
-    return dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                OMP_NUM_THREADS=str(torch.get_num_threads()))
+    return dict(
+        os.environ,
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+    )
 
 
 @pytest.mark.slow
@@ -204,8 +241,17 @@ def test_torchrun_sigterm_saves_and_resumes(folder, tmp_path):
     step, a checkpoint is saved, no traceback; the same command then finishes the run, equal (up to float
     summation order) to one process on the whole batch."""
     out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "vggnet",
-           *_cli(out, folder, "--workers", "1", "--dropout", "0")[3:]]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "vggnet",
+        *_cli(out, folder, "--workers", "1", "--dropout", "0")[3:],
+    ]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:

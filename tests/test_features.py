@@ -37,8 +37,16 @@ def test_head_features_and_intermediates(name, x):
         inter = m.forward_intermediates(x, m.layer_names)
     assert list(inter) == m.layer_names
     assert torch.equal(inter["fc8"], logits) and torch.equal(inter["pool5"], f)
-    blocks = {"A": (1, 1, 2, 2, 2), "A-LRN": (1, 1, 2, 2, 2), "B": (2, 2, 2, 2, 2), "C": (2, 2, 3, 3, 3),
-              "D": (2, 2, 3, 3, 3), "E": (2, 2, 4, 4, 4), "D-BN": (2, 2, 3, 3, 3), "B-5x5": (1, 1, 1, 1, 1)}[name]  # fmt: skip
+    blocks = {
+        "A": (1, 1, 2, 2, 2),
+        "A-LRN": (1, 1, 2, 2, 2),
+        "B": (2, 2, 2, 2, 2),
+        "C": (2, 2, 3, 3, 3),
+        "D": (2, 2, 3, 3, 3),
+        "E": (2, 2, 4, 4, 4),
+        "D-BN": (2, 2, 3, 3, 3),
+        "B-5x5": (1, 1, 1, 1, 1),
+    }[name]
     for b, n in enumerate(blocks, 1):
         last = f"conv{b}_{n}"
         assert last in inter and f"conv{b}_{n + 1}" not in inter
@@ -129,7 +137,9 @@ def test_perceptual_loss_gradients_reach_the_input_only():
     # features at the named layers, on the weights' own normalisation
     feats = loss_fn.features(target)
     with torch.no_grad():
-        want = net.forward_intermediates(vggnet.transforms(net).transforms[-1](target), ["relu1_2", "relu2_2", "relu3_3"])
+        want = net.forward_intermediates(
+            vggnet.transforms(net).transforms[-1](target), ["relu1_2", "relu2_2", "relu3_3"]
+        )
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(feats, want.values()))  # x * scale + offset
     assert gram(feats[0]).shape == (2, feats[0].shape[1], feats[0].shape[1])
     with pytest.raises(ValueError, match="--normalize"):

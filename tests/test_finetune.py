@@ -21,9 +21,21 @@ TINY = dict(width=1 / 16, fc_width=16, crop_size=32)
 
 def _opts(data, out, source, **kw):
     """A fine-tuning run of a few steps on the CPU; the net comes from ``source``."""
-    values = dict(init_from=str(source), data=str(data), out=str(out), val_fraction=0.2, batch_size=8, epochs=1,
-                  workers=0, device="cpu", log_every=1, tensorboard=False, stats_images=16, scale_min=32,
-                  scale_max=36)  # fmt: skip
+    values = dict(
+        init_from=str(source),
+        data=str(data),
+        out=str(out),
+        val_fraction=0.2,
+        batch_size=8,
+        epochs=1,
+        workers=0,
+        device="cpu",
+        log_every=1,
+        tensorboard=False,
+        stats_images=16,
+        scale_min=32,
+        scale_max=36,
+    )
     values.update(kw)
     return values
 
@@ -56,8 +68,13 @@ def test_the_net_and_input_come_from_the_source(sources, folder, tmp_path):
     assert (cfg.scale_min, cfg.scale_max) == (37, 37)  # the paper's 256 / 224 of a file that records no scale
     assert cfg.pixel_range == 1 and cfg.finetune_preset == "on"
     named = resolve_config(dict(init_from="torchvision:vgg16_bn", data=str(folder)))  # a table entry: no download
-    assert (named.arch, named.batch_norm, named.crop_size, named.scale_min, named.normalize) == ("D", True, 224, 256,
-                                                                                                 "imagenet")
+    assert (named.arch, named.batch_norm, named.crop_size, named.scale_min, named.normalize) == (
+        "D",
+        True,
+        224,
+        256,
+        "imagenet",
+    )
     run = resolve_config(dict(init_from=str(sources["run"]), data=str(folder)))
     assert (run.arch, run.width, run.scale_min, run.scale_max, run.normalize) == ("A", 1 / 16, 32, 40, "mean")
 
@@ -97,8 +114,9 @@ def test_a_contradicting_arch_is_refused(sources, folder, tmp_path, capsys):
 def test_the_preset_applies_to_other_labels_only_and_flags_override_it(sources, folder, tmp_path):
     cfg = resolve_config(_opts(folder, tmp_path / "r", sources["run"], lr=0.005, epochs=None))
     assert cfg.finetune_preset == "on" and cfg.lr == 0.005  # a flag over the preset
-    assert {k: getattr(cfg, k) for k in FINETUNE_PRESET if k != "lr"} == {k: v for k, v in FINETUNE_PRESET.items()
-                                                                          if k != "lr"}  # fmt: skip
+    assert {k: getattr(cfg, k) for k in FINETUNE_PRESET if k != "lr"} == {
+        k: v for k, v in FINETUNE_PRESET.items() if k != "lr"
+    }
     off = resolve_config(_opts(folder, tmp_path / "r", sources["run"], finetune_preset="off", epochs=None))
     assert off.finetune_preset == "off" and (off.lr, off.epochs, off.head_lr_mult) == (0.01, 74, 1.0)
     same_data = str(sources["run"].parent / "other")  # the data the source run was trained on
@@ -168,8 +186,10 @@ def test_a_frozen_run_resumes_and_refuses_another_freeze(sources, folder, tmp_pa
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(r["epoch"] for r in rows if r["kind"] == "epoch") == 2
     before, after = torch.load(sources["bn"]), weights(run)
-    assert same({k: after[k] for k in after if k.startswith("features.")},
-                {k: before[k] for k in before if k.startswith("features.")})  # fmt: skip
+    assert same(
+        {k: after[k] for k in after if k.startswith("features.")},
+        {k: before[k] for k in before if k.startswith("features.")},
+    )
     # and it ends where an uninterrupted run ends (fc8's group and its lr_mult came back from the checkpoint)
     whole = train(resolve_config(dict(opts, max_steps=None, out=str(tmp_path / "whole"))))
     assert same(weights(whole), after)
@@ -196,10 +216,38 @@ def test_a_frozen_fine_tune_under_ddp_equals_one_process(sources, folder, tmp_pa
 
 def test_the_command_line_takes_the_fine_tuning_flags(sources, folder, tmp_path):
     run = tmp_path / "cli"
-    rc = main(["train", "--init-from", str(sources["bn"]), "--data", str(folder), "--freeze", "features",
-               "--head-lr-mult", "5", "--finetune-preset", "on", "--epochs", "1", "--max-steps", "1",
-               "--batch-size", "8", "--val-fraction", "0.2", "--device", "cpu", "--workers", "0",
-               "--stats-images", "8", "--no-tensorboard", "--out", str(run)])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--init-from",
+            str(sources["bn"]),
+            "--data",
+            str(folder),
+            "--freeze",
+            "features",
+            "--head-lr-mult",
+            "5",
+            "--finetune-preset",
+            "on",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--val-fraction",
+            "0.2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--stats-images",
+            "8",
+            "--no-tensorboard",
+            "--out",
+            str(run),
+        ]
+    )
     text = (run / "config.toml").read_text()
     assert rc == 0 and 'freeze = "features"' in text and "head_lr_mult = 5.0" in text and "lr = 0.001" in text
     assert 'arch = "A"' in text and "batch_norm = true" in text and "crop_size = 32" in text

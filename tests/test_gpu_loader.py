@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 
 from vggnet.config import TrainConfig, resolve
-from vggnet.data import EvalTransform, ImageDataset, TrainTransform, collate, scan_folder
-from vggnet.data import gpu
+from vggnet.data import EvalTransform, ImageDataset, TrainTransform, collate, gpu, scan_folder
 from vggnet.data.gpu import EncodedDataset, GPULoader, augment_batch, background, collate_encoded
 from vggnet.training import BatchPlan, make_loader, make_train_loader, pick_loader, train
 from vggnet.weights import read_state_dict
@@ -77,8 +76,9 @@ def test_gpu_loader_with_batch_plan_equals_cpu_backend(jpegs, prefetch):
     plan = BatchPlan(len(samples), 8, world=1, rank=0, accum=2, seed=5)
     plan.set_epoch(1)
     ref = list(make_loader(ImageDataset(samples, t), plan, 0, torch.device("cpu")))
-    loader = GPULoader(samples, t, batch_sampler=plan, device="cpu", num_workers=0, channels_last=True,
-                       prefetch=prefetch)  # fmt: skip
+    loader = GPULoader(
+        samples, t, batch_sampler=plan, device="cpu", num_workers=0, channels_last=True, prefetch=prefetch
+    )
     got = list(loader)
     assert len(got) == len(ref) == 6  # 3 steps of 2 micro-batches of 4
     for (x, y, bad), (rx, ry, rbad) in zip(got, ref):
@@ -116,18 +116,37 @@ def test_make_train_loader_on_cpu(jpegs):
     cfg = TrainConfig(loader="gpu", crop_size=32, scale_min=32, scale_max=32)
     loader, kind = make_train_loader(cfg, ds, plan, 0, torch.device("cpu"))
     assert kind == "gpu" and isinstance(loader, GPULoader)
-    loader, kind = make_train_loader(TrainConfig(crop_size=32, scale_min=32, scale_max=32), ds, plan, 0,
-                                     torch.device("cpu"))  # fmt: skip
+    loader, kind = make_train_loader(
+        TrainConfig(crop_size=32, scale_min=32, scale_max=32), ds, plan, 0, torch.device("cpu")
+    )
     assert kind == "cpu" and loader.collate_fn is collate
 
 
 def test_training_through_either_backend_gives_the_same_weights(jpegs, tmp_path, capsys):
     def run(loader):
-        cfg = resolve(dict(
-            arch="A", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=48, data=str(jpegs),
-            val_fraction=0.2, batch_size=8, epochs=2, workers=0, device="cpu", log_every=1, tensorboard=False,
-            stats_images=16, init="kaiming", dropout=0.0, out=str(tmp_path / loader), loader=loader,
-        ))  # fmt: skip
+        cfg = resolve(
+            dict(
+                arch="A",
+                width=1 / 16,
+                fc_width=16,
+                crop_size=32,
+                scale_min=32,
+                scale_max=48,
+                data=str(jpegs),
+                val_fraction=0.2,
+                batch_size=8,
+                epochs=2,
+                workers=0,
+                device="cpu",
+                log_every=1,
+                tensorboard=False,
+                stats_images=16,
+                init="kaiming",
+                dropout=0.0,
+                out=str(tmp_path / loader),
+                loader=loader,
+            )
+        )
         out = train(cfg)
         return read_state_dict(out / "model.safetensors")[0], out
 

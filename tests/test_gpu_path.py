@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.overrides import TorchFunctionMode
 
-from vggnet.config import TrainConfig, resolve
 from vggnet import create_model
+from vggnet.config import TrainConfig, resolve
 from vggnet.runtime import Dist
 
 T = importlib.import_module("vggnet.training")
@@ -28,14 +28,16 @@ loop_mod = importlib.import_module("vggnet.training.loop")  # where the progress
 
 
 def tiny(seed: int = 0):
-    return create_model("A", num_classes=2, width=1 / 16, fc_width=16, crop_size=32, dropout=0.0, init="kaiming",
-                        seed=seed)  # fmt: skip
+    return create_model(
+        "A", num_classes=2, width=1 / 16, fc_width=16, crop_size=32, dropout=0.0, init="kaiming", seed=seed
+    )
 
 
 def batches(n: int, size: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 2, (size,), generator=g), [])
-            for _ in range(n)]
+    return [
+        (torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 2, (size,), generator=g), []) for _ in range(n)
+    ]
 
 
 class CountReads(TorchFunctionMode):
@@ -62,9 +64,19 @@ def run_epoch(tmp_path: Path, tty: bool, data, model=None, **cfg_kw):
     log.tty = tty
     counter = CountReads()
     with counter:
-        loss = T.train_one_epoch(model, iter(data), opt, cfg, plan, T.Progress(0, 0, 0), torch.device("cpu"),
-                                 contextlib.nullcontext,
-                                 log, set(), lambda: None)  # fmt: skip
+        loss = T.train_one_epoch(
+            model,
+            iter(data),
+            opt,
+            cfg,
+            plan,
+            T.Progress(0, 0, 0),
+            torch.device("cpu"),
+            contextlib.nullcontext,
+            log,
+            set(),
+            lambda: None,
+        )
     log.close()
     return counter.n, loss, model
 
@@ -138,12 +150,32 @@ def test_compiled_step_compiles_once_over_epochs_with_validation(split_folder, t
 
     torch._dynamo.reset()
     counter = CompileCounter()
-    monkeypatch.setattr(importlib.import_module("vggnet.training.run"), "compile_model", lambda model, cfg, device: torch.compile(model, backend=counter))
-    cfg = resolve(dict(
-        arch="A", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=36, data=str(split_folder),
-        batch_size=4, epochs=2, workers=0, device="cpu", log_every=1, tensorboard=False, stats_images=8,
-        init="kaiming", dropout=0.5, out=str(tmp_path / "run"),
-    ))  # fmt: skip
+    monkeypatch.setattr(
+        importlib.import_module("vggnet.training.run"),
+        "compile_model",
+        lambda model, cfg, device: torch.compile(model, backend=counter),
+    )
+    cfg = resolve(
+        dict(
+            arch="A",
+            width=1 / 16,
+            fc_width=16,
+            crop_size=32,
+            scale_min=32,
+            scale_max=36,
+            data=str(split_folder),
+            batch_size=4,
+            epochs=2,
+            workers=0,
+            device="cpu",
+            log_every=1,
+            tensorboard=False,
+            stats_images=8,
+            init="kaiming",
+            dropout=0.5,
+            out=str(tmp_path / "run"),
+        )
+    )
     run = T.train(cfg)
     assert (run / "bad_files.txt").read_text().count("broken.png") == 2  # both shrank a batch
     assert counter.frame_count == 1
@@ -152,8 +184,9 @@ def test_compiled_step_compiles_once_over_epochs_with_validation(split_folder, t
 
 def _ddp_empty_worker(rank: int, port: int, out: str):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))  # fmt: skip
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     try:
         model = torch.nn.parallel.DistributedDataParallel(tiny())
         data = batches(3, 2, seed=rank)
@@ -163,8 +196,19 @@ def _ddp_empty_worker(rank: int, port: int, out: str):
         plan = T.BatchPlan(12, 4, 2, rank, 1, 0)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         log = T.Logger(Path(out), False, False)
-        T.train_one_epoch(model, iter(data), opt, cfg, plan, T.Progress(0, 0, 0), torch.device("cpu"),
-                          contextlib.nullcontext, log, set(), lambda: None)  # fmt: skip
+        T.train_one_epoch(
+            model,
+            iter(data),
+            opt,
+            cfg,
+            plan,
+            T.Progress(0, 0, 0),
+            torch.device("cpu"),
+            contextlib.nullcontext,
+            log,
+            set(),
+            lambda: None,
+        )
         torch.save(model.module.state_dict(), Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -218,8 +262,12 @@ def test_validation_through_the_gpu_path_equals_the_cpu_path(split_folder):
     ds = ImageDataset(samples, EvalTransform(None, 36, 32))
     cfg = TrainConfig(arch="A", crop_size=32, scale_min=32, scale_max=40, batch_size=4)
     model, cpu, d = tiny(), torch.device("cpu"), Dist()
-    got = {kind: T.validate(model, ds, cfg, cpu, contextlib.nullcontext, d, set(),
-                            T.make_val_loader(cfg, ds, d, 0, cpu, kind)) for kind in ("gpu", "cpu")}  # fmt: skip
+    got = {
+        kind: T.validate(
+            model, ds, cfg, cpu, contextlib.nullcontext, d, set(), T.make_val_loader(cfg, ds, d, 0, cpu, kind)
+        )
+        for kind in ("gpu", "cpu")
+    }
     assert got["gpu"] == got["cpu"] and got["cpu"]["val_images"] == 5
     assert type(T.make_val_loader(cfg, ds, d, 0, cpu, "gpu")).__name__ == "GPULoader"
 
@@ -248,6 +296,8 @@ def test_the_run_summary_counts_the_gpu_paths_fallbacks():
     train_loader = SimpleNamespace(counts=Counter(cpu=2, refused=1, splits=4))
     val_loader = SimpleNamespace(counts=Counter(cpu=1))
     text = T.fallback_note(train_loader, val_loader, object())  # a DataLoader of the CPU path has no counts
-    assert text == "; GPU data path: 4 images decoded on the CPU (3 not RGB or grey JPEGs, 1 refused by the device " \
-                   "decoder after 4 failed batched calls)"
+    assert (
+        text == "; GPU data path: 4 images decoded on the CPU (3 not RGB or grey JPEGs, 1 refused by the device "
+        "decoder after 4 failed batched calls)"
+    )
     assert T.fallback_note(SimpleNamespace(counts=Counter())) == ""

@@ -56,8 +56,12 @@ def imported(path: Path, node: ast.ImportFrom | ast.Import) -> list[str]:
     out = []
     for a in node.names:  # `from . import runs` names a module; `from .x import f` names x
         sub = f"{target}.{a.name}"
-        out.append(sub if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
-                   or (PACKAGE.parent / sub.replace(".", "/")).is_dir() else target)  # fmt: skip
+        out.append(
+            sub
+            if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
+            or (PACKAGE.parent / sub.replace(".", "/")).is_dir()
+            else target
+        )
     return out
 
 
@@ -73,7 +77,9 @@ def top_level_imports(path: Path) -> set[str]:
 
 
 def test_no_module_is_a_hall():
-    too_long = {str(p.relative_to(PACKAGE)): n for p in modules() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    too_long = {
+        str(p.relative_to(PACKAGE)): n for p in modules() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"
 
 
@@ -85,7 +91,11 @@ def test_no_function_is_a_hall():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 doc = node.body[0]
-                if isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str):
+                if (
+                    isinstance(doc, ast.Expr)
+                    and isinstance(doc.value, ast.Constant)
+                    and isinstance(doc.value.value, str)
+                ):
                     n -= doc.end_lineno - doc.lineno + 1  # the docstring is reading, not code
                 if n > MAX_FUNCTION_LINES and (rel, node.name) not in LONG_OK:
                     long[f"{rel}::{node.name}"] = n
@@ -119,7 +129,7 @@ def test_no_import_cycles():
             if t == m or t not in graph:
                 continue
             if state.get(t) == 1:
-                cycle = stack[stack.index(t):] + [t]
+                cycle = stack[stack.index(t) :] + [t]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if t not in state:
                 visit(t)
@@ -136,7 +146,7 @@ def test_no_import_cycles():
 # Code outside vggnet/convention.py that matches the normalisation patterns below, each with its reason.
 NORMALISE_OK: dict[tuple[str, str], str] = {
     ("pretrained.py", "transforms"): "builds torchvision's Normalize from the convention's numbers, for "
-                                     "torchvision users' own pipelines (vggnet.transforms(model))",
+    "torchvision users' own pipelines (vggnet.transforms(model))",
     ("data/stats.py", "compute_stats"): "computes the training set's mean (Welford's update), not the net's input",
     ("reproduce/findings.py", "stats"): "the spread of a sample of error rates",
     ("training/schedule.py", "window_trend"): "the least-squares slope of validation errors",
@@ -151,8 +161,11 @@ def _mentions(node: ast.AST, word: str) -> bool:
     """Whether an expression names something containing ``word`` (``mean``, ``self.mean``, ``stats.mean[0]``);
     a method called by that name (``x.mean(1)``, a reduction) is no stored mean."""
     methods = {id(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
-    return any((isinstance(n, ast.Name) and word in n.id.lower()) or (isinstance(n, ast.Attribute)
-               and word in n.attr.lower() and id(n) not in methods) for n in ast.walk(node))
+    return any(
+        (isinstance(n, ast.Name) and word in n.id.lower())
+        or (isinstance(n, ast.Attribute) and word in n.attr.lower() and id(n) not in methods)
+        for n in ast.walk(node)
+    )
 
 
 def _normalising(node: ast.AST) -> bool:
@@ -170,8 +183,11 @@ def _normalising(node: ast.AST) -> bool:
             return True
         if isinstance(node.op, ast.Div) and _mentions(node.right, "std"):
             return True
-    return isinstance(node, ast.AugAssign) and isinstance(node.op, (ast.Sub, ast.Div)) and (
-        _mentions(node.value, "mean") or _mentions(node.value, "std"))
+    return (
+        isinstance(node, ast.AugAssign)
+        and isinstance(node.op, (ast.Sub, ast.Div))
+        and (_mentions(node.value, "mean") or _mentions(node.value, "std"))
+    )
 
 
 def _training_step(node: ast.AST) -> bool:
@@ -208,9 +224,13 @@ def _own_nodes(fn: ast.AST):
 
 def test_the_checks_see_a_second_copy():
     """The two checks below are only as good as their patterns: each planted copy must be found."""
-    copies = ["def f(x, mean):\n    return x.sub_(mean)\n", "def f(x, s):\n    return (x / 255 - s.mean) / s.std\n",
-              "def f(x):\n    return Normalize(MEAN, STD)(x)\n", "def f(x, m):\n    x -= m.mean[:, None, None]\n",
-              "def f(x, mean, std):\n    return x.sub(mean).div_(std)\n"]
+    copies = [
+        "def f(x, mean):\n    return x.sub_(mean)\n",
+        "def f(x, s):\n    return (x / 255 - s.mean) / s.std\n",
+        "def f(x):\n    return Normalize(MEAN, STD)(x)\n",
+        "def f(x, m):\n    x -= m.mean[:, None, None]\n",
+        "def f(x, mean, std):\n    return x.sub(mean).div_(std)\n",
+    ]
     for code in copies:
         assert _found(code, "x.py", _normalising, {}), code
     for code in ["def f(loss, optimizer):\n    loss.backward()\n", "def f(opt):\n    opt.step()\n"]:

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from vggnet import boxes as B
+from vggnet import create_model
 from vggnet import localisation as L
 from vggnet.cli import main
 from vggnet.data import Stats
 from vggnet.files import RunInUse, RunLock
-from vggnet import create_model
 from vggnet.runs import load_run
 from vggnet.training import Interrupted, latest_checkpoint, load_checkpoint
 from vggnet.weights import read_state_dict, save_weights
@@ -140,8 +140,16 @@ def test_train_resume_and_evaluate_both_protocols(tmp_path):
     data = tmp_path / "data"
     make_data(data)
     cls = make_run(tmp_path / "cls", data)
-    cfg = dict(from_run=str(cls), regression="pcr", finetune="fc", epochs=2, batch_size=4, device="cpu",
-               out=str(tmp_path / "loc"), max_steps=1)  # fmt: skip
+    cfg = dict(
+        from_run=str(cls),
+        regression="pcr",
+        finetune="fc",
+        epochs=2,
+        batch_size=4,
+        device="cpu",
+        out=str(tmp_path / "loc"),
+        max_steps=1,
+    )
     run = L.train_localisation(cfg)
     assert (run / "checkpoints").is_dir() and not epoch_rows(run)
     assert "zero or negative area" in (run / "bad_boxes.txt").read_text()
@@ -182,8 +190,27 @@ def test_cli_localize_train_and_eval(tmp_path, capsys):
     make_data(data, per_class=2)
     cls = make_run(tmp_path / "cls", data)
     out = tmp_path / "scr"
-    assert main(["localize", "train", "--from", str(cls), "--regression", "scr", "--epochs", "1", "--batch-size", "4",
-                 "--device", "cpu", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "localize",
+                "train",
+                "--from",
+                str(cls),
+                "--regression",
+                "scr",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert main(["localize", "eval", str(out), "--protocol", "center,dense", "--scales", "48", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "Table 8" in text and "SCR" in text
@@ -214,8 +241,17 @@ def test_dense_protocol_feeds_the_classifier_what_vgg_eval_feeds_it(tmp_path, mo
     cls = make_run(tmp_path / "cls", data)
     config = dict(arch="A", data=str(data), scale_min=48, scale_max=48, normalize="mean", pixel_range=255, **TINY)
     (cls / "config.toml").write_text(tomli_w.dumps(config))
-    run = L.train_localisation(dict(from_run=str(cls), regression="scr", epochs=1, batch_size=4, device="cpu",
-                                    out=str(tmp_path / "loc"), max_steps=1))  # fmt: skip
+    run = L.train_localisation(
+        dict(
+            from_run=str(cls),
+            regression="scr",
+            epochs=1,
+            batch_size=4,
+            device="cpu",
+            out=str(tmp_path / "loc"),
+            max_steps=1,
+        )
+    )
     assert L.load_loc_run(run)[0].convention.pixel_range == 255  # recorded, not lost
     seen: list[torch.Tensor] = []
     dense = VGG.dense
@@ -267,8 +303,9 @@ def straight_loc(loc_source, tmp_path_factory):
     return L.train_localisation(loc_config(loc_source, tmp_path_factory.mktemp("straight") / "loc"))
 
 
-def test_localisation_interrupted_then_resumed_equals_an_uninterrupted_run(loc_source, straight_loc, tmp_path,
-                                                                         monkeypatch):
+def test_localisation_interrupted_then_resumed_equals_an_uninterrupted_run(
+    loc_source, straight_loc, tmp_path, monkeypatch
+):
     # a stop by --max-steps inside epoch 1, then SIGTERM in the middle of epoch 2 (the engine finishes the step
     # and saves a checkpoint), then the rest: the same weights, bit for bit, and the same logged epochs
     run = L.train_localisation(loc_config(loc_source, tmp_path / "loc", max_steps=1))
@@ -316,8 +353,9 @@ def test_localize_from_a_weights_file_equals_from_its_run(loc_source, tmp_path, 
     from vggnet.weights import load_model
 
     model = load_model(loc_source / "model.safetensors")
-    model.pretrained_cfg = make_cfg(Convention((0.2, 0.2, 0.2)), source="test", num_classes=2, classes=["c0", "c1"],
-                                    resize=48, crop=32)  # the run's: normalize mean, pixel range 1, S = 48
+    model.pretrained_cfg = make_cfg(
+        Convention((0.2, 0.2, 0.2)), source="test", num_classes=2, classes=["c0", "c1"], resize=48, crop=32
+    )  # the run's: normalize mean, pixel range 1, S = 48
     weights = tmp_path / "elsewhere" / "cls.safetensors"
     weights.parent.mkdir()
     save_weights(model, weights)
@@ -327,8 +365,24 @@ def test_localize_from_a_weights_file_equals_from_its_run(loc_source, tmp_path, 
     assert same_weights(loc_weights(a), loc_weights(b))
     assert json.loads((b / "localize.json").read_text())["from_run"] == str(weights.resolve())
     capsys.readouterr()
-    assert main(["localize", "eval", str(b), "--protocol", "dense", "--scales", "48", "--device", "cpu",
-                 "--classifier", str(weights)]) == 0
+    assert (
+        main(
+            [
+                "localize",
+                "eval",
+                str(b),
+                "--protocol",
+                "dense",
+                "--scales",
+                "48",
+                "--device",
+                "cpu",
+                "--classifier",
+                str(weights),
+            ]
+        )
+        == 0
+    )
     assert "Table 9" in capsys.readouterr().out
     # weights name no data: --data is asked for, in one line
     assert main(["localize", "train", "--from", str(weights), "--device", "cpu", "--out", str(tmp_path / "c")]) == 2
@@ -336,8 +390,9 @@ def test_localize_from_a_weights_file_equals_from_its_run(loc_source, tmp_path, 
 
 
 def _ddp_localisation(rank, world, port, cfg):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     try:
         L.train_localisation(cfg)
@@ -359,8 +414,9 @@ def test_two_process_localisation_equals_one_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_localisation, args=(2, port, loc_config(cls, tmp_path / "two", epochs=1, max_steps=1)), nprocs=2,
-             join=True)
+    mp.spawn(
+        _ddp_localisation, args=(2, port, loc_config(cls, tmp_path / "two", epochs=1, max_steps=1)), nprocs=2, join=True
+    )
     a = load_checkpoint(latest_checkpoint(one))["model"]
     b = load_checkpoint(latest_checkpoint(tmp_path / "two"))["model"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
@@ -376,8 +432,22 @@ def test_localize_from_weights_without_a_convention_takes_normalize(loc_source, 
     weights = tmp_path / "tv.pth"
     torch.save(sd, weights)
     out = tmp_path / "loc"
-    args = ["localize", "train", "--from", str(weights), "--data", str(loc_source.parent / "data"), "--epochs", "1",
-            "--batch-size", "4", "--device", "cpu", "--out", str(out)]
+    args = [
+        "localize",
+        "train",
+        "--from",
+        str(weights),
+        "--data",
+        str(loc_source.parent / "data"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 2
     assert "no known input normalisation" in capsys.readouterr().err
     assert main(args + ["--normalize", "mean:51,51,51"]) == 0  # the run's mean pixel 0.2 on 0-255

@@ -1,9 +1,5 @@
 """The six networks of Table 1: shapes, parameter counts, dense mode, against torchvision and timm."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 import torchvision
@@ -224,7 +220,9 @@ def test_dense_shares_weights():
 @pytest.mark.parametrize("scheme, std", [("paper", 0.01), ("paper-literal", 0.1)])
 def test_paper_init_statistics(scheme, std):
     # the default reads the paper's "variance 1e-2" as the authors' Caffe filler, std 0.01 (docs/paper-check.md)
-    model = vggnet.create_model("A", num_classes=100, width=0.25, fc_width=512, **({} if scheme == "paper" else {"init": scheme}))
+    model = vggnet.create_model(
+        "A", num_classes=100, width=0.25, fc_width=512, **({} if scheme == "paper" else {"init": scheme})
+    )
     for m in model.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             if m.weight.numel() >= 1000:
@@ -325,8 +323,9 @@ def _assert_dense_is_head_on_every_window(model, x):
             for j in range(w):
                 window = torch.flatten(f[..., i : i + p, j : j + p], 1)
                 torch.testing.assert_close(scores[..., i, j], model.forward_head(window), rtol=1e-5, atol=1e-5)
-                torch.testing.assert_close(fc7[..., i, j], model.forward_head(window, pre_logits=True), rtol=1e-5,
-                                           atol=1e-5)  # fmt: skip
+                torch.testing.assert_close(
+                    fc7[..., i, j], model.forward_head(window, pre_logits=True), rtol=1e-5, atol=1e-5
+                )
         # the graph-export path (FC weights viewed as convolutions) computes the same map
         torch.testing.assert_close(scores, model._dense_head_conv(f), rtol=1e-5, atol=1e-5)
     return scores

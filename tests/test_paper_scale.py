@@ -78,8 +78,12 @@ def _png(path, rng):
 def test_pixel_scale_from_decoded_image_to_net_input(tmp_path, pixel_range):
     """A PNG (exact pixels) through the eval transform the run would use: pixels - 255 mean, or pixels / 255 - mean."""
     pixels = _png(tmp_path / "x.png", np.random.default_rng(0)).float()
-    stats = Stats(mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), eigval=(0.1, 0.01, 0.001),
-                  eigvec=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))  # fmt: skip
+    stats = Stats(
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.2, 0.2),
+        eigval=(0.1, 0.01, 0.001),
+        eigvec=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+    )
     conv = Convention.of_run(stats, "mean", pixel_range)
     x = EvalTransform(stats, size=40, crop_size=None, convention=conv)(tmp_path / "x.png")
     mean = torch.tensor(stats.mean)[:, None, None]
@@ -105,9 +109,25 @@ def test_run_folder_records_the_pixel_range(tmp_path):
         (tmp_path / "data" / f"c{c}").mkdir(parents=True)
         for i in range(10):
             _png(tmp_path / "data" / f"c{c}" / f"{i}.png", rng)
-    run = vggnet.train(dict(arch="A", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=32,
-                            data=str(tmp_path / "data"), val_fraction=0.2, batch_size=8, epochs=1, workers=0,
-                            device="cpu", tensorboard=False, stats_images=8, out=str(tmp_path / "run")))  # fmt: skip
+    run = vggnet.train(
+        dict(
+            arch="A",
+            width=1 / 16,
+            fc_width=16,
+            crop_size=32,
+            scale_min=32,
+            scale_max=32,
+            data=str(tmp_path / "data"),
+            val_fraction=0.2,
+            batch_size=8,
+            epochs=1,
+            workers=0,
+            device="cpu",
+            tensorboard=False,
+            stats_images=8,
+            out=str(tmp_path / "run"),
+        )
+    )
     loaded = runs.load_run(run)
     assert loaded.config["pixel_range"] == 255 and loaded.config["init"] == "paper"
     torch.testing.assert_close(loaded.std, torch.full((3,), 1 / 255))
@@ -118,10 +138,28 @@ def test_run_folder_records_the_pixel_range(tmp_path):
     assert took.pixel_range == 255
     # ... and another one, asked for, is refused, naming the flags to pass
     with pytest.raises(ValueError, match="--pixel-range 255"):
-        vggnet.train(dict(arch="B", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=32,
-                          data=str(tmp_path / "data"), val_fraction=0.2, batch_size=8, epochs=1, workers=0,
-                          device="cpu", tensorboard=False, stats_images=8, out=str(tmp_path / "run2"),
-                          init="kaiming", pixel_range=1, init_from=str(run)))  # fmt: skip
+        vggnet.train(
+            dict(
+                arch="B",
+                width=1 / 16,
+                fc_width=16,
+                crop_size=32,
+                scale_min=32,
+                scale_max=32,
+                data=str(tmp_path / "data"),
+                val_fraction=0.2,
+                batch_size=8,
+                epochs=1,
+                workers=0,
+                device="cpu",
+                tensorboard=False,
+                stats_images=8,
+                out=str(tmp_path / "run2"),
+                init="kaiming",
+                pixel_range=1,
+                init_from=str(run),
+            )
+        )
 
 
 def _paper_check():

@@ -64,8 +64,9 @@ def served(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "CAFFE_URL", server.url)
     monkeypatch.setitem(P.SOURCES, "torchvision:vgg11", dict(P.SOURCES["torchvision:vgg11"], file=tv_name))
     monkeypatch.setitem(P.SOURCES, "caffe:vgg16", dict(P.SOURCES["caffe:vgg16"], file=caffe_name))
-    yield dict(server=server, root=root, ref=ref, caffe_ref=caffe_ref, hub=tmp_path / "torchhub" / "checkpoints",
-               tmp=tmp_path)  # fmt: skip
+    yield dict(
+        server=server, root=root, ref=ref, caffe_ref=caffe_ref, hub=tmp_path / "torchhub" / "checkpoints", tmp=tmp_path
+    )
     server.close()
     torch.hub.set_dir(old_hub)
 
@@ -130,8 +131,10 @@ def test_new_num_classes_keeps_all_but_the_last_layer(served):
     assert m.pretrained_cfg["classes"] is None and m.pretrained_cfg["num_classes"] == 7
     x = x32()
     with torch.no_grad():
-        assert torch.allclose(m.forward_head(m.forward_features(x), pre_logits=True),
-                              ref.forward_head(ref.forward_features(x), pre_logits=True))  # fmt: skip
+        assert torch.allclose(
+            m.forward_head(m.forward_features(x), pre_logits=True),
+            ref.forward_head(ref.forward_features(x), pre_logits=True),
+        )
     m.reset_classifier(3)
     assert m(x).shape == (2, 3) and m.arch["num_classes"] == 3
 
@@ -195,7 +198,9 @@ def test_caffe_fold_equals_the_bgr_0_255_pipeline(tmp_path):
     the original pipeline: BGR pixels on [0, 255] minus the mean BGR, into the unfolded weights."""
     ref = tiny("vgg16", seed=5)
     names = [n for n in ref.layer_names if n.startswith(("conv", "fc"))]
-    modules = [m for m in list(ref.features) + list(ref.classifier) if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    modules = [
+        m for m in list(ref.features) + list(ref.classifier) if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     caffe = {}
     for n, m in zip(names, modules):
         w = m.weight.detach().clone()
@@ -291,6 +296,14 @@ def test_pretrained_true_takes_the_default_released_weights(served):
     for name in ("A-LRN", "vgg16_c"):
         with pytest.raises(P.WeightsError, match="no released weights.*caffe:vgg16"):
             vggnet.create_model(name, pretrained=True)
-    assert vggnet.list_models(pretrained=True) == ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
-                                                   "vgg19", "vgg19_bn"]  # fmt: skip
+    assert vggnet.list_models(pretrained=True) == [
+        "vgg11",
+        "vgg11_bn",
+        "vgg13",
+        "vgg13_bn",
+        "vgg16",
+        "vgg16_bn",
+        "vgg19",
+        "vgg19_bn",
+    ]
     assert {"vgg11_lrn", "vgg16_c", "B-5x5"} <= set(vggnet.list_models())

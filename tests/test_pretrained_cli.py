@@ -6,14 +6,13 @@ import json
 import pytest
 import torch
 from PIL import Image
+from test_pretrained import served  # noqa: F401  the weights served from 127.0.0.1
 
 import vggnet
 import vggnet.pretrained as P
 from vggnet.cli import main
 from vggnet.convention import Convention
 from vggnet.weights import save_weights, to_torchvision
-
-from test_pretrained import served  # noqa: F401  the weights served from 127.0.0.1
 
 TINY = dict(width=0.125, fc_width=64, crop_size=32)
 CLASSES = ["cat", "dog", "fox"]
@@ -32,8 +31,9 @@ def files(tmp_path_factory):
     m = vggnet.create_model("vgg11", num_classes=3, init="kaiming", seed=0, **TINY)
     plain = root / "plain.pth"
     torch.save(to_torchvision(m), plain)  # a bare state dict: no input convention
-    m.pretrained_cfg = P.make_cfg(Convention(P.IMAGENET_MEAN, P.IMAGENET_STD), source="test", num_classes=3, classes=CLASSES,
-                                  resize=36, crop=32)  # fmt: skip
+    m.pretrained_cfg = P.make_cfg(
+        Convention(P.IMAGENET_MEAN, P.IMAGENET_STD), source="test", num_classes=3, classes=CLASSES, resize=36, crop=32
+    )
     ours = save_weights(m, root / "ours.safetensors")
     return dict(root=root, data=data, plain=plain, ours=ours, model=m)
 
@@ -45,12 +45,42 @@ def test_eval_refuses_unknown_normalisation(files, capsys):
 
 
 def test_eval_and_fuse_weights(files, capsys):
-    rc = main(["eval", "--weights", str(files["plain"]), "--normalize", "imagenet", "--data", str(files["data"]),
-               "--protocol", "center,dense", "--device", "cpu", "--json"])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            "--weights",
+            str(files["plain"]),
+            "--normalize",
+            "imagenet",
+            "--data",
+            str(files["data"]),
+            "--protocol",
+            "center,dense",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["n"] == 6 and {r["protocol"] for r in out["results"]} == {"center", "dense"}
-    rc = main(["fuse", "--weights", str(files["ours"]), "--weights", str(files["plain"]), "--normalize", "imagenet",
-               "--data", str(files["data"]), "--protocol", "dense", "--device", "cpu", "--json"])  # fmt: skip
+    rc = main(
+        [
+            "fuse",
+            "--weights",
+            str(files["ours"]),
+            "--weights",
+            str(files["plain"]),
+            "--normalize",
+            "imagenet",
+            "--data",
+            str(files["data"]),
+            "--protocol",
+            "dense",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and "fused" in {r["net"] for r in out["results"]}
     assert main(["eval", "--data", str(files["data"])]) == 2
@@ -86,10 +116,42 @@ def test_export_onnx_checked_in_onnxruntime(files, capsys, tmp_path):
 
 def _fine_tune(files, source, arch, run):
     """`vgg train --init-from SOURCE` on the tiny folder: one step of a tiny net; the exit code."""
-    return main(["train", "--init-from", source, "--data", str(files["data"]), "--arch", arch, "--width", "0.125",
-                 "--fc-width", "64", "--crop-size", "32", "--scale", "32,36", "--epochs", "1", "--max-steps", "1",
-                 "--batch-size", "2", "--val-fraction", "0.5", "--device", "cpu", "--workers", "0",
-                 "--stats-images", "4", "--no-tensorboard", "--out", str(run)])  # fmt: skip
+    return main(
+        [
+            "train",
+            "--init-from",
+            source,
+            "--data",
+            str(files["data"]),
+            "--arch",
+            arch,
+            "--width",
+            "0.125",
+            "--fc-width",
+            "64",
+            "--crop-size",
+            "32",
+            "--scale",
+            "32,36",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--val-fraction",
+            "0.5",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--stats-images",
+            "4",
+            "--no-tensorboard",
+            "--out",
+            str(run),
+        ]
+    )
 
 
 def test_train_init_from_a_named_source(served, files, tmp_path, capsys):  # noqa: F811  (the fixture)

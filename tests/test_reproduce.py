@@ -80,8 +80,9 @@ def test_paper_plan_maps_any_recipe_folder(tmp_path):
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "1-a.toml").write_text('arch = "vgg11"\nout = "runs/x/a"\nscale_min = 256\nscale_max = 256\n')
-    (recipes / "2-d.toml").write_text('arch = "D"\ninit_from = "runs/x/a"\nout = "runs/x/d"\nscale_min = 256\n'
-                                      "scale_max = 512\nlr = 0.001\n")
+    (recipes / "2-d.toml").write_text(
+        'arch = "D"\ninit_from = "runs/x/a"\nout = "runs/x/d"\nscale_min = 256\nscale_max = 512\nlr = 0.001\n'
+    )
     plan = rp.make_plan("paper", out=tmp_path / "o", recipes=recipes, seeds=[0, 1], data="/imnet")
     by = {r.name: r for r in plan.runs}
     assert set(by) == {"1-a-s0", "1-a-s1", "2-d-s0", "2-d-s1"}
@@ -109,8 +110,12 @@ def test_options_are_checked(tmp_path):
 
 def cells_with(**values):
     """Table 3 cells with the given per-seed top-1 errors (top-5 = 0)."""
-    return {"3": {k.replace("_", "@").replace("LRN@", "A-LRN@"): {s: [v, 0.0] for s, v in enumerate(vs)}
-                  for k, vs in values.items()}}  # fmt: skip
+    return {
+        "3": {
+            k.replace("_", "@").replace("LRN@", "A-LRN@"): {s: [v, 0.0] for s, v in enumerate(vs)}
+            for k, vs in values.items()
+        }
+    }
 
 
 def test_check_verdicts_follow_the_spread():
@@ -233,21 +238,41 @@ def test_paper_plan_under_torchrun_trains_with_ddp_then_evaluates_on_rank_0(tmp_
     data = rp.make_subset("mnist-scale", tmp_path / "data", (20, 5))
     recipes = tmp_path / "recipes"
     recipes.mkdir()
-    common = ('width = 0.0625\nfc_width = 16\ncrop_size = 32\nscale_min = 32\nscale_max = 32\nepochs = 1\n'
-              'batch_size = 20\ninit = "kaiming"\nflip = false\nworkers = 0\nstats_images = 50\ntensorboard = false\n')
+    common = (
+        "width = 0.0625\nfc_width = 16\ncrop_size = 32\nscale_min = 32\nscale_max = 32\nepochs = 1\n"
+        'batch_size = 20\ninit = "kaiming"\nflip = false\nworkers = 0\nstats_images = 50\ntensorboard = false\n'
+    )
     (recipes / "1-A.toml").write_text(common + 'arch = "A"\nout = "runs/t/A"\n')
     (recipes / "2-D.toml").write_text(common + 'arch = "D"\ninit_from = "runs/t/A"\nout = "runs/t/D"\n')
     script = tmp_path / "main.py"
-    script.write_text("import argparse, sys\nfrom vggnet.cli import reproduce as rp\nif __name__ == '__main__':\n"
-                      "    p = argparse.ArgumentParser()\n    rp.add_reproduce_arguments(p)\n"
-                      "    sys.exit(rp.run_reproduce_cli(p.parse_args(sys.argv[1:])))\n")  # fmt: skip
+    script.write_text(
+        "import argparse, sys\nfrom vggnet.cli import reproduce as rp\nif __name__ == '__main__':\n"
+        "    p = argparse.ArgumentParser()\n    rp.add_reproduce_arguments(p)\n"
+        "    sys.exit(rp.run_reproduce_cli(p.parse_args(sys.argv[1:])))\n"
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={port}", str(script), "--grid", "paper", "--recipes", str(recipes), "--data", str(data),
-           "--device", "cpu", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={port}",
+        str(script),
+        "--grid",
+        "paper",
+        "--recipes",
+        str(recipes),
+        "--data",
+        str(data),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -274,8 +299,10 @@ def test_reproduce_and_eval_share_one_test_scale_rule(tmp_path):
     data = tmp_path / "subset"
     for split in ("train", "val"):
         (data / split / "c0").mkdir(parents=True)
-    for plan in (rp.make_plan("small", out=tmp_path / "s", seeds=[0]), rp.make_plan("medium", out=tmp_path / "m",
-                                                                                      data=str(data))):  # fmt: skip
+    for plan in (
+        rp.make_plan("small", out=tmp_path / "s", seeds=[0]),
+        rp.make_plan("medium", out=tmp_path / "m", data=str(data)),
+    ):
         for e in plan.evals:
             run = plan.run(e.runs[0])
             single, multi = scales_for(run.scale, run.config().crop_size)

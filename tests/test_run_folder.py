@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny_runs import epoch_rows, same, weights
+from _tiny_runs import options as _options
+from _tiny_runs import small as _small
 
 from vggnet.cli import main
-from vggnet.config import read_recipe, resolve, toml_text, read_toml
+from vggnet.config import read_recipe, read_toml, resolve, toml_text
 from vggnet.export import export
 from vggnet.factory import create_model
 from vggnet.files import RunInUse, RunLock, atomic_write_text, check_output, holder, overlapping
 from vggnet.runs import load_run
 from vggnet.training import latest_checkpoint, train
 from vggnet.weights import read_state_dict
-from _tiny_runs import epoch_rows, same, weights
-from _tiny_runs import options as _options
-from _tiny_runs import small as _small
 
 SRC = str(Path(__file__).parents[1] / "src")
 
@@ -83,8 +83,10 @@ def test_check_output_rules(tmp_path):
 
 def test_export_never_clobbers(finished, tmp_path, capsys):
     before = weights(finished)
-    for out, why in ((finished / "model.safetensors", "the file this command reads"),
-                     (finished / "config.toml", "only `vgg train` writes")):  # fmt: skip
+    for out, why in (
+        (finished / "model.safetensors", "the file this command reads"),
+        (finished / "config.toml", "only `vgg train` writes"),
+    ):
         assert main(["export", str(finished), "--format", "safetensors", "--out", str(out), "--force"]) == 2
         assert why in capsys.readouterr().err
     assert same(weights(finished), before)
@@ -169,8 +171,10 @@ def test_a_second_writer_is_refused_naming_the_holder(finished, tmp_path, folder
 
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     run = tmp_path / "run"
-    code = (f"import sys, time; sys.path.insert(0, {SRC!r}); from vggnet.files import RunLock; "
-            f"lock = RunLock({str(run)!r}); print('held', flush=True); time.sleep(60)")  # fmt: skip
+    code = (
+        f"import sys, time; sys.path.insert(0, {SRC!r}); from vggnet.files import RunLock; "
+        f"lock = RunLock({str(run)!r}); print('held', flush=True); time.sleep(60)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "held"
@@ -284,9 +288,11 @@ def test_workers_are_capped_by_cores_and_memory(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_a_loader_worker_dies_with_its_parent(tmp_path):
-    code = (f"import os, sys, time; sys.path.insert(0, {SRC!r}); from vggnet.training.loaders import "
-            f"ignore_stop_signals\npid = os.fork()\nif pid == 0:\n    ignore_stop_signals(); time.sleep(60); "
-            f"os._exit(0)\nprint(pid, flush=True); time.sleep(60)")  # fmt: skip
+    code = (
+        f"import os, sys, time; sys.path.insert(0, {SRC!r}); from vggnet.training.loaders import "
+        f"ignore_stop_signals\npid = os.fork()\nif pid == 0:\n    ignore_stop_signals(); time.sleep(60); "
+        f"os._exit(0)\nprint(pid, flush=True); time.sleep(60)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     worker = int(parent.stdout.readline())
     os.kill(worker, signal.SIGTERM)  # ignored, as Ctrl-C is: the main process stops the run

@@ -28,8 +28,10 @@ def test_two_clones_install_one_at_a_time_and_get_a_venv_link(tmp_path):
         shutil.copy(ROOT / "pyproject.toml", clone)
         clones.append(clone)
     env = {k: v for k, v in os.environ.items() if k not in ("VENV", "MAKEFLAGS")}
-    procs = [subprocess.Popen(["make", "-s", "-C", str(c), "venv", f"VENV={venv}", f"CACHE={tmp_path / 'cache'}"],
-                              env=env) for c in clones]  # fmt: skip
+    procs = [
+        subprocess.Popen(["make", "-s", "-C", str(c), "venv", f"VENV={venv}", f"CACHE={tmp_path / 'cache'}"], env=env)
+        for c in clones
+    ]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     assert log.read_text().split() == ["start", "end", "start", "end"]  # never two at once
     for clone in clones:

@@ -16,10 +16,26 @@ from vggnet.weights import read_state_dict
 
 def small(folder, tmp_path, **kw):
     values = dict(
-        arch="A", width=1 / 16, fc_width=16, crop_size=32, scale_min=32, scale_max=40, data=str(folder),
-        val_fraction=0.2, batch_size=8, epochs=2, workers=0, device="cpu", log_every=1, tensorboard=False,
-        stats_images=16, init="kaiming", dropout=0.0, out=str(tmp_path / "run"), lr=0.01,
-    )  # fmt: skip
+        arch="A",
+        width=1 / 16,
+        fc_width=16,
+        crop_size=32,
+        scale_min=32,
+        scale_max=40,
+        data=str(folder),
+        val_fraction=0.2,
+        batch_size=8,
+        epochs=2,
+        workers=0,
+        device="cpu",
+        log_every=1,
+        tensorboard=False,
+        stats_images=16,
+        init="kaiming",
+        dropout=0.0,
+        out=str(tmp_path / "run"),
+        lr=0.01,
+    )
     values.update(kw)
     return resolve(values)
 
@@ -126,8 +142,9 @@ def test_crash_between_write_and_rename_keeps_the_previous_checkpoint(folder, tm
 
 
 def _ddp_worker(rank, world, port, cfg):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     try:
         train(cfg)
@@ -170,8 +187,14 @@ def test_config_toml_round_trips_awkward_values():
 
     from vggnet.config import TrainConfig, from_dict, toml_text
 
-    cfg = TrainConfig(out='runs/a "quoted" \\ path\té\n', data="/data/ImageNet 2012", lr=1e-5, lr_threshold=math.inf,
-                      flip=False, width=1 / 3)  # fmt: skip
+    cfg = TrainConfig(
+        out='runs/a "quoted" \\ path\té\n',
+        data="/data/ImageNet 2012",
+        lr=1e-5,
+        lr_threshold=math.inf,
+        flip=False,
+        width=1 / 3,
+    )
     back = from_dict(tomllib.loads(toml_text(cfg.to_dict())))
     assert back == cfg
     with pytest.raises(TypeError, match="config key x"):

@@ -10,13 +10,27 @@ import importlib
 # Attributes load on first use, so that `vgg --help` and `import vggnet.config` do not wait for torch. The
 # functions train and evaluate live in the packages vggnet.training and vggnet.evaluation: no module shadows them.
 _LAZY = {
-    "CONFIGS": "architectures", "list_models": "architectures", "parse_name": "architectures",
-    "init_from_net_a": "weights", "init_weights": "init", "VGGFeatures": "features", "PerceptualLoss": "perceptual",
+    "CONFIGS": "architectures",
+    "list_models": "architectures",
+    "parse_name": "architectures",
+    "init_from_net_a": "weights",
+    "init_weights": "init",
+    "VGGFeatures": "features",
+    "PerceptualLoss": "perceptual",
     "transforms": "pretrained",
-    "VGG": "model", "create_model": "factory", "spatial_average": "model",
-    "export_weights": "weights", "load_model": "weights", "load_weights": "weights", "save_weights": "weights",
-    "TrainConfig": "config", "evaluate": "evaluation", "predict": "evaluation", "load_run": "runs", "train": "training",
-}  # fmt: skip
+    "VGG": "model",
+    "create_model": "factory",
+    "spatial_average": "model",
+    "export_weights": "weights",
+    "load_model": "weights",
+    "load_weights": "weights",
+    "save_weights": "weights",
+    "TrainConfig": "config",
+    "evaluate": "evaluation",
+    "predict": "evaluation",
+    "load_run": "runs",
+    "train": "training",
+}
 
 
 def __getattr__(name: str):

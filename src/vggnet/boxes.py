@@ -78,8 +78,9 @@ def crop_boxes(boxes: torch.Tensor, top: float, left: float, clip: tuple[int, in
     out = boxes - boxes.new_tensor([left, top, left, top])
     if clip is not None:
         h, w = clip
-        out = torch.stack([out[..., 0].clamp(0, w), out[..., 1].clamp(0, h), out[..., 2].clamp(0, w),
-                           out[..., 3].clamp(0, h)], -1)  # fmt: skip
+        out = torch.stack(
+            [out[..., 0].clamp(0, w), out[..., 1].clamp(0, h), out[..., 2].clamp(0, w), out[..., 3].clamp(0, h)], -1
+        )
     return out
 
 
@@ -164,8 +165,10 @@ def read_box_csv(path: str | os.PathLike) -> dict[str, list[tuple[str, tuple[flo
             if not row or row[0].startswith("#") or (n == 1 and row[0].strip().lower() == "image"):
                 continue
             if len(row) != 6:
-                raise ValueError(f"{path}:{n}: expected 6 fields (image,x0,y0,x1,y1,class), got {len(row)}; "
-                                 "fix the line or remove it")  # fmt: skip
+                raise ValueError(
+                    f"{path}:{n}: expected 6 fields (image,x0,y0,x1,y1,class), got {len(row)}; "
+                    "fix the line or remove it"
+                )
             try:
                 box = tuple(float(v) for v in row[1:5])
             except ValueError:
@@ -233,8 +236,13 @@ def _image_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-def attach_boxes(samples: Sequence[tuple[str, int]], classes: Sequence[str], root: str | os.PathLike,
-                 csv_file: str | os.PathLike | None = None, report: BoxReport | None = None) -> list[BoxSample]:
+def attach_boxes(
+    samples: Sequence[tuple[str, int]],
+    classes: Sequence[str],
+    root: str | os.PathLike,
+    csv_file: str | os.PathLike | None = None,
+    report: BoxReport | None = None,
+) -> list[BoxSample]:
     """The (path, label) samples of a data set with their boxes, from a box CSV or VOC XML files.
 
     ``csv_file`` (default: ``root/boxes.csv`` when it exists) names boxes by image; otherwise each image's VOC
@@ -276,7 +284,9 @@ def attach_boxes(samples: Sequence[tuple[str, int]], classes: Sequence[str], roo
             if why:
                 report.add(f"{path} box {box}", why)
                 continue
-            good.append([min(max(box[0], 0), w), min(max(box[1], 0), h), min(max(box[2], 0), w), min(max(box[3], 0), h)])
+            good.append(
+                [min(max(box[0], 0), w), min(max(box[1], 0), h), min(max(box[2], 0), w), min(max(box[3], 0), h)]
+            )
         if not good:
             if objects and not any(n == classes[label] or n == str(label) for n, _ in objects):
                 report.add(str(path), f"no box of its class {classes[label]!r}")
@@ -294,9 +304,14 @@ def attach_boxes(samples: Sequence[tuple[str, int]], classes: Sequence[str], roo
     return out
 
 
-def box_samples(spec: str | os.PathLike, split: str = "train", csv_file: str | os.PathLike | None = None,
-                max_per_class: int = 0, report: BoxReport | None = None,
-                cache_dir: str | os.PathLike | None = None) -> tuple[list[BoxSample], list[str]]:
+def box_samples(
+    spec: str | os.PathLike,
+    split: str = "train",
+    csv_file: str | os.PathLike | None = None,
+    max_per_class: int = 0,
+    report: BoxReport | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[list[BoxSample], list[str]]:
     """The images of split ``train`` or ``val`` of a data spec with their boxes, and the class names.
 
     ``spec`` is an embedded data set (its boxes are recorded when it is materialised) or a folder with
@@ -322,6 +337,21 @@ def box_samples(spec: str | os.PathLike, split: str = "train", csv_file: str | o
 
 
 __all__ = [
-    "BOXES_FILE", "BoxReport", "BoxSample", "area", "attach_boxes", "augment_boxes", "box_problem", "box_samples",
-    "crop_boxes", "flip_boxes", "iou", "read_box_csv", "read_voc_xml", "rescale_boxes", "to_cxcywh", "to_xyxy", "write_box_csv",
-]  # fmt: skip
+    "BOXES_FILE",
+    "BoxReport",
+    "BoxSample",
+    "area",
+    "attach_boxes",
+    "augment_boxes",
+    "box_problem",
+    "box_samples",
+    "crop_boxes",
+    "flip_boxes",
+    "iou",
+    "read_box_csv",
+    "read_voc_xml",
+    "rescale_boxes",
+    "to_cxcywh",
+    "to_xyxy",
+    "write_box_csv",
+]

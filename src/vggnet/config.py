@@ -37,10 +37,13 @@ class TrainConfig:
         "paper",
         "paper: N(0, 0.01^2) as the authors' Caffe filler; paper-literal: std 0.1; glorot; kaiming",
     )
-    init_from: str = option("", "SOURCE: a run folder (net A -> the paper's transfer to a deeper net; the same net "
-                            "-> all its weights), a weights file of any layout, a URL, torchvision:vgg16, "
-                            "timm:vgg16.tv_in1k or caffe:vgg16 (fine-tuning); the net (--arch, width, crop) and "
-                            "its input convention come from SOURCE unless given (docs/finetune.md)")
+    init_from: str = option(
+        "",
+        "SOURCE: a run folder (net A -> the paper's transfer to a deeper net; the same net "
+        "-> all its weights), a weights file of any layout, a URL, torchvision:vgg16, "
+        "timm:vgg16.tv_in1k or caffe:vgg16 (fine-tuning); the net (--arch, width, crop) and "
+        "its input convention come from SOURCE unless given (docs/finetune.md)",
+    )
     finetune_preset: str = option(
         "auto",
         "the fine-tuning preset under --init-from (docs/finetune.md: lr 1e-3, 20 epochs, new layer at 10x lr, ...; "
@@ -48,12 +51,16 @@ class TrainConfig:
         "weights file, a run on other data), off for a run on the same data (the paper's staged init); on; off. "
         "The run records on or off",
     )
-    freeze: str = option("none", "train nothing up to and including this layer of the paper's naming: conv5_3, "
-                         "conv4_3, pool4, ... (the names of the net's own config), fc6, fc7, "
-                         "features (every conv: train the classifier only) or none; frozen batch norm stays in eval "
-                         "mode")
-    head_lr_mult: float = option(1.0, "the last layer (fc8, new when the classes differ from SOURCE's) learns at "
-                                 "this multiple of --lr")
+    freeze: str = option(
+        "none",
+        "train nothing up to and including this layer of the paper's naming: conv5_3, "
+        "conv4_3, pool4, ... (the names of the net's own config), fc6, fc7, "
+        "features (every conv: train the classifier only) or none; frozen batch norm stays in eval "
+        "mode",
+    )
+    head_lr_mult: float = option(
+        1.0, "the last layer (fc8, new when the classes differ from SOURCE's) learns at this multiple of --lr"
+    )
     # --- data
     data: str = option(
         "mnist",
@@ -127,7 +134,9 @@ class TrainConfig:
                 f"S >= crop (set --scale to at least {self.crop_size})"
             )
         if self.batch_size < 1 or self.accum_steps < 1 or self.batch_size % self.accum_steps:
-            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}")
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}"
+            )
         if self.loader not in ("auto", "cpu", "gpu"):
             raise ValueError(f"loader must be 'auto', 'cpu' or 'gpu', got {self.loader!r}")
         if self.pixel_range == 0:
@@ -135,7 +144,9 @@ class TrainConfig:
             # their input through the net, so they want inputs of unit scale (init.py's module doc).
             self.pixel_range = 255 if self.init.startswith("paper") else 1
         if self.pixel_range not in (1, 255):
-            raise ValueError(f"pixel_range must be 255 (the authors' 0-255 pixels) or 1 ([0, 1]), got {self.pixel_range}")
+            raise ValueError(
+                f"pixel_range must be 255 (the authors' 0-255 pixels) or 1 ([0, 1]), got {self.pixel_range}"
+            )
         check_normalize(self.normalize)
         try:
             parse_name(self.arch)  # an unknown --arch fails here, before the data are scanned
@@ -168,10 +179,15 @@ class TrainConfig:
 
     def _check_ranges(self) -> None:
         """Values outside what SGD and the data split can use: one line naming the flag."""
-        for name, low, high, text in (("momentum", 0, 1, "0 <= m < 1"), ("dropout", 0, 1, "0 <= p < 1"),
-                                      ("label_smoothing", 0, 1, "0 <= e < 1"), ("val_fraction", 0, 1, "0 <= f < 1"),
-                                      ("weight_decay", 0, math.inf, "0 or more"), ("colour_shift", 0, math.inf,
-                                      "0 or more"), ("lr_threshold", 0, math.inf, "0 or more")):  # fmt: skip
+        for name, low, high, text in (
+            ("momentum", 0, 1, "0 <= m < 1"),
+            ("dropout", 0, 1, "0 <= p < 1"),
+            ("label_smoothing", 0, 1, "0 <= e < 1"),
+            ("val_fraction", 0, 1, "0 <= f < 1"),
+            ("weight_decay", 0, math.inf, "0 or more"),
+            ("colour_shift", 0, math.inf, "0 or more"),
+            ("lr_threshold", 0, math.inf, "0 or more"),
+        ):
             v = getattr(self, name)
             if not (low <= v < high or v == high == math.inf):  # NaN fails both; inf is allowed where unbounded
                 raise ValueError(f"--{name.replace('_', '-')} must be {text}, got {v}")
@@ -189,19 +205,62 @@ class TrainConfig:
 # 0.1 for its 4,000 digits; the paper's net A, no batch norm; docs/demo.md has the experiments.
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist": dict(
-        arch="A", width=0.25, fc_width=256, crop_size=32, scale_min=32, scale_max=44, flip=False, init="kaiming",
-        epochs=18, batch_size=64, lr=0.02, lr_decays=2, stats_images=2000, log_every=20,
-        dropout=0.5, label_smoothing=0.1, workers=1, cache_images=True,
+        arch="A",
+        width=0.25,
+        fc_width=256,
+        crop_size=32,
+        scale_min=32,
+        scale_max=44,
+        flip=False,
+        init="kaiming",
+        epochs=18,
+        batch_size=64,
+        lr=0.02,
+        lr_decays=2,
+        stats_images=2000,
+        log_every=20,
+        dropout=0.5,
+        label_smoothing=0.1,
+        workers=1,
+        cache_images=True,
     ),
     "mnist-scale": dict(
-        arch="A", width=0.25, fc_width=256, crop_size=32, scale_min=32, scale_max=64, flip=False, init="kaiming",
-        epochs=10, batch_size=64, lr=0.02, lr_decays=2, stats_images=2000, log_every=20,
-        dropout=0.3, workers=1, cache_images=True,
+        arch="A",
+        width=0.25,
+        fc_width=256,
+        crop_size=32,
+        scale_min=32,
+        scale_max=64,
+        flip=False,
+        init="kaiming",
+        epochs=10,
+        batch_size=64,
+        lr=0.02,
+        lr_decays=2,
+        stats_images=2000,
+        log_every=20,
+        dropout=0.3,
+        workers=1,
+        cache_images=True,
     ),
     "mnist-clutter": dict(  # the small reproduction grid's nets: 64 crops, block 5's convs on 4x4 maps
-        arch="A", width=0.0625, fc_width=128, crop_size=64, scale_min=64, scale_max=128, flip=False,
-        init="kaiming", epochs=40, batch_size=32, lr=0.01, lr_decays=2, stats_images=1000,
-        log_every=50, dropout=0.0, workers=1, cache_images=True,
+        arch="A",
+        width=0.0625,
+        fc_width=128,
+        crop_size=64,
+        scale_min=64,
+        scale_max=128,
+        flip=False,
+        init="kaiming",
+        epochs=40,
+        batch_size=32,
+        lr=0.01,
+        lr_decays=2,
+        stats_images=1000,
+        log_every=50,
+        dropout=0.0,
+        workers=1,
+        cache_images=True,
     ),
 }
 
@@ -219,7 +278,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 # - the scale: the source's training scale (set with the architecture, not here), so that the filters see
 #   objects at the size they learned them.
 FINETUNE_PRESET: dict[str, Any] = dict(
-    lr=1e-3, head_lr_mult=10.0, epochs=20, lr_decays=2, dropout=0.5, weight_decay=5e-4, momentum=0.9,
+    lr=1e-3,
+    head_lr_mult=10.0,
+    epochs=20,
+    lr_decays=2,
+    dropout=0.5,
+    weight_decay=5e-4,
+    momentum=0.9,
 )
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -273,8 +338,10 @@ def read_run_config(path: str | Path) -> dict[str, Any]:
     values = read_toml(path)
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; the keys are the `vgg train` options with _ for - "
-                         f"(fix or delete those lines)")  # fmt: skip
+        raise ValueError(
+            f"{path}: unknown key(s) {unknown}; the keys are the `vgg train` options with _ for - "
+            f"(fix or delete those lines)"
+        )
     return values
 
 
@@ -305,7 +372,9 @@ def _readable(key: str, v: str) -> str:
     try:
         return v.encode("utf-8", "surrogateescape").decode("utf-8")
     except UnicodeError:
-        raise ValueError(f"{key} {v!r} holds bytes that are not UTF-8 text; use a UTF-8 name (or PYTHONUTF8=1)") from None
+        raise ValueError(
+            f"{key} {v!r} holds bytes that are not UTF-8 text; use a UTF-8 name (or PYTHONUTF8=1)"
+        ) from None
 
 
 # Keys that say how a run executes and logs, never what it computes (beyond the order of floating-point sums):
@@ -351,8 +420,9 @@ def explicit_values(overrides: dict[str, Any] | None = None, recipe: str | Path 
     return values
 
 
-def resolve(overrides: dict[str, Any] | None = None, recipe: str | Path | None = None,
-            defaults: dict[str, Any] | None = None) -> TrainConfig:
+def resolve(
+    overrides: dict[str, Any] | None = None, recipe: str | Path | None = None, defaults: dict[str, Any] | None = None
+) -> TrainConfig:
     """Build the config: paper defaults < data preset < ``defaults`` < recipe < overrides (None values are
     ignored). ``defaults``: what --init-from's source sets (its net and the fine-tuning preset,
     vggnet.training.finetune)."""
@@ -390,7 +460,19 @@ def field_help() -> dict[str, str]:
 
 
 __all__ = [
-    "FINETUNE_PRESET", "HOW_IT_RUNS", "PRESETS", "SAFE_ON_RESUME", "TrainConfig", "config_changes", "explicit_values",
-    "field_help", "from_dict", "read_recipe", "read_run_config", "read_toml", "refuse_unsafe_changes", "resolve",
+    "FINETUNE_PRESET",
+    "HOW_IT_RUNS",
+    "PRESETS",
+    "SAFE_ON_RESUME",
+    "TrainConfig",
+    "config_changes",
+    "explicit_values",
+    "field_help",
+    "from_dict",
+    "read_recipe",
+    "read_run_config",
+    "read_toml",
+    "refuse_unsafe_changes",
+    "resolve",
     "toml_text",
-]  # fmt: skip
+]

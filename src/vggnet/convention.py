@@ -89,12 +89,14 @@ class Convention:
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """(..., 3, H, W) RGB pixels on [0, 255] (uint8, or float on that scale) -> the net's float32 input."""
         import torch  # here: the config (and `vgg train --help`) reads the vocabulary without loading torch
+
         x = pixels.to(torch.float32)
         if self.channel_order == "BGR":
             x = x.flip(-3)
         if x.device not in self._on:
-            self._on[x.device] = tuple(torch.tensor(v, dtype=torch.float32, device=x.device)[:, None, None]
-                                       for v in (self.scale, self.offset))  # fmt: skip
+            self._on[x.device] = tuple(
+                torch.tensor(v, dtype=torch.float32, device=x.device)[:, None, None] for v in (self.scale, self.offset)
+            )
         scale, offset = self._on[x.device]
         return x * scale + offset
 
@@ -108,19 +110,25 @@ class Convention:
     def mean01(self) -> torch.Tensor:
         """The mean on the [0, 1] scale, (3,) float32 (the canonical form: ``(p / 255 - mean01) / std01``)."""
         import torch
+
         return torch.tensor([m / self.pixel_range for m in self.mean], dtype=torch.float32)
 
     @property
     def std01(self) -> torch.Tensor:
         import torch
+
         return torch.tensor([s / self.pixel_range for s in self.std], dtype=torch.float32)
 
     def to_cfg(self) -> dict[str, Any]:
         """The convention's keys of ``pretrained_cfg``: mean and std on the [0, 1] scale (torchvision's habit,
         what ``Normalize`` takes), with the pixel range and channel order that make them exact."""
-        return dict(channel_order=self.channel_order, value_range=[0, 1], pixel_range=self.pixel_range,
-                    mean=[m / self.pixel_range for m in self.mean],
-                    std=[s / self.pixel_range for s in self.std])  # fmt: skip
+        return dict(
+            channel_order=self.channel_order,
+            value_range=[0, 1],
+            pixel_range=self.pixel_range,
+            mean=[m / self.pixel_range for m in self.mean],
+            std=[s / self.pixel_range for s in self.std],
+        )
 
     @classmethod
     def from_cfg(cls, cfg: dict[str, Any] | None) -> Convention | None:
@@ -128,8 +136,12 @@ class Convention:
         if not cfg or "mean" not in cfg:
             return None
         pr = int(cfg.get("pixel_range", 1))
-        return cls(tuple(m * pr for m in cfg["mean"]), tuple(s * pr for s in cfg.get("std", (1.0, 1.0, 1.0))), pr,
-                   str(cfg.get("channel_order", "RGB")))  # fmt: skip
+        return cls(
+            tuple(m * pr for m in cfg["mean"]),
+            tuple(s * pr for s in cfg.get("std", (1.0, 1.0, 1.0))),
+            pr,
+            str(cfg.get("channel_order", "RGB")),
+        )
 
     @classmethod
     def of_run(cls, stats: Any, normalize: str, pixel_range: int = 1) -> Convention:
@@ -153,8 +165,10 @@ def parse_normalize(spec: str, stats: Any = None, pixel_range: int = 1) -> Conve
     """
     s = str(spec).strip().lower()
     if s in _STATS_FORMS and stats is None:
-        raise ValueError(f"--normalize {s} uses a training set's statistics, which weights alone do not have; "
-                         f"use imagenet, caffe or mean:R,G,B")  # fmt: skip
+        raise ValueError(
+            f"--normalize {s} uses a training set's statistics, which weights alone do not have; "
+            f"use imagenet, caffe or mean:R,G,B"
+        )
     if s == "mean":
         return Convention(tuple(m * pixel_range for m in stats.mean), pixel_range=pixel_range)
     if s == "standardize":
@@ -171,8 +185,9 @@ def parse_normalize(spec: str, stats: Any = None, pixel_range: int = 1) -> Conve
         if len(vals) == 3:
             vals01 = vals if all(v <= 1 for v in vals) else [v / 255 for v in vals]
             return Convention(tuple(v * pixel_range for v in vals01), pixel_range=pixel_range)
-    raise ValueError(f"unknown normalisation {spec!r}; use --normalize {NORMALIZE_FORMS} "
-                     f"(e.g. mean:123.68,116.78,103.94)")  # fmt: skip
+    raise ValueError(
+        f"unknown normalisation {spec!r}; use --normalize {NORMALIZE_FORMS} (e.g. mean:123.68,116.78,103.94)"
+    )
 
 
 def check_normalize(spec: str) -> str:
@@ -189,9 +204,16 @@ class _Unit:
 _UNIT = _Unit()
 
 __all__ = [
-    "CAFFE_MEAN_BGR", "CAFFE_MEAN_RGB01", "Convention", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZE_FORMS",
-    "NORMALIZE_HELP", "check_normalize", "parse_normalize",
-]  # fmt: skip
+    "CAFFE_MEAN_BGR",
+    "CAFFE_MEAN_RGB01",
+    "Convention",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORMALIZE_FORMS",
+    "NORMALIZE_HELP",
+    "check_normalize",
+    "parse_normalize",
+]
 
 
 class ConventionTensors:
@@ -207,4 +229,3 @@ class ConventionTensors:
     @property
     def std(self) -> torch.Tensor:
         return self.convention.std01
-

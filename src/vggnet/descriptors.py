@@ -25,9 +25,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from safetensors.torch import save_file
+from torch import nn
 
 from . import runs
 from .convention import Convention
@@ -67,9 +66,16 @@ def aggregate(per_scale: Sequence[torch.Tensor], how: str = "mean") -> torch.Ten
 
 
 @torch.inference_mode()
-def describe(model: nn.Module, images: Sequence[torch.Tensor], scales: Sequence[int], convention: Convention,
-             how: str = "mean", flip: bool = True, batch_size: int = 64,
-             device: torch.device | str = "cpu") -> torch.Tensor:  # fmt: skip
+def describe(
+    model: nn.Module,
+    images: Sequence[torch.Tensor],
+    scales: Sequence[int],
+    convention: Convention,
+    how: str = "mean",
+    flip: bool = True,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Descriptors (N, D or D x scales) of uint8 (3, H, W) images (module doc), each rescaled to Q and put into
     the net's input by ``convention`` as every test protocol does (``prepare_images``). Every Q must be at least
     the net's crop size; images of one shape are batched together."""
@@ -155,8 +161,10 @@ def check_request(path: str | os.PathLike, request: dict[str, Any]) -> bool:
     diff = [k for k in ("net", "net_sha256", "scales", "aggregate", "flip", "data") if have.get(k) != request.get(k)]
     if diff:
         said = ", ".join(f"{k} {have.get(k)!r} (requested {request.get(k)!r})" for k in diff)
-        raise ValueError(f"{path} holds descriptors of another request: {said}; pass another --out, or delete the "
-                         "file to recompute it")  # fmt: skip
+        raise ValueError(
+            f"{path} holds descriptors of another request: {said}; pass another --out, or delete the "
+            "file to recompute it"
+        )
     return True
 
 
@@ -174,8 +182,9 @@ def _data_samples(data: str) -> tuple[list[tuple[str, int]], list[str]]:
     return sorted(train + val, key=lambda s: (s[1], s[0])), list(classes)
 
 
-def _describing_net(run: str | None, weights: str | None, random_init: bool,
-                    normalize: str | None = None) -> tuple[Net, str, str]:  # fmt: skip
+def _describing_net(
+    run: str | None, weights: str | None, random_init: bool, normalize: str | None = None
+) -> tuple[Net, str, str]:
     """(net, its description, a hash naming its weights) of a run, a run's net with random weights, or
     ``--weights`` (a run folder, a file of any supported layout, a URL or a named source: their own input
     convention, or ``normalize`` for a file that carries none)."""
@@ -195,11 +204,20 @@ def _describing_net(run: str | None, weights: str | None, random_init: bool,
     raise ValueError("vgg features needs a RUN folder, --weights SOURCE or --raw-pixels SIDE")
 
 
-def compute_features(data: str, run: str | None = None, weights: str | None = None,
-                     scales: Sequence[int] | None = None, how: str = "mean", flip: bool = True,
-                     random_init: bool = False, raw_pixels: int = 0, device: str = "auto",
-                     out: str | os.PathLike | None = None, normalize: str | None = None,
-                     log=print) -> Features:  # fmt: skip
+def compute_features(
+    data: str,
+    run: str | None = None,
+    weights: str | None = None,
+    scales: Sequence[int] | None = None,
+    how: str = "mean",
+    flip: bool = True,
+    random_init: bool = False,
+    raw_pixels: int = 0,
+    device: str = "auto",
+    out: str | os.PathLike | None = None,
+    normalize: str | None = None,
+    log=print,
+) -> Features:
     """Descriptors of every image of ``data`` by a run's net (``run``), ``weights`` (any source: a run, a file, a
     URL, a named source; ``normalize`` states the convention of a file that carries none), the same net with
     random weights (``random_init``), or raw pixels (``raw_pixels`` = side), written to ``out`` when given.
@@ -235,14 +253,27 @@ def compute_features(data: str, run: str | None = None, weights: str | None = No
     else:
         model = described.model.to(dev).eval()
         desc = describe(model, images, scales, described.convention, how, flip, device=dev)
-    feats = Features(desc, torch.tensor(labels, dtype=torch.int64), files, classes,
-                     dict(request, seconds=round(time.perf_counter() - t0, 2), skipped=bad))  # fmt: skip
+    feats = Features(
+        desc,
+        torch.tensor(labels, dtype=torch.int64),
+        files,
+        classes,
+        dict(request, seconds=round(time.perf_counter() - t0, 2), skipped=bad),
+    )
     if out is not None:
         save_features(out, feats)
     return feats
 
 
 __all__ = [
-    "AGGREGATES", "Features", "aggregate", "check_request", "compute_features", "describe", "load_features",
-    "pixel_descriptors", "save_features", "scale_descriptors",
-]  # fmt: skip
+    "AGGREGATES",
+    "Features",
+    "aggregate",
+    "check_request",
+    "compute_features",
+    "describe",
+    "load_features",
+    "pixel_descriptors",
+    "save_features",
+    "scale_descriptors",
+]

@@ -53,17 +53,26 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, dense: bool = False, 
     try:
         import onnxscript  # noqa: F401  torch's ONNX exporter needs it
     except ImportError:
-        raise ValueError("ONNX export needs onnxscript and onnx: pip install onnxscript onnx onnxruntime "
-                         "(or pip install vggnet[dev])") from None  # fmt: skip
+        raise ValueError(
+            "ONNX export needs onnxscript and onnx: pip install onnxscript onnx onnxruntime "
+            "(or pip install vggnet[dev])"
+        ) from None
     meta = {ARCH_KEY: json.dumps(getattr(net, "arch", {})), "vggnet.input": "dense" if dense else "crop"}
     if getattr(net, "pretrained_cfg", None):
         meta[PRETRAINED_CFG_KEY] = json.dumps(net.pretrained_cfg)
 
     def write(tmp: str) -> None:
         with torch.no_grad():
-            program = torch.onnx.export(module, (example,), dynamic_shapes=shapes, input_names=["x"],
-                                        output_names=["scores"], dynamo=True, opset_version=opset,
-                                        verbose=False)  # fmt: skip
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamic_shapes=shapes,
+                input_names=["x"],
+                output_names=["scores"],
+                dynamo=True,
+                opset_version=opset,
+                verbose=False,
+            )
         for k, v in meta.items():
             program.model.metadata_props[k] = v
         program.save(tmp)
@@ -72,8 +81,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, dense: bool = False, 
 
 
 def check_onnx(
-    model: nn.Module, path: str | os.PathLike, sizes: Sequence[tuple[int, int]], dense: bool = False,
-    batch: int = 2, atol: float = 1e-3,
+    model: nn.Module,
+    path: str | os.PathLike,
+    sizes: Sequence[tuple[int, int]],
+    dense: bool = False,
+    batch: int = 2,
+    atol: float = 1e-3,
 ) -> list[float]:
     """Run the ONNX file in onnxruntime and the torch model (``model.dense`` with ``dense``) on the same random
     inputs of each (H, W) in ``sizes``; return the max abs differences, raising if one exceeds ``atol`` times
@@ -103,8 +116,9 @@ def check_onnx(
 FORMATS = ("onnx", "safetensors", "torchvision", "timm")
 
 
-def net_to_export(run: str | os.PathLike | None = None, weights: str | None = None,
-                  normalize: str | None = None) -> nn.Module:
+def net_to_export(
+    run: str | os.PathLike | None = None, weights: str | None = None, normalize: str | None = None
+) -> nn.Module:
     """The net of a run folder or of ``weights`` (a file, URL or named source), in eval mode, carrying its input
     convention (``pretrained_cfg``: a run made before weights carried one gets it from its stats.json)."""
     if bool(run) == bool(weights):
@@ -115,9 +129,14 @@ def net_to_export(run: str | os.PathLike | None = None, weights: str | None = No
     model = r.model
     if not getattr(model, "pretrained_cfg", None):  # older runs: their convention from stats.json
         s = r.config.get("scale_min", model.crop_size)
-        model.pretrained_cfg = make_cfg(r.convention, source=str(r.path),
-                                        num_classes=model.num_classes, classes=list(r.classes), resize=s,
-                                        crop=model.crop_size)  # fmt: skip
+        model.pretrained_cfg = make_cfg(
+            r.convention,
+            source=str(r.path),
+            num_classes=model.num_classes,
+            classes=list(r.classes),
+            resize=s,
+            crop=model.crop_size,
+        )
     return model.eval()
 
 
@@ -125,8 +144,14 @@ def net_to_export(run: str | os.PathLike | None = None, weights: str | None = No
 LIBRARY_CONFIGS = ("A", "B", "D", "E")
 
 
-def export(model: nn.Module, out: str | os.PathLike, format: str = "onnx", dense: bool = False,
-           force: bool = False, reads: Sequence[str | os.PathLike | None] = ()) -> Path:
+def export(
+    model: nn.Module,
+    out: str | os.PathLike,
+    format: str = "onnx",
+    dense: bool = False,
+    force: bool = False,
+    reads: Sequence[str | os.PathLike | None] = (),
+) -> Path:
     """Write ``model`` as ONNX (crop or dense net), our safetensors, or a torchvision / timm state dict.
 
     ``out`` is checked first (:func:`vggnet.files.check_output`): never a device, FIFO or folder, never a file
@@ -138,8 +163,10 @@ def export(model: nn.Module, out: str | os.PathLike, format: str = "onnx", dense
         raise ValueError("--dense applies to --format onnx (the weights are the same for crops and dense)")
     config = getattr(unwrap(model), "arch", {}).get("config")
     if format in ("torchvision", "timm") and config not in LIBRARY_CONFIGS:
-        raise ValueError(f"--format {format}: {format} has no VGG of config {config} (only A, B, D, E: vgg11-19); "
-                         f"export it with --format safetensors or onnx")  # fmt: skip
+        raise ValueError(
+            f"--format {format}: {format} has no VGG of config {config} (only A, B, D, E: vgg11-19); "
+            f"export it with --format safetensors or onnx"
+        )
     check_output(out, force=force, reads=reads)
     if format == "onnx":
         return export_onnx(model, out, dense=dense)

@@ -32,7 +32,8 @@ def create_model(
 
     Options: ``width``, ``fc_width``, ``crop_size``, ``dropout``, ``batch_norm`` (overrides the name's _bn),
     ``in_chans``, ``inplace_relu``, and ``init`` ("paper", the default: N(0, 0.01^2) weights and zero biases, the
-    authors' Caffe filler, for inputs on the 0-255 scale; "paper-literal": std 0.1; "glorot"; "kaiming"), ``seed`` (an int: the init is drawn from torch.Generator seeded with it).
+    authors' Caffe filler, for inputs on the 0-255 scale; "paper-literal": std 0.1; "glorot"; "kaiming"), ``seed``
+    (an int: the init is drawn from torch.Generator seeded with it).
 
     ``pretrained``: weights to load, downloaded only when asked (vggnet.pretrained): a run folder, a local file,
     a URL, a named source ("torchvision:vgg16", "timm:vgg16.tv_in1k", "caffe:vgg16"), or True for the net's
@@ -74,9 +75,11 @@ def default_weights(name: str) -> str:
     config, bn = parse_name(name)
     alias = next((a for a, c in ALIASES.items() if c == config), None)
     if alias not in TORCHVISION_NAMES:
-        raise WeightsError(f"{name}: no released weights for config {config} (torchvision's are for A, B, D, E and "
-                           f"their _bn, the Caffe files for D and E); pass pretrained= a run folder, a file or a "
-                           f"URL, or one of {', '.join(SOURCES)}")  # fmt: skip
+        raise WeightsError(
+            f"{name}: no released weights for config {config} (torchvision's are for A, B, D, E and "
+            f"their _bn, the Caffe files for D and E); pass pretrained= a run folder, a file or a "
+            f"URL, or one of {', '.join(SOURCES)}"
+        )
     return f"torchvision:{alias}{'_bn' if bn else ''}"
 
 

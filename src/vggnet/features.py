@@ -51,14 +51,18 @@ class VGGFeatures(nn.Module):
             layers = [layers] if isinstance(layers, str) else list(layers)
             unknown = [n for n in layers if n not in names]
             if unknown or not layers:
-                raise ValueError(f"unknown layer(s) {unknown} for the conv layers of {config}; they are {', '.join(names)}")
+                raise ValueError(
+                    f"unknown layer(s) {unknown} for the conv layers of {config}; they are {', '.join(names)}"
+                )
             idx = [names.index(n) for n in layers]
         else:
             out_indices = tuple(range(5)) if out_indices is None else tuple(out_indices)
             bad = [i for i in out_indices if not -len(stages) <= i < len(stages)]
             if bad or not out_indices:
-                raise ValueError(f"out_indices {list(out_indices)}: stages are 0-{len(stages) - 1} "
-                                 f"({', '.join(s['name'] for s in stages)})")  # fmt: skip
+                raise ValueError(
+                    f"out_indices {list(out_indices)}: stages are 0-{len(stages) - 1} "
+                    f"({', '.join(s['name'] for s in stages)})"
+                )
             idx = [stages[i]["index"] for i in out_indices]
             layers = [names[i] for i in idx]
         self.out_names = list(layers)

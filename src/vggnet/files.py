@@ -27,9 +27,13 @@ _RUN_MARKERS = ("config.toml", "model.safetensors")
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket")):  # fmt: skip
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -46,8 +50,10 @@ def writable_target(path: str | os.PathLike) -> Path:
     except FileNotFoundError:
         return path
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path} is {_kind(st.st_mode)}: vggnet writes only regular files and will not replace "
-                         f"it; name a file path instead")  # fmt: skip
+        raise ValueError(
+            f"{path} is {_kind(st.st_mode)}: vggnet writes only regular files and will not replace "
+            f"it; name a file path instead"
+        )
     return path
 
 
@@ -96,8 +102,9 @@ def run_folder_of(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def check_output(out: str | os.PathLike, force: bool = False, reads: Iterable[str | os.PathLike | None] = (),
-                 flag: str = "--out") -> Path:
+def check_output(
+    out: str | os.PathLike, force: bool = False, reads: Iterable[str | os.PathLike | None] = (), flag: str = "--out"
+) -> Path:
     """Refuse an output path that would clobber something; return it.
 
     Refused: a device, FIFO, socket or folder (always); a file the command reads (``reads``); an existing
@@ -113,8 +120,9 @@ def check_output(out: str | os.PathLike, force: bool = False, reads: Iterable[st
             raise ValueError(f"{flag} {out} is the file this command reads ({src}); write to another file")
     run = run_folder_of(target)
     if run is not None:
-        raise ValueError(f"{flag} {out} is a file of the run {run}, which only `vgg train` writes; write to a new "
-                         f"file name")  # fmt: skip
+        raise ValueError(
+            f"{flag} {out} is a file of the run {run}, which only `vgg train` writes; write to a new file name"
+        )
     if not force:
         raise FileExistsError(f"{flag} {out} exists; pass --force to replace it, or name another file")
     return out
@@ -163,8 +171,10 @@ class RunLock:
 
     def refusal(self) -> str:
         who = holder(self.run) or "another process"
-        return (f"{self.run} is being written by {who}: one writer per run folder; wait for it to finish (or "
-                f"stop it: it saves a checkpoint), or pass another --out")  # fmt: skip
+        return (
+            f"{self.run} is being written by {who}: one writer per run folder; wait for it to finish (or "
+            f"stop it: it saves a checkpoint), or pass another --out"
+        )
 
     def release(self) -> None:
         if self.fd is not None:
@@ -182,7 +192,7 @@ class RunLock:
 
 
 def holder(run: str | os.PathLike) -> str | None:
-    """"process PID (COMMAND)" when a process holds ``run``'s lock, else None."""
+    """ "process PID (COMMAND)" when a process holds ``run``'s lock, else None."""
     path = Path(run) / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -201,6 +211,14 @@ def holder(run: str | os.PathLike) -> str | None:
 
 
 __all__ = [
-    "LOCK_FILE", "RunInUse", "RunLock", "atomic_write", "atomic_write_text", "check_output", "holder", "overlapping",
-    "run_folder_of", "writable_target",
-]  # fmt: skip
+    "LOCK_FILE",
+    "RunInUse",
+    "RunLock",
+    "atomic_write",
+    "atomic_write_text",
+    "check_output",
+    "holder",
+    "overlapping",
+    "run_folder_of",
+    "writable_target",
+]

@@ -115,7 +115,9 @@ def per_class_accuracy(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """(images per class (C,) int64, top-1 accuracy per class (C,) float64, NaN for a class without images)."""
     n = confusion.sum(1)
     correct = confusion.diagonal()
-    return n, torch.where(n > 0, correct.double() / n.clamp(min=1), torch.full(n.shape, float("nan"), dtype=torch.float64))
+    return n, torch.where(
+        n > 0, correct.double() / n.clamp(min=1), torch.full(n.shape, float("nan"), dtype=torch.float64)
+    )
 
 
 def most_confused(confusion: torch.Tensor, top: int | None = None) -> list[tuple[int, int, int, float]]:

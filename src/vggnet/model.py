@@ -118,7 +118,12 @@ def feature_info(features: nn.Sequential, names: Sequence[str]) -> FeatureInfo:
 def _tracing() -> bool:
     """Whether a graph is being captured (jit trace, torch.fx, torch.compile / torch.export): the friendly
     shape checks, Python branches on shapes, stay out of such graphs (the ops fail on bad shapes anyway)."""
-    return torch.jit.is_tracing() or is_fx_symbolic_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    return (
+        torch.jit.is_tracing()
+        or is_fx_symbolic_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
 
 
 def run_layers(
@@ -184,9 +189,15 @@ class VGG(nn.Module):
             raise ValueError("num_classes must be 0 (no last layer: pre-logits) or more; fc_width and width positive")
         # the constructor's arguments (saved with the weights); unannotated: torch.jit.script skips it
         self.arch = dict(
-            config=config, num_classes=num_classes, width=width, fc_width=fc_width, crop_size=crop_size,
-            dropout=dropout, batch_norm=batch_norm, in_chans=in_chans,
-        )  # fmt: skip
+            config=config,
+            num_classes=num_classes,
+            width=width,
+            fc_width=fc_width,
+            crop_size=crop_size,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            in_chans=in_chans,
+        )
         self.num_classes = num_classes
         self.crop_size = crop_size
         self.positions = crop_size // 32  # side of the last conv map at the crop size: 7 for 224
@@ -271,9 +282,14 @@ class VGG(nn.Module):
             self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes, classes=None)
 
     def forward_intermediates(
-        self, x: torch.Tensor, layers: Sequence[str] | str | None = None, *, indices: int | Sequence[int] | None = None,
-        stop_early: bool = False, intermediates_only: bool = False,
-    ) -> Any:  # fmt: skip
+        self,
+        x: torch.Tensor,
+        layers: Sequence[str] | str | None = None,
+        *,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> Any:
         """The outputs of inner layers, by the paper's names or, as timm's VGG does, by stage index.
 
         ``layers`` (the paper's names, ``model.layer_names``; default pool5): ``{name: tensor}`` in the order
@@ -294,8 +310,9 @@ class VGG(nn.Module):
         layers = [layers] if isinstance(layers, str) else list(layers)
         unknown = [n for n in layers if n not in self.layer_names]
         if unknown or not layers:
-            raise ValueError(f"unknown layer(s) {unknown} for net {self.name}; its layers are "
-                             f"{', '.join(self.layer_names)}")  # fmt: skip
+            raise ValueError(
+                f"unknown layer(s) {unknown} for net {self.name}; its layers are {', '.join(self.layer_names)}"
+            )
         out: dict[str, torch.Tensor] = {}
         wanted = set(layers)
         n_conv = len(self.features)
@@ -305,8 +322,9 @@ class VGG(nn.Module):
             run_layers(self.classifier, HEAD_NAMES, torch.flatten(f, 1), wanted, out)
         return {n: out[n] for n in layers}
 
-    def _stage_intermediates(self, x: torch.Tensor, indices: int | Sequence[int], stop_early: bool,
-                             intermediates_only: bool) -> Any:  # fmt: skip
+    def _stage_intermediates(
+        self, x: torch.Tensor, indices: int | Sequence[int], stop_early: bool, intermediates_only: bool
+    ) -> Any:
         """``forward_intermediates`` by stage index (timm's form)."""
         n = len(self.feature_info)
         picked = list(range(n - indices, n)) if isinstance(indices, int) else [i + n if i < 0 else i for i in indices]
@@ -327,7 +345,8 @@ class VGG(nn.Module):
         """The class score map (N, num_classes, h, w) of the net applied fully convolutionally.
 
         FC1 acts as a (crop/32)x(crop/32) convolution and FC2, FC3 as 1x1 convolutions, computed from the stored
-        Linear weights (``dense_head``: one matrix product over the windows, no copy of the weights). The 2x2 pools round up (Caffe's ceil mode), so an input of H x W >= the crop size gives
+        Linear weights (``dense_head``: one matrix product over the windows, no copy of the weights). The 2x2 pools
+        round up (Caffe's ceil mode), so an input of H x W >= the crop size gives
         h = ceil(H/32) - crop/32 + 1 (likewise w) and the map covers every pixel: 256x341 gives 2x5 at 224 crops.
         At a multiple of 32 each cell equals the FC head applied to the matching crop window (at stride 32); at
         other sizes the last row and column of windows reach past the image's edge onto the pools' rounded-up
@@ -450,8 +469,9 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Module:
 STRIDE = 32  # the input pixels between neighbouring windows of a dense map: five 2x2 pools
 
 
-def window_mask(image_size: tuple[int, int], map_size: tuple[int, int], crop: int,
-                stride: int = STRIDE) -> torch.Tensor:  # fmt: skip
+def window_mask(
+    image_size: tuple[int, int], map_size: tuple[int, int], crop: int, stride: int = STRIDE
+) -> torch.Tensor:
     """Which windows of a dense map count, as an (h, w) float mask: those whose centre lies inside the image.
 
     Window (i, j) of the map sees input rows [stride * i, stride * i + crop) (columns likewise). The ceil-mode
@@ -467,8 +487,9 @@ def window_mask(image_size: tuple[int, int], map_size: tuple[int, int], crop: in
     return (rows[:, None] & cols[None, :]).float()
 
 
-def spatial_average(scores: torch.Tensor, image_size: tuple[int, int] | None = None, crop: int | None = None,
-                    stride: int = STRIDE) -> torch.Tensor:  # fmt: skip
+def spatial_average(
+    scores: torch.Tensor, image_size: tuple[int, int] | None = None, crop: int | None = None, stride: int = STRIDE
+) -> torch.Tensor:
     """Average a dense map (N, C, h, w) over its positions into (N, C): class scores, or penultimate features.
 
     With ``image_size`` (the input's H, W) and ``crop`` (the net's), only the windows of :func:`window_mask`

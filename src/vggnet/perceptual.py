@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import VGGFeatures
-from .factory import create_model
 from .convention import Convention
+from .factory import create_model
+from .features import VGGFeatures
 from .pretrained import normalization_cfg, require_cfg
 from .weights import unwrap
 
@@ -61,13 +61,24 @@ class PerceptualLoss(nn.Module):
         if len(self.weights) != len(self.layers):
             raise ValueError(f"{len(self.weights)} weights for {len(self.layers)} layers; give one weight per layer")
         if isinstance(net, str):
-            extractor = create_model(net, pretrained=pretrained, features_only=True, layers=self.layers,
-                                     normalize=normalize, **create_options)  # fmt: skip
+            extractor = create_model(
+                net,
+                pretrained=pretrained,
+                features_only=True,
+                layers=self.layers,
+                normalize=normalize,
+                **create_options,
+            )
         else:
             src = unwrap(net)
             arch = src.arch
-            extractor = VGGFeatures(arch["config"], arch.get("width", 1.0), arch.get("batch_norm", False),
-                                    arch.get("in_chans", 3), layers=self.layers)  # fmt: skip
+            extractor = VGGFeatures(
+                arch["config"],
+                arch.get("width", 1.0),
+                arch.get("batch_norm", False),
+                arch.get("in_chans", 3),
+                layers=self.layers,
+            )
             own = extractor.state_dict()
             extractor.load_state_dict({k: v for k, v in src.state_dict().items() if k in own})
             extractor.pretrained_cfg = getattr(src, "pretrained_cfg", None)

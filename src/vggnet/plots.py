@@ -99,11 +99,13 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str] | None, path:
     ax.set_yticks(range(m), names, fontsize=7 if m > 20 else 9)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     if len(names_x) <= 20:
-        for (t, p), c in zip(torch.cartesian_prod(torch.arange(m), torch.arange(len(names_x))).tolist(),
-                             counts.flatten().tolist()):  # fmt: skip
+        for (t, p), c in zip(
+            torch.cartesian_prod(torch.arange(m), torch.arange(len(names_x))).tolist(), counts.flatten().tolist()
+        ):
             if c:
-                ax.text(p, t, str(c), ha="center", va="center", fontsize=8,
-                        color="white" if share[t, p] > 0.5 else "black")  # fmt: skip
+                ax.text(
+                    p, t, str(c), ha="center", va="center", fontsize=8, color="white" if share[t, p] > 0.5 else "black"
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))

@@ -34,7 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import runs
 from .architectures import CONFIGS, parse_name, parse_token
+from .config import read_toml
 from .convention import (
     CAFFE_MEAN_BGR,  # noqa: F401 - the authors' mean pixel, named here beside the Caffe source
     CAFFE_MEAN_RGB01,
@@ -43,8 +45,6 @@ from .convention import (
     Convention,
     parse_normalize,
 )
-from . import runs
-from .config import read_toml
 from .data import Stats
 from .features import VGGFeatures
 from .model import VGG, layer_names, load_state, meta_model
@@ -59,17 +59,21 @@ from .weights import (
     unwrap,
 )
 
-
 # Where the named sources live; tests point these at a local server.
 TORCHVISION_URL = "https://download.pytorch.org/models"
 CAFFE_URL = "https://web.eecs.umich.edu/~justincj/models"
 HF_ENDPOINT = "https://huggingface.co"
 
 _TV_FILES = {
-    "vgg11": "vgg11-8a719046.pth", "vgg13": "vgg13-19584684.pth", "vgg16": "vgg16-397923af.pth",
-    "vgg19": "vgg19-dcbb9e9d.pth", "vgg11_bn": "vgg11_bn-6002323d.pth", "vgg13_bn": "vgg13_bn-abd245e5.pth",
-    "vgg16_bn": "vgg16_bn-6c64b313.pth", "vgg19_bn": "vgg19_bn-c79401a0.pth",
-}  # fmt: skip
+    "vgg11": "vgg11-8a719046.pth",
+    "vgg13": "vgg13-19584684.pth",
+    "vgg16": "vgg16-397923af.pth",
+    "vgg19": "vgg19-dcbb9e9d.pth",
+    "vgg11_bn": "vgg11_bn-6002323d.pth",
+    "vgg13_bn": "vgg13_bn-abd245e5.pth",
+    "vgg16_bn": "vgg16_bn-6c64b313.pth",
+    "vgg19_bn": "vgg19_bn-c79401a0.pth",
+}
 _CAFFE_FILES = {"vgg16": "vgg16-00b39a1b.pth", "vgg19": "vgg19-d01eb7cb.pth"}
 
 
@@ -79,19 +83,25 @@ def _source(kind: str, arch: str, **extra: Any) -> dict[str, Any]:
 
 # name -> how to fetch it and the convention of its weights ("imagenet": torchvision's; "caffe": the authors')
 SOURCES: dict[str, dict[str, Any]] = {
-    **{f"torchvision:{a}": _source("url", a, file=f, base="TORCHVISION_URL", convention="imagenet")
-       for a, f in _TV_FILES.items()},
-    **{f"timm:{a}.tv_in1k": _source("hf", a, repo=f"timm/{a}.tv_in1k", file="model.safetensors", convention="imagenet")
-       for a in _TV_FILES},
+    **{
+        f"torchvision:{a}": _source("url", a, file=f, base="TORCHVISION_URL", convention="imagenet")
+        for a, f in _TV_FILES.items()
+    },
+    **{
+        f"timm:{a}.tv_in1k": _source("hf", a, repo=f"timm/{a}.tv_in1k", file="model.safetensors", convention="imagenet")
+        for a in _TV_FILES
+    },
     **{f"caffe:{a}": _source("url", a, file=f, base="CAFFE_URL", convention="caffe") for a, f in _CAFFE_FILES.items()},
-}  # fmt: skip
+}
 
 # the --normalize forms that need no training set's statistics: those a weights file can be stated to expect
 NORMALIZE_FORMS_OF_WEIGHTS = "imagenet|caffe|mean:R,G,B"
 NORMALIZE_HELP = f"--normalize {NORMALIZE_FORMS_OF_WEIGHTS}"
 # What every option that names weights takes (--weights, --init-from, localize's --from), through resolve_weights()
-WEIGHTS_FORMS = ("a run folder, a weights file (ours, torchvision's, timm's or Caffe-named; .safetensors or "
-                 ".pth), a URL, torchvision:vgg16 (vgg11 ... vgg19_bn), timm:vgg16.tv_in1k or caffe:vgg16|vgg19")
+WEIGHTS_FORMS = (
+    "a run folder, a weights file (ours, torchvision's, timm's or Caffe-named; .safetensors or "
+    ".pth), a URL, torchvision:vgg16 (vgg11 ... vgg19_bn), timm:vgg16.tv_in1k or caffe:vgg16|vgg19"
+)
 
 
 class WeightsError(ValueError):
@@ -109,16 +119,31 @@ def imagenet_classes() -> list[str]:
 
 
 def make_cfg(
-    convention: Convention, *, source: str = "", num_classes: int | None = None, classes: list[str] | None = None,
-    resize: int = 256, crop: int = 224, interpolation: str = "bilinear", original: str = "RGB, [0, 1]",
+    convention: Convention,
+    *,
+    source: str = "",
+    num_classes: int | None = None,
+    classes: list[str] | None = None,
+    resize: int = 256,
+    crop: int = 224,
+    interpolation: str = "bilinear",
+    original: str = "RGB, [0, 1]",
 ) -> dict[str, Any]:
     """A ``pretrained_cfg``: the input ``convention`` (:meth:`Convention.to_cfg`: mean and std on [0, 1], with
     the pixel range and channel order), resize and crop sizes, interpolation and class names.
 
     ``original`` records the convention the weights were trained with when it differed (folded into conv1).
     """
-    return dict(source=source, **convention.to_cfg(), resize=resize, crop=crop, interpolation=interpolation,
-                num_classes=num_classes, classes=classes, original=original)  # fmt: skip
+    return dict(
+        source=source,
+        **convention.to_cfg(),
+        resize=resize,
+        crop=crop,
+        interpolation=interpolation,
+        num_classes=num_classes,
+        classes=classes,
+        original=original,
+    )
 
 
 def convention_of(model: nn.Module) -> Convention | None:
@@ -141,12 +166,21 @@ def normalization_cfg(spec: str, source: str = "", crop: int = 224) -> tuple[dic
 
 
 def _caffe_cfg(source: str, resize: int = 256, crop: int = 224) -> dict[str, Any]:
-    return make_cfg(Convention(CAFFE_MEAN_RGB01), source=source, resize=resize, crop=crop,
-                    original="BGR, [0, 255], minus mean BGR (103.939, 116.779, 123.68); folded into conv1")  # fmt: skip
+    return make_cfg(
+        Convention(CAFFE_MEAN_RGB01),
+        source=source,
+        resize=resize,
+        crop=crop,
+        original="BGR, [0, 255], minus mean BGR (103.939, 116.779, 123.68); folded into conv1",
+    )
 
 
 def _source_cfg(name: str, src: dict[str, Any]) -> dict[str, Any]:
-    cfg = make_cfg(Convention(IMAGENET_MEAN, IMAGENET_STD), source=name) if src["convention"] == "imagenet" else _caffe_cfg(name)
+    cfg = (
+        make_cfg(Convention(IMAGENET_MEAN, IMAGENET_STD), source=name)
+        if src["convention"] == "imagenet"
+        else _caffe_cfg(name)
+    )
     return dict(cfg, num_classes=1000, classes=imagenet_classes())
 
 
@@ -173,20 +207,28 @@ def transforms(model: nn.Module) -> Any:
     conv = Convention.from_cfg(cfg)
     interp = getattr(v2.InterpolationMode, cfg.get("interpolation", "bilinear").upper())
     canonical = conv.to_cfg()
-    last = (v2.Normalize(canonical["mean"], canonical["std"]) if conv.channel_order == "RGB"
-            else v2.Lambda(conv.from_unit))  # fmt: skip
-    return v2.Compose([
-        v2.Resize(cfg["resize"], interpolation=interp, antialias=True), v2.CenterCrop(cfg["crop"]),
-        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), last,
-    ])  # fmt: skip
+    last = (
+        v2.Normalize(canonical["mean"], canonical["std"]) if conv.channel_order == "RGB" else v2.Lambda(conv.from_unit)
+    )
+    return v2.Compose(
+        [
+            v2.Resize(cfg["resize"], interpolation=interp, antialias=True),
+            v2.CenterCrop(cfg["crop"]),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            last,
+        ]
+    )
 
 
 def require_cfg(model: nn.Module, what: str = "the model") -> dict[str, Any]:
     """The model's ``pretrained_cfg``, or an error saying how to state the normalisation (never a silent /255)."""
     cfg = getattr(unwrap(model), "pretrained_cfg", None)
     if not cfg:
-        raise WeightsError(f"{what} has no known input normalisation; state it with {NORMALIZE_HELP} "
-                           f"(in Python: pretrained_cfg=vggnet.pretrained.normalization_cfg('imagenet')[0])")  # fmt: skip
+        raise WeightsError(
+            f"{what} has no known input normalisation; state it with {NORMALIZE_HELP} "
+            f"(in Python: pretrained_cfg=vggnet.pretrained.normalization_cfg('imagenet')[0])"
+        )
     return cfg
 
 
@@ -235,13 +277,16 @@ def _download(url: str, dest: Path) -> Path:
         torch.hub.download_url_to_file(url, str(dest), m.group(1) if m else None, progress=sys.stderr.isatty())
     except RuntimeError as e:
         if "hash" in str(e):
-            raise WeightsError(f"{url}: the download does not match the sha256 prefix {m.group(1) if m else ''} in its "
-                               f"name, so it was not kept; retry, or place a good copy at {dest}") from None  # fmt: skip
+            raise WeightsError(
+                f"{url}: the download does not match the sha256 prefix {m.group(1) if m else ''} in its "
+                f"name, so it was not kept; retry, or place a good copy at {dest}"
+            ) from None
         raise WeightsError(f"cannot download {url} ({e}); place the file at {dest}") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
-        raise WeightsError(f"cannot download {url} ({reason}); download it elsewhere and place it at {dest}, "
-                           f"or pass its local path") from None  # fmt: skip
+        raise WeightsError(
+            f"cannot download {url} ({reason}); download it elsewhere and place it at {dest}, or pass its local path"
+        ) from None
     return dest
 
 
@@ -254,17 +299,22 @@ def _hf_download(name: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise WeightsError(f"{name} needs huggingface_hub (pip install huggingface_hub), or download {url} and "
-                           f"place it at {fallback}") from None  # fmt: skip
+        raise WeightsError(
+            f"{name} needs huggingface_hub (pip install huggingface_hub), or download {url} and place it at {fallback}"
+        ) from None
     try:
         path = hf_hub_download(
-            src["repo"], src["file"], endpoint=os.environ.get("HF_ENDPOINT", HF_ENDPOINT),
-            cache_dir=os.environ.get("HF_HUB_CACHE") or None, local_files_only=_offline(),
-        )  # fmt: skip
+            src["repo"],
+            src["file"],
+            endpoint=os.environ.get("HF_ENDPOINT", HF_ENDPOINT),
+            cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+            local_files_only=_offline(),
+        )
     except Exception as e:  # noqa: BLE001 - the hub client's many error types all mean "not available"
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"cannot get {url} ({reason}); download it elsewhere and place it at {fallback}, "
-                           f"or pass its local path") from None  # fmt: skip
+        raise WeightsError(
+            f"cannot get {url} ({reason}); download it elsewhere and place it at {fallback}, or pass its local path"
+        ) from None
     return Path(path)
 
 
@@ -276,8 +326,9 @@ def resolve_weights(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
         return Path(spec).expanduser(), None
     if Path(spec).expanduser().is_dir():
         if not runs.is_run(Path(spec).expanduser()):
-            raise WeightsError(f"{spec} is a folder but not a run (no {runs.MODEL_FILE} and {runs.CONFIG_FILE}); "
-                               f"pass {WEIGHTS_FORMS}")  # fmt: skip
+            raise WeightsError(
+                f"{spec} is a folder but not a run (no {runs.MODEL_FILE} and {runs.CONFIG_FILE}); pass {WEIGHTS_FORMS}"
+            )
         return Path(spec).expanduser() / runs.MODEL_FILE, None
     if spec.startswith(("http://", "https://")):
         return _download(spec, local_path(spec)), None
@@ -336,7 +387,8 @@ def load_pretrained(
     """``create_model(name, pretrained=...)``: build the net the weights fit, load them, attach the convention.
 
     The architecture comes from the file's metadata (our files), else from the tensors' shapes (the config too
-    when ``name`` is None); ``options`` override it. A ``num_classes`` other than the weights' keeps every layer but the last (a new one).
+    when ``name`` is None); ``options`` override it. A ``num_classes`` other than the weights' keeps every layer
+    but the last (a new one).
     ``normalize`` states the convention of a file that does not carry one (``imagenet``, ``caffe``, ``mean:R,G,B``).
     With ``features_only`` only the conv layers are built and loaded (fc6 is never allocated).
     """
@@ -351,10 +403,15 @@ def load_pretrained(
     where = source or str(path)
     if features_only:
         model: nn.Module = meta_model(
-            VGGFeatures, config=arch["config"], width=arch.get("width", 1.0), batch_norm=arch.get("batch_norm", False),
-            in_chans=arch.get("in_chans", 3), out_indices=out_indices, layers=layers,
+            VGGFeatures,
+            config=arch["config"],
+            width=arch.get("width", 1.0),
+            batch_norm=arch.get("batch_norm", False),
+            in_chans=arch.get("in_chans", 3),
+            out_indices=out_indices,
+            layers=layers,
             inplace_relu=arch.get("inplace_relu", True),
-        )  # fmt: skip
+        )
         own = model.state_dict()
         sd = {k: v for k, v in sd.items() if k in own}
     else:
@@ -378,13 +435,21 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except (ValueError, RuntimeError) as e:
         if path.resolve().is_relative_to(_hub_dir().resolve()):
             path.unlink(missing_ok=True)  # a cached file that does not read (truncated) must not stay
-            raise WeightsError(f"{path} was not a readable weights file (truncated download?) and was removed; "
-                               f"run again to download it anew") from None  # fmt: skip
+            raise WeightsError(
+                f"{path} was not a readable weights file (truncated download?) and was removed; "
+                f"run again to download it anew"
+            ) from None
         raise WeightsError(str(e).splitlines()[0]) from None
 
 
-def _arch_of(name: str | None, sd: dict[str, torch.Tensor], meta: dict[str, str], source: str | None, path: Path,
-             options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _arch_of(
+    name: str | None,
+    sd: dict[str, torch.Tensor],
+    meta: dict[str, str],
+    source: str | None,
+    path: Path,
+    options: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(the state dict in our layout, the architecture it fits): from our file's metadata, the named source, or
     the tensors' shapes (the config too when ``name`` is None); ``options`` override it."""
     if source:
@@ -392,8 +457,10 @@ def _arch_of(name: str | None, sd: dict[str, torch.Tensor], meta: dict[str, str]
     elif name is None and ARCH_KEY not in meta:
         found = infer_config(sd)
         if found is None:
-            raise WeightsError(f"{path}: no VGG config of Table 1 has these layers (first key {next(iter(sd), None)}); "
-                               f"is it a VGG state dict?")  # fmt: skip
+            raise WeightsError(
+                f"{path}: no VGG config of Table 1 has these layers (first key {next(iter(sd), None)}); "
+                f"is it a VGG state dict?"
+            )
         config, bn = found
     else:
         config, bn = parse_name(name or "D")
@@ -411,8 +478,9 @@ def _arch_of(name: str | None, sd: dict[str, torch.Tensor], meta: dict[str, str]
     return sd, arch
 
 
-def _convention_of(normalize: str | None, source: str | None, pretrained: str | os.PathLike, meta: dict[str, str],
-                   arch: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+def _convention_of(
+    normalize: str | None, source: str | None, pretrained: str | os.PathLike, meta: dict[str, str], arch: dict[str, Any]
+) -> tuple[dict[str, Any] | None, bool]:
     """(the input convention of the weights, whether to fold Caffe's BGR 0-255 input into conv1): as stated by
     ``normalize``, by the named source, or by our file's metadata; None when nothing says."""
     if normalize:
@@ -428,8 +496,17 @@ def _convention_of(normalize: str | None, source: str | None, pretrained: str | 
     return None, False
 
 
-_VGG_ARGS = ("config", "num_classes", "width", "fc_width", "crop_size", "dropout", "batch_norm", "in_chans",
-             "inplace_relu")  # fmt: skip
+_VGG_ARGS = (
+    "config",
+    "num_classes",
+    "width",
+    "fc_width",
+    "crop_size",
+    "dropout",
+    "batch_norm",
+    "in_chans",
+    "inplace_relu",
+)
 
 
 def infer_config(sd: dict[str, torch.Tensor]) -> tuple[str, bool] | None:
@@ -442,7 +519,11 @@ def infer_config(sd: dict[str, torch.Tensor]) -> tuple[str, bool] | None:
             convs = [(n, f"features.{i}.weight") for i, n in enumerate(names) if n.startswith("conv")]
             kernels = [parse_token(t)[1] for t in CONFIGS[config] if parse_token(t)[0] == "conv"]
             keys = [n + ".weight" for n, _ in convs] if caffe else [k for _, k in convs]
-            have = sorted(k for k, v in sd.items() if v.dim() == 4 and (k.startswith("conv") if caffe else k.startswith("features.")))
+            have = sorted(
+                k
+                for k, v in sd.items()
+                if v.dim() == 4 and (k.startswith("conv") if caffe else k.startswith("features."))
+            )
             if sorted(keys) != have or any(sd[k].shape[-1] != kk for k, kk in zip(keys, kernels)):
                 continue
             if not caffe and bn != any(k.endswith("running_mean") for k in sd):
@@ -452,7 +533,7 @@ def infer_config(sd: dict[str, torch.Tensor]) -> tuple[str, bool] | None:
 
 
 def convention(spec: str | os.PathLike) -> str | None:
-    """"imagenet" or "caffe" for a named source (the convention its weights expect), None for files and URLs."""
+    """ "imagenet" or "caffe" for a named source (the convention its weights expect), None for files and URLs."""
     name = _canonical(str(spec))
     return SOURCES[name]["convention"] if name else None
 

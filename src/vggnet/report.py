@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .runtime import world_size
 from .files import atomic_write_text
+from .runtime import world_size
 
 
 def _version(package: str) -> str | None:
@@ -88,8 +88,9 @@ def _git_describe() -> str | None:
     if not (root / ".git").exists():  # an installed wheel: no checkout to describe
         return None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10)  # fmt: skip
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or None
     return None
 

@@ -100,8 +100,9 @@ def activation_bytes(model: nn.Module, height: int, width: int) -> int:
     return int(peak * 4)
 
 
-def fit_eval_batch(models: Sequence[nn.Module], plans: Sequence[dict[str, list[int]]], batch_size: int,
-                   device: torch.device | str) -> int:
+def fit_eval_batch(
+    models: Sequence[nn.Module], plans: Sequence[dict[str, list[int]]], batch_size: int, device: torch.device | str
+) -> int:
     """The views per forward pass (at most ``batch_size``) whose largest batch fits in the free memory of
     ``device``: a chunk of decoded images rescaled to the largest Q, and a batch of dense views at the largest
     dense Q (or of crops). Smaller, with a note, when ``batch_size`` would not fit; a ValueError naming --scales
@@ -112,26 +113,41 @@ def fit_eval_batch(models: Sequence[nn.Module], plans: Sequence[dict[str, list[i
     q = max(s for plan in plans for qs in plan.values() for s in qs)
     dense_q = max((s for plan in plans for p, qs in plan.items() if "dense" in p for s in qs), default=0)
     image = int(3 * q * q * ASPECT * 4)
-    act = max(activation_bytes(m, dense_q, int(dense_q * ASPECT)) if dense_q else
-              activation_bytes(m, m.crop_size, m.crop_size) for m in models)  # fmt: skip
+    act = max(
+        activation_bytes(m, dense_q, int(dense_q * ASPECT))
+        if dense_q
+        else activation_bytes(m, m.crop_size, m.crop_size)
+        for m in models
+    )
 
     def need(b: int) -> int:
         return max(EVAL_CHUNK, 4 * b) * image + b * act
 
     budget = int(free * HEADROOM)
     if need(1) > budget:
-        raise ValueError(f"--scales {q}: evaluating at Q = {q} needs about {need(1) / 2**30:.1f} GiB even at one view "
-                         f"a batch, more than the {free / 2**30:.1f} GiB free on {device}; use smaller --scales "
-                         f"(the paper's go up to 512)")  # fmt: skip
+        raise ValueError(
+            f"--scales {q}: evaluating at Q = {q} needs about {need(1) / 2**30:.1f} GiB even at one view "
+            f"a batch, more than the {free / 2**30:.1f} GiB free on {device}; use smaller --scales "
+            f"(the paper's go up to 512)"
+        )
     fit = batch_size
     while fit > 1 and need(fit) > budget:
         fit //= 2
     if fit < batch_size:
-        print(f"--batch-size {batch_size}: using {fit} at Q = {q} (about {need(fit) / 2**30:.1f} GiB of the "
-              f"{free / 2**30:.1f} GiB free on {device})", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"--batch-size {batch_size}: using {fit} at Q = {q} (about {need(fit) / 2**30:.1f} GiB of the "
+            f"{free / 2**30:.1f} GiB free on {device})",
+            file=sys.stderr,
+            flush=True,
+        )
     return fit
 
 
 __all__ = [
-    "activation_bytes", "available_memory", "cap_workers", "die_with_parent", "fit_eval_batch", "usable_cores",
-]  # fmt: skip
+    "activation_bytes",
+    "available_memory",
+    "cap_workers",
+    "die_with_parent",
+    "fit_eval_batch",
+    "usable_cores",
+]

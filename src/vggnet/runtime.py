@@ -165,6 +165,16 @@ def runtime(device: str | torch.device = "auto", amp: bool | None = None) -> Run
 
 
 __all__ = [
-    "Dist", "Runtime", "cpu_bf16_default", "cpu_has_native_bf16", "cuda_path", "is_main", "local_rank", "pick_device",
-    "rank", "runtime", "setup_distributed", "world_size",
-]  # fmt: skip
+    "Dist",
+    "Runtime",
+    "cpu_bf16_default",
+    "cpu_has_native_bf16",
+    "cuda_path",
+    "is_main",
+    "local_rank",
+    "pick_device",
+    "rank",
+    "runtime",
+    "setup_distributed",
+    "world_size",
+]

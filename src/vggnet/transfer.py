@@ -27,7 +27,9 @@ CLASSIFIERS = ("linear-svm",)
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
-def random_splits(labels: np.ndarray, per_class: int, n_splits: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def random_splits(
+    labels: np.ndarray, per_class: int, n_splits: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n_splits`` (train indices, test indices): ``per_class`` random images of each class train, the rest test.
 
     A class with ``per_class`` images or fewer cannot be split: ValueError naming it.
@@ -36,8 +38,10 @@ def random_splits(labels: np.ndarray, per_class: int, n_splits: int, seed: int =
     classes, counts = np.unique(labels, return_counts=True)
     small = [int(c) for c, n in zip(classes, counts) if n <= per_class]
     if small:
-        raise ValueError(f"--train-per-class {per_class}: classes {small[:5]} have no test image left "
-                         f"(at most {int(counts.min())} images in a class); use fewer training images per class")  # fmt: skip
+        raise ValueError(
+            f"--train-per-class {per_class}: classes {small[:5]} have no test image left "
+            f"(at most {int(counts.min())} images in a class); use fewer training images per class"
+        )
     out = []
     for _ in range(n_splits):
         train = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes])
@@ -72,8 +76,11 @@ def scores(svm, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     if decision.ndim == 1:  # two classes: one score, for the second class
         decision = np.stack([-decision, decision], 1)
     aps = [average_precision_score(y == c, decision[:, k]) for k, c in enumerate(svm.classes_) if (y == c).any()]
-    return {"accuracy": float((pred == y).mean()), "mean_class_recall": float(balanced_accuracy_score(y, pred)),
-            "map": float(np.mean(aps))}  # fmt: skip
+    return {
+        "accuracy": float((pred == y).mean()),
+        "mean_class_recall": float(balanced_accuracy_score(y, pred)),
+        "map": float(np.mean(aps)),
+    }
 
 
 @dataclass
@@ -97,8 +104,15 @@ class TransferResult:
         return asdict(self)
 
 
-def transfer(features: Features | str, per_class: int, n_splits: int = 5, seed: int = 0,
-             classifier: str = "linear-svm", cs: Sequence[float] = C_GRID, folds: int = 3) -> TransferResult:  # fmt: skip
+def transfer(
+    features: Features | str,
+    per_class: int,
+    n_splits: int = 5,
+    seed: int = 0,
+    classifier: str = "linear-svm",
+    cs: Sequence[float] = C_GRID,
+    folds: int = 3,
+) -> TransferResult:
     """Train and test the linear SVM on ``n_splits`` random splits of a features file (module doc)."""
     if classifier not in CLASSIFIERS:
         raise ValueError(f"--classifier {classifier!r}: only linear-svm (the paper's) is available")
@@ -114,9 +128,20 @@ def transfer(features: Features | str, per_class: int, n_splits: int = 5, seed: 
         mcr.append(s["mean_class_recall"])
         maps.append(s["map"])
         chosen.append(c)
-    return TransferResult(name, f.net, list(f.meta.get("scales", [])), str(f.meta.get("aggregate", "")),
-                          int(x.shape[1]), per_class, n_splits, acc, mcr, maps, chosen,
-                          round(time.perf_counter() - t0, 2))  # fmt: skip
+    return TransferResult(
+        name,
+        f.net,
+        list(f.meta.get("scales", [])),
+        str(f.meta.get("aggregate", "")),
+        int(x.shape[1]),
+        per_class,
+        n_splits,
+        acc,
+        mcr,
+        maps,
+        chosen,
+        round(time.perf_counter() - t0, 2),
+    )
 
 
 def _ms(values: Sequence[float]) -> str:
@@ -127,11 +152,25 @@ def _ms(values: Sequence[float]) -> str:
 def markdown(results: Sequence[TransferResult]) -> str:
     """A table in the shape of the paper's Tables 11-12: descriptor (net, scales, aggregation) x training images
     per class; accuracy, mean class recall and mAP in %, mean ± std over the random splits."""
-    rows = [(Path(r.file).name, r.net if len(r.net) < 60 else "..." + r.net[-57:], ",".join(map(str, r.scales)),
-             r.aggregate, r.dims, r.per_class, _ms(r.accuracy), _ms(r.mean_class_recall), _ms(r.map))
-            for r in results]  # fmt: skip
-    return markdown_table(["features", "net", "Q", "aggregate", "dims", "train / class", "accuracy %",
-                           "mean class recall %", "mAP %"], rows, "lllllrrrr")  # fmt: skip
+    rows = [
+        (
+            Path(r.file).name,
+            r.net if len(r.net) < 60 else "..." + r.net[-57:],
+            ",".join(map(str, r.scales)),
+            r.aggregate,
+            r.dims,
+            r.per_class,
+            _ms(r.accuracy),
+            _ms(r.mean_class_recall),
+            _ms(r.map),
+        )
+        for r in results
+    ]
+    return markdown_table(
+        ["features", "net", "Q", "aggregate", "dims", "train / class", "accuracy %", "mean class recall %", "mAP %"],
+        rows,
+        "lllllrrrr",
+    )
 
 
 __all__ = ["TransferResult", "fit_linear_svm", "markdown", "random_splits", "scores", "transfer"]

@@ -219,8 +219,10 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], where: str |
                 if k.startswith("classifier.6.")
                 else "create the model with the width, fc_width and crop_size the weights were trained with"
             )
-            raise ValueError(f"{where}: layer {k} has shape {tuple(v.shape)} in the file but {tuple(own[k].shape)} "
-                             f"in the model; {hint}")
+            raise ValueError(
+                f"{where}: layer {k} has shape {tuple(v.shape)} in the file but {tuple(own[k].shape)} "
+                f"in the model; {hint}"
+            )
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, head: bool = True) -> nn.Module:

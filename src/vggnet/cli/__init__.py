@@ -14,7 +14,6 @@ import os
 import sys
 
 
-
 def cmd_params(args: argparse.Namespace) -> int:
     # imported when the command runs: they import torch, which `vgg --help` must not wait for
     from ..factory import model_table
@@ -24,11 +23,24 @@ def cmd_params(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"Table 2: parameters of the VGG nets ({args.num_classes} classes; GMAC/GFLOP per {args.size}x{args.size} image)")
+    print(
+        f"Table 2: parameters of the VGG nets ({args.num_classes} classes; "
+        f"GMAC/GFLOP per {args.size}x{args.size} image)"
+    )
     print()
     headers = ("net", "alias", "weight layers", "parameters", "millions", "GMAC", "GFLOP")
-    cells = [(r["arch"], r["alias"], r["weight_layers"], f"{r['params']:,}", f"{r['params'] / 1e6:.0f}M",
-              f"{r['gmacs']:.2f}", f"{r['gflops']:.2f}") for r in rows]  # fmt: skip
+    cells = [
+        (
+            r["arch"],
+            r["alias"],
+            r["weight_layers"],
+            f"{r['params']:,}",
+            f"{r['params'] / 1e6:.0f}M",
+            f"{r['gmacs']:.2f}",
+            f"{r['gflops']:.2f}",
+        )
+        for r in rows
+    ]
     print(markdown_table(headers, cells, align="llrrrrr"))
     print()
     print("B-5x5 is not in Table 2: section 4.1's control net, B with each pair of 3x3 convs replaced by one 5x5 conv.")
@@ -38,12 +50,35 @@ def cmd_params(args: argparse.Namespace) -> int:
 _GROUPS = {
     "model": ("arch", "width", "fc_width", "crop_size", "dropout", "batch_norm", "init"),
     "fine-tuning (docs/finetune.md)": ("init_from", "finetune_preset", "freeze", "head_lr_mult"),
-    "data": ("data", "val", "val_fraction", "class_names", "scale_min", "scale_max", "flip", "colour_shift",
-             "normalize", "pixel_range", "stats_images", "workers"),
-    "optimisation (the paper's recipe)": ("epochs", "batch_size", "accum_steps", "lr", "momentum", "weight_decay",
-                                         "plateau", "lr_window", "lr_patience", "lr_threshold", "lr_decays",
-                                         "label_smoothing"),
-}  # fmt: skip
+    "data": (
+        "data",
+        "val",
+        "val_fraction",
+        "class_names",
+        "scale_min",
+        "scale_max",
+        "flip",
+        "colour_shift",
+        "normalize",
+        "pixel_range",
+        "stats_images",
+        "workers",
+    ),
+    "optimisation (the paper's recipe)": (
+        "epochs",
+        "batch_size",
+        "accum_steps",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "plateau",
+        "lr_window",
+        "lr_patience",
+        "lr_threshold",
+        "lr_decays",
+        "label_smoothing",
+    ),
+}
 # the placeholders of --help where the field's name would say less (SOURCE: as every command that reads weights)
 _METAVARS = {"init_from": "SOURCE", "data": "DIR_OR_NAME", "out": "RUN_DIR"}
 
@@ -66,8 +101,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         else:
             metavar = _METAVARS.get(f.name, f.name.upper())
             group.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=text, metavar=metavar)
-    p.add_argument("--scale", metavar="S[,SMAX]", help="training scale: S, or Smin,Smax for scale jittering "
-                   "(sets --scale-min and --scale-max)")  # fmt: skip
+    p.add_argument(
+        "--scale",
+        metavar="S[,SMAX]",
+        help="training scale: S, or Smin,Smax for scale jittering (sets --scale-min and --scale-max)",
+    )
     p.add_argument("--recipe", metavar="FILE.toml", help="a TOML recipe of these options (flags override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
 
@@ -98,8 +136,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_main():
         print(f"run folder: {run}")
         if not (run / "model.safetensors").is_file():  # stopped by --max-steps inside the first epoch
-            print(f"  no weights yet (they are written at the end of each epoch); continue with "
-                  f"`vgg train --resume {run}`")
+            print(
+                f"  no weights yet (they are written at the end of each epoch); continue with "
+                f"`vgg train --resume {run}`"
+            )
             return 0
         print(f"  weights:  {run / 'model.safetensors'}")
         print(f"  metrics:  {run / 'metrics.jsonl'}")
@@ -112,30 +152,75 @@ def cmd_train(args: argparse.Namespace) -> int:
 # or None when the options set it themselves, help, description). Their modules import torch, so a command's
 # module is imported only when that command runs (or for the full parser).
 _MODULE_COMMANDS = (
-    ("eval", "cli.evaluate", "add_eval_arguments", "run_eval_cli",
-     "evaluate runs with the paper's protocols (dense, multi-crop, both, centre)", None),
-    ("fuse", "cli.evaluate", "add_fuse_arguments", "run_fuse_cli",
-     "fuse several runs: average their soft-max posteriors (Table 6)", None),
-    ("predict", "cli.evaluate", "add_predict_arguments", "run_predict_cli",
-     "top-5 classes of images (dense, multi-scale, flips)", None),
-    ("export", "cli.export", "add_export_arguments", "run_export_cli",
-     "write a run or --weights as ONNX (crop or dense net), safetensors, or a torchvision/timm state dict", None),
-    ("localize", "cli.localize", "add_localize_arguments", None,
-     "object localisation (Appendix A): train box regressors from a run, evaluate them (Tables 8-9)",
-     "`vgg localize train --from RUN --regression scr|pcr [--finetune all|fc]` makes a localisation run; "
-     "`vgg localize eval LOCRUN... --protocol center,dense [--scales ...]` reports its errors."),
-    ("features", "cli.features", "add_features_arguments", "run_features_cli",
-     "very deep features (Appendix B): a net's image descriptors of a data set, into a safetensors file",
-     "Describe every image of --data with a net applied densely without its last layer, averaged over "
-     "locations and flips, L2-normalised, at several scales averaged or stacked."),
-    ("transfer", "cli.transfer", "add_transfer_arguments", "run_transfer_cli",
-     "a linear SVM on features files over random splits: accuracy, mean class recall, mAP (Tables 11-12)", None),
-    ("reproduce", "cli.reproduce", "add_reproduce_arguments", "run_reproduce_cli",
-     "run the paper's experiments (Tables 3-6, its findings) and write REPORT.md",
-     "Train and evaluate the paper's grid (Tables 3-6 and section 4.1's B-5x5): small scale on the embedded "
-     "mnist-clutter digits (default), an ImageNet-style subset on one GPU with --grid medium --data DIR, or "
-     "the paper's ImageNet schedule with --grid paper."),
-)  # fmt: skip
+    (
+        "eval",
+        "cli.evaluate",
+        "add_eval_arguments",
+        "run_eval_cli",
+        "evaluate runs with the paper's protocols (dense, multi-crop, both, centre)",
+        None,
+    ),
+    (
+        "fuse",
+        "cli.evaluate",
+        "add_fuse_arguments",
+        "run_fuse_cli",
+        "fuse several runs: average their soft-max posteriors (Table 6)",
+        None,
+    ),
+    (
+        "predict",
+        "cli.evaluate",
+        "add_predict_arguments",
+        "run_predict_cli",
+        "top-5 classes of images (dense, multi-scale, flips)",
+        None,
+    ),
+    (
+        "export",
+        "cli.export",
+        "add_export_arguments",
+        "run_export_cli",
+        "write a run or --weights as ONNX (crop or dense net), safetensors, or a torchvision/timm state dict",
+        None,
+    ),
+    (
+        "localize",
+        "cli.localize",
+        "add_localize_arguments",
+        None,
+        "object localisation (Appendix A): train box regressors from a run, evaluate them (Tables 8-9)",
+        "`vgg localize train --from RUN --regression scr|pcr [--finetune all|fc]` makes a localisation run; "
+        "`vgg localize eval LOCRUN... --protocol center,dense [--scales ...]` reports its errors.",
+    ),
+    (
+        "features",
+        "cli.features",
+        "add_features_arguments",
+        "run_features_cli",
+        "very deep features (Appendix B): a net's image descriptors of a data set, into a safetensors file",
+        "Describe every image of --data with a net applied densely without its last layer, averaged over "
+        "locations and flips, L2-normalised, at several scales averaged or stacked.",
+    ),
+    (
+        "transfer",
+        "cli.transfer",
+        "add_transfer_arguments",
+        "run_transfer_cli",
+        "a linear SVM on features files over random splits: accuracy, mean class recall, mAP (Tables 11-12)",
+        None,
+    ),
+    (
+        "reproduce",
+        "cli.reproduce",
+        "add_reproduce_arguments",
+        "run_reproduce_cli",
+        "run the paper's experiments (Tables 3-6, its findings) and write REPORT.md",
+        "Train and evaluate the paper's grid (Tables 3-6 and section 4.1's B-5x5): small scale on the embedded "
+        "mnist-clutter digits (default), an ImageNet-style subset on one GPU with --grid medium --data DIR, or "
+        "the paper's ImageNet schedule with --grid paper.",
+    ),
+)
 COMMANDS = ("params", "train") + tuple(c[0] for c in _MODULE_COMMANDS)
 
 

@@ -1,6 +1,7 @@
 """`vgg reproduce`'s options and their checks; the work is ``vggnet.reproduce``.
 
-``--grid small|quick|medium|paper`` chooses the grid (in `vgg train`, --scale is the training scale S). ``--seeds N`` runs seeds 0..N-1; ``--seeds 0,3,5`` those seeds.
+``--grid small|quick|medium|paper`` chooses the grid (in `vgg train`, --scale is the training scale S). ``--seeds
+N`` runs seeds 0..N-1; ``--seeds 0,3,5`` those seeds.
 """
 
 from __future__ import annotations
@@ -15,33 +16,59 @@ GRID_NAMES = ("small", "quick", "medium", "paper")
 
 def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `vgg reproduce [--quick | --grid small|quick|medium|paper] [--data DIR] [--out DIR] ...`."""
-    parser.add_argument("--grid", choices=GRID_NAMES, default=None,
-                        help="small (default): mnist-clutter digits, narrow nets, 64 crops, 3 seeds, about 45 minutes "
-                             "on 2 CPU cores; quick: a plumbing check with every table filled; medium: the paper's "
-                             "grid on an ImageNet-style subset (--data DIR) at 224 crops on one GPU, with an "
-                             "estimate of GPU-hours first; paper: the ImageNet recipes of recipes/imagenet (launch "
-                             "with torchrun for several GPUs)")  # fmt: skip
+    parser.add_argument(
+        "--grid",
+        choices=GRID_NAMES,
+        default=None,
+        help="small (default): mnist-clutter digits, narrow nets, 64 crops, 3 seeds, about 45 minutes "
+        "on 2 CPU cores; quick: a plumbing check with every table filled; medium: the paper's "
+        "grid on an ImageNet-style subset (--data DIR) at 224 crops on one GPU, with an "
+        "estimate of GPU-hours first; paper: the ImageNet recipes of recipes/imagenet (launch "
+        "with torchrun for several GPUs)",
+    )
     parser.add_argument("--quick", action="store_true", help="the same as --grid quick")
-    parser.add_argument("--data", default=None,
-                        help="the data: an ImageNet folder with train/ and val/ for --grid paper (default: the "
-                             "recipes' data) and --grid medium (required: a subset such as Imagenette); another data "
-                             "set for the small grids (default mnist-clutter)")  # fmt: skip
-    parser.add_argument("--out", default=None,
-                        help="output folder: runs, evaluations, REPORT.md, results.json, plots (default ./reproduce, "
-                             "./reproduce-quick for --quick); finished runs in it are reused")  # fmt: skip
-    parser.add_argument("--seeds", default=None, metavar="N|S1,S2,...",
-                        help="how many seeds (N: seeds 0..N-1) or which (comma-separated, e.g. 0,3,5); default 3 "
-                             "for small, 1 for quick, medium and paper")  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="runs trained at a time, each in its own process with one thread (default: one per "
-                             "CPU core on the CPU; 1 on a GPU and for --grid paper)")  # fmt: skip
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default cpu for the small grids, "
-                                                       "auto for --grid paper)")  # fmt: skip
-    parser.add_argument("--recipes", default=None,
-                        help="folder of TOML recipes for --grid paper (default: the repository's recipes/imagenet)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan (runs stage by stage, with the equivalent vgg train / vgg eval "
-                             "commands) without training")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="the data: an ImageNet folder with train/ and val/ for --grid paper (default: the "
+        "recipes' data) and --grid medium (required: a subset such as Imagenette); another data "
+        "set for the small grids (default mnist-clutter)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder: runs, evaluations, REPORT.md, results.json, plots (default ./reproduce, "
+        "./reproduce-quick for --quick); finished runs in it are reused",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        metavar="N|S1,S2,...",
+        help="how many seeds (N: seeds 0..N-1) or which (comma-separated, e.g. 0,3,5); default 3 "
+        "for small, 1 for quick, medium and paper",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained at a time, each in its own process with one thread (default: one per "
+        "CPU core on the CPU; 1 on a GPU and for --grid paper)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:N or auto (default cpu for the small grids, auto for --grid paper)",
+    )
+    parser.add_argument(
+        "--recipes",
+        default=None,
+        help="folder of TOML recipes for --grid paper (default: the repository's recipes/imagenet)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (runs stage by stage, with the equivalent vgg train / vgg eval commands) without training",
+    )
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -11,8 +11,11 @@ from ..transfer import CLASSIFIERS, markdown, transfer
 def add_transfer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="features files made by `vgg features`")
     p.add_argument("--classifier", choices=CLASSIFIERS, default="linear-svm")
-    p.add_argument("--train-per-class", default="5,10,30", help="training images per class, comma-separated "
-                   "(one table row each; default 5,10,30)")  # fmt: skip
+    p.add_argument(
+        "--train-per-class",
+        default="5,10,30",
+        help="training images per class, comma-separated (one table row each; default 5,10,30)",
+    )
     p.add_argument("--splits", type=int, default=5, help="random splits per setting (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="DIR", help="write transfer.md and transfer.json here")

@@ -41,8 +41,8 @@ from .transforms import (
     draw_params,
     eval_rescale,
     prepare_images,
-    shape_groups,
     resized_crop,
+    shape_groups,
 )
 
 __all__ = [

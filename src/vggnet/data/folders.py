@@ -49,8 +49,7 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     classes = sorted(e.name for e in entries if _visible(e.name) and e.is_dir())
     if not classes:
         loose = sum(1 for e in entries if e.is_file() and is_image_file(e.name))
-        hint = (f"it holds {loose} images directly; move them into one subfolder per class"
-                if loose else "it is empty")  # fmt: skip
+        hint = f"it holds {loose} images directly; move them into one subfolder per class" if loose else "it is empty"
         raise ValueError(f"no class folders in {root} ({hint}): images must be laid out as {root}/<class>/<image>")
     return classes
 
@@ -76,8 +75,9 @@ def _images_under(folder: Path, others: Sequence[str] = ()) -> list[str]:
             if real in seen_dirs or _inside(top, real):
                 log.warning("skipping %s: a symbolic link loop (it leads back to %s)", os.path.join(dirpath, d), real)
             elif any(_inside(real, o) for o in others):
-                log.warning("skipping %s: a symbolic link into another class folder (%s)",
-                            os.path.join(dirpath, d), real)  # fmt: skip
+                log.warning(
+                    "skipping %s: a symbolic link into another class folder (%s)", os.path.join(dirpath, d), real
+                )
             else:
                 seen_dirs.add(real)
                 keep.append(d)

@@ -73,13 +73,16 @@ NVJPEG_MODES = ("RGB", "L")
 
 
 def route(fmt: str, mode: str) -> str:
-    """"gpu" for a JPEG the batched nvJPEG call takes, "cpu" for every other image (from the header alone)."""
+    """ "gpu" for a JPEG the batched nvJPEG call takes, "cpu" for every other image (from the header alone)."""
     return "gpu" if fmt == "JPEG" and mode in NVJPEG_MODES else "cpu"
 
 
 def decode_batch(
-    datas: Sequence[torch.Tensor | None], device: str | torch.device = "cuda", paths: Sequence[str] | None = None,
-    routes: Sequence[str] | None = None, counts: Counter | None = None,
+    datas: Sequence[torch.Tensor | None],
+    device: str | torch.device = "cuda",
+    paths: Sequence[str] | None = None,
+    routes: Sequence[str] | None = None,
+    counts: Counter | None = None,
 ) -> list[torch.Tensor | None]:
     """Decode encoded images (1-D uint8 CPU tensors) to (3, H, W) uint8 RGB tensors on ``device``.
 
@@ -131,12 +134,16 @@ def fallback_summary(counts: Counter) -> str:
     cpu, refused, splits = counts.get("cpu", 0), counts.get("refused", 0), counts.get("splits", 0)
     if not (cpu or refused):
         return ""
-    return (f"{cpu + refused} images decoded on the CPU ({cpu} not RGB or grey JPEGs, {refused} refused by the "
-            f"device decoder after {splits} failed batched calls)")  # fmt: skip
+    return (
+        f"{cpu + refused} images decoded on the CPU ({cpu} not RGB or grey JPEGs, {refused} refused by the "
+        f"device decoder after {splits} failed batched calls)"
+    )
 
 
 def augment_batch(
-    images: Sequence[torch.Tensor], params: Sequence[AugParams], transform: ImageTransform,
+    images: Sequence[torch.Tensor],
+    params: Sequence[AugParams],
+    transform: ImageTransform,
     windows: Sequence[CropWindow | None] | None = None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Apply ``transform``'s rescale, crop, flip, colour shift and normalisation to a batch of decoded images.
@@ -236,8 +243,7 @@ def collate_encoded(batch) -> EncodedBatch:
     sizes = [0 if d is None else d.numel() for d in datas]
     present = [d for d in datas if d is not None]
     data = torch.cat(present) if present else torch.empty(0, dtype=torch.uint8)
-    return EncodedBatch(data, sizes, torch.tensor(labels, dtype=torch.int64), list(paths), list(params),
-                        list(headers))  # fmt: skip
+    return EncodedBatch(data, sizes, torch.tensor(labels, dtype=torch.int64), list(paths), list(params), list(headers))
 
 
 # ---- running a stage ahead in a thread ----------------------------------------------------------------------
@@ -284,8 +290,9 @@ def _produce(source: Iterable, fn: Callable[[Any], Any], device: torch.device, s
             close()
 
 
-def background(source: Iterable, fn: Callable[[Any], Any], depth: int, device: torch.device,
-               stream=None) -> Iterator[Any]:  # fmt: skip
+def background(
+    source: Iterable, fn: Callable[[Any], Any], depth: int, device: torch.device, stream=None
+) -> Iterator[Any]:
     """``fn(item)`` for each item of ``source``, in order, computed up to ``depth`` items ahead in a thread.
 
     On CUDA the thread runs ``fn`` on its own stream. Each result is handed over without a host sync: the
@@ -393,9 +400,13 @@ class GPULoader:
         self.counts: Counter = Counter()
         self._streams: tuple | None = None  # (decode, augment): made once, not per epoch
         self.loader = DataLoader(
-            EncodedDataset(samples, transform), num_workers=num_workers, collate_fn=collate_encoded,
-            persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None, **batching,
-        )  # fmt: skip
+            EncodedDataset(samples, transform),
+            num_workers=num_workers,
+            collate_fn=collate_encoded,
+            persistent_workers=num_workers > 0,
+            prefetch_factor=4 if num_workers > 0 else None,
+            **batching,
+        )
 
     def __len__(self) -> int:
         return len(self.loader)

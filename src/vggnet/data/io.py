@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-
 def __getattr__(name: str):
     """``decode_jpeg`` and ``ImageReadMode``: torchvision's, imported on first use (the GPU data path's batched
     decoder); None without them (torchvision 0.29 deprecated its decoders for TorchCodec). Importing torchvision
@@ -54,6 +53,7 @@ def _loaded_jpeg_decoder():
     if "torchvision.io" not in sys.modules:
         return None
     return __getattr__("decode_jpeg") if "decode_jpeg" not in globals() else globals()["decode_jpeg"]
+
 
 # Modes whose JPEGs torchvision's decoder turns into RGB exactly as Pillow does (checked in the tests).
 _TV_JPEG_MODES = ("RGB", "L", "CMYK")
@@ -108,8 +108,11 @@ def _open(data: bytes, path: str | os.PathLike) -> Image.Image:
     limit = Image.MAX_IMAGE_PIXELS
     if limit and im.width * im.height > limit:
         im.close()
-        raise BadImageError(path, f"too large, possibly a decompression bomb ({im.width}x{im.height} pixels, more "
-                                  f"than PIL.Image.MAX_IMAGE_PIXELS = {limit})")  # fmt: skip
+        raise BadImageError(
+            path,
+            f"too large, possibly a decompression bomb ({im.width}x{im.height} pixels, more "
+            f"than PIL.Image.MAX_IMAGE_PIXELS = {limit})",
+        )
     return im
 
 

@@ -54,10 +54,13 @@ class Stats:
         try:
             d = json.loads(Path(path).read_text())
             return cls(
-                mean=_vec3(d["mean"]), std=_vec3(d["std"]), eigval=_vec3(d["eigval"]),
-                eigvec=tuple(_vec3(r) for r in d["eigvec"]), images=int(d.get("images", 0)),
+                mean=_vec3(d["mean"]),
+                std=_vec3(d["std"]),
+                eigval=_vec3(d["eigval"]),
+                eigvec=tuple(_vec3(r) for r in d["eigvec"]),
+                images=int(d.get("images", 0)),
                 pixels=int(d.get("pixels", 0)),
-            )  # fmt: skip
+            )
         except FileNotFoundError:
             raise FileNotFoundError(f"no statistics file {path}; compute it with vggnet.data.compute_stats") from None
         except (KeyError, TypeError, ValueError) as e:
@@ -131,7 +134,8 @@ def compute_stats(
     a warning.
 
     Args:
-        source (ImageDataset | list | str | Path): an ImageDataset (its samples), a list of (path, label) samples, a list of paths, or a
+        source (ImageDataset | list | str | Path): an ImageDataset (its samples), a list of (path, label) samples,
+            a list of paths, or a
             class-folder directory.
         max_images: use a seeded random sample of at most this many images (None: all).
         seed: seed of that sample.

@@ -20,8 +20,18 @@ import numpy as np
 from PIL import Image
 
 # sample images inside the scikit-image wheel (nothing is downloaded)
-_SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "camera",
-            "coins", "brick", "grass")  # fmt: skip
+_SKIMAGE = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "camera",
+    "coins",
+    "brick",
+    "grass",
+)
 
 
 def _rgb(a: np.ndarray) -> np.ndarray:
@@ -76,8 +86,9 @@ def photo_like(i: int, w: int, h: int, seed: int = 0, sources: tuple | None = No
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
-def write_jpeg(path: str | os.PathLike, i: int, size: tuple[int, int] = (500, 375), seed: int = 0,
-               sources: tuple | None = None) -> int:
+def write_jpeg(
+    path: str | os.PathLike, i: int, size: tuple[int, int] = (500, 375), seed: int = 0, sources: tuple | None = None
+) -> int:
     """Write image ``i`` (landscape ``size``, portrait when ``i % 5 == 4``) as a JPEG; returns its bytes."""
     w, h = size
     if i % 5 == 4:
@@ -90,8 +101,15 @@ def _write_job(job: tuple[str, int, tuple[int, int], int, tuple]) -> int:
     return write_jpeg(*job)
 
 
-def make_jpeg_folder(root: str | os.PathLike, n: int, classes: int = 1, size: tuple[int, int] = (500, 375),
-                     seed: int = 0, processes: int = 0, sources: tuple | None = None) -> list[str]:
+def make_jpeg_folder(
+    root: str | os.PathLike,
+    n: int,
+    classes: int = 1,
+    size: tuple[int, int] = (500, 375),
+    seed: int = 0,
+    processes: int = 0,
+    sources: tuple | None = None,
+) -> list[str]:
     """``n`` JPEGs in ``classes`` class folders ``root/class000/000000.jpg`` (``classes=0``: straight in ``root``),
     image ``i`` in folder ``i % classes``; files already there are kept. ``processes`` > 1 writes in parallel
     (forked: call it before any CUDA work). Returns the paths in order."""

@@ -13,7 +13,8 @@ only normalisation of the package) applied to ``x / 255 + shift``, with ``shift`
 
 The test-time protocols (vggnet.evaluation) take a batch of decoded images to several test scales Q on the
 device rather than one image through one transform: :func:`prepare_images` (rescale with :func:`eval_rescale`,
-as :class:`EvalTransform` does, then the net's :class:`~vggnet.convention.Convention`) and :func:`center_crop` are their preprocessing, kept
+as :class:`EvalTransform` does, then the net's :class:`~vggnet.convention.Convention`) and :func:`center_crop` are
+their preprocessing, kept
 here beside the transforms. One centre for all: the offset ``(H - crop) // 2``, of the protocols'
 :func:`center_crop` and of :func:`crop_offsets` at position 0.5 (:class:`EvalTransform`: validation in training,
 localisation), so that the same net sees the same pixels through every command.
@@ -125,11 +126,11 @@ class CropWindow:
 
 def crop_window(height: int, width: int, size: int, crop: int, top: float = 0.5, left: float = 0.5) -> CropWindow:
     """The :class:`CropWindow` of :func:`resized_crop` for a height x width image."""
-    _, _, t, l = crop_offsets(height, width, AugParams(size, top, left), crop)
+    _, _, y, x = crop_offsets(height, width, AugParams(size, top, left), crop)
     nh, nw = rescaled_size(height, width, size)
     fy, fx = nh / height, nw / width
-    y0, y1, ky = _span(t, crop, fy, height)
-    x0, x1, kx = _span(l, crop, fx, width)
+    y0, y1, ky = _span(y, crop, fy, height)
+    x0, x1, kx = _span(x, crop, fx, width)
     return CropWindow(y0, y1, x0, x1, ky, kx, fy, fx)
 
 
@@ -176,8 +177,11 @@ def resample_windows(images, windows: Sequence[CropWindow], crop: int) -> torch.
     for (fy, fx), members in by_scale.items():
         rh = max(windows[i].y1 - windows[i].y0 for i in members)
         rw = max(windows[i].x1 - windows[i].x0 for i in members)
-        fits = [i for i in members
-                if windows[i].y0 + rh <= images[i].shape[-2] and windows[i].x0 + rw <= images[i].shape[-1]]
+        fits = [
+            i
+            for i in members
+            if windows[i].y0 + rh <= images[i].shape[-2] and windows[i].x0 + rw <= images[i].shape[-1]
+        ]
         rest = [i for i in members if i not in set(fits)]
         groups = [(fits, rh, rw)] if fits else []
         for i in rest:  # windows at the image's far edge cannot grow: one call each
@@ -240,7 +244,8 @@ class ImageTransform:
         raise NotImplementedError
 
     def offset(self, alpha: Sequence[float] | Sequence[Sequence[float]] | torch.Tensor) -> torch.Tensor:
-        """The float32 offset ``((colour_shift(alpha) * pixel_range - mean) / std`` of one alpha (3,) or of a batch (N, 3),
+        """The float32 offset ``((colour_shift(alpha) * pixel_range - mean) / std`` of one alpha (3,) or of a batch
+        (N, 3),
         shaped (3, 1, 1) or (N, 3, 1, 1) to broadcast over images."""
         a = alpha.tolist() if isinstance(alpha, torch.Tensor) else alpha
         single = len(a) > 0 and not isinstance(a[0], (Sequence, torch.Tensor))
@@ -249,7 +254,8 @@ class ImageTransform:
         return off[0] if single else off
 
     def normalize(self, x: torch.Tensor, alpha) -> torch.Tensor:
-        """The convention applied to ``x / 255 + colour_shift(alpha)`` in float32, for x (3, H, W) with one alpha (3,), or
+        """The convention applied to ``x / 255 + colour_shift(alpha)`` in float32, for x (3, H, W) with one alpha
+        (3,), or
         x (N, 3, H, W) with alphas (N, 3). x is uint8 (or float on the 0-255 scale); it is not modified."""
         inv, off = self._inv, self.offset(alpha)
         if x.device.type != "cpu":
@@ -325,8 +331,9 @@ class TrainTransform(ImageTransform):
         if not 0 < crop_size <= smin <= smax:
             raise ValueError(f"need 0 < crop_size <= Smin <= Smax, got crop_size {crop_size}, scale {scale}")
         if colour_std < 0 or (colour_std > 0 and stats is None):
-            raise ValueError("the colour shift needs the PCA of the training set: pass stats=compute_stats(...) "
-                             "or colour_std=0")  # fmt: skip
+            raise ValueError(
+                "the colour shift needs the PCA of the training set: pass stats=compute_stats(...) or colour_std=0"
+            )
         self.crop_size = crop_size
         self.scale = (smin, smax)
         self.flip = flip
@@ -336,8 +343,10 @@ class TrainTransform(ImageTransform):
         return draw_params(generator, self.scale, self.flip, self.colour_std)
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(crop_size={self.crop_size}, scale={self.scale}, flip={self.flip}, "
-                f"colour_std={self.colour_std}, divide_std={self.divide_std})")  # fmt: skip
+        return (
+            f"TrainTransform(crop_size={self.crop_size}, scale={self.scale}, flip={self.flip}, "
+            f"colour_std={self.colour_std}, divide_std={self.divide_std})"
+        )
 
 
 class EvalTransform(ImageTransform):
@@ -352,8 +361,14 @@ class EvalTransform(ImageTransform):
         convention: as for :class:`TrainTransform`.
     """
 
-    def __init__(self, stats: Stats | None, size: int = 256, crop_size: int | None = None, divide_std: bool = False,
-                 convention: Convention | None = None):
+    def __init__(
+        self,
+        stats: Stats | None,
+        size: int = 256,
+        crop_size: int | None = None,
+        divide_std: bool = False,
+        convention: Convention | None = None,
+    ):
         super().__init__(stats, divide_std, convention)
         if size < 1 or (crop_size is not None and not 0 < crop_size <= size):
             raise ValueError(f"need 0 < crop_size <= size, got size {size}, crop_size {crop_size}")
@@ -408,7 +423,7 @@ def shape_groups(images: Sequence[torch.Tensor]) -> dict[tuple[int, ...], list[i
 
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     """(..., H, W) -> (..., crop, crop), the crop at offsets ((H - crop)//2, (W - crop)//2)."""
-    t, l = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
-    if t < 0 or l < 0:
+    top, left = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
+    if top < 0 or left < 0:
         raise ValueError(f"cannot take a {crop}-pixel centre crop of {tuple(x.shape[-2:])}")
-    return x[..., t : t + crop, l : l + crop]
+    return x[..., top : top + crop, left : left + crop]

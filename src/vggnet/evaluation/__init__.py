@@ -27,7 +27,8 @@ The rooms:
   and most-confused pairs, errors among an ImageNet subset's own classes), the report files; ``prediction``:
   the top classes of images.
 
-Preprocessing (decoding, rescaling to Q, the input convention of vggnet.convention, the centre crop) and folder scanning live in
+Preprocessing (decoding, rescaling to Q, the input convention of vggnet.convention, the centre crop) and folder
+scanning live in
 ``vggnet.data``; the device and precision in ``vggnet.runtime``; the command line in ``vggnet.cli.evaluate``.
 """
 
@@ -55,10 +56,38 @@ from .views import (
 )
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE", "FUSED", "GRID", "PROTOCOLS", "VIEW_KINDS", "EvalResult", "Net", "Prediction",
-    "ProtocolResult", "as_net", "as_nets", "bare_folder_samples", "center_crop", "center_posteriors",
-    "crop_posteriors", "dense_posteriors", "evaluate", "folder_samples", "grid_crops",
-    "grid_offsets", "multicrop_posteriors", "net_posteriors", "parse_protocols", "parse_scales",
-    "posteriors", "predict", "prepare_images", "resolve_eval_samples", "resolve_scales", "softmax_mean",
-    "weights_net", "with_flip", "write_eval_files", "write_eval_report",
-]  # fmt: skip
+    "DEFAULT_BATCH_SIZE",
+    "FUSED",
+    "GRID",
+    "PROTOCOLS",
+    "VIEW_KINDS",
+    "EvalResult",
+    "Net",
+    "Prediction",
+    "ProtocolResult",
+    "as_net",
+    "as_nets",
+    "bare_folder_samples",
+    "center_crop",
+    "center_posteriors",
+    "crop_posteriors",
+    "dense_posteriors",
+    "evaluate",
+    "folder_samples",
+    "grid_crops",
+    "grid_offsets",
+    "multicrop_posteriors",
+    "net_posteriors",
+    "parse_protocols",
+    "parse_scales",
+    "posteriors",
+    "predict",
+    "prepare_images",
+    "resolve_eval_samples",
+    "resolve_scales",
+    "softmax_mean",
+    "weights_net",
+    "with_flip",
+    "write_eval_files",
+    "write_eval_report",
+]

@@ -161,9 +161,13 @@ def stream(
     # a chunk holds several batches so that images of one rescaled shape can share dense batches; pinned host
     # memory makes the copies to the GPU asynchronous
     loader = torch.utils.data.DataLoader(
-        DecodedImages(items, max_scale(plans)), batch_size=max(64, 4 * batch_size), num_workers=workers,
-        collate_fn=list, pin_memory=rt.device.type == "cuda", prefetch_factor=4 if workers else None,
-    )  # fmt: skip
+        DecodedImages(items, max_scale(plans)),
+        batch_size=max(64, 4 * batch_size),
+        num_workers=workers,
+        collate_fn=list,
+        pin_memory=rt.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
     done = 0
     it = iter(loader)
     while True:
@@ -193,8 +197,14 @@ class _Tally:
     confusion matrices), the errors restricted to ``subset`` (the data's classes, when fewer than the net's),
     and what the caller keeps."""
 
-    def __init__(self, rows: Sequence[str], protocols: Sequence[str], keep: bool, num_classes: int,
-                 subset: Sequence[int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rows: Sequence[str],
+        protocols: Sequence[str],
+        keep: bool,
+        num_classes: int,
+        subset: Sequence[int] | None = None,
+    ) -> None:
         self.rows, self.protocols, self.keep = list(rows), list(protocols), keep
         self.meters = {(r, p): TopKErrors((1, 5)) for r in rows for p in protocols}
         self.subset = torch.tensor(list(subset), dtype=torch.long) if subset is not None else None
@@ -244,8 +254,10 @@ def _results(
 
     def seconds(net: Net, plan: Plan, p: str) -> float:
         # what the protocol costs on its own: the rescale at each of its Q plus its kinds' forward passes
-        return sum(timer.seconds[(net.name, "rescale", q)] + sum(timer.seconds[(net.name, k, q)] for k in PROTOCOLS[p])
-                   for q in plan[p])  # fmt: skip
+        return sum(
+            timer.seconds[(net.name, "rescale", q)] + sum(timer.seconds[(net.name, k, q)] for k in PROTOCOLS[p])
+            for q in plan[p]
+        )
 
     n = len(tally.indices)
     names = nets[0].classes or [str(i) for i in range(nets[0].num_classes)]
@@ -261,8 +273,21 @@ def _results(
             else:
                 i = [nt.name for nt in nets].index(r)
                 sc, secs = plans[i][p], seconds(nets[i], plans[i], p)
-            results.append(ProtocolResult(r, p, sc, flip, err[1], err[5], n, secs, confusion=tally.confusion(r, p),
-                                          classes=names, **tally.subset_errors(r, p)))  # fmt: skip
+            results.append(
+                ProtocolResult(
+                    r,
+                    p,
+                    sc,
+                    flip,
+                    err[1],
+                    err[5],
+                    n,
+                    secs,
+                    confusion=tally.confusion(r, p),
+                    classes=names,
+                    **tally.subset_errors(r, p),
+                )
+            )
     return results
 
 
@@ -342,15 +367,27 @@ def evaluate(
     if not tally.indices:
         raise ValueError(f"none of the {len(items)} images could be read: {'; '.join(tally.skipped[:3])}")
     return EvalResult(
-        results=_results(net_list, plans, tally, flip, timer), n=len(tally.indices), num_classes=first.num_classes,
-        k=effective_k(5, first.num_classes), skipped=tally.skipped, nets=[nt.name for nt in net_list],
-        protocols=protocol_list, flip=flip, batch_size=bs, device=str(rt.device), precision=rt.precision,
+        results=_results(net_list, plans, tally, flip, timer),
+        n=len(tally.indices),
+        num_classes=first.num_classes,
+        k=effective_k(5, first.num_classes),
+        skipped=tally.skipped,
+        nets=[nt.name for nt in net_list],
+        protocols=protocol_list,
+        flip=flip,
+        batch_size=bs,
+        device=str(rt.device),
+        precision=rt.precision,
         wall_s=time.perf_counter() - t_start,
-        decode_s=timer.seconds["decode"], data=data_name, provenance=provenance(rt.device),
+        decode_s=timer.seconds["decode"],
+        data=data_name,
+        provenance=provenance(rt.device),
         posteriors={k: torch.cat(v) for k, v in tally.kept.items()},
-        labels=torch.cat(tally.kept_labels) if return_posteriors else None, indices=tally.indices,
-        subset=subset, subset_k=effective_k(5, len(subset)) if subset else None,
-    )  # fmt: skip
+        labels=torch.cat(tally.kept_labels) if return_posteriors else None,
+        indices=tally.indices,
+        subset=subset,
+        subset_k=effective_k(5, len(subset)) if subset else None,
+    )
 
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Timer", "eval_mode", "evaluate", "net_posteriors", "posteriors", "stream"]

@@ -41,7 +41,6 @@ class Net(ConventionTensors):
     scale_range: tuple[int, int] | None = None
     run: Run | None = None
 
-
     @property
     def crop_size(self) -> int:
         return int(unwrap(self.model).crop_size)
@@ -73,8 +72,10 @@ def _model_net(
         )
     cfg = getattr(inner, "pretrained_cfg", None) or {}
     if mean is not None or std is not None:
-        conv = Convention(tuple(torch.as_tensor(mean if mean is not None else (0.0,) * 3).tolist()),
-                          tuple(torch.as_tensor(std if std is not None else (1.0,) * 3).tolist()))  # fmt: skip
+        conv = Convention(
+            tuple(torch.as_tensor(mean if mean is not None else (0.0,) * 3).tolist()),
+            tuple(torch.as_tensor(std if std is not None else (1.0,) * 3).tolist()),
+        )
     else:
         conv = Convention.from_cfg(cfg) or Convention()
     classes = classes or cfg.get("classes")
@@ -84,8 +85,7 @@ def _model_net(
     scale = (int(cfg["resize"]),) * 2 if cfg.get("resize") else None
     src = str(cfg.get("source") or "")
     src = Path(src).name if os.sep in src else src  # a run folder or file: its name
-    return Net(obj, conv, name or src or getattr(inner, "name", "net"),
-               list(classes) if classes else None, scale)  # fmt: skip
+    return Net(obj, conv, name or src or getattr(inner, "name", "net"), list(classes) if classes else None, scale)
 
 
 def as_net(

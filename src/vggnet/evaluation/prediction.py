@@ -90,8 +90,9 @@ def predict(
             for i, pi, li in zip(idx, p.tolist(), lab.tolist()):
                 src = image_list[i]
                 label = str(src) if isinstance(src, (str, os.PathLike)) else f"image {i}"
-                preds[i] = Prediction(label, li, [names[j] for j in li], pi, rt.precision,
-                                      [wnids[j] for j in li] if wnids else None)  # fmt: skip
+                preds[i] = Prediction(
+                    label, li, [names[j] for j in li], pi, rt.precision, [wnids[j] for j in li] if wnids else None
+                )
     return [p for p in preds if p is not None]
 
 

@@ -17,8 +17,13 @@ PROTOCOLS: dict[str, tuple[str, ...]] = {
     "dense+multicrop": ("dense", "multicrop"),
     "center": ("center",),
 }
-_PROTOCOL_ALIASES = {"multi-crop": "multicrop", "multicrop+dense": "dense+multicrop", "centre": "center",
-                     "dense+multi-crop": "dense+multicrop", "multi-crop+dense": "dense+multicrop"}  # fmt: skip
+_PROTOCOL_ALIASES = {
+    "multi-crop": "multicrop",
+    "multicrop+dense": "dense+multicrop",
+    "centre": "center",
+    "dense+multi-crop": "dense+multicrop",
+    "multi-crop+dense": "dense+multicrop",
+}
 
 
 def parse_protocols(protocols: str | Sequence[str]) -> list[str]:

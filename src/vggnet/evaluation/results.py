@@ -62,26 +62,54 @@ class ProtocolResult:
             return []
         n, acc = per_class_accuracy(self.confusion)
         correct = self.confusion.diagonal()
-        return [{"index": i, "class": self.class_name(i), "n": int(n[i]), "correct": int(correct[i]),
-                 "top1_acc": float(acc[i])} for i in n.nonzero().flatten().tolist()]  # fmt: skip
+        return [
+            {
+                "index": i,
+                "class": self.class_name(i),
+                "n": int(n[i]),
+                "correct": int(correct[i]),
+                "top1_acc": float(acc[i]),
+            }
+            for i in n.nonzero().flatten().tolist()
+        ]
 
     def confused_pairs(self, top: int | None = None) -> list[dict[str, Any]]:
         """The most-confused pairs, most images first: {true, predicted, count, share} (share: of the true
         class's images), with the classes' indices as true_index and predicted_index."""
         if self.confusion is None:
             return []
-        return [{"true": self.class_name(t), "predicted": self.class_name(p), "count": c, "share": sh,
-                 "true_index": t, "predicted_index": p} for t, p, c, sh in most_confused(self.confusion, top)]  # fmt: skip
+        return [
+            {
+                "true": self.class_name(t),
+                "predicted": self.class_name(p),
+                "count": c,
+                "share": sh,
+                "true_index": t,
+                "predicted_index": p,
+            }
+            for t, p, c, sh in most_confused(self.confusion, top)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        out = dict(net=self.net, protocol=self.protocol, scales=self.scales, flip=self.flip,
-                   top1_err=self.top1_err, top5_err=self.top5_err, n=self.n, seconds=self.seconds,
-                   images_per_s=self.images_per_s)  # fmt: skip
+        out = dict(
+            net=self.net,
+            protocol=self.protocol,
+            scales=self.scales,
+            flip=self.flip,
+            top1_err=self.top1_err,
+            top5_err=self.top5_err,
+            n=self.n,
+            seconds=self.seconds,
+            images_per_s=self.images_per_s,
+        )
         if self.subset_top1_err is not None:
             out.update(subset_top1_err=self.subset_top1_err, subset_top5_err=self.subset_top5_err)
         if self.confusion is not None:
-            out.update(per_class=self.per_class, most_confused=self.confused_pairs(MOST_CONFUSED),
-                       confusion=self.confusion.tolist())  # fmt: skip
+            out.update(
+                per_class=self.per_class,
+                most_confused=self.confused_pairs(MOST_CONFUSED),
+                confusion=self.confusion.tolist(),
+            )
         return out
 
 
@@ -129,10 +157,17 @@ class EvalResult:
         net's, under the first protocol), with ``full`` every class and the most-confused pairs of every row."""
         topk = f"top-{self.k} err %"
         rows = [
-            [r.net, r.protocol, r.scales_text(), "yes" if r.flip and r.protocol != "center" else "no",
-             f"{100 * r.top1_err:.2f}", f"{100 * r.top5_err:.2f}", f"{r.images_per_s:,.1f}"]
+            [
+                r.net,
+                r.protocol,
+                r.scales_text(),
+                "yes" if r.flip and r.protocol != "center" else "no",
+                f"{100 * r.top1_err:.2f}",
+                f"{100 * r.top5_err:.2f}",
+                f"{r.images_per_s:,.1f}",
+            ]
             for r in self.results
-        ]  # fmt: skip
+        ]
         headers = ["net", "protocol", "Q (test scales)", "flip", "top-1 err %", topk, "images/s"]
         if self.subset:
             m = len(self.subset)
@@ -154,19 +189,27 @@ class EvalResult:
         for r in rows_shown:
             lines += ["", errors_markdown(r, None if full else WORST, MOST_CONFUSED if full else WORST)]
         if not full:
-            lines += ["", ("Every class, and the most-confused pairs of every net and protocol: in the report "
-                           "files (RUN/eval/ or --out DIR) and the JSON.")]  # fmt: skip
+            lines += [
+                "",
+                (
+                    "Every class, and the most-confused pairs of every net and protocol: in the report "
+                    "files (RUN/eval/ or --out DIR) and the JSON."
+                ),
+            ]
         return "\n".join(lines)
 
     def _notes(self) -> list[str]:
         lines = []
         if self.subset:
-            lines.append(f"The data has {len(self.subset)} of the nets' {self.num_classes} classes: the "
-                         f"'({len(self.subset)} classes)' columns score each image among those classes only (the "
-                         f"highest posterior of the data's classes); the others among all {self.num_classes}.")  # fmt: skip
+            lines.append(
+                f"The data has {len(self.subset)} of the nets' {self.num_classes} classes: the "
+                f"'({len(self.subset)} classes)' columns score each image among those classes only (the "
+                f"highest posterior of the data's classes); the others among all {self.num_classes}."
+            )
         if self.k < 5:
-            lines.append(f"top-{self.k} in place of top-5: the nets have only {self.num_classes} classes "
-                         f"(k = min(5, classes)).")  # fmt: skip
+            lines.append(
+                f"top-{self.k} in place of top-5: the nets have only {self.num_classes} classes (k = min(5, classes))."
+            )
         if len(self.nets) > 1:
             lines.append(f"{FUSED}: the soft-max posteriors of {', '.join(self.nets)} averaged (section 4.4).")
         if self.skipped:
@@ -175,12 +218,23 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(
-            nets=self.nets, data=self.data, n=self.n, num_classes=self.num_classes, k=self.k,
-            protocols=self.protocols, flip=self.flip, batch_size=self.batch_size, device=self.device,
-            precision=self.precision, wall_s=self.wall_s, decode_s=self.decode_s, skipped=self.skipped,
-            results=[r.to_dict() for r in self.results], provenance=self.provenance,
+            nets=self.nets,
+            data=self.data,
+            n=self.n,
+            num_classes=self.num_classes,
+            k=self.k,
+            protocols=self.protocols,
+            flip=self.flip,
+            batch_size=self.batch_size,
+            device=self.device,
+            precision=self.precision,
+            wall_s=self.wall_s,
+            decode_s=self.decode_s,
+            skipped=self.skipped,
+            results=[r.to_dict() for r in self.results],
+            provenance=self.provenance,
             **({"subset": self.subset, "subset_k": self.subset_k} if self.subset else {}),
-        )  # fmt: skip
+        )
 
 
 def errors_markdown(r: ProtocolResult, worst: int | None = WORST, pairs: int | None = WORST) -> str:
@@ -191,15 +245,27 @@ def errors_markdown(r: ProtocolResult, worst: int | None = WORST, pairs: int | N
         per_class = per_class[:worst]
     head = f"Where {r.net} errs under {r.protocol} (top-1 among all classes)"
     what = f"the {len(per_class)} worst classes" if worst is not None else "every class with images, worst first"
-    lines = [f"{head}: {what}", "",
-             markdown_table(["class", "images", "top-1 acc %"],
-                            [[c["class"], c["n"], f"{100 * c['top1_acc']:.1f}"] for c in per_class], "lrr")]  # fmt: skip
+    lines = [
+        f"{head}: {what}",
+        "",
+        markdown_table(
+            ["class", "images", "top-1 acc %"],
+            [[c["class"], c["n"], f"{100 * c['top1_acc']:.1f}"] for c in per_class],
+            "lrr",
+        ),
+    ]
     confused = r.confused_pairs(pairs)
     if confused:
-        lines += ["", f"the {len(confused)} most-confused pairs", "",
-                  markdown_table(["true class", "predicted", "images", "share of the true class %"],
-                                 [[c["true"], c["predicted"], c["count"], f"{100 * c['share']:.1f}"]
-                                  for c in confused], "llrr")]  # fmt: skip
+        lines += [
+            "",
+            f"the {len(confused)} most-confused pairs",
+            "",
+            markdown_table(
+                ["true class", "predicted", "images", "share of the true class %"],
+                [[c["true"], c["predicted"], c["count"], f"{100 * c['share']:.1f}"] for c in confused],
+                "llrr",
+            ),
+        ]
     else:
         lines += ["", "no image was taken for another class"]
     return "\n".join(lines)
@@ -231,4 +297,11 @@ def write_eval_report(result: EvalResult, folders: Iterable[str | os.PathLike]) 
     return [path for folder in folders for path in write_eval_files(result, Path(folder) / "eval")]
 
 
-__all__ = ["MAX_PNG_CLASSES", "EvalResult", "ProtocolResult", "errors_markdown", "write_eval_files", "write_eval_report"]
+__all__ = [
+    "MAX_PNG_CLASSES",
+    "EvalResult",
+    "ProtocolResult",
+    "errors_markdown",
+    "write_eval_files",
+    "write_eval_report",
+]

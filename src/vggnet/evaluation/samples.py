@@ -113,9 +113,13 @@ def resolve_eval_samples(run: Run, data: str | os.PathLike | None = None) -> lis
         if (Path(spec).expanduser() / "val").is_dir():
             return _run_folder_samples(run, Path(spec).expanduser() / "val")
     _, val_samples, data_classes = data_pkg.resolve_data(
-        spec, val=None, val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("seed", 0),
-        class_names=cfg.get("class_names") or None, cache_dir=cfg.get("cache_dir") or None,
-    )  # fmt: skip
+        spec,
+        val=None,
+        val_fraction=cfg.get("val_fraction", 0.1),
+        seed=cfg.get("seed", 0),
+        class_names=cfg.get("class_names") or None,
+        cache_dir=cfg.get("cache_dir") or None,
+    )
     val_samples = _relabel(val_samples, data_classes, run, spec)
     if not val_samples:
         raise ValueError(f"data {spec!r} has no validation images (val_fraction 0?); pass --data DIR")

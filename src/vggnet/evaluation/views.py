@@ -55,7 +55,7 @@ def grid_offsets(size: int, crop: int, n: int = GRID) -> list[int]:
 def grid_crops(x: torch.Tensor, crop: int, n: int = GRID) -> torch.Tensor:
     """(..., 3, H, W) -> (..., n*n, 3, crop, crop): the n x n regular grid of crops, row by row."""
     tops, lefts = grid_offsets(x.shape[-2], crop, n), grid_offsets(x.shape[-1], crop, n)
-    return torch.stack([x[..., t : t + crop, l : l + crop] for t in tops for l in lefts], dim=-4)
+    return torch.stack([x[..., t : t + crop, c : c + crop] for t in tops for c in lefts], dim=-4)
 
 
 def softmax_mean(logits: torch.Tensor) -> torch.Tensor:
@@ -138,9 +138,13 @@ def crop_posteriors(
 
 
 def multicrop_posteriors(
-    model: nn.Module, xs: Sequence[torch.Tensor], flip: bool = True, batch_size: int = 32,
-    rt: Runtime | None = None, grid: int = GRID,
-) -> torch.Tensor:  # fmt: skip
+    model: nn.Module,
+    xs: Sequence[torch.Tensor],
+    flip: bool = True,
+    batch_size: int = 32,
+    rt: Runtime | None = None,
+    grid: int = GRID,
+) -> torch.Tensor:
     """Multi-crop evaluation: the grid x grid crops of each image, and of its flip: 50 views for the 5x5 grid."""
     crop = unwrap(model).crop_size
 
@@ -167,6 +171,17 @@ VIEW_KINDS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 __all__ = [
-    "GRID", "VIEW_KINDS", "average_map", "center_posteriors", "crop_posteriors", "dense_average", "dense_posteriors",
-    "dense_views", "grid_crops", "grid_offsets", "multicrop_posteriors", "softmax_mean", "with_flip",
-]  # fmt: skip
+    "GRID",
+    "VIEW_KINDS",
+    "average_map",
+    "center_posteriors",
+    "crop_posteriors",
+    "dense_average",
+    "dense_posteriors",
+    "dense_views",
+    "grid_crops",
+    "grid_offsets",
+    "multicrop_posteriors",
+    "softmax_mean",
+    "with_flip",
+]

@@ -51,8 +51,27 @@ from .tables import markdown_tables, reproduce_localisation
 from .training import BoxDataset, Localisation, collate_boxes, train_localisation, validate_localisation
 
 __all__ = [
-    "FINETUNE", "IOU_THRESHOLD", "LOC_FILE", "MERGE_IOU", "REGRESSIONS", "BoxDataset", "LocConfig", "LocResult",
-    "Localisation", "box_loss", "box_outputs", "collate_boxes", "evaluate_localisation", "load_loc_run",
-    "load_source", "localisation_net", "markdown_tables", "merge_boxes", "reproduce_localisation", "select_boxes",
-    "train_localisation", "validate_localisation", "window_boxes",
-]  # fmt: skip
+    "FINETUNE",
+    "IOU_THRESHOLD",
+    "LOC_FILE",
+    "MERGE_IOU",
+    "REGRESSIONS",
+    "BoxDataset",
+    "LocConfig",
+    "LocResult",
+    "Localisation",
+    "box_loss",
+    "box_outputs",
+    "collate_boxes",
+    "evaluate_localisation",
+    "load_loc_run",
+    "load_source",
+    "localisation_net",
+    "markdown_tables",
+    "merge_boxes",
+    "reproduce_localisation",
+    "select_boxes",
+    "train_localisation",
+    "validate_localisation",
+    "window_boxes",
+]

@@ -134,12 +134,22 @@ def load_source(spec: str | os.PathLike, device: str | torch.device = "cpu", nor
     side = int(cfg.get("resize") or round(net.crop_size * 256 / 224))
     # the convention as a training set's statistics on [0, 1] with "standardize": exact for any RGB convention
     unit = float(conv.pixel_range)
-    stats = Stats(tuple(m / unit for m in conv.mean), tuple(v / unit for v in conv.std), (0.0, 0.0, 0.0),
-                  ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    stats = Stats(
+        tuple(m / unit for m in conv.mean),
+        tuple(v / unit for v in conv.std),
+        (0.0, 0.0, 0.0),
+        ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+    )
     config = dict(scale_min=side, scale_max=side, data="", normalize="standardize", pixel_range=1)
     classes = list(net.classes or [str(i) for i in range(net.num_classes)])
-    return runs.Run(path=Path(str(spec)), model=net.model.to(device).eval(), config=config, classes=classes,
-                    convention=Convention.of_run(stats, "standardize", 1), stats=stats)
+    return runs.Run(
+        path=Path(str(spec)),
+        model=net.model.to(device).eval(),
+        config=config,
+        classes=classes,
+        convention=Convention.of_run(stats, "standardize", 1),
+        stats=stats,
+    )
 
 
 def load_loc_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[runs.Run, dict[str, Any]]:
@@ -147,8 +157,9 @@ def load_loc_run(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     path = Path(path)
     if not (path / LOC_FILE).is_file():
         if (path / runs.CONFIG_FILE).is_file():
-            raise ValueError(f"{path} is not a localisation run (no {LOC_FILE}); make one with "
-                             f"`vgg localize train --from {path}`")  # fmt: skip
+            raise ValueError(
+                f"{path} is not a localisation run (no {LOC_FILE}); make one with `vgg localize train --from {path}`"
+            )
         raise FileNotFoundError(f"{path}: no localisation run here; make one with `vgg localize train --from RUN`")
     info = json.loads((path / LOC_FILE).read_text())
     run = runs.load_run(path, device)
@@ -160,6 +171,18 @@ def load_loc_run(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 __all__ = [
-    "FINETUNE", "IOU_THRESHOLD", "LOC_FIELDS", "LOC_FILE", "MERGE_IOU", "REGRESSIONS", "LocConfig", "box_loss",
-    "box_outputs", "load_loc_run", "load_source", "localisation_net", "select_boxes", "stride",
-]  # fmt: skip
+    "FINETUNE",
+    "IOU_THRESHOLD",
+    "LOC_FIELDS",
+    "LOC_FILE",
+    "MERGE_IOU",
+    "REGRESSIONS",
+    "LocConfig",
+    "box_loss",
+    "box_outputs",
+    "load_loc_run",
+    "load_source",
+    "localisation_net",
+    "select_boxes",
+    "stride",
+]

@@ -35,8 +35,9 @@ from .nets import IOU_THRESHOLD, MERGE_IOU, load_loc_run, load_source, select_bo
 CHUNK = 32  # images decoded and run together: batched forward passes, bounded memory
 
 
-def merge_boxes(boxes: torch.Tensor, scores: torch.Tensor,
-                threshold: float = MERGE_IOU) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def merge_boxes(
+    boxes: torch.Tensor, scores: torch.Tensor, threshold: float = MERGE_IOU
+) -> tuple[torch.Tensor, torch.Tensor]:
     """OverFeat's greedy merging: repeatedly join the two closest boxes until no two are close.
 
     Two boxes are close when their IoU exceeds ``threshold``; the closest pair (highest IoU) is joined first. A
@@ -157,8 +158,9 @@ def _dense_maps(s: _Setup, chunk: list[tuple[B.BoxSample, torch.Tensor]]) -> lis
     return maps
 
 
-def _dense_hits(s: _Setup, smp: B.BoxSample, size: tuple[int, int], maps: list[tuple],
-                merge_iou: float) -> tuple[bool, bool, bool]:  # fmt: skip
+def _dense_hits(
+    s: _Setup, smp: B.BoxSample, size: tuple[int, int], maps: list[tuple], merge_iou: float
+) -> tuple[bool, bool, bool]:
     """(top-1 right, any of the top-5 right, top-1 class right) of one image from its dense maps."""
     h, w = size
     all_boxes, all_scores, posteriors = [], [], []
@@ -182,14 +184,17 @@ def _dense_hits(s: _Setup, smp: B.BoxSample, size: tuple[int, int], maps: list[t
     return correct[0], any(correct), ranked[0] == smp.label
 
 
-def _classifier(path: str | os.PathLike, device: torch.device, num_classes: int,
-                normalize: str | None = None) -> runs.Run:
+def _classifier(
+    path: str | os.PathLike, device: torch.device, num_classes: int, normalize: str | None = None
+) -> runs.Run:
     """The classification net that rates the dense protocol's boxes (a run folder or weights of any SOURCE form);
     it must know the data's classes."""
     cls = load_source(path, device, normalize)
     if cls.model.num_classes != num_classes:
-        raise ValueError(f"the classification net {cls.path} has {cls.model.num_classes} classes, the data "
-                         f"{num_classes}; pass the run the localisation net was made from (--classifier)")  # fmt: skip
+        raise ValueError(
+            f"the classification net {cls.path} has {cls.model.num_classes} classes, the data "
+            f"{num_classes}; pass the run the localisation net was made from (--classifier)"
+        )
     cls.model.eval()
     return cls
 
@@ -203,10 +208,17 @@ def _decode(samples: list[B.BoxSample]) -> list[tuple[B.BoxSample, torch.Tensor]
 
 
 @torch.inference_mode()
-def evaluate_localisation(loc_run: str | os.PathLike, protocol: str = "dense", scales: list[int] | None = None,
-                          classifier: str | os.PathLike | None = None, data: str | None = None,
-                          max_per_class: int = 0, boxes_csv: str | None = None, device: str = "auto",
-                          merge_iou: float = MERGE_IOU) -> LocResult:  # fmt: skip
+def evaluate_localisation(
+    loc_run: str | os.PathLike,
+    protocol: str = "dense",
+    scales: list[int] | None = None,
+    classifier: str | os.PathLike | None = None,
+    data: str | None = None,
+    max_per_class: int = 0,
+    boxes_csv: str | None = None,
+    device: str = "auto",
+    merge_iou: float = MERGE_IOU,
+) -> LocResult:
     """Localisation errors of a localisation run on the validation images with boxes (module doc)."""
     if protocol not in ("center", "dense"):
         raise ValueError(f"unknown localisation protocol {protocol!r}; use center or dense")
@@ -240,10 +252,17 @@ def evaluate_localisation(loc_run: str | os.PathLike, protocol: str = "dense", s
             top1, top5, cls_right, n = top1 + right1, top5 + right5, cls_right + class_right, n + 1
     n = max(n, 1)
     return LocResult(
-        run=str(loc_run), regression=s.regression, finetune=info.get("finetune", "?"), protocol=protocol,
-        scales=scales, images=n, top1_loc_err=1 - top1 / n, top5_loc_err=1 - top5 / n,
-        top1_cls_err=(1 - cls_right / n) if protocol == "dense" else None, seconds=time.perf_counter() - t0,
-    )  # fmt: skip
+        run=str(loc_run),
+        regression=s.regression,
+        finetune=info.get("finetune", "?"),
+        protocol=protocol,
+        scales=scales,
+        images=n,
+        top1_loc_err=1 - top1 / n,
+        top5_loc_err=1 - top5 / n,
+        top1_cls_err=(1 - cls_right / n) if protocol == "dense" else None,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 __all__ = ["LocResult", "evaluate_localisation", "merge_boxes", "window_boxes"]

@@ -34,21 +34,60 @@ def markdown_tables(results: list[LocResult]) -> str:
     lines = []
     center = [r for r in results if r.protocol == "center"]
     if center:
-        rows = [(r.regression.upper(), "all layers" if r.finetune == "all" else "1st and 2nd FC", _scales(r),
-                 _pct(r.top5_loc_err), Path(r.run).name) for r in center]  # fmt: skip
-        lines += ["## Table 8 (localisation): regression and fine-tuning, one centre crop with the true class", "",
-                  markdown_table(["regression", "fine-tuned layers", "Q", "loc. error %", "run"], rows, "lllrl"), ""]
+        rows = [
+            (
+                r.regression.upper(),
+                "all layers" if r.finetune == "all" else "1st and 2nd FC",
+                _scales(r),
+                _pct(r.top5_loc_err),
+                Path(r.run).name,
+            )
+            for r in center
+        ]
+        lines += [
+            "## Table 8 (localisation): regression and fine-tuning, one centre crop with the true class",
+            "",
+            markdown_table(["regression", "fine-tuned layers", "Q", "loc. error %", "run"], rows, "lllrl"),
+            "",
+        ]
     if results:
-        rows = [(r.regression.upper(), r.finetune, "dense (whole image, merged)" if r.protocol == "dense" else
-                 "centre crop, true class", _scales(r), _pct(r.top1_loc_err), _pct(r.top5_loc_err),
-                 _pct(r.top1_cls_err), r.images) for r in results]  # fmt: skip
-        lines += ["## Table 9 (localisation): test protocols, top-1 / top-5 localisation error", "",
-                  markdown_table(["regression", "fine-tuned", "protocol", "Q", "top-1 loc. err %", "top-5 loc. err %",
-                                  "top-1 class err %", "images"], rows, "llllrrrr"),  # fmt: skip
-                  "", "A prediction is right when its class is the image's and its box overlaps a true box with "
-                  "IoU > 0.5; the centre crop uses the true class, so its top-1 and top-5 errors are equal. The "
-                  "class error is the classification net's own (dense, averaged over locations and scales), a "
-                  "floor under the top-1 localisation error.", ""]
+        rows = [
+            (
+                r.regression.upper(),
+                r.finetune,
+                "dense (whole image, merged)" if r.protocol == "dense" else "centre crop, true class",
+                _scales(r),
+                _pct(r.top1_loc_err),
+                _pct(r.top5_loc_err),
+                _pct(r.top1_cls_err),
+                r.images,
+            )
+            for r in results
+        ]
+        lines += [
+            "## Table 9 (localisation): test protocols, top-1 / top-5 localisation error",
+            "",
+            markdown_table(
+                [
+                    "regression",
+                    "fine-tuned",
+                    "protocol",
+                    "Q",
+                    "top-1 loc. err %",
+                    "top-5 loc. err %",
+                    "top-1 class err %",
+                    "images",
+                ],
+                rows,
+                "llllrrrr",
+            ),
+            "",
+            "A prediction is right when its class is the image's and its box overlaps a true box with "
+            "IoU > 0.5; the centre crop uses the true class, so its top-1 and top-5 errors are equal. The "
+            "class error is the classification net's own (dense, averaged over locations and scales), a "
+            "floor under the top-1 localisation error.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -62,8 +101,9 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _train_and_test(source: Path, folders: list[Path], data: str, device: str,
-                    settings: tuple[int, int, int]) -> list[LocResult]:  # fmt: skip
+def _train_and_test(
+    source: Path, folders: list[Path], data: str, device: str, settings: tuple[int, int, int]
+) -> list[LocResult]:
     """Train the four nets that are not done yet, test each on a centre crop, and the PCR net on all layers
     densely at one and at three scales."""
     epochs, per_class, val_per_class = settings
@@ -72,17 +112,29 @@ def _train_and_test(source: Path, folders: list[Path], data: str, device: str,
         regression, finetune = folder.name.split("-")
         if not (folder / "done.json").exists():
             shutil.rmtree(folder, ignore_errors=True)
-            train_localisation(LocConfig(from_run=str(source), regression=regression, finetune=finetune, data=data,
-                                         epochs=epochs, max_per_class=per_class, val_per_class=val_per_class,
-                                         device=device, out=str(folder), batch_size=32), log_fn=_quiet)  # fmt: skip
+            train_localisation(
+                LocConfig(
+                    from_run=str(source),
+                    regression=regression,
+                    finetune=finetune,
+                    data=data,
+                    epochs=epochs,
+                    max_per_class=per_class,
+                    val_per_class=val_per_class,
+                    device=device,
+                    out=str(folder),
+                    batch_size=32,
+                ),
+                log_fn=_quiet,
+            )
             (folder / "done.json").write_text("{}\n")
-        results.append(evaluate_localisation(folder, "center", data=data, max_per_class=val_per_class,
-                                             device=device))  # fmt: skip
+        results.append(evaluate_localisation(folder, "center", data=data, max_per_class=val_per_class, device=device))
     best = folders[0].parent / "pcr-all"
     s = int(json.loads((best / LOC_FILE).read_text())["scale"])
     for scales in ([s], [s, s + s // 2, 2 * s]):
-        results.append(evaluate_localisation(best, "dense", scales=scales, data=data, max_per_class=val_per_class,
-                                             device=device))  # fmt: skip
+        results.append(
+            evaluate_localisation(best, "dense", scales=scales, data=data, max_per_class=val_per_class, device=device)
+        )
     return results
 
 
@@ -117,11 +169,14 @@ def reproduce_localisation(plan: Any, report: Path, log: Callable[[str], None] =
         torch.set_num_threads(threads)
     s = results[0].scales[0]
     text = markdown_tables(results)
-    intro = (f"Localisation (Appendix A) at laptop scale: net D of `{source.name}` (S = {s}) turned into box "
-             f"regressors, {epochs} epoch(s) at lr 1e-3 on {per_class} images a class of {data}, tested on "
-             f"{val_per_class} validation images a class; {seconds:.0f} s in all (training and evaluation).")
-    write_report(out, "localize", intro + "\n\n" + text, {"results": [r.to_dict() for r in results],
-                                                          "seconds": seconds})  # fmt: skip
+    intro = (
+        f"Localisation (Appendix A) at laptop scale: net D of `{source.name}` (S = {s}) turned into box "
+        f"regressors, {epochs} epoch(s) at lr 1e-3 on {per_class} images a class of {data}, tested on "
+        f"{val_per_class} validation images a class; {seconds:.0f} s in all (training and evaluation)."
+    )
+    write_report(
+        out, "localize", intro + "\n\n" + text, {"results": [r.to_dict() for r in results], "seconds": seconds}
+    )
     with open(report, "a") as f:
         f.write("\n" + intro + "\n\n" + text)
     log(f"localisation tables: {out / 'localize.md'}")

@@ -40,7 +40,14 @@ from ..training import BatchPlan, Logger, train
 from ..training.task import Classification
 from ..weights import unwrap
 from .nets import (
-    IOU_THRESHOLD, LOC_FIELDS, LOC_FILE, LocConfig, box_loss, load_source, localisation_net, select_boxes,
+    IOU_THRESHOLD,
+    LOC_FIELDS,
+    LOC_FILE,
+    LocConfig,
+    box_loss,
+    load_source,
+    localisation_net,
+    select_boxes,
 )
 
 BAD_BOXES_FILE = "bad_boxes.txt"
@@ -96,8 +103,10 @@ def adopt_source(cfg: LocConfig, src: runs.Run) -> None:
     if src.model.arch["num_classes"] != len(src.classes):
         raise ValueError(f"{cfg.from_run}: its last layer does not match its classes; pass a classification run")
     if not runs.is_run(cfg.from_run) and not cfg.data:
-        raise ValueError(f"--from {cfg.from_run}: weights without a run folder name no data; pass --data (images "
-                         f"with boxes of their {len(src.classes)} classes, in their label order)")
+        raise ValueError(
+            f"--from {cfg.from_run}: weights without a run folder name no data; pass --data (images "
+            f"with boxes of their {len(src.classes)} classes, in their label order)"
+        )
     arch = src.model.arch
     cfg.arch, cfg.batch_norm = arch["config"], bool(arch["batch_norm"])
     cfg.width, cfg.fc_width, cfg.dropout = float(arch["width"]), int(arch["fc_width"]), float(arch["dropout"])
@@ -125,8 +134,9 @@ class Localisation(Classification):
     def source(self, cfg: LocConfig) -> runs.Run:
         """The classification run (loaded once)."""
         if not cfg.from_run:
-            raise ValueError("vgg localize train needs --from SOURCE (a classification run or weights) or --resume "
-                             "LOCRUN")
+            raise ValueError(
+                "vgg localize train needs --from SOURCE (a classification run or weights) or --resume LOCRUN"
+            )
         if cfg.from_run not in self._sources:
             self._sources[cfg.from_run] = load_source(cfg.from_run, normalize=cfg.source_normalize)
         return self._sources[cfg.from_run]
@@ -145,8 +155,10 @@ class Localisation(Classification):
         values = read_toml(path)
         unknown = sorted(set(values) - LOC_FIELDS)
         if unknown:
-            raise ValueError(f"{path}: unknown key(s) {unknown}; the keys are the `vgg localize train` options "
-                             f"(fix or delete those lines)")
+            raise ValueError(
+                f"{path}: unknown key(s) {unknown}; the keys are the `vgg localize train` options "
+                f"(fix or delete those lines)"
+            )
         return values
 
     def build_data(self, cfg: LocConfig, d: Dist, stats: Stats | None, run: Path):
@@ -158,19 +170,26 @@ class Localisation(Classification):
         val_samples, _ = B.box_samples(cfg.data, "val", cfg.boxes or None, cfg.val_per_class, val_report)
         # released weights name their classes in words (ImageNet's), the data by folder (n01440764): in label order
         same = [str(c) for c in classes] == [str(c) for c in src.classes] or (
-            not runs.is_run(cfg.from_run) and len(classes) == len(src.classes))
+            not runs.is_run(cfg.from_run) and len(classes) == len(src.classes)
+        )
         if not same:
-            raise ValueError(f"the classes of {cfg.data} differ from those of {cfg.from_run}; localise on the data "
-                             "the classification net was trained on")
+            raise ValueError(
+                f"the classes of {cfg.data} differ from those of {cfg.from_run}; localise on the data "
+                "the classification net was trained on"
+            )
         if d.main:
             B.BoxReport(report.skipped + val_report.skipped).write(run / BAD_BOXES_FILE)
         if not train_samples or not val_samples:
-            raise ValueError(f"{cfg.data}: no usable boxes (train: {report.summary()}; val: {val_report.summary()}); "
-                             f"see {run / BAD_BOXES_FILE}, and give boxes as a boxes.csv or VOC XML files")
+            raise ValueError(
+                f"{cfg.data}: no usable boxes (train: {report.summary()}; val: {val_report.summary()}); "
+                f"see {run / BAD_BOXES_FILE}, and give boxes as a boxes.csv or VOC XML files"
+            )
         self.skipped = len(report.skipped) + len(val_report.skipped)
         conv, crop = Convention.of_run(stats, cfg.normalize, cfg.pixel_range), cfg.crop_size
-        train_set = BoxDataset(train_samples, TrainTransform(stats, crop_size=crop, scale=cfg.scale, flip=cfg.flip,
-                                                              colour_std=0.0, convention=conv))
+        train_set = BoxDataset(
+            train_samples,
+            TrainTransform(stats, crop_size=crop, scale=cfg.scale, flip=cfg.flip, colour_std=0.0, convention=conv),
+        )
         val_set = BoxDataset(val_samples, EvalTransform(stats, size=cfg.scale, crop_size=crop, convention=conv))
         return train_set, val_set, list(classes), stats
 
@@ -180,29 +199,40 @@ class Localisation(Classification):
         batch = cfg.batch_size if n >= cfg.batch_size else max(unit, n // unit * unit)
         return BatchPlan(n, batch, d.world, d.rank, cfg.accum_steps, cfg.seed)
 
-    def make_model(self, cfg: LocConfig, classes: list[str], stats: Stats, run: Path, d: Dist, log: Logger,
-                   fresh: bool):
+    def make_model(
+        self, cfg: LocConfig, classes: list[str], stats: Stats, run: Path, d: Dist, log: Logger, fresh: bool
+    ):
         """The classification net with a box head (its last layer random; a resumed run's weights replace it)."""
         model = localisation_net(self.source(cfg).model, cfg.regression, len(classes))
         conv = Convention.of_run(stats, cfg.normalize, cfg.pixel_range)
-        model.pretrained_cfg = make_cfg(conv, source=str(run), num_classes=model.num_classes, resize=cfg.scale,
-                                        crop=cfg.crop_size)
+        model.pretrained_cfg = make_cfg(
+            conv, source=str(run), num_classes=model.num_classes, resize=cfg.scale, crop=cfg.crop_size
+        )
         if cfg.finetune == "fc":
             for p in model.features.parameters():
                 p.requires_grad_(False)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         skipped = getattr(self, "skipped", 0)
-        log.line(f"localisation: {cfg.regression.upper()} from {cfg.from_run}, fine-tuning {cfg.finetune} layers "
-                 f"({trainable / 1e6:.2f}M parameters), boxes at S = {cfg.scale}"
-                 + (f"; skipped {skipped} box(es), see {BAD_BOXES_FILE}" if skipped else ""))
+        log.line(
+            f"localisation: {cfg.regression.upper()} from {cfg.from_run}, fine-tuning {cfg.finetune} layers "
+            f"({trainable / 1e6:.2f}M parameters), boxes at S = {cfg.scale}"
+            + (f"; skipped {skipped} box(es), see {BAD_BOXES_FILE}" if skipped else "")
+        )
         return model
 
     def write_files(self, run: Path, cfg: LocConfig, classes: list[str], stats: Stats) -> None:
         super().write_files(run, cfg, classes, stats)
         local = Path(cfg.from_run).expanduser()
-        info = dict(from_run=str(local.resolve()) if local.exists() else cfg.from_run, regression=cfg.regression,
-                    finetune=cfg.finetune, num_classes=len(classes), scale=cfg.scale, crop_size=cfg.crop_size,
-                    data=cfg.data, source_normalize=cfg.source_normalize)
+        info = dict(
+            from_run=str(local.resolve()) if local.exists() else cfg.from_run,
+            regression=cfg.regression,
+            finetune=cfg.finetune,
+            num_classes=len(classes),
+            scale=cfg.scale,
+            crop_size=cfg.crop_size,
+            data=cfg.data,
+            source_normalize=cfg.source_normalize,
+        )
         atomic_write_text(run / LOC_FILE, json.dumps(info, indent=1) + "\n")
 
     def train_mode(self, model, cfg: LocConfig) -> None:
@@ -218,19 +248,29 @@ class Localisation(Classification):
             return box_loss(pred, targets[:, 1:])
         return 0.5 * (pred - targets[:, 1:]).pow(2).sum(1)
 
-    def validate(self, model, dataset, cfg: LocConfig, device, autocast, d: Dist, bad_files: set[str],
-                 loader=None) -> dict[str, float]:
+    def validate(
+        self, model, dataset, cfg: LocConfig, device, autocast, d: Dist, bad_files: set[str], loader=None
+    ) -> dict[str, float]:
         return validate_localisation(model, dataset, cfg, device, autocast, d, bad_files, loader)
 
     def epoch_text(self, metrics: dict[str, float]) -> str:
-        return (f"val box loss {metrics['val_loss']:.4f}, val loc. error (centre crop, true class) "
-                f"{metrics['val_loc_err']:.2%}")
+        return (
+            f"val box loss {metrics['val_loss']:.4f}, val loc. error (centre crop, true class) "
+            f"{metrics['val_loc_err']:.2%}"
+        )
 
 
 @torch.inference_mode()
-def validate_localisation(model, dataset: BoxDataset, cfg: LocConfig, device, autocast=contextlib.nullcontext,
-                          d: Dist | None = None, bad_files: set[str] | None = None,
-                          loader=None) -> dict[str, float]:
+def validate_localisation(
+    model,
+    dataset: BoxDataset,
+    cfg: LocConfig,
+    device,
+    autocast=contextlib.nullcontext,
+    d: Dist | None = None,
+    bad_files: set[str] | None = None,
+    loader=None,
+) -> dict[str, float]:
     """Box loss and localisation error (IoU <= 0.5) of the centre crop with the true class, in crop coordinates;
     summed over the processes."""
     model.eval()
@@ -275,12 +315,16 @@ def _refuse_box_changes(config: LocConfig | dict[str, Any] | None, run: Path) ->
     given = config.to_dict() if isinstance(config, LocConfig) else dict(config or {})
     saved = read_toml(run / runs.CONFIG_FILE) if (run / runs.CONFIG_FILE).is_file() else {}
     own = LOC_FIELDS - {f.name for f in fields(TrainConfig)}
-    refuse_unsafe_changes({k: (saved[k], v) for k, v in given.items() if k in own and k in saved and saved[k] != v},
-                          "--resume with these options", run)
+    refuse_unsafe_changes(
+        {k: (saved[k], v) for k, v in given.items() if k in own and k in saved and saved[k] != v},
+        "--resume with these options",
+        run,
+    )
 
 
-def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.PathLike | None = None,
-                       log_fn=None) -> Path:
+def train_localisation(
+    config: LocConfig | dict[str, Any], resume: str | os.PathLike | None = None, log_fn=None
+) -> Path:
     """Train a localisation net (the paper's Appendix A); return its run folder.
 
     ``resume``: a localisation run folder whose newest valid checkpoint is continued exactly (keys of a ``config``
@@ -294,13 +338,19 @@ def train_localisation(config: LocConfig | dict[str, Any], resume: str | os.Path
         config = task.resolve(config)
         # rank 0 alone: under torchrun the other processes would find the config.toml it has just written
         if config.out and is_main() and (Path(config.out) / runs.CONFIG_FILE).exists():
-            raise FileExistsError(f"{config.out} already holds a run; continue it with `vgg localize train --resume "
-                                  f"{config.out}`")
+            raise FileExistsError(
+                f"{config.out} already holds a run; continue it with `vgg localize train --resume {config.out}`"
+            )
     with contextlib.redirect_stdout(_Lines(log_fn)) if log_fn else contextlib.nullcontext():
         return train(config, resume, task)
 
 
 __all__ = [
-    "BAD_BOXES_FILE", "BoxDataset", "Localisation", "adopt_source", "collate_boxes", "train_localisation",
+    "BAD_BOXES_FILE",
+    "BoxDataset",
+    "Localisation",
+    "adopt_source",
+    "collate_boxes",
+    "train_localisation",
     "validate_localisation",
 ]

@@ -99,17 +99,27 @@ def estimate(plan: Any, measured: float | None = None) -> dict[str, Any]:
     else:
         stated = 3 * forward_flops(STATED_NET, 1000, STATED_CROP)
         flop_rate = STATED_IMAGES_PER_S * stated
-        source = (f"stated: net D at 224 trains at {STATED_IMAGES_PER_S:,.0f} images/s on one H200 "
-                  f"(docs/performance.md, {flop_rate / 1e12:.0f} TFLOP/s), "
-                  "the same FLOP rate assumed for every net")  # fmt: skip
+        source = (
+            f"stated: net D at 224 trains at {STATED_IMAGES_PER_S:,.0f} images/s on one H200 "
+            f"(docs/performance.md, {flop_rate / 1e12:.0f} TFLOP/s), "
+            "the same FLOP rate assumed for every net"
+        )
     rows, total_train = [], 0.0
     for r in plan.runs:
         cfg = r.config()
         per_image = 3 * forward_flops(r.arch, classes, crop, **opts)
         seconds = cfg.epochs * n_train * per_image / flop_rate
         total_train += seconds
-        rows.append(dict(name=r.name, arch=r.arch, epochs=cfg.epochs, gflop_per_image=per_image / 1e9,
-                         images_per_s=flop_rate / per_image, hours=seconds / 3600))  # fmt: skip
+        rows.append(
+            dict(
+                name=r.name,
+                arch=r.arch,
+                epochs=cfg.epochs,
+                gflop_per_image=per_image / 1e9,
+                images_per_s=flop_rate / per_image,
+                hours=seconds / 3600,
+            )
+        )
     total_eval = 0.0
     for e in plan.evals:
         qs = sorted(set(e.multi) | {e.single})
@@ -118,9 +128,17 @@ def estimate(plan: Any, measured: float | None = None) -> dict[str, Any]:
             dense = sum(forward_flops(arch, classes, q, q * 4 // 3, **opts) for q in qs) * 2  # and the flips
             crops = 50 * len(e.multi) * forward_flops(arch, classes, crop, **opts) if e.kind == "protocols" else 0
             total_eval += n_val * (dense + crops) / flop_rate
-    return dict(train_images=n_train, val_images=n_val, classes=classes, crop=crop, rate_source=source,
-                runs=rows, train_hours=total_train / 3600, eval_hours=total_eval / 3600,
-                total_hours=(total_train + total_eval) / 3600)  # fmt: skip
+    return dict(
+        train_images=n_train,
+        val_images=n_val,
+        classes=classes,
+        crop=crop,
+        rate_source=source,
+        runs=rows,
+        train_hours=total_train / 3600,
+        eval_hours=total_eval / 3600,
+        total_hours=(total_train + total_eval) / 3600,
+    )
 
 
 def estimate_text(plan: Any, measured: float | None = None) -> str:
@@ -132,8 +150,10 @@ def estimate_text(plan: Any, measured: float | None = None) -> str:
         "  run: net, epochs (cap), GFLOP a training image, images/s, GPU-hours at the cap",
     ]
     for r in est["runs"]:
-        lines.append(f"  {r['name']}: {r['arch']}, {r['epochs']}, {r['gflop_per_image']:.1f}, "
-                     f"{r['images_per_s']:,.0f}, {r['hours']:.3g}")  # fmt: skip
+        lines.append(
+            f"  {r['name']}: {r['arch']}, {r['epochs']}, {r['gflop_per_image']:.1f}, "
+            f"{r['images_per_s']:,.0f}, {r['hours']:.3g}"
+        )
     lines.append(
         f"Total: at most {est['total_hours']:.3g} GPU-hours ({est['train_hours']:.3g} training at every run's epoch "
         f"cap, {est['eval_hours']:.3g} evaluation); the plateau schedule usually stops runs earlier. Data loading "

@@ -21,10 +21,17 @@ from .plan import Plan, make_plan
 from .report import Report
 
 
-def reproduce(grid: str = "small", out: str | os.PathLike | None = None, seeds: Sequence[int] | None = None,
-              data: str | None = None, recipes: str | os.PathLike | None = None, device: str | None = None,
-              jobs: int | None = None, command: str | None = None,
-              log: Callable[[str], None] = print) -> Path:  # fmt: skip
+def reproduce(
+    grid: str = "small",
+    out: str | os.PathLike | None = None,
+    seeds: Sequence[int] | None = None,
+    data: str | None = None,
+    recipes: str | os.PathLike | None = None,
+    device: str | None = None,
+    jobs: int | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Run the paper's experiments on ``grid`` and write OUT/REPORT.md (returned), results.json and plots.
 
     Finished runs and their evaluations in ``out`` are reused; interrupted runs are resumed. Under torchrun,
@@ -33,8 +40,10 @@ def reproduce(grid: str = "small", out: str | os.PathLike | None = None, seeds: 
     plan = make_plan(grid, out, seeds, data, recipes, device, jobs)
     if not is_main():
         log = _quiet  # under torchrun, rank 0 speaks for all
-    log(f"reproduce ({plan.grid}): {len(plan.runs)} runs, {len(plan.evals)} evaluations, {plan.jobs} job(s), "
-        f"output in {plan.out}")  # fmt: skip
+    log(
+        f"reproduce ({plan.grid}): {len(plan.runs)} runs, {len(plan.evals)} evaluations, {plan.jobs} job(s), "
+        f"output in {plan.out}"
+    )
     if plan.grid == "medium" and is_main():  # hours of GPU time: say so first
         log(plan.describe())
         log(estimate(plan))
@@ -62,9 +71,15 @@ def estimate(plan: Plan) -> str:
 def _record_history(plan: Plan, outcome: dict[str, Any], command: str) -> list[dict[str, Any]]:
     """Append this invocation to OUT/history.jsonl and return all of them: a report made by a second call that
     reused every run still says how long the calls that trained them took."""
-    entry = dict(date=time.strftime("%Y-%m-%d %H:%M:%S"), command=command, wall_s=outcome["seconds"],
-                 trained=len(outcome["trained"]), reused=len(outcome["reused"]), jobs=plan.jobs,
-                 git=outcome.get("provenance", {}).get("git"))  # fmt: skip
+    entry = dict(
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        command=command,
+        wall_s=outcome["seconds"],
+        trained=len(outcome["trained"]),
+        reused=len(outcome["reused"]),
+        jobs=plan.jobs,
+        git=outcome.get("provenance", {}).get("git"),
+    )
     path = plan.out / "history.jsonl"
     with open(path, "a") as f:
         f.write(json.dumps(entry) + "\n")

@@ -30,12 +30,12 @@ from .. import runs as runs_mod
 from ..config import HOW_IT_RUNS
 from ..data import EMBEDDED, materialise, resolve_data
 from ..evaluation import evaluate, resolve_eval_samples
+from ..files import atomic_write_text
 from ..plots import read_epochs
 from ..report import provenance
 from ..runs import load_run
 from ..runtime import is_main, rank, setup_distributed, world_size
 from ..training import train
-from ..files import atomic_write_text
 from .plan import EvalSpec, Plan, RunSpec, cuda_available
 from .published import EVAL_PROTOCOLS
 
@@ -50,7 +50,7 @@ _NEUTRAL = HOW_IT_RUNS | {"init_from"}
 
 
 def run_state(spec: RunSpec) -> str:
-    """"done" (finished: final weights and the marker), "resume" (a checkpoint to continue) or "new"."""
+    """ "done" (finished: final weights and the marker), "resume" (a checkpoint to continue) or "new"."""
     folder = spec.folder
     if (folder / MARKER).is_file() and runs_mod.is_run(folder):
         return "done"
@@ -67,8 +67,11 @@ def check_config(spec: RunSpec) -> None:
     with open(path, "rb") as f:
         saved = tomllib.load(f)
     want = spec.config().to_dict()
-    diff = [f"{k}: {saved.get(k)!r} there, {v!r} in the plan" for k, v in want.items()
-            if k not in _NEUTRAL and k in saved and saved[k] != v]  # fmt: skip
+    diff = [
+        f"{k}: {saved.get(k)!r} there, {v!r} in the plan"
+        for k, v in want.items()
+        if k not in _NEUTRAL and k in saved and saved[k] != v
+    ]
     if diff:
         raise ValueError(
             f"{spec.folder} holds a run made with another config ({'; '.join(diff[:4])}); remove that folder or "
@@ -113,9 +116,14 @@ def train_task(spec: RunSpec, log: str | None = None) -> dict[str, Any]:
     if not is_main():
         return {}
     epochs = read_epochs(folder)
-    marker = dict(name=spec.name, seconds=round(seconds, 1), resumed=state == "resume", epochs=len(epochs),
-                  val_top1_err=epochs[-1]["val_top1_err"] if epochs else None,
-                  finished=time.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+    marker = dict(
+        name=spec.name,
+        seconds=round(seconds, 1),
+        resumed=state == "resume",
+        epochs=len(epochs),
+        val_top1_err=epochs[-1]["val_top1_err"] if epochs else None,
+        finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
     atomic_write_text(folder / MARKER, json.dumps(marker, indent=1) + "\n")
     return marker
 
@@ -141,28 +149,51 @@ def eval_task(spec: EvalSpec, folders: list[str], device: str) -> dict[str, Any]
         # the rows by run name (evaluate names nets after their folders)
         named = dict(zip([*spec.runs, "fused"], [rows[n] for n in [*res.nets, "fused"]]))
         scales = {spec.runs[i]: res.get("dense", n).scales for i, n in enumerate(res.nets)}
-        return dict(kind=spec.kind, runs=spec.runs, rows=named, scales=scales, n=res.n, k=res.k, flip=flip,
-                    classes=res.num_classes,
-                    seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+        return dict(
+            kind=spec.kind,
+            runs=spec.runs,
+            rows=named,
+            scales=scales,
+            n=res.n,
+            k=res.k,
+            flip=flip,
+            classes=res.num_classes,
+            seconds=round(time.perf_counter() - t0, 1),
+        )
     run = loaded[0]
     per_q = {}
     for q in sorted(set(spec.multi) | {spec.single}):
         res = evaluate(run, samples, protocols="dense", scales=[q], flip=flip, device=device)
         per_q[str(q)] = pct(res.get("dense"))
     if len(spec.multi) > 1:
-        multi_err = pct(evaluate(run, samples, protocols="dense", scales=spec.multi, flip=flip,
-                                 device=device).get("dense"))  # fmt: skip
+        multi_err = pct(
+            evaluate(run, samples, protocols="dense", scales=spec.multi, flip=flip, device=device).get("dense")
+        )
     else:
         multi_err = per_q[str(spec.multi[0])]
-    return dict(kind=spec.kind, runs=spec.runs, single_q=spec.single, multi_qs=spec.multi, per_q=per_q,
-                multi=multi_err, n=res.n, k=res.k, classes=res.num_classes, flip=flip,
-                seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+    return dict(
+        kind=spec.kind,
+        runs=spec.runs,
+        single_q=spec.single,
+        multi_qs=spec.multi,
+        per_q=per_q,
+        multi=multi_err,
+        n=res.n,
+        k=res.k,
+        classes=res.num_classes,
+        flip=flip,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
 
 
 def _eval_cache_key(plan: Plan, spec: EvalSpec) -> dict[str, Any]:
     """What a cached evaluation depends on: its runs' finish stamps and the evaluation settings."""
-    return dict(sources={n: _marker(plan.run(n).folder).get("finished") for n in spec.runs}, kind=spec.kind,
-                single=spec.single, multi=spec.multi)  # fmt: skip
+    return dict(
+        sources={n: _marker(plan.run(n).folder).get("finished") for n in spec.runs},
+        kind=spec.kind,
+        single=spec.single,
+        multi=spec.multi,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -233,8 +264,10 @@ class GridProgress:
             self.markers[t.name] = result
             self.trained.append(t.name)
             err = result.get("val_top1_err")
-            self.log(f"{self.clock()} trained {t.name}: {result.get('epochs')} epochs in {seconds:.0f}s"
-                     + (f", val top-1 err {100 * err:.2f}% (one centre crop)" if err is not None else ""))
+            self.log(
+                f"{self.clock()} trained {t.name}: {result.get('epochs')} epochs in {seconds:.0f}s"
+                + (f", val top-1 err {100 * err:.2f}% (one centre crop)" if err is not None else "")
+            )
         else:
             self.evals[t.spec.name] = result
             _save_eval(self.plan, t.spec, result)
@@ -270,8 +303,14 @@ def execute(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
             progress.finish(t, *_timed(t, plan, None))
     else:
         _execute_pool(plan, pending, progress)
-    return dict(markers=progress.markers, evals=progress.evals, trained=progress.trained, reused=progress.reused,
-                provenance=info, seconds=round(time.perf_counter() - progress.t_start, 1))  # fmt: skip
+    return dict(
+        markers=progress.markers,
+        evals=progress.evals,
+        trained=progress.trained,
+        reused=progress.reused,
+        provenance=info,
+        seconds=round(time.perf_counter() - progress.t_start, 1),
+    )
 
 
 def _run_task(t: Task, plan: Plan, log_file: str | None) -> dict[str, Any]:
@@ -392,5 +431,14 @@ def _save_eval(plan: Plan, spec: EvalSpec, result: dict[str, Any]) -> None:
     atomic_write_text(path, body + "\n")
 
 
-__all__ = ["MARKER", "GridProgress", "Task", "check_config", "eval_task", "execute", "make_subset", "run_state",
-           "train_task"]  # fmt: skip
+__all__ = [
+    "MARKER",
+    "GridProgress",
+    "Task",
+    "check_config",
+    "eval_task",
+    "execute",
+    "make_subset",
+    "run_state",
+    "train_task",
+]

@@ -29,8 +29,11 @@ def draw(plan: Plan, cells: Cells, scale_text: Callable[[str], str]) -> list[Pat
     folder = plan.out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     files = []
-    for name, figure in (("error_vs_depth.png", error_vs_depth), ("error_vs_test_scale.png", error_vs_test_scale),
-                         ("learning_curves.png", learning_curves)):  # fmt: skip
+    for name, figure in (
+        ("error_vs_depth.png", error_vs_depth),
+        ("error_vs_test_scale.png", error_vs_test_scale),
+        ("learning_curves.png", learning_curves),
+    ):
         fig = figure(plt, plan, cells, scale_text)
         fig.tight_layout()
         files.append(folder / name)
@@ -72,14 +75,29 @@ def error_vs_depth(plt: Any, plan: Plan, cells: Cells, scale_text: Callable[[str
                 name = paper_scale_text(label)
             line = [a for a in nets if a != "C"]
             shift = (i - 1) * 0.06  # keep error bars of the three scales apart
-            h = ax.errorbar([x_of[a] + shift for a in line], [ms[a][0] for a in line],
-                            yerr=[ms[a][1] for a in line], marker=marker, capsize=3, label=name)  # fmt: skip
+            h = ax.errorbar(
+                [x_of[a] + shift for a in line],
+                [ms[a][0] for a in line],
+                yerr=[ms[a][1] for a in line],
+                marker=marker,
+                capsize=3,
+                label=name,
+            )
             if "C" in ms:
-                ax.errorbar([x_of["C"] + shift], [ms["C"][0]], yerr=[ms["C"][1]], marker=marker, capsize=3,
-                            color=h[0].get_color(), ls="none")  # fmt: skip
+                ax.errorbar(
+                    [x_of["C"] + shift],
+                    [ms["C"][0]],
+                    yerr=[ms["C"][1]],
+                    marker=marker,
+                    capsize=3,
+                    color=h[0].get_color(),
+                    ls="none",
+                )
         ax.set_xticks(range(len(archs)), [f"{a}\n{weight_layers(a)} layers" for a in archs])
-        ax.set(ylabel="top-1 error % (one test scale)",
-               title=f"Table 3, {title}" + (f" ({spread})" if title == "ours" else ""))  # fmt: skip
+        ax.set(
+            ylabel="top-1 error % (one test scale)",
+            title=f"Table 3, {title}" + (f" ({spread})" if title == "ours" else ""),
+        )
         _legend(ax)
     return fig
 
@@ -95,8 +113,14 @@ def error_vs_test_scale(plt: Any, plan: Plan, cells: Cells, scale_text: Callable
             if not qs:
                 continue
             ms = [_mean_std(cells["perq"].get(f"{key}@{q}")) for q in qs]
-            line = ax.errorbar(qs, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3,
-                               label=f"train {scale_text(label)}")  # fmt: skip
+            line = ax.errorbar(
+                qs,
+                [m for m, _ in ms],
+                yerr=[s for _, s in ms],
+                marker="o",
+                capsize=3,
+                label=f"train {scale_text(label)}",
+            )
             multi = _mean_std(cells["4"].get(key))[0]
             ax.axhline(multi, color=line[0].get_color(), ls=":", lw=1)
         ax.set(title=f"{arch}: dense, one Q at a time (dotted: multi-scale)", xlabel="test scale Q")
@@ -123,8 +147,14 @@ def learning_curves(plt: Any, plan: Plan, cells: Cells, scale_text: Callable[[st
             if not rows:
                 continue
             xs = [start + m["epoch"] for m in rows]
-            ax.plot(xs, [100 * m["val_top1_err"] for m in rows], "o-", ms=3, color=colours.get(r.stage, "k"),
-                    label=f"{r.arch} {scale_text(r.label)}")  # fmt: skip
+            ax.plot(
+                xs,
+                [100 * m["val_top1_err"] for m in rows],
+                "o-",
+                ms=3,
+                color=colours.get(r.stage, "k"),
+                label=f"{r.arch} {scale_text(r.label)}",
+            )
             ax.axvline(start + 0.5, color="grey", ls=":", lw=1)
             start = xs[-1]
         ax.set(title=f"staged training of {arch} (seed {seed})", xlabel="epoch (all stages)")

@@ -21,6 +21,7 @@ from .grids import SCALE_LABELS
 from .plan import Plan
 from .published import EVAL_PROTOCOLS, TABLE4, paper_value
 
+
 def stats(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for one value: no spread)."""
     n = len(values)
@@ -99,39 +100,90 @@ def claims(scale_label: Callable[[str], str]) -> list[Claim]:
     jit = [f"{a}@256-512" for a in cde]
     s256, s384, sj = scale_label("256"), scale_label("384"), scale_label("256-512")
     return [
-        Claim("lrn", "LRN does not help (A-LRN vs A, Table 3)",
-              [Comparison(f"A-LRN vs A at {s256}", t3("A-LRN@256"), t3("A@256"), "not_lower")]),
-        Claim("depth", f"Error falls with depth (Table 3, {s256})",
-              [Comparison(f"B (13 layers) vs A (11) at {s256}", t3("B@256"), t3("A@256")),
-               Comparison(f"D (16) vs B (13) at {s256}", t3("D@256"), t3("B@256")),
-               Comparison(f"E (19) vs A (11) at {s256}", t3("E@256"), t3("A@256"))],
-              note="the paper finds the error saturating at 19 layers: E 27.3 vs D 27.0 at S=256, 25.5 vs 25.6 "
-                   "jittered; D vs E is shown below the table without a verdict"),
-        Claim("filters", f"Small filters, deeper, beat large filters, shallower (section 4.1, {s256})",
-              [Comparison(f"B (13 layers, 3x3) vs B-5x5 (8 layers, 5x5) at {s256}", t3("B@256"), t3("B-5x5@256"))],
-              note="the paper measures B-5x5's top-1 error 7% above B's (one centre crop) and gives no Table 3 "
-                   "row; the paper difference is B's 28.7 against 7% more (30.7)"),
-        Claim("conv1", "1x1 convs (C) help less than 3x3 (D) (Table 3, all three training scales)",
-              [Comparison(f"D vs C, mean over {s256}, {s384}, {sj}", t3(*[f"D@{s}" for s in SCALE_LABELS]),
-                          t3(*[f"C@{s}" for s in SCALE_LABELS]))]),
-        Claim("jitter", "Scale jittering in training beats a fixed S (C, D, E; at one test scale, Table 3, and at "
-                        "several, Table 4)",
-              [Comparison(f"{sj} vs {s} at one test scale", t3(*jit), t3(*[f"{a}@{lab}" for a in cde]))
-               for s, lab in ((s256, "256"), (s384, "384"))]
-              + [Comparison(f"{sj} vs {s} at several test scales", [("4", c) for c in jit],
-                            [("4", f"{a}@{lab}") for a in cde]) for s, lab in ((s256, "256"), (s384, "384"))]),
-        Claim("multiscale", "Multi-scale testing beats one test scale (Table 4 vs Table 3)",
-              [Comparison("fixed-S nets (B; C, D, E at both fixed S)", [("4", c) for c in fixed], t3(*fixed)),
-               Comparison("jittered nets (C, D, E)", [("4", c) for c in jit], t3(*jit))]),
-        Claim("densecrop", "Dense + multi-crop beats either alone (Table 5, D and E jittered)",
-              [Comparison("dense+multi-crop vs dense", [("5", f"{a}@dense+multicrop") for a in "DE"],
-                          [("5", f"{a}@dense") for a in "DE"]),
-               Comparison("dense+multi-crop vs multi-crop", [("5", f"{a}@dense+multicrop") for a in "DE"],
-                          [("5", f"{a}@multicrop") for a in "DE"])]),
-        Claim("fusion", "Fusing D and E beats each net (Table 6 vs Table 5, mean over the three protocols)",
-              [Comparison(f"D+E fused vs {a}", [("6", p) for p in EVAL_PROTOCOLS],
-                          [("5", f"{a}@{p}") for p in EVAL_PROTOCOLS]) for a in "DE"]),
-    ]  # fmt: skip
+        Claim(
+            "lrn",
+            "LRN does not help (A-LRN vs A, Table 3)",
+            [Comparison(f"A-LRN vs A at {s256}", t3("A-LRN@256"), t3("A@256"), "not_lower")],
+        ),
+        Claim(
+            "depth",
+            f"Error falls with depth (Table 3, {s256})",
+            [
+                Comparison(f"B (13 layers) vs A (11) at {s256}", t3("B@256"), t3("A@256")),
+                Comparison(f"D (16) vs B (13) at {s256}", t3("D@256"), t3("B@256")),
+                Comparison(f"E (19) vs A (11) at {s256}", t3("E@256"), t3("A@256")),
+            ],
+            note="the paper finds the error saturating at 19 layers: E 27.3 vs D 27.0 at S=256, 25.5 vs 25.6 "
+            "jittered; D vs E is shown below the table without a verdict",
+        ),
+        Claim(
+            "filters",
+            f"Small filters, deeper, beat large filters, shallower (section 4.1, {s256})",
+            [Comparison(f"B (13 layers, 3x3) vs B-5x5 (8 layers, 5x5) at {s256}", t3("B@256"), t3("B-5x5@256"))],
+            note="the paper measures B-5x5's top-1 error 7% above B's (one centre crop) and gives no Table 3 "
+            "row; the paper difference is B's 28.7 against 7% more (30.7)",
+        ),
+        Claim(
+            "conv1",
+            "1x1 convs (C) help less than 3x3 (D) (Table 3, all three training scales)",
+            [
+                Comparison(
+                    f"D vs C, mean over {s256}, {s384}, {sj}",
+                    t3(*[f"D@{s}" for s in SCALE_LABELS]),
+                    t3(*[f"C@{s}" for s in SCALE_LABELS]),
+                )
+            ],
+        ),
+        Claim(
+            "jitter",
+            "Scale jittering in training beats a fixed S (C, D, E; at one test scale, Table 3, and at "
+            "several, Table 4)",
+            [
+                Comparison(f"{sj} vs {s} at one test scale", t3(*jit), t3(*[f"{a}@{lab}" for a in cde]))
+                for s, lab in ((s256, "256"), (s384, "384"))
+            ]
+            + [
+                Comparison(
+                    f"{sj} vs {s} at several test scales", [("4", c) for c in jit], [("4", f"{a}@{lab}") for a in cde]
+                )
+                for s, lab in ((s256, "256"), (s384, "384"))
+            ],
+        ),
+        Claim(
+            "multiscale",
+            "Multi-scale testing beats one test scale (Table 4 vs Table 3)",
+            [
+                Comparison("fixed-S nets (B; C, D, E at both fixed S)", [("4", c) for c in fixed], t3(*fixed)),
+                Comparison("jittered nets (C, D, E)", [("4", c) for c in jit], t3(*jit)),
+            ],
+        ),
+        Claim(
+            "densecrop",
+            "Dense + multi-crop beats either alone (Table 5, D and E jittered)",
+            [
+                Comparison(
+                    "dense+multi-crop vs dense",
+                    [("5", f"{a}@dense+multicrop") for a in "DE"],
+                    [("5", f"{a}@dense") for a in "DE"],
+                ),
+                Comparison(
+                    "dense+multi-crop vs multi-crop",
+                    [("5", f"{a}@dense+multicrop") for a in "DE"],
+                    [("5", f"{a}@multicrop") for a in "DE"],
+                ),
+            ],
+        ),
+        Claim(
+            "fusion",
+            "Fusing D and E beats each net (Table 6 vs Table 5, mean over the three protocols)",
+            [
+                Comparison(
+                    f"D+E fused vs {a}", [("6", p) for p in EVAL_PROTOCOLS], [("5", f"{a}@{p}") for p in EVAL_PROTOCOLS]
+                )
+                for a in "DE"
+            ],
+        ),
+    ]
 
 
 def _side(refs: list[tuple[str, str]], cells: dict[str, dict[str, dict[int, list[float]]]]) -> dict[int, float] | None:
@@ -141,6 +193,7 @@ def _side(refs: list[tuple[str, str]], cells: dict[str, dict[str, dict[int, list
         return None
     seeds = set.intersection(*(set(p) for p in per))
     return {s: sum(p[s][0] for p in per) / len(per) for s in sorted(seeds)}
+
 
 def _paper_side(refs: list[tuple[str, str]]) -> float | None:
     """One side of a comparison in the paper's tables: the mean of its cells (None when one is missing)."""
@@ -161,8 +214,14 @@ def check(comp: Comparison, cells: dict[str, dict[str, dict[int, list[float]]]])
     seeds = sorted(set(t) & set(b))
     diffs = [t[s] - b[s] for s in seeds]
     mean, std = stats(diffs)
-    out.update(seeds=seeds, treatment=[t[s] for s in seeds], baseline=[b[s] for s in seeds], diffs=diffs,
-               diff_mean=mean, diff_std=std)  # fmt: skip
+    out.update(
+        seeds=seeds,
+        treatment=[t[s] for s in seeds],
+        baseline=[b[s] for s in seeds],
+        diffs=diffs,
+        diff_mean=mean,
+        diff_std=std,
+    )
     if std is None:
         way = "lower" if mean < 0 else "higher" if mean > 0 else "equal"
         out.update(verdict="inconclusive", reason=f"one seed, no spread (treatment {way} by {abs(mean):.2f})")
@@ -187,9 +246,12 @@ def check(comp: Comparison, cells: dict[str, dict[str, dict[int, list[float]]]])
         n = seeds_to_resolve(effect, std)
         out["seeds_needed"] = n
         size = "the paper's difference" if out["paper_diff"] else "the measured difference"
-        out["reason"] += (f"; {n} seeds would resolve {size} ({effect:.2f}) at this spread (sd {std:.2f})"
-                          if n else f"; the spread (sd {std:.2f}) is too wide to resolve {size} ({effect:.2f}) "
-                          f"with up to {MAX_SEEDS} seeds")  # fmt: skip
+        out["reason"] += (
+            f"; {n} seeds would resolve {size} ({effect:.2f}) at this spread (sd {std:.2f})"
+            if n
+            else f"; the spread (sd {std:.2f}) is too wide to resolve {size} ({effect:.2f}) "
+            f"with up to {MAX_SEEDS} seeds"
+        )
     return out
 
 
@@ -235,4 +297,15 @@ def verdict(results: list[dict[str, Any]]) -> str:
     return "inconclusive"
 
 
-__all__ = ["Claim", "Comparison", "check", "claims", "collect", "fmt", "interval", "seeds_to_resolve", "stats", "verdict"]
+__all__ = [
+    "Claim",
+    "Comparison",
+    "check",
+    "claims",
+    "collect",
+    "fmt",
+    "interval",
+    "seeds_to_resolve",
+    "stats",
+    "verdict",
+]

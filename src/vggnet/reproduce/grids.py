@@ -36,8 +36,7 @@ class StageRun:
     settings: tuple[tuple[str, Any], ...] = ()  # TrainConfig fields of this stage over the grid's base
 
 
-def staged_cells(epochs: Sequence[int], lr: float,
-                 settings: Sequence[dict[str, Any]] | None = None) -> list[StageRun]:  # fmt: skip
+def staged_cells(epochs: Sequence[int], lr: float, settings: Sequence[dict[str, Any]] | None = None) -> list[StageRun]:
     """The paper's staged plan: A and A-LRN from random weights (stage 1); B, C, D, E and B-5x5 at the small
     fixed scale from net A (2; B-5x5 takes A's FC layers only, its convs being 5x5); C, D, E at the large
     fixed scale from their small-scale runs with lr / 10 (3); C, D, E with scale jittering, fine-tuned from the
@@ -99,10 +98,23 @@ reasons, on 2 CPU cores (each choice with its reason and pilot: docs/reproduce-d
 """
 
 _SMALL_BASE: dict[str, Any] = dict(
-    data="mnist-clutter", crop_size=64, fc_width=128, width=0.0625, flip=False, init="kaiming", dropout=0.0,
-    batch_size=32, colour_shift=0.1, normalize="mean", lr_decays=2, stats_images=1000,
-    workers=0, log_every=50, tensorboard=False, cache_images=True,
-)  # fmt: skip
+    data="mnist-clutter",
+    crop_size=64,
+    fc_width=128,
+    width=0.0625,
+    flip=False,
+    init="kaiming",
+    dropout=0.0,
+    batch_size=32,
+    colour_shift=0.1,
+    normalize="mean",
+    lr_decays=2,
+    stats_images=1000,
+    workers=0,
+    log_every=50,
+    tensorboard=False,
+    cache_images=True,
+)
 _SMALL_SCALES = {"256": (64, 64), "384": (96, 96), "256-512": (64, 128)}  # the paper's divided by 4
 # fine-tuning stages start at lr / 10: one decay (to lr / 100) before the plateau that ends them
 _FINE_TUNE = {"lr_decays": 1}
@@ -118,8 +130,8 @@ GRIDS: dict[str, Grid] = {
     "small": Grid(
         name="small",
         description="embedded mnist-clutter digits (4,000 train / 1,000 val, 10 classes, 128x128 over photo "
-                    "backgrounds with digit fragments as clutter), nets at 1/16 width with 128-wide FC layers "
-                    "and 64-pixel crops, every scale divided by 4; each run stops at its plateau",
+        "backgrounds with digit fragments as clutter), nets at 1/16 width with 128-wide FC layers "
+        "and 64-pixel crops, every scale divided by 4; each run stops at its plateau",
         seeds=(0, 1, 2),
         scales=_SMALL_SCALES,
         cells=tuple(staged_cells(epochs=(40, 40, 20, 20), lr=0.01, settings=[{}, {}, _FINE_TUNE, _FINE_TUNE])),
@@ -128,7 +140,7 @@ GRIDS: dict[str, Grid] = {
     "quick": Grid(
         name="quick",
         description="a plumbing check, not a measurement: the small grid's runs and evaluations with one seed, "
-                    "on 60 training and 20 validation images a class, one or two epochs a stage",
+        "on 60 training and 20 validation images a class, one or two epochs a stage",
         seeds=(0,),
         scales=_SMALL_SCALES,
         cells=tuple(staged_cells(epochs=(2, 1, 1, 1), lr=0.01)),
@@ -138,8 +150,8 @@ GRIDS: dict[str, Grid] = {
     "medium": Grid(
         name="medium",
         description="the paper's grid on an ImageNet-style subset (train/ and val/ class folders) at the paper's "
-                    "224 crops and scales, full-width nets, one GPU; each run stops at its plateau (at most "
-                    f"{MEDIUM_EPOCHS} epochs)",
+        "224 crops and scales, full-width nets, one GPU; each run stops at its plateau (at most "
+        f"{MEDIUM_EPOCHS} epochs)",
         seeds=(0,),
         scales={"256": (256, 256), "384": (384, 384), "256-512": (256, 512)},
         cells=tuple(staged_cells(epochs=(MEDIUM_EPOCHS,) * 4, lr=0.01, settings=[{}, {}, _FINE_TUNE, _FINE_TUNE])),
@@ -147,6 +159,6 @@ GRIDS: dict[str, Grid] = {
         needs_data=True,
         device="auto",
     ),
-}  # fmt: skip
+}
 
 __all__ = ["GRIDS", "Grid", "MEDIUM_EPOCHS", "SCALE_LABELS", "SMALL_DESIGN", "StageRun", "staged_cells"]

@@ -59,9 +59,11 @@ class ReportNotes:
         if not earlier:
             return []
         trained = [h for h in earlier if h["trained"]]
-        text = "; ".join(f"{h['date']}: `{h['command']}`, {h['wall_s'] / 60:.1f} min, {h['trained']} runs trained, "
-                         f"{h['reused']} reused" + (f", vggnet {h['git']}" if h.get("git") else "")
-                         for h in trained)  # fmt: skip
+        text = "; ".join(
+            f"{h['date']}: `{h['command']}`, {h['wall_s'] / 60:.1f} min, {h['trained']} runs trained, "
+            f"{h['reused']} reused" + (f", vggnet {h['git']}" if h.get("git") else "")
+            for h in trained
+        )
         rest = len(earlier) - len(trained)
         if rest:
             text += ("; " if text else "") + f"{rest} call(s) that trained nothing"
@@ -72,16 +74,36 @@ class ReportNotes:
         stages = []
         for stage in sorted({r.stage for r in self.plan.runs}):
             cfg = next(r for r in self.plan.runs if r.stage == stage).config()
-            stages.append(f"stage {stage} up to {cfg.epochs} epochs at lr {cfg.lr:g}, at most {cfg.lr_decays} lr "
-                          "decay(s)")  # fmt: skip
+            stages.append(
+                f"stage {stage} up to {cfg.epochs} epochs at lr {cfg.lr:g}, at most {cfg.lr_decays} lr decay(s)"
+            )
         cfg = self.plan.runs[0].config()
-        keys = ("width", "fc_width", "crop_size", "batch_size", "momentum", "weight_decay", "dropout", "init", "flip",
-                "colour_shift", "normalize", "lr_patience", "lr_decays", "label_smoothing", "batch_norm")  # fmt: skip
-        differ = [f"{k} {getattr(cfg, k)!r} (paper {getattr(TrainConfig, k)!r})" for k in keys
-                  if getattr(cfg, k) != getattr(TrainConfig, k)]  # fmt: skip
+        keys = (
+            "width",
+            "fc_width",
+            "crop_size",
+            "batch_size",
+            "momentum",
+            "weight_decay",
+            "dropout",
+            "init",
+            "flip",
+            "colour_shift",
+            "normalize",
+            "lr_patience",
+            "lr_decays",
+            "label_smoothing",
+            "batch_norm",
+        )
+        differ = [
+            f"{k} {getattr(cfg, k)!r} (paper {getattr(TrainConfig, k)!r})"
+            for k in keys
+            if getattr(cfg, k) != getattr(TrainConfig, k)
+        ]
         text = "; ".join(stages) + " (the epochs are caps: the plateau schedule stops a run first)"
-        return text + (f"; differs from the paper's recipe in: {', '.join(differ)}" if differ else "; otherwise the "
-                       "paper's recipe")  # fmt: skip
+        return text + (
+            f"; differs from the paper's recipe in: {', '.join(differ)}" if differ else "; otherwise the paper's recipe"
+        )
 
     def _test_scales(self) -> dict[tuple[str, str], list[int]]:
         """The Q at which each table cell was evaluated densely (multi-crop cells have none)."""
@@ -139,20 +161,36 @@ class ReportNotes:
         parts, within = [], 0
         for stage in sorted({r.stage for r in self.plan.runs}):
             rows = [(read_epochs(r.folder), r.config()) for r in self.plan.runs if r.stage == stage]
-            trends = [last_epoch_trend(_at_last_lr(rs) if c.plateau == "trend" else [e["val_top1_err"] for e in rs],
-                                       c.lr_threshold, c.plateau, c.lr_window)
-                      for rs, c in rows if len(rs) >= 2]  # fmt: skip
+            trends = [
+                last_epoch_trend(
+                    _at_last_lr(rs) if c.plateau == "trend" else [e["val_top1_err"] for e in rs],
+                    c.lr_threshold,
+                    c.plateau,
+                    c.lr_window,
+                )
+                for rs, c in rows
+                if len(rs) >= 2
+            ]
             if trends:
                 within += trends.count("within")
                 parts.append(f"stage {stage}: {trends.count('improving')} of {len(trends)}")
         if parts and within:
-            parts.append(f"runs whose last epoch was their best by no more than the threshold (not an improvement "
-                         f"to the schedule): {within}")  # fmt: skip
-        capped = [r.name for r in self.plan.runs if (m := self.outcome["markers"].get(r.name))
-                  and m.get("epochs") is not None and m["epochs"] >= r.config().epochs]  # fmt: skip
+            parts.append(
+                f"runs whose last epoch was their best by no more than the threshold (not an improvement "
+                f"to the schedule): {within}"
+            )
+        capped = [
+            r.name
+            for r in self.plan.runs
+            if (m := self.outcome["markers"].get(r.name))
+            and m.get("epochs") is not None
+            and m["epochs"] >= r.config().epochs
+        ]
         if parts:
-            parts.append(f"runs that reached their epoch cap instead of a plateau: {len(capped)}"
-                         + (f" ({', '.join(capped)})" if capped else ""))  # fmt: skip
+            parts.append(
+                f"runs that reached their epoch cap instead of a plateau: {len(capped)}"
+                + (f" ({', '.join(capped)})" if capped else "")
+            )
         return "; ".join(parts)
 
     def depth_note(self) -> str:
@@ -163,8 +201,10 @@ class ReportNotes:
             if d and e:
                 seeds = sorted(set(d) & set(e))
                 diffs = [e[s][0] - d[s][0] for s in seeds]
-                parts.append(f"E - D at {self.scale_text(label)}: {fmt(diffs, sign=True)} (paper "
-                             f"{TABLE3[('E', label)][0] - TABLE3[('D', label)][0]:+.1f})")  # fmt: skip
+                parts.append(
+                    f"E - D at {self.scale_text(label)}: {fmt(diffs, sign=True)} (paper "
+                    f"{TABLE3[('E', label)][0] - TABLE3[('D', label)][0]:+.1f})"
+                )
         return "; ".join(parts)
 
 

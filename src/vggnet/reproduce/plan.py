@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, read_recipe, resolve
 from ..architectures import parse_name
+from ..config import TrainConfig, read_recipe, resolve
 from ..runtime import world_size
 from ..scales import eval_scales
 from .grids import GRIDS, Grid
 from .published import EVAL_PROTOCOLS, PAPER_SCALES, TABLE4, paper_scale_text
+
 
 @dataclass
 class RunSpec:
@@ -92,8 +93,11 @@ class EvalSpec:
         common = [*flip, "--device", plan.device, "--no-save"]
         multi = ",".join(map(str, self.multi))
         if self.kind == "protocols":
-            return [shlex.join(["vgg", "fuse", *folders, "--protocol", ",".join(EVAL_PROTOCOLS), "--scales", multi,
-                                *common])]  # fmt: skip
+            return [
+                shlex.join(
+                    ["vgg", "fuse", *folders, "--protocol", ",".join(EVAL_PROTOCOLS), "--scales", multi, *common]
+                )
+            ]
         qs = sorted(set(self.multi) | {self.single})
         cmds = [shlex.join(["vgg", "eval", *folders, "--protocol", "dense", "--scales", str(q), *common]) for q in qs]
         if len(self.multi) > 1:
@@ -139,11 +143,15 @@ class Plan:
         ]
         if self.subset:
             src, folder, (n, m) = self.subset
-            lines.append(f"data: {_shown(folder)}, made from {src} when the plan runs (the first {n} training and "
-                         f"{m} validation images of each class)")  # fmt: skip
+            lines.append(
+                f"data: {_shown(folder)}, made from {src} when the plan runs (the first {n} training and "
+                f"{m} validation images of each class)"
+            )
         if self.launcher != "vgg":
-            lines.append(f"launch: {self.launcher.replace(' -m vggnet', '')} -m vggnet reproduce ... runs the "
-                         f"stages in order on every process; evaluation runs on rank 0 afterwards")  # fmt: skip
+            lines.append(
+                f"launch: {self.launcher.replace(' -m vggnet', '')} -m vggnet reproduce ... runs the "
+                f"stages in order on every process; evaluation runs on rank 0 afterwards"
+            )
         for stage in sorted({r.stage for r in self.runs}):
             lines += ["", f"Stage {stage}: {titles.get(stage, '')}"]
             for r in (r for r in self.runs if r.stage == stage):
@@ -152,11 +160,13 @@ class Plan:
                 src = f", init from {r.depends}" if r.depends else ""
                 small = r.label in PAPER_SCALES and r.scale != PAPER_SCALES[r.label]
                 paper = f" (paper {paper_scale_text(r.label)})" if small else ""
-                lines.append(f"  {r.name}: {r.arch}, {s}{paper}, up to {cfg.epochs} epochs, "
-                             f"lr {cfg.lr:g}{src}")  # fmt: skip
+                lines.append(f"  {r.name}: {r.arch}, {s}{paper}, up to {cfg.epochs} epochs, lr {cfg.lr:g}{src}")
                 lines.append(f"    {r.command(self.launcher)}")
-        lines += ["", "Evaluations (dense at each test scale and multi-scale; D and E jittered: dense, multi-crop, "
-                      "both, and their fusion):"]  # fmt: skip
+        lines += [
+            "",
+            "Evaluations (dense at each test scale and multi-scale; D and E jittered: dense, multi-crop, "
+            "both, and their fusion):",
+        ]
         for e in self.evals:
             lines.append(f"  {e.name}")
             lines += [f"    {c}" for c in e.commands(self)]
@@ -181,8 +191,10 @@ def _grid_data(grid: Grid, out: Path, data: str | None) -> tuple[dict[str, Any],
     grid trains on a smaller copy of the data (source, copy, the grid's subset; see _prepare_data)."""
     base = dict(grid.base)
     if grid.needs_data and not data:
-        raise ValueError(f"--grid {grid.name} needs --data DIR: an ImageNet-style folder with train/ and val/ class "
-                         f"folders (for example Imagenette or ImageNet-100)")  # fmt: skip
+        raise ValueError(
+            f"--grid {grid.name} needs --data DIR: an ImageNet-style folder with train/ and val/ class "
+            f"folders (for example Imagenette or ImageNet-100)"
+        )
     if data:
         base["data"] = data
     if not grid.subset:
@@ -194,8 +206,14 @@ def _grid_data(grid: Grid, out: Path, data: str | None) -> tuple[dict[str, Any],
     return base, subset
 
 
-def small_plan(grid: Grid, out: Path, seeds: Sequence[int] | None = None, data: str | None = None,
-               device: str = "cpu", jobs: int | None = None) -> Plan:  # fmt: skip
+def small_plan(
+    grid: Grid,
+    out: Path,
+    seeds: Sequence[int] | None = None,
+    data: str | None = None,
+    device: str = "cpu",
+    jobs: int | None = None,
+) -> Plan:
     """The staged plan of a small grid: every cell of ``grid`` for every seed."""
     seeds = list(seeds if seeds is not None else grid.seeds)
     base, subset = _grid_data(grid, out, data)
@@ -207,17 +225,36 @@ def small_plan(grid: Grid, out: Path, seeds: Sequence[int] | None = None, data: 
             name = f"{_scale_name(cell.arch, scale)}-s{seed}"
             names[(cell.arch, cell.label)] = name
             depends = names[cell.source] if cell.source else None
-            overrides = dict(base, **dict(cell.settings), arch=cell.arch, scale_min=scale[0], scale_max=scale[1],
-                             epochs=cell.epochs, lr=cell.lr, seed=seed, device=device,
-                             out=str(out / "runs" / name))  # fmt: skip
+            overrides = dict(
+                base,
+                **dict(cell.settings),
+                arch=cell.arch,
+                scale_min=scale[0],
+                scale_max=scale[1],
+                epochs=cell.epochs,
+                lr=cell.lr,
+                seed=seed,
+                device=device,
+                out=str(out / "runs" / name),
+            )
             if depends:
                 overrides["init_from"] = str(out / "runs" / depends)
             stage = 1 if not cell.source else 1 + next(s.stage for s in specs if s.name == depends)
             specs.append(RunSpec(name, cell.arch, cell.label, scale, seed, stage, depends, overrides))
     specs.sort(key=lambda r: (r.stage, r.seed))  # stage by stage: the order of the paper (and of the dry run)
     jobs = jobs or default_jobs(device)
-    return Plan(grid.name, grid.description, out, specs, _evals(specs, seeds), seeds, jobs, device,
-                flip=bool(grid.base.get("flip", True)), subset=subset)  # fmt: skip
+    return Plan(
+        grid.name,
+        grid.description,
+        out,
+        specs,
+        _evals(specs, seeds),
+        seeds,
+        jobs,
+        device,
+        flip=bool(grid.base.get("flip", True)),
+        subset=subset,
+    )
 
 
 def default_recipes() -> Path:
@@ -225,12 +262,19 @@ def default_recipes() -> Path:
     for root in (Path(__file__).resolve().parents[3], Path.cwd()):
         if (root / "recipes" / "imagenet").is_dir():
             return root / "recipes" / "imagenet"
-    raise FileNotFoundError("cannot find recipes/imagenet next to the package or in the current directory; "
-                            "pass --recipes DIR (the repository's recipes/imagenet)")  # fmt: skip
+    raise FileNotFoundError(
+        "cannot find recipes/imagenet next to the package or in the current directory; "
+        "pass --recipes DIR (the repository's recipes/imagenet)"
+    )
 
 
-def paper_plan(out: Path, recipes: str | os.PathLike | None = None, data: str | None = None,
-               seeds: Sequence[int] | None = None, device: str = "auto") -> Plan:  # fmt: skip
+def paper_plan(
+    out: Path,
+    recipes: str | os.PathLike | None = None,
+    data: str | None = None,
+    seeds: Sequence[int] | None = None,
+    device: str = "auto",
+) -> Plan:
     """The paper's ImageNet plan: one run per recipe in ``recipes`` (TOML files in name order), per seed.
 
     A recipe's ``init_from`` that names another recipe's ``out`` becomes a dependency on that run of the same
@@ -266,13 +310,25 @@ def paper_plan(out: Path, recipes: str | os.PathLike | None = None, data: str | 
                 try:
                     stage = 1 + next(s.stage for s in specs if s.name == depends)
                 except StopIteration:
-                    raise ValueError(f"recipe {f.name} starts from {src}, whose recipe comes later in name "
-                                     f"order; rename the files so that sources come first") from None  # fmt: skip
+                    raise ValueError(
+                        f"recipe {f.name} starts from {src}, whose recipe comes later in name "
+                        f"order; rename the files so that sources come first"
+                    ) from None
             specs.append(RunSpec(name, arch, label, cfg_scale, seed, stage, depends, overrides, recipe=str(f)))
     specs.sort(key=lambda s: (s.stage, s.seed))
     launcher = "torchrun --nproc-per-node=NGPUS -m vggnet" if world_size() <= 1 else "vgg"
-    return Plan("paper", f"the paper's ImageNet recipes from {folder}", out, specs, _evals(specs, seeds), seeds,
-                jobs=1, device=device, flip=True, launcher=launcher)  # fmt: skip
+    return Plan(
+        "paper",
+        f"the paper's ImageNet recipes from {folder}",
+        out,
+        specs,
+        _evals(specs, seeds),
+        seeds,
+        jobs=1,
+        device=device,
+        flip=True,
+        launcher=launcher,
+    )
 
 
 def eval_scales_of(spec: RunSpec) -> tuple[int, list[int]]:
@@ -308,9 +364,16 @@ def default_jobs(device: str) -> int:
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 
-def make_plan(grid: str = "small", out: str | os.PathLike | None = None, seeds: Sequence[int] | None = None,
-              data: str | None = None, recipes: str | os.PathLike | None = None, device: str | None = None,
-              jobs: int | None = None) -> Plan:  # fmt: skip
+
+def make_plan(
+    grid: str = "small",
+    out: str | os.PathLike | None = None,
+    seeds: Sequence[int] | None = None,
+    data: str | None = None,
+    recipes: str | os.PathLike | None = None,
+    device: str | None = None,
+    jobs: int | None = None,
+) -> Plan:
     """The plan of a grid: "small" (default), "quick", "medium" or "paper" (see the module doc)."""
     if grid == "paper":
         out = Path(out or "reproduce")
@@ -328,13 +391,26 @@ def check_data_folder(data: str, flag: str) -> None:
     """An ImageNet-style folder (train/ and val/ of class folders) or a clear one-line error."""
     root = Path(data).expanduser()
     if not root.is_dir():
-        raise ValueError(f"{flag} {data}: no such folder; give an ImageNet-style folder with train/ and val/ "
-                         f"class folders")  # fmt: skip
+        raise ValueError(
+            f"{flag} {data}: no such folder; give an ImageNet-style folder with train/ and val/ class folders"
+        )
     missing = [s for s in ("train", "val") if not (root / s).is_dir()]
     if missing:
-        raise ValueError(f"{flag} {data}: no {' or '.join(s + '/' for s in missing)} in it; the medium grid takes "
-                         f"an ImageNet-style folder with train/ and val/ class folders")  # fmt: skip
+        raise ValueError(
+            f"{flag} {data}: no {' or '.join(s + '/' for s in missing)} in it; the medium grid takes "
+            f"an ImageNet-style folder with train/ and val/ class folders"
+        )
 
 
-__all__ = ["EvalSpec", "Plan", "RunSpec", "check_data_folder", "default_jobs", "default_recipes", "make_plan",
-           "paper_plan", "small_plan", "eval_scales_of"]  # fmt: skip
+__all__ = [
+    "EvalSpec",
+    "Plan",
+    "RunSpec",
+    "check_data_folder",
+    "default_jobs",
+    "default_recipes",
+    "make_plan",
+    "paper_plan",
+    "small_plan",
+    "eval_scales_of",
+]

@@ -11,18 +11,26 @@ from pathlib import Path
 from typing import Any
 
 from .. import runs as runs_mod
+from ..files import atomic_write_text
 from ..report import markdown_table, provenance
 from ..scales import scale_step
-from ..files import atomic_write_text
 from .figures import draw as draw_figures
 from .findings import check, claims, collect, fmt, stats, verdict
 from .grids import SCALE_LABELS, SMALL_DESIGN
 from .notes import ReportNotes, last_epoch_trend
 from .plan import Plan
 from .published import (
-    PAPER_B5X5_RELATIVE, PAPER_Q_MULTI, PAPER_Q_SINGLE, PAPER_SCALES, TABLE3, TABLE4, TABLE5, TABLE6,
-    TABLE6_SUBMISSION, paper_scale_text,
-)  # fmt: skip
+    PAPER_B5X5_RELATIVE,
+    PAPER_Q_MULTI,
+    PAPER_Q_SINGLE,
+    PAPER_SCALES,
+    TABLE3,
+    TABLE4,
+    TABLE5,
+    TABLE6,
+    TABLE6_SUBMISSION,
+    paper_scale_text,
+)
 
 
 class Report(ReportNotes):
@@ -67,8 +75,9 @@ class Report(ReportNotes):
 
     # -- tables
 
-    def _scale_rows(self, table: str, paper: dict[tuple[str, str], tuple[float, float]],
-                    paper_q: dict[str, str], multi: bool) -> str:  # fmt: skip
+    def _scale_rows(
+        self, table: str, paper: dict[tuple[str, str], tuple[float, float]], paper_q: dict[str, str], multi: bool
+    ) -> str:
         """Table 3 or 4: the paper's rows (all of them at small scale; those that ran otherwise), then any
         other (net, scale) that ran, for recipes of other scales."""
         keys = [k for k in paper if self.small or f"{k[0]}@{k[1]}" in self.cells[table]]
@@ -82,8 +91,17 @@ class Report(ReportNotes):
             if (arch, label) == ("B-5x5", "256") and ("B", label) in paper:
                 p1, p5 = f"B + 7% ({PAPER_B5X5_RELATIVE * paper[('B', label)][0]:.1f})", "-"  # section 4.1
             s_paper = paper_scale_text(label) if label in PAPER_SCALES else "-"
-            rows.append([arch, f"{s_paper} / {self.scale_text(label)}",
-                         f"{paper_q.get(label, '-')} / {self._q_text(label, multi)}", t1, t5, p1, p5])  # fmt: skip
+            rows.append(
+                [
+                    arch,
+                    f"{s_paper} / {self.scale_text(label)}",
+                    f"{paper_q.get(label, '-')} / {self._q_text(label, multi)}",
+                    t1,
+                    t5,
+                    p1,
+                    p5,
+                ]
+            )
         headers = ["net", "train S (paper / ours)", "test Q (paper / ours)", *self._headers()]
         return markdown_table(headers, rows, "lllrrrr")
 
@@ -125,10 +143,24 @@ class Report(ReportNotes):
                     ours = f"{r['diff_mean']:+.2f}{spread}"
                 paper = "-" if r["paper_diff"] is None else f"{r['paper_diff']:+.2f}"
                 mark = " †" if self.affected(claim.comparisons[i]) else ""
-                rows.append([claim.text if i == 0 else "", verdict(results) if i == 0 else "", r["label"] + mark,
-                             paper, ours, f"{r['verdict']}: {r['reason']}"])  # fmt: skip
-        headers = ["paper's finding", "verdict at this scale", "comparison (top-1 error)", "paper difference",
-                   "our difference (per-seed mean ± std)", "comparison verdict"]  # fmt: skip
+                rows.append(
+                    [
+                        claim.text if i == 0 else "",
+                        verdict(results) if i == 0 else "",
+                        r["label"] + mark,
+                        paper,
+                        ours,
+                        f"{r['verdict']}: {r['reason']}",
+                    ]
+                )
+        headers = [
+            "paper's finding",
+            "verdict at this scale",
+            "comparison (top-1 error)",
+            "paper difference",
+            "our difference (per-seed mean ± std)",
+            "comparison verdict",
+        ]
         return markdown_table(headers, rows, "llllrl")
 
     def runs_table(self) -> str:
@@ -136,20 +168,44 @@ class Report(ReportNotes):
         for r in self.plan.runs:
             m = self.outcome["markers"].get(r.name, {})
             err = m.get("val_top1_err")
-            rows.append([r.name, r.stage, r.arch, self.scale_text(r.label), r.depends or "random",
-                         m.get("epochs", "-"), "-" if err is None else f"{100 * err:.2f}",
-                         f"{m.get('seconds', 0):.0f}" + (" (resumed)" if m.get("resumed") else ""),
-                         "this command" if r.name in self.outcome["trained"] else "earlier"])  # fmt: skip
-        headers = ["run", "stage", "net", "S", "initialised from", "epochs", "val top-1 err % (1 centre crop)",
-                   "train s", "trained by"]  # fmt: skip
+            rows.append(
+                [
+                    r.name,
+                    r.stage,
+                    r.arch,
+                    self.scale_text(r.label),
+                    r.depends or "random",
+                    m.get("epochs", "-"),
+                    "-" if err is None else f"{100 * err:.2f}",
+                    f"{m.get('seconds', 0):.0f}" + (" (resumed)" if m.get("resumed") else ""),
+                    "this command" if r.name in self.outcome["trained"] else "earlier",
+                ]
+            )
+        headers = [
+            "run",
+            "stage",
+            "net",
+            "S",
+            "initialised from",
+            "epochs",
+            "val top-1 err % (1 centre crop)",
+            "train s",
+            "trained by",
+        ]
         return markdown_table(headers, rows, "lrllllrrl")
 
     # -- the whole report (the figures are drawn by figures.py)
 
     def markdown(self, plots: Sequence[Path]) -> str:
         """REPORT.md: the summary, the design (small grids), the findings, Tables 3-6, the figures, the runs."""
-        sections = [self._summary(), self._design(), self._findings_section(), self._tables(), self._figures(plots),
-                    self._runs_section()]  # fmt: skip
+        sections = [
+            self._summary(),
+            self._design(),
+            self._findings_section(),
+            self._tables(),
+            self._figures(plots),
+            self._runs_section(),
+        ]
         return "\n".join(line for section in sections for line in section) + "\n"
 
     def _summary(self) -> list[str]:
@@ -158,10 +214,14 @@ class Report(ReportNotes):
         prov = o.get("provenance") or provenance(p.device)
         train_s = sum(m.get("seconds", 0) for m in o["markers"].values())
         eval_s = sum(e.get("seconds", 0) for e in o["evals"].values())
-        hw = prov.get("cpu", "?") + f", {prov.get('cpu_count')} cores" + (
-            f"; GPUs: {', '.join(prov['gpus'])}" if prov.get("gpus") else "")  # fmt: skip
+        hw = (
+            prov.get("cpu", "?")
+            + f", {prov.get('cpu_count')} cores"
+            + (f"; GPUs: {', '.join(prov['gpus'])}" if prov.get("gpus") else "")
+        )
         title = {"small": "small scale", "quick": "quick check", "medium": "an ImageNet subset at 224 crops"}.get(
-            p.grid, "the paper's recipes")
+            p.grid, "the paper's recipes"
+        )
         return [
             f"# Reproducing VGG (Simonyan & Zisserman, ICLR 2015): {title}",
             "",
@@ -184,10 +244,20 @@ class Report(ReportNotes):
         """The small grid's design (written before the results) and how our scales stand for the paper's."""
         p, lines = self.plan, []
         if p.grid in ("small", "quick"):
-            lines += ["## Design", "", "Written before the results, which follow it whatever they say.", "",
-                      SMALL_DESIGN.strip() + ("\n\nThis is the quick check: the design's runs on a few images "
-                                              "for an epoch or two, not a measurement."
-                                              if p.grid == "quick" else ""), ""]  # fmt: skip
+            lines += [
+                "## Design",
+                "",
+                "Written before the results, which follow it whatever they say.",
+                "",
+                SMALL_DESIGN.strip()
+                + (
+                    "\n\nThis is the quick check: the design's runs on a few images "
+                    "for an epoch or two, not a measurement."
+                    if p.grid == "quick"
+                    else ""
+                ),
+                "",
+            ]
         if self.small:
             step = scale_step(p.runs[0].config().crop_size)  # the paper's 32 at 224, proportional to the crop
             lines += [
@@ -197,10 +267,14 @@ class Report(ReportNotes):
                 f"scales {{S - {step}, S, S + {step}}} for the paper's {{S - 32, S, S + 32}}, or {{Smin, "
                 f"middle, Smax}}, none below the crop size). Error rates on {self.classes or 'these'} classes are not "
                 "comparable with ImageNet's 1000: compare the *differences* between rows, which is what the findings "
-                "below do." + (f" Top-5 error on {self.classes} classes is near 0 and says little."
-                               if self.classes and self.classes <= 20 else ""),
+                "below do."
+                + (
+                    f" Top-5 error on {self.classes} classes is near 0 and says little."
+                    if self.classes and self.classes <= 20
+                    else ""
+                ),
                 "",
-            ]  # fmt: skip
+            ]
         return lines
 
     def _findings_section(self) -> list[str]:
@@ -214,8 +288,9 @@ class Report(ReportNotes):
             "(negative: the treatment is better); cells that average several table rows use their mean. "
             "Each difference comes with its paired 95% confidence interval (Student's t, n - 1 degrees of "
             "freedom). *supported*: the interval lies wholly on the paper's side of zero; *not supported*: wholly "
-            "on the other side; *inconclusive*: it contains zero" + (" (or one seed, which has no spread)"
-            if n < 2 else "") + ", and the check says how many seeds would resolve a difference of the paper's "
+            "on the other side; *inconclusive*: it contains zero"
+            + (" (or one seed, which has no spread)" if n < 2 else "")
+            + ", and the check says how many seeds would resolve a difference of the paper's "
             "size at the measured spread. For 'LRN does not help', supported means no gain shown (the interval "
             "is not wholly below zero).",
             "",
@@ -227,11 +302,13 @@ class Report(ReportNotes):
             lines += [f"Depth saturation (no verdict): {note}.", ""]
         still = self.convergence_note()
         if still:
-            lines += ["Runs still improving at their last epoch (by the plateau schedule's own rule on the epochs at "
-                      "the run's last learning rate, one centre crop): "
-                      f"{still}. A run still improving was compared before it converged (the paper trains each net "
-                      "to the plateau of its validation error; so does every grid here, the epochs being caps).",
-                      ""]  # fmt: skip
+            lines += [
+                "Runs still improving at their last epoch (by the plateau schedule's own rule on the epochs at "
+                "the run's last learning rate, one centre crop): "
+                f"{still}. A run still improving was compared before it converged (the paper trains each net "
+                "to the plateau of its validation error; so does every grid here, the epochs being caps).",
+                "",
+            ]
         caveats = self.caveats()
         if caveats:
             lines += ["**† Caveat: dense evaluation at this scale.** " + caveats[0], ""]
@@ -264,7 +341,7 @@ class Report(ReportNotes):
             "",
             self.table6(),
             "",
-        ]  # fmt: skip
+        ]
 
     def _figures(self, plots: Sequence[Path]) -> list[str]:
         """The figures that were drawn, each with its caption."""
@@ -272,10 +349,10 @@ class Report(ReportNotes):
         captions = {
             "error_vs_depth.png": "Top-1 error against depth (Table 3), ours and the paper's.",
             "error_vs_test_scale.png": "Top-1 error against the test scale Q, one Q at a time (dense); dotted: "
-                                       "the multi-scale average of Table 4.",
+            "the multi-scale average of Table 4.",
             "learning_curves.png": "Validation error of the staged runs (first seed), stage after stage: "
-                                   "A, then the fixed small scale, the large one, then jittered.",
-        }  # fmt: skip
+            "A, then the fixed small scale, the large one, then jittered.",
+        }
         for f in plots:
             lines += [f"![{f.stem}](plots/{f.name})", "", captions.get(f.name, ""), ""]
         return lines
@@ -302,24 +379,41 @@ class Report(ReportNotes):
             m5, s5 = stats([per[s][1] for s in seeds])
             return dict(per_seed={str(s): per[s] for s in seeds}, top1_mean=m1, top1_std=s1, top5_mean=m5, top5_std=s5)
 
-        paper = {"3": {f"{a}@{lab}": v for (a, lab), v in TABLE3.items()},
-                 "4": {f"{a}@{lab}": v for (a, lab), v in TABLE4.items()},
-                 "5": {f"{a}@{p}": v for (a, p), v in TABLE5.items()}, "6": dict(TABLE6)}  # fmt: skip
+        paper = {
+            "3": {f"{a}@{lab}": v for (a, lab), v in TABLE3.items()},
+            "4": {f"{a}@{lab}": v for (a, lab), v in TABLE4.items()},
+            "5": {f"{a}@{p}": v for (a, p), v in TABLE5.items()},
+            "6": dict(TABLE6),
+        }
         return dict(
-            command=self.command, grid=self.plan.grid, description=self.plan.description, seeds=self.plan.seeds,
-            scales={lab: list(s) for lab, s in self.scales.items()}, flip=self.flip, classes=self.classes,
-            wall_s=self.outcome["seconds"], trained=self.outcome["trained"], reused=self.outcome["reused"],
+            command=self.command,
+            grid=self.plan.grid,
+            description=self.plan.description,
+            seeds=self.plan.seeds,
+            scales={lab: list(s) for lab, s in self.scales.items()},
+            flip=self.flip,
+            classes=self.classes,
+            wall_s=self.outcome["seconds"],
+            trained=self.outcome["trained"],
+            reused=self.outcome["reused"],
             history=self.outcome.get("history", []),
             tables={t: {k: agg(v) for k, v in cells.items()} for t, cells in self.cells.items()},
             paper=paper,
-            findings=[dict(key=c.key, claim=c.text, verdict=verdict(r), note=c.note,
-                           comparisons=[dict(x, dense_caveat=self.affected(cp)) for x, cp in zip(r, c.comparisons)])
-                      for c, r in self.checks],
-            caveats=self.caveats(),  # fmt: skip
+            findings=[
+                dict(
+                    key=c.key,
+                    claim=c.text,
+                    verdict=verdict(r),
+                    note=c.note,
+                    comparisons=[dict(x, dense_caveat=self.affected(cp)) for x, cp in zip(r, c.comparisons)],
+                )
+                for c, r in self.checks
+            ],
+            caveats=self.caveats(),
             runs=[dict(asdict(r), marker=self.outcome["markers"].get(r.name)) for r in self.plan.runs],
             evals=self.outcome["evals"],
             provenance=self.outcome.get("provenance") or provenance(self.plan.device),
-        )  # fmt: skip
+        )
 
     def write(self) -> Path:
         """Write plots, REPORT.md and results.json into the output folder; returns REPORT.md's path."""

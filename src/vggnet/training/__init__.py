@@ -19,12 +19,23 @@ and N processes with batch B/N each make the same updates as one process with ba
 from __future__ import annotations
 
 from .checkpoints import (
-    latest_checkpoint, load_checkpoint, newest_valid_checkpoint, rng_state, save_checkpoint, set_rng_state,
-)  # fmt: skip
+    latest_checkpoint,
+    load_checkpoint,
+    newest_valid_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .finetune import freeze, resolve_config
 from .loaders import (
-    build_data, check_loader_memory, fallback_note, make_loader, make_train_loader, make_val_loader, pick_loader,
-)  # fmt: skip
+    build_data,
+    check_loader_memory,
+    fallback_note,
+    make_loader,
+    make_train_loader,
+    make_val_loader,
+    pick_loader,
+)
 from .loop import NonFiniteLoss, pad_batch, setup_backends, train_one_epoch, validate
 from .progress import HostCopy, Logger, Progress
 from .run import Interrupted, train
@@ -32,9 +43,33 @@ from .schedule import BatchPlan, Plateau
 from .setup import new_run_dir, plan_run
 
 __all__ = [
-    "BatchPlan", "HostCopy", "Interrupted", "Logger", "NonFiniteLoss", "Plateau", "Progress", "build_data",
-    "check_loader_memory", "fallback_note", "freeze", "latest_checkpoint", "load_checkpoint", "make_loader",
-    "make_train_loader", "make_val_loader", "new_run_dir", "newest_valid_checkpoint", "pad_batch", "pick_loader",
-    "plan_run", "resolve_config", "rng_state", "save_checkpoint", "set_rng_state", "setup_backends", "train",
-    "train_one_epoch", "validate",
-]  # fmt: skip
+    "BatchPlan",
+    "HostCopy",
+    "Interrupted",
+    "Logger",
+    "NonFiniteLoss",
+    "Plateau",
+    "Progress",
+    "build_data",
+    "check_loader_memory",
+    "fallback_note",
+    "freeze",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "make_loader",
+    "make_train_loader",
+    "make_val_loader",
+    "new_run_dir",
+    "newest_valid_checkpoint",
+    "pad_batch",
+    "pick_loader",
+    "plan_run",
+    "resolve_config",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "setup_backends",
+    "train",
+    "train_one_epoch",
+    "validate",
+]

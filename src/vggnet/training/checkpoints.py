@@ -45,9 +45,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(cuda_state, i)
 
 
-def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, plateau: Plateau,
-                    cfg: TrainConfig, epoch: int, step_in_epoch: int, global_step: int, keep: int,
-                    rng: dict[str, Any] | None = None, epoch_loss: tuple[float, int] = (0.0, 0)) -> Path:
+def save_checkpoint(
+    run: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    plateau: Plateau,
+    cfg: TrainConfig,
+    epoch: int,
+    step_in_epoch: int,
+    global_step: int,
+    keep: int,
+    rng: dict[str, Any] | None = None,
+    epoch_loss: tuple[float, int] = (0.0, 0),
+) -> Path:
     """Write checkpoints/ckpt-<step>.pt atomically, then drop all but the newest ``keep``.
 
     ``rng``: the RNG states to store (default: the current ones); ``epoch_loss``: (sum, steps) of the training
@@ -103,8 +113,11 @@ def newest_valid_checkpoint(run: Path, rename_bad: bool = True) -> tuple[Path | 
                 with contextlib.suppress(OSError):
                     path.rename(path.with_name(path.name + ".unreadable"))
                     note = f" (renamed to {path.name}.unreadable)"
-            print(f"warning: checkpoint {path} is unreadable{note}: {reason}; trying the previous one",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"warning: checkpoint {path} is unreadable{note}: {reason}; trying the previous one",
+                file=sys.stderr,
+                flush=True,
+            )
     return None, None
 
 
@@ -127,8 +140,10 @@ def trim_metrics(run: Path, global_step: int) -> None:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise ValueError(f"{path} line {number} is not UTF-8 text (edited or damaged); delete that line and run "
-                             f"the same command again") from None  # fmt: skip
+            raise ValueError(
+                f"{path} line {number} is not UTF-8 text (edited or damaged); delete that line and run "
+                f"the same command again"
+            ) from None
         try:
             row = json.loads(line)
         except ValueError:
@@ -145,6 +160,13 @@ def write_bad_files(run: Path, bad: set[str]) -> None:
 
 
 __all__ = [
-    "latest_checkpoint", "load_checkpoint", "newest_valid_checkpoint", "remove_stale_temporaries", "rng_state",
-    "save_checkpoint", "set_rng_state", "trim_metrics", "write_bad_files",
-]  # fmt: skip
+    "latest_checkpoint",
+    "load_checkpoint",
+    "newest_valid_checkpoint",
+    "remove_stale_temporaries",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "trim_metrics",
+    "write_bad_files",
+]

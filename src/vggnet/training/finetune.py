@@ -57,15 +57,30 @@ def describe_source(spec: str) -> Source:
         cfg = from_dict(read_toml(folder / runs.CONFIG_FILE))
         config, bn = parse_name(cfg.arch)
         classes = _run_classes(folder)
-        return Source(spec, "run", config, bn or cfg.batch_norm,
-                      dict(width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size),
-                      len(classes) if classes else None, (cfg.scale_min, cfg.scale_max),
-                      (cfg.normalize, cfg.pixel_range), cfg.data)  # fmt: skip
+        return Source(
+            spec,
+            "run",
+            config,
+            bn or cfg.batch_norm,
+            dict(width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size),
+            len(classes) if classes else None,
+            (cfg.scale_min, cfg.scale_max),
+            (cfg.normalize, cfg.pixel_range),
+            cfg.data,
+        )
     name = _canonical(spec)
     if name is not None:
         config, bn = parse_name(SOURCES[name]["arch"])
-        return Source(spec, "named", config, bn, dict(width=1.0, fc_width=4096, crop_size=224),
-                      len(imagenet_classes()), (256, 256), (SOURCES[name]["convention"], 1))  # fmt: skip
+        return Source(
+            spec,
+            "named",
+            config,
+            bn,
+            dict(width=1.0, fc_width=4096, crop_size=224),
+            len(imagenet_classes()),
+            (256, 256),
+            (SOURCES[name]["convention"], 1),
+        )
     path, _ = resolve_weights(spec)
     sd, meta = read_state_dict(path)
     _, arch = _arch_of(None, sd, meta, None, path, {})
@@ -74,9 +89,16 @@ def describe_source(spec: str) -> Source:
     resize = int(cfg.get("resize", 0)) if cfg else 0
     # a file without its training scale: the paper's (and torchvision's) ratio of scale to crop, 256 / 224
     scale = (resize, resize) if resize >= crop else (round(crop * 256 / 224),) * 2
-    return Source(spec, "file", arch["config"], bool(arch.get("batch_norm")),
-                  {k: arch[k] for k in _NET_KEYS if k in arch}, arch.get("num_classes"), scale,
-                  _normalize_of(cfg))  # fmt: skip
+    return Source(
+        spec,
+        "file",
+        arch["config"],
+        bool(arch.get("batch_norm")),
+        {k: arch[k] for k in _NET_KEYS if k in arch},
+        arch.get("num_classes"),
+        scale,
+        _normalize_of(cfg),
+    )
 
 
 def _run_classes(folder: Path) -> list[str] | None:
@@ -116,16 +138,20 @@ def check_net(src: Source, explicit: dict[str, Any]) -> None:
         staged = src.config == "A" and not src.batch_norm and config != "A" and src.kind != "named"
         if (config, bn) != (src.config, src.batch_norm) and not staged:
             given = explicit.get("arch", src.config) + (" --batch-norm" if explicit.get("batch_norm") else "")
-            raise ValueError(f"{where}, but --arch {given} asks for net {config + ('-BN' if bn else '')}: leave "
-                             f"--arch out (the net is taken from SOURCE) or pick weights of that net")  # fmt: skip
+            raise ValueError(
+                f"{where}, but --arch {given} asks for net {config + ('-BN' if bn else '')}: leave "
+                f"--arch out (the net is taken from SOURCE) or pick weights of that net"
+            )
     for key in _NET_KEYS:  # a named source's sizes are those of its table entry: its file checks them as it loads
         if key in explicit and key in src.net and src.kind != "named":
             mine, theirs = explicit[key], src.net[key]
             same = _channels(mine) == _channels(theirs) if key == "width" else mine == theirs
             if not same:
                 flag = "--" + key.replace("_", "-")
-                raise ValueError(f"{where} of {key} {theirs}, but {flag} {mine} asks for another: its layers would "
-                                 f"not fit; leave {flag} out (it is taken from SOURCE)")  # fmt: skip
+                raise ValueError(
+                    f"{where} of {key} {theirs}, but {flag} {mine} asks for another: its layers would "
+                    f"not fit; leave {flag} out (it is taken from SOURCE)"
+                )
 
 
 def _same_data(a: str | None, b: str) -> bool:
@@ -178,8 +204,10 @@ def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | Path |
 
 def describe_plan(cfg: TrainConfig, src: Source) -> str:
     """One line: what the run takes from SOURCE and, when on, the fine-tuning preset's values as resolved."""
-    net = (f"net {src.name}, width {cfg.width:g}, fc {cfg.fc_width}, crop {cfg.crop_size}, "
-           f"S [{cfg.scale_min}, {cfg.scale_max}]")
+    net = (
+        f"net {src.name}, width {cfg.width:g}, fc {cfg.fc_width}, crop {cfg.crop_size}, "
+        f"S [{cfg.scale_min}, {cfg.scale_max}]"
+    )
     text = f"--init-from {src.spec}: {net}, input --normalize {cfg.normalize} --pixel-range {cfg.pixel_range}"
     if cfg.finetune_preset == "on":
         values = ", ".join(f"{k} {getattr(cfg, k):g}" for k in FINETUNE_PRESET)
@@ -204,8 +232,10 @@ def frozen_layers(arch: str, batch_norm: bool, upto: str) -> list[str]:
         return names[:n_features]
     if upto not in names[:-1]:
         convs = [n for n in names if n.startswith(("conv", "fc6", "fc7"))]
-        raise ValueError(f"--freeze {upto}: net {config}{'-BN' if bn or batch_norm else ''} has no such layer below "
-                         f"fc8; use none, features, or one of {', '.join(convs)} (or a pool<b>)")  # fmt: skip
+        raise ValueError(
+            f"--freeze {upto}: net {config}{'-BN' if bn or batch_norm else ''} has no such layer below "
+            f"fc8; use none, features, or one of {', '.join(convs)} (or a pool<b>)"
+        )
     end = names.index(upto) + 1
     suffix = upto.lstrip("abcdefghijklmnopqrstuvwxyz")  # conv4_2 -> 4_2: its bn4_2 and relu4_2 go with it
     while end < len(names) - 1 and names[end].lstrip("abcdefghijklmnopqrstuvwxyz") == suffix:
@@ -255,6 +285,14 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "EvalBatchNorm2d", "Source", "check_net", "describe_plan", "describe_source", "freeze", "frozen_layers",
-    "param_groups", "resolve_config", "source_defaults",
-]  # fmt: skip
+    "EvalBatchNorm2d",
+    "Source",
+    "check_net",
+    "describe_plan",
+    "describe_source",
+    "freeze",
+    "frozen_layers",
+    "param_groups",
+    "resolve_config",
+    "source_defaults",
+]

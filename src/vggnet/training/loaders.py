@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .. import data, runs
+from .. import data
 from ..config import TrainConfig
 from ..convention import Convention
 from ..data import collate, shm
@@ -24,21 +24,37 @@ from ..runtime import Dist, cuda_path
 def build_data(cfg: TrainConfig, d: Dist, stats=None):
     """Resolve the data sets, compute the statistics (unless resuming with saved ones), build the datasets."""
     train_samples, val_samples, classes = data.resolve_data(
-        cfg.data, val=cfg.val or None, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        cfg.data,
+        val=cfg.val or None,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
         class_names=cfg.class_names or None,
-    )  # fmt: skip
+    )
     if not val_samples:
         raise ValueError(f"{cfg.data}: no validation images; the plateau schedule needs some (--val-fraction > 0)")
     if len(classes) < 2:
-        raise ValueError(f"{cfg.data}: one class ({classes[0]!r}); a classifier needs at least two class folders, "
-                         f"one per class (<root>/<class>/<image>)")  # fmt: skip
+        raise ValueError(
+            f"{cfg.data}: one class ({classes[0]!r}); a classifier needs at least two class folders, "
+            f"one per class (<root>/<class>/<image>)"
+        )
     if stats is None:
         # the mean RGB and PCA at the training scale; decoding at reduced size keeps this pass short on ImageNet
-        stats = data.compute_stats(train_samples, max_images=cfg.stats_images, seed=cfg.seed, side=cfg.scale_min,
-                                   num_workers=min(loader_workers(cfg, d), 8))  # fmt: skip
+        stats = data.compute_stats(
+            train_samples,
+            max_images=cfg.stats_images,
+            seed=cfg.seed,
+            side=cfg.scale_min,
+            num_workers=min(loader_workers(cfg, d), 8),
+        )
     conv = Convention.of_run(stats, cfg.normalize, cfg.pixel_range)
-    train_tf = data.TrainTransform(stats, crop_size=cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max),
-                                   flip=cfg.flip, colour_std=cfg.colour_shift, convention=conv)  # fmt: skip
+    train_tf = data.TrainTransform(
+        stats,
+        crop_size=cfg.crop_size,
+        scale=(cfg.scale_min, cfg.scale_max),
+        flip=cfg.flip,
+        colour_std=cfg.colour_shift,
+        convention=conv,
+    )
     # Validation during training: one centre crop at the single test scale of the paper's Table 3
     # (Q = S, or Q = (Smin + Smax) / 2 for a jittered net); the full protocols live in `vgg eval`.
     q = (cfg.scale_min + cfg.scale_max) // 2
@@ -56,9 +72,13 @@ def make_loader(dataset, batch_sampler, workers: int, device: torch.device, coll
         kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4, worker_init_fn=ignore_stop_signals)
     # A private generator: the loader must not draw from the global RNG (dropout's), or resume would drift.
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, pin_memory=device.type == "cuda",
-        generator=torch.Generator(), **kw,
-    )  # fmt: skip
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate_fn,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),
+        **kw,
+    )
 
 
 def pick_loader(name: str, device: torch.device, samples) -> str:
@@ -83,13 +103,20 @@ def make_train_loader(cfg: TrainConfig, train_set, plan, workers: int, device: t
     if kind == "cpu":
         return make_loader(train_set, plan, workers, device, collate_fn), kind
     # the workers only read files and draw parameters; a few keep ahead of nvJPEG
-    loader = GPULoader(train_set.samples, train_set.transform, batch_sampler=plan, device=device,
-                       num_workers=min(workers, 8), channels_last=cfg.channels_last and device.type == "cuda")  # fmt: skip
+    loader = GPULoader(
+        train_set.samples,
+        train_set.transform,
+        batch_sampler=plan,
+        device=device,
+        num_workers=min(workers, 8),
+        channels_last=cfg.channels_last and device.type == "cuda",
+    )
     return loader, kind
 
 
-def make_val_loader(cfg: TrainConfig, dataset, d: Dist, workers: int, device: torch.device, kind: str = "cpu",
-                    collate_fn=collate):
+def make_val_loader(
+    cfg: TrainConfig, dataset, d: Dist, workers: int, device: torch.device, kind: str = "cpu", collate_fn=collate
+):
     """The validation batches (this process's share, in order, fixed size but the last), made once per run.
 
     ``kind`` "gpu" (the training data path's choice, on CUDA): :class:`~vggnet.data.gpu.GPULoader` with the
@@ -100,12 +127,22 @@ def make_val_loader(cfg: TrainConfig, dataset, d: Dist, workers: int, device: to
     bs = max(1, cfg.batch_size // (d.world * cfg.accum_steps))
     batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
     if kind == "gpu":
-        return GPULoader(dataset.samples, dataset.transform, batch_sampler=batches, device=device,
-                         num_workers=min(workers, 8),
-                         channels_last=cfg.channels_last and cuda_path(device))  # fmt: skip
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=workers,
-                                       pin_memory=device.type == "cuda",
-                                       worker_init_fn=ignore_stop_signals if workers else None)  # fmt: skip
+        return GPULoader(
+            dataset.samples,
+            dataset.transform,
+            batch_sampler=batches,
+            device=device,
+            num_workers=min(workers, 8),
+            channels_last=cfg.channels_last and cuda_path(device),
+        )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        collate_fn=collate_fn,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_stop_signals if workers else None,
+    )
 
 
 def check_loader_memory(kind: str, samples, micro: int, crop: int, workers: int, folder: str | None = None) -> None:
@@ -117,8 +154,7 @@ def check_loader_memory(kind: str, samples, micro: int, crop: int, workers: int,
         return  # batches stay in the main process
     per_image = 3 * crop * crop * 4 if kind == "cpu" else shm.mean_file_bytes([p for p, _ in samples])
     need = shm.batches_in_flight(workers, 4) * micro * per_image
-    shm.check_shared_memory(need, f"--loader {kind} with {workers} workers and batches of {micro}",
-                            folder or shm.SHM)  # fmt: skip
+    shm.check_shared_memory(need, f"--loader {kind} with {workers} workers and batches of {micro}", folder or shm.SHM)
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
@@ -156,6 +192,14 @@ def fallback_note(*loaders) -> str:
 
 
 __all__ = [
-    "build_data", "check_loader_memory", "fallback_note", "ignore_stop_signals", "loader_workers", "make_loader",
-    "make_train_loader", "make_val_loader", "pick_loader", "stop_workers",
-]  # fmt: skip
+    "build_data",
+    "check_loader_memory",
+    "fallback_note",
+    "ignore_stop_signals",
+    "loader_workers",
+    "make_loader",
+    "make_train_loader",
+    "make_val_loader",
+    "pick_loader",
+    "stop_workers",
+]

@@ -59,8 +59,17 @@ def cross_entropy_loss(out: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig
     return F.cross_entropy(out, labels, label_smoothing=cfg.label_smoothing, reduction=reduction)
 
 
-def forward_backward(model, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, plan: BatchPlan,
-                     device, autocast, last_micro: bool, loss_fn=cross_entropy_loss) -> torch.Tensor:
+def forward_backward(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    plan: BatchPlan,
+    device,
+    autocast,
+    last_micro: bool,
+    loss_fn=cross_entropy_loss,
+) -> torch.Tensor:
     """One micro-batch: forward, loss, backward (gradients summed over the accumulation steps); returns the loss.
 
     ``loss_fn(output, labels, cfg, reduction)``: the task's loss (:mod:`.task`), classification's by default.
@@ -112,8 +121,21 @@ class _Window:
         return self.images * world / max(elapsed, 1e-9), steps_left * elapsed / max(self.steps, 1)
 
 
-def train_one_epoch(model, loader, optimizer, cfg: TrainConfig, plan: BatchPlan, prog: Progress, device,
-                    autocast, log: Logger, bad_files: set[str], save_ckpt, stop=None, task=None) -> float:
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    cfg: TrainConfig,
+    plan: BatchPlan,
+    prog: Progress,
+    device,
+    autocast,
+    log: Logger,
+    bad_files: set[str],
+    save_ckpt,
+    stop=None,
+    task=None,
+) -> float:
     """Run the rest of one epoch; return the mean training loss of the steps run.
 
     ``task`` (:mod:`.task`; classification when None) gives the loss and what train mode means for its net.
@@ -189,8 +211,7 @@ def _check_finite(finite: torch.Tensor, prog: Progress) -> None:
         raise NonFiniteLoss(f"non-finite loss at step {prog.global_step}")
 
 
-def _log_window(window: _Window, finite: torch.Tensor, optimizer, plan: BatchPlan, prog: Progress,
-                log: Logger) -> None:
+def _log_window(window: _Window, finite: torch.Tensor, optimizer, plan: BatchPlan, prog: Progress, log: Logger) -> None:
     """A log step: check the loss is finite, record the window's mean loss, rate and lr, start a new window."""
     _check_finite(finite, prog)
     mean_loss = window.loss.item() / window.steps
@@ -202,8 +223,9 @@ def _log_window(window: _Window, finite: torch.Tensor, optimizer, plan: BatchPla
 
 
 @torch.inference_mode()
-def validate(model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_files: set[str],
-             loader=None) -> dict[str, float]:
+def validate(
+    model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_files: set[str], loader=None
+) -> dict[str, float]:
     """Top-1 / top-5 error of one centre crop per validation image; shared across processes.
 
     ``model`` should be the uncompiled module: a compiled one would compile again for eval mode under
@@ -261,6 +283,14 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 __all__ = [
-    "NonFiniteLoss", "PROGRESS_SECONDS", "compile_model", "cross_entropy_loss", "forward_backward", "pad_batch",
-    "peak_memory_mb", "setup_backends", "train_one_epoch", "validate",
-]  # fmt: skip
+    "NonFiniteLoss",
+    "PROGRESS_SECONDS",
+    "compile_model",
+    "cross_entropy_loss",
+    "forward_backward",
+    "pad_batch",
+    "peak_memory_mb",
+    "setup_backends",
+    "train_one_epoch",
+    "validate",
+]

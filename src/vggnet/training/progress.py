@@ -63,8 +63,10 @@ class HostCopy:
 
 def progress_text(prog: Progress, total: int, loss: float, lr: float, ips: float, eta: float) -> str:
     """The progress of an epoch as one line (a log file's view of the progress bar)."""
-    return (f"epoch {prog.epoch + 1} step {prog.step_in_epoch}/{total} loss {loss:.4f} lr {lr:.2e} "
-            f"{ips:,.0f} img/s ETA {eta:.0f}s")  # fmt: skip
+    return (
+        f"epoch {prog.epoch + 1} step {prog.step_in_epoch}/{total} loss {loss:.4f} lr {lr:.2e} "
+        f"{ips:,.0f} img/s ETA {eta:.0f}s"
+    )
 
 
 class Logger:
@@ -96,8 +98,11 @@ class Logger:
             return
         if self.tb_missing:
             self.tb_missing = False
-            print("--tensorboard: tensorboard is not installed (pip install vggnet[tensorboard]), so no event files; "
-                  "the metrics are in metrics.jsonl (--no-tensorboard silences this)", file=sys.stderr)
+            print(
+                "--tensorboard: tensorboard is not installed (pip install vggnet[tensorboard]), so no event files; "
+                "the metrics are in metrics.jsonl (--no-tensorboard silences this)",
+                file=sys.stderr,
+            )
         self.file.write(json.dumps({"kind": kind, **values}) + "\n")
         self.file.flush()
         if self.tb is not None:
@@ -114,8 +119,16 @@ class Logger:
             return
         if self.bar is None or self.bar_epoch != prog.epoch:
             self._close_bar()
-            self.bar = tqdm(total=total, initial=prog.step_in_epoch, desc=f"epoch {prog.epoch + 1}", unit="step",
-                            file=sys.stdout, dynamic_ncols=True, leave=True, mininterval=0)  # fmt: skip
+            self.bar = tqdm(
+                total=total,
+                initial=prog.step_in_epoch,
+                desc=f"epoch {prog.epoch + 1}",
+                unit="step",
+                file=sys.stdout,
+                dynamic_ncols=True,
+                leave=True,
+                mininterval=0,
+            )
             self.bar_epoch = prog.epoch
         self.bar.n = prog.step_in_epoch
         self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {ips:,.0f} img/s", refresh=False)

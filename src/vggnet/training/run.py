@@ -27,26 +27,37 @@ from torch import nn
 
 from .. import runs
 from ..config import (
-    TrainConfig, toml_text,
-)  # fmt: skip
+    TrainConfig,
+    toml_text,
+)
 from ..data import Stats
 from ..files import RunInUse, RunLock, atomic_write_text
 from ..plots import plot_run
 from ..runtime import Dist, cuda_path, is_main, pick_device, setup_distributed
 from ..weights import save_weights, unwrap
 from .checkpoints import (
-    latest_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
-    trim_metrics, write_bad_files,
-)  # fmt: skip
+    latest_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    trim_metrics,
+    write_bad_files,
+)
 from .finetune import param_groups
 from .loaders import fallback_note, loader_workers, make_train_loader, make_val_loader, stop_workers
 from .loop import NonFiniteLoss, compile_model, peak_memory_mb, setup_backends, train_one_epoch
 from .progress import Logger, Progress
 from .schedule import BatchPlan, Plateau
 from .setup import (
-    broadcast_path, check_out_apart, claim_run_dir, epochs_logged, input_for_released_weights, plan_run,
+    broadcast_path,
+    check_out_apart,
+    claim_run_dir,
+    epochs_logged,
+    input_for_released_weights,
+    plan_run,
     trained_without_checkpoint,
-)  # fmt: skip
+)
 from .task import CLASSIFICATION, Classification
 
 
@@ -73,8 +84,9 @@ class _StopRequest:
             raise KeyboardInterrupt
 
 
-def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None = None,
-          task: Classification | None = None) -> Path:
+def train(
+    config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None = None, task: Classification | None = None
+) -> Path:
     """Train a VGG net with the paper's recipe; return the run folder.
 
     ``config`` is a TrainConfig or a dict of its fields (resolved with the data set's preset).
@@ -102,12 +114,17 @@ def train(config: TrainConfig | dict[str, Any], resume: str | os.PathLike | None
             check_out_apart(cfg, run)
         if restart and run is not None and (run / runs.MODEL_FILE).is_file() and trained_without_checkpoint(run, cfg):
             if is_main():
-                print(f"{run} is finished ({epochs_logged(run)} epochs) and has no checkpoint: nothing to train; its "
-                      f"weights are kept as they are", flush=True)  # fmt: skip
+                print(
+                    f"{run} is finished ({epochs_logged(run)} epochs) and has no checkpoint: nothing to train; its "
+                    f"weights are kept as they are",
+                    flush=True,
+                )
             return run
         if cfg.init_from and ckpt is None and not restart:
             cfg = input_for_released_weights(cfg)
-        device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        device_kind = (
+            "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        )
         setup_backends(cfg, device_kind)
         d = setup_distributed(device_kind)
         device = pick_device(cfg.device, d)
@@ -206,9 +223,19 @@ class _Run:
         if not self.d.main:
             return None
         p = self.prog
-        path = save_checkpoint(self.run, self.model, self.optimizer, self.plateau, self.cfg, p.epoch, p.step_in_epoch,
-                               p.global_step, self.cfg.keep_checkpoints, rng=rng,
-                               epoch_loss=(p.epoch_loss_sum, p.epoch_loss_steps))  # fmt: skip
+        path = save_checkpoint(
+            self.run,
+            self.model,
+            self.optimizer,
+            self.plateau,
+            self.cfg,
+            p.epoch,
+            p.step_in_epoch,
+            p.global_step,
+            self.cfg.keep_checkpoints,
+            rng=rng,
+            epoch_loss=(p.epoch_loss_sum, p.epoch_loss_steps),
+        )
         write_bad_files(self.run, self.bad_files)
         return path
 
@@ -221,8 +248,17 @@ class _Run:
         return bool(flag)
 
 
-def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist, device,
-           started: list[bool], task: Classification) -> Path:
+def _train(
+    cfg: TrainConfig,
+    run: Path,
+    ckpt,
+    explicit_lr: bool,
+    restart: bool,
+    d: Dist,
+    device,
+    started: list[bool],
+    task: Classification,
+) -> Path:
     torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
     np.random.seed((cfg.seed + d.rank) % 2**32)
     random.seed(cfg.seed + d.rank)
@@ -237,13 +273,24 @@ def _train(cfg: TrainConfig, run: Path, ckpt, explicit_lr: bool, restart: bool, 
     return _epochs(r)
 
 
-def _build(cfg: TrainConfig, task: Classification, run: Path, ckpt, explicit_lr: bool, restart: bool, d: Dist,
-           device, log: Logger) -> _Run:
+def _build(
+    cfg: TrainConfig,
+    task: Classification,
+    run: Path,
+    ckpt,
+    explicit_lr: bool,
+    restart: bool,
+    d: Dist,
+    device,
+    log: Logger,
+) -> _Run:
     """The data, the net (initialised, or from the checkpoint), the optimizer and the schedule of a run."""
     stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
     if stats is not None and not all(math.isfinite(v) for v in (*stats.mean, *stats.std)):
-        raise ValueError(f"{run / runs.STATS_FILE} holds a mean {list(stats.mean)} / std {list(stats.std)} that is not "
-                         f"finite; restore it from a copy of the run (it is the training set's statistics)")  # fmt: skip
+        raise ValueError(
+            f"{run / runs.STATS_FILE} holds a mean {list(stats.mean)} / std {list(stats.std)} that is not "
+            f"finite; restore it from a copy of the run (it is the training set's statistics)"
+        )
     train_set, val_set, classes, stats = task.build_data(cfg, d, stats, run)
     model = task.make_model(cfg, classes, stats, run, d, log, fresh=ckpt is None)
     model.to(device)
@@ -251,15 +298,18 @@ def _build(cfg: TrainConfig, task: Classification, run: Path, ckpt, explicit_lr:
         model = model.to(memory_format=torch.channels_last)
     # frozen layers (--freeze) are not in the optimizer; fc8 has its own group at --head-lr-mult x lr
     fused = (cuda_path(device) and cfg.fused) or None
-    optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, fused=fused)
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused
+    )
     plateau = Plateau(cfg.lr, cfg.lr_patience, cfg.lr_threshold, cfg.lr_decays, cfg.plateau, cfg.lr_window)
-    r = _Run(cfg, task, run, d, device, log, model, optimizer, plateau, Progress(0, 0, 0), 0, train_set, val_set,
-             classes)
+    r = _Run(
+        cfg, task, run, d, device, log, model, optimizer, plateau, Progress(0, 0, 0), 0, train_set, val_set, classes
+    )
     if ckpt is not None:
         _restore(r, ckpt, explicit_lr)
-        log.line(f"resuming {run} at epoch {r.prog.epoch + 1}, step {r.prog.step_in_epoch} "
-                 f"({r.prog.global_step} in all)")  # fmt: skip
+        log.line(
+            f"resuming {run} at epoch {r.prog.epoch + 1}, step {r.prog.step_in_epoch} ({r.prog.global_step} in all)"
+        )
     else:
         if restart:
             log.line(f"{run} has no checkpoint yet: starting it again from step 0")
@@ -357,8 +407,21 @@ def _one_epoch(r: _Run, epoch: int) -> str:
     r.plan.set_epoch(epoch, prog.step_in_epoch)
     t_epoch = time.perf_counter()
     # the epoch's loss sums are kept in prog (and in mid-epoch checkpoints) by train_one_epoch
-    train_one_epoch(r.net, r.loader, r.optimizer, cfg, r.plan, prog, r.device, r.autocast, r.log, r.bad_files,
-                    r.save_ckpt, r.stop, r.task)
+    train_one_epoch(
+        r.net,
+        r.loader,
+        r.optimizer,
+        cfg,
+        r.plan,
+        prog,
+        r.device,
+        r.autocast,
+        r.log,
+        r.bad_files,
+        r.save_ckpt,
+        r.stop,
+        r.task,
+    )
     if r.stop():  # asked again: every process must take the same branch
         r.saved_at = r.save_ckpt()
         return "interrupted"
@@ -370,8 +433,9 @@ def _one_epoch(r: _Run, epoch: int) -> str:
     rng_before = rng_state()
     r.request.immediate = r.d.world == 1
     try:
-        metrics = r.task.validate(r.model, r.val_set, cfg, r.device, r.autocast, r.d, r.bad_files,
-                                  r.val_loader)  # the uncompiled module
+        metrics = r.task.validate(
+            r.model, r.val_set, cfg, r.device, r.autocast, r.d, r.bad_files, r.val_loader
+        )  # the uncompiled module
     except KeyboardInterrupt:
         r.request.signum = r.request.signum or signal.SIGINT
         r.saved_at = r.save_ckpt(rng=rng_before)
@@ -389,20 +453,28 @@ def _end_epoch(r: _Run, epoch: int, metrics: dict[str, float], seconds: float) -
     if r.bad_files - r.reported:
         new = sorted(r.bad_files - r.reported)
         r.reported.update(new)
-        r.log.line(f"skipped {len(new)} unreadable image(s), listed in {r.run / 'bad_files.txt'}: "
-                   f"{', '.join(new[:3])}{' ...' if len(new) > 3 else ''}")  # fmt: skip
+        r.log.line(
+            f"skipped {len(new)} unreadable image(s), listed in {r.run / 'bad_files.txt'}: "
+            f"{', '.join(new[:3])}{' ...' if len(new) > 3 else ''}"
+        )
     train_loss = prog.epoch_loss_sum / max(prog.epoch_loss_steps, 1)
     prog.epoch, prog.step_in_epoch = epoch + 1, 0
     prog.epoch_loss_sum, prog.epoch_loss_steps = 0.0, 0
     first = r.optimizer.param_groups[0]
     lr = first["lr"] / first.get("lr_mult", 1.0)  # the schedule's rate (fc8 may learn at a multiple of it)
-    record = dict(epoch=epoch + 1, step=prog.global_step, train_loss=train_loss, lr=lr, epoch_time_s=seconds,
-                  peak_mem_mb=peak_memory_mb(r.device), **metrics)  # fmt: skip
+    record = dict(
+        epoch=epoch + 1,
+        step=prog.global_step,
+        train_loss=train_loss,
+        lr=lr,
+        epoch_time_s=seconds,
+        peak_mem_mb=peak_memory_mb(r.device),
+        **metrics,
+    )
     r.log.record("epoch", **record)
     r.log.line(
         f"epoch {epoch + 1}/{r.cfg.epochs}: train loss {train_loss:.4f}, {r.task.epoch_text(metrics)}, lr {lr:.1e}, "
-        f"{seconds:.0f}s"
-        + (f", lr -> {r.plateau.lr:.1e}" if r.plateau.lr != lr else "")
+        f"{seconds:.0f}s" + (f", lr -> {r.plateau.lr:.1e}" if r.plateau.lr != lr else "")
     )
     if r.d.main:
         # the checkpoint first: a kill between the two writes leaves a checkpoint to resume from, never weights
@@ -417,8 +489,11 @@ def _non_finite_message(e: NonFiniteLoss, r: _Run) -> str:
     """What went wrong, what was kept, and the command that continues with a lower learning rate."""
     last = latest_checkpoint(r.run)
     lr = r.optimizer.param_groups[0]["lr"]
-    where = (f"nothing after the last good checkpoint {last} was kept" if last is not None
-             else "no checkpoint had been written yet")  # fmt: skip
+    where = (
+        f"nothing after the last good checkpoint {last} was kept"
+        if last is not None
+        else "no checkpoint had been written yet"
+    )
     return (
         f"{e} (epoch {r.prog.epoch + 1}): training stopped and {where}. The learning rate {lr:g} is too high "
         f"for this net and data (or --init draws too large weights): continue with a lower one, "
@@ -431,11 +506,15 @@ def _non_finite_message(e: NonFiniteLoss, r: _Run) -> str:
 def _interrupted_message(r: _Run, saved_at: Path | None) -> str:
     name = signal.Signals(r.request.signum).name
     if saved_at is not None or not r.d.main:
-        return (f"{name}: stopped at step {r.prog.global_step} and saved {saved_at or 'a checkpoint'}; "
-                f"continue with `{r.task.command} --resume {r.run}`")
+        return (
+            f"{name}: stopped at step {r.prog.global_step} and saved {saved_at or 'a checkpoint'}; "
+            f"continue with `{r.task.command} --resume {r.run}`"
+        )
     last = latest_checkpoint(r.run)
-    return (f"{name} twice: stopped without saving this step; `{r.task.command} --resume {r.run}` continues from "
-            f"{last if last is not None else 'step 0 (no checkpoint yet)'}")  # fmt: skip
+    return (
+        f"{name} twice: stopped without saving this step; `{r.task.command} --resume {r.run}` continues from "
+        f"{last if last is not None else 'step 0 (no checkpoint yet)'}"
+    )
 
 
 __all__ = ["Interrupted", "train"]

@@ -29,7 +29,9 @@ class BatchPlan:
         if batch_size % (world * accum):
             raise ValueError(f"batch_size {batch_size} is not divisible by processes x accum_steps = {world * accum}")
         if n < batch_size:
-            raise ValueError(f"the training set has {n} images, fewer than one batch of {batch_size}; lower --batch-size")
+            raise ValueError(
+                f"the training set has {n} images, fewer than one batch of {batch_size}; lower --batch-size"
+            )
         self.n, self.batch_size, self.world, self.rank, self.accum, self.seed = n, batch_size, world, rank, accum, seed
         self.micro = batch_size // (world * accum)
         self.epoch, self.start_step = 0, 0

@@ -17,8 +17,13 @@ from torch import nn
 
 from .. import runs
 from ..config import (
-    TrainConfig, config_changes, from_dict, read_run_config, read_toml, refuse_unsafe_changes,
-)  # fmt: skip
+    TrainConfig,
+    config_changes,
+    from_dict,
+    read_run_config,
+    read_toml,
+    refuse_unsafe_changes,
+)
 from ..files import overlapping
 from ..pretrained import convention, init_from_pretrained, resolve_weights
 from ..runtime import Dist, is_main
@@ -53,8 +58,10 @@ def check_out_apart(cfg: TrainConfig, run: Path) -> None:
         if folder and Path(folder).expanduser().is_dir():
             how = overlapping(run, Path(folder).expanduser())
             if how:
-                raise ValueError(f"--out {run} {how} the {flag} folder {folder}: a run folder must lie apart from "
-                                 f"the data it reads; pass another --out")  # fmt: skip
+                raise ValueError(
+                    f"--out {run} {how} the {flag} folder {folder}: a run folder must lie apart from "
+                    f"the data it reads; pass another --out"
+                )
 
 
 def epochs_logged(run: Path) -> int:
@@ -198,13 +205,23 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
         # the suggested `vgg train --resume RUN` after a --max-steps stop must make progress: the limit is spent
         explicit["max_steps"] = 0
         if rank0:
-            print(f"--max-steps {saved['max_steps']} was reached at step {step}: continuing without a step limit "
-                  f"(pass --max-steps N to set another)", flush=True)  # fmt: skip
+            print(
+                f"--max-steps {saved['max_steps']} was reached at step {step}: continuing without a step limit "
+                f"(pass --max-steps N to set another)",
+                flush=True,
+            )
     cfg = saved_config(dict(saved, **explicit, out=str(run)))
     return cfg, run, ckpt, "lr" in explicit, ckpt is None
 
 
 __all__ = [
-    "broadcast_path", "check_out_apart", "claim_run_dir", "epochs_logged", "init_from", "input_for_released_weights",
-    "new_run_dir", "plan_run", "trained_without_checkpoint",
-]  # fmt: skip
+    "broadcast_path",
+    "check_out_apart",
+    "claim_run_dir",
+    "epochs_logged",
+    "init_from",
+    "input_for_released_weights",
+    "new_run_dir",
+    "plan_run",
+    "trained_without_checkpoint",
+]

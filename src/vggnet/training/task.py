@@ -62,14 +62,21 @@ class Classification:
     def plan(self, cfg: TrainConfig, n: int, d: Dist) -> BatchPlan:
         return BatchPlan(n, cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
 
-    def make_model(self, cfg: TrainConfig, classes: list[str], stats: Stats, run: Path, d: Dist, log: Logger,
-                   fresh: bool) -> nn.Module:
+    def make_model(
+        self, cfg: TrainConfig, classes: list[str], stats: Stats, run: Path, d: Dist, log: Logger, fresh: bool
+    ) -> nn.Module:
         """The net of the config, initialised (``--init``, or ``--init-from`` for a fresh run), carrying the input
         convention it trains with: `vgg eval --weights` and create_model(pretrained=...) then need no run folder."""
         model = create_model(
-            cfg.arch, num_classes=len(classes), width=cfg.width, fc_width=cfg.fc_width, crop_size=cfg.crop_size,
-            dropout=cfg.dropout, batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
-            init=cfg.init, seed=cfg.seed,
+            cfg.arch,
+            num_classes=len(classes),
+            width=cfg.width,
+            fc_width=cfg.fc_width,
+            crop_size=cfg.crop_size,
+            dropout=cfg.dropout,
+            batch_norm=cfg.batch_norm or None,  # None: as the name says (vgg16_bn)
+            init=cfg.init,
+            seed=cfg.seed,
         )
         if cfg.init_from and fresh:
             if d.world > 1 and not Path(cfg.init_from).exists():
@@ -81,11 +88,16 @@ class Classification:
             init_from(model, cfg.init_from, log, cfg)
         frozen = freeze(model, cfg.freeze)  # a resumed run too: the checkpoint's weights load into the same modules
         if frozen:
-            log.line(f"--freeze {cfg.freeze}: {frozen[0]} ... {frozen[-1]} frozen ({len(frozen)} modules), "
-                     f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters train")
+            log.line(
+                f"--freeze {cfg.freeze}: {frozen[0]} ... {frozen[-1]} frozen ({len(frozen)} modules), "
+                f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters train"
+            )
         model.pretrained_cfg = make_cfg(
-            Convention.of_run(stats, cfg.normalize, cfg.pixel_range), source=str(run),
-            num_classes=len(classes), classes=list(classes), resize=(cfg.scale_min + cfg.scale_max) // 2,
+            Convention.of_run(stats, cfg.normalize, cfg.pixel_range),
+            source=str(run),
+            num_classes=len(classes),
+            classes=list(classes),
+            resize=(cfg.scale_min + cfg.scale_max) // 2,
             crop=cfg.crop_size,
         )
         return model
@@ -102,8 +114,9 @@ class Classification:
     # the training loss of a batch: (output, targets, cfg, reduction) -> the mean, or one per image ("none")
     loss = staticmethod(cross_entropy_loss)
 
-    def validate(self, model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_files: set[str],
-                 loader=None) -> dict[str, float]:
+    def validate(
+        self, model, dataset, cfg: TrainConfig, device, autocast, d: Dist, bad_files: set[str], loader=None
+    ) -> dict[str, float]:
         return validate(model, dataset, cfg, device, autocast, d, bad_files, loader)
 
     def epoch_text(self, metrics: dict[str, float]) -> str:
