@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import sys
-import urllib.error
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ import torch
 from torch import nn
 
 from . import runs
-from .architectures import CONFIGS, parse_name, parse_token
+from .architectures import parse_name
 from .config import read_toml
 from .convention import (
     CAFFE_MEAN_BGR,  # noqa: F401 - the authors' mean pixel, named here beside the Caffe source
@@ -46,8 +43,9 @@ from .convention import (
     parse_normalize,
 )
 from .data import Stats
+from .downloads import WeightsError, download, hub_dir, offline
 from .features import VGGFeatures
-from .model import VGG, layer_names, load_state, meta_model
+from .model import VGG, load_state, meta_model
 from .weights import (
     ARCH_KEY,
     PRETRAINED_CFG_KEY,
@@ -55,6 +53,8 @@ from .weights import (
     check_state_dict,
     convert_state_dict,
     from_caffe_names,
+    infer_arch,
+    infer_config,
     read_state_dict,
     unwrap,
 )
@@ -102,10 +102,6 @@ WEIGHTS_FORMS = (
     "a run folder, a weights file (ours, torchvision's, timm's or Caffe-named; .safetensors or "
     ".pth), a URL, torchvision:vgg16 (vgg11 ... vgg19_bn), timm:vgg16.tv_in1k or caffe:vgg16|vgg19"
 )
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be had or do not fit: the message is one line naming the file or URL and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,20 +232,12 @@ def require_cfg(model: nn.Module, what: str = "the model") -> dict[str, Any]:
 # Finding the file: local path, URL, named source
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("VGGNET_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def _hub_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
 def local_path(name: str) -> Path:
     """Where the file of a named source or URL is looked for before any download (torch.hub's cache)."""
     if name in SOURCES and SOURCES[name]["kind"] == "hf":
-        return _hub_dir() / (SOURCES[name]["repo"].replace("/", "--") + ".safetensors")
+        return hub_dir() / (SOURCES[name]["repo"].replace("/", "--") + ".safetensors")
     url = source_url(name) if name in SOURCES else name
-    return _hub_dir() / os.path.basename(url.split("?")[0])
+    return hub_dir() / os.path.basename(url.split("?")[0])
 
 
 def source_url(name: str) -> str:
@@ -260,34 +248,6 @@ def source_url(name: str) -> str:
         return f"{endpoint}/{src['repo']}/resolve/main/{src['file']}"
     base = globals()[src["base"]]  # the module attribute, read at call time: a mirror (or a test) can set it
     return f"{base.rstrip('/')}/{src['file']}"
-
-
-_HASH = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: the sha256 prefix in the file name
-
-
-def _download(url: str, dest: Path) -> Path:
-    """torch.hub's download into ``dest``: written to a temporary file and renamed, hash-checked if the name has one."""
-    if dest.is_file():
-        return dest
-    if _offline():
-        raise WeightsError(f"offline and {dest} is not there; download {url} and place it at {dest}")
-    m = _HASH.search(os.path.basename(dest))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(url, str(dest), m.group(1) if m else None, progress=sys.stderr.isatty())
-    except RuntimeError as e:
-        if "hash" in str(e):
-            raise WeightsError(
-                f"{url}: the download does not match the sha256 prefix {m.group(1) if m else ''} in its "
-                f"name, so it was not kept; retry, or place a good copy at {dest}"
-            ) from None
-        raise WeightsError(f"cannot download {url} ({e}); place the file at {dest}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise WeightsError(
-            f"cannot download {url} ({reason}); download it elsewhere and place it at {dest}, or pass its local path"
-        ) from None
-    return dest
 
 
 def _hf_download(name: str) -> Path:
@@ -308,7 +268,7 @@ def _hf_download(name: str) -> Path:
             src["file"],
             endpoint=os.environ.get("HF_ENDPOINT", HF_ENDPOINT),
             cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-            local_files_only=_offline(),
+            local_files_only=offline(),
         )
     except Exception as e:  # noqa: BLE001 - the hub client's many error types all mean "not available"
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
@@ -331,7 +291,7 @@ def resolve_weights(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
             )
         return Path(spec).expanduser() / runs.MODEL_FILE, None
     if spec.startswith(("http://", "https://")):
-        return _download(spec, local_path(spec)), None
+        return download(spec, local_path(spec)), None
     name = _canonical(spec)
     if name is None:
         if ":" in spec and os.path.sep not in spec.split(":", 1)[0]:
@@ -340,7 +300,7 @@ def resolve_weights(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
         raise WeightsError(f"weights {spec!r}: no such file; pass {WEIGHTS_FORMS}")
     if SOURCES[name]["kind"] == "hf":
         return _hf_download(name), name
-    return _download(source_url(name), local_path(name)), name
+    return download(source_url(name), local_path(name)), name
 
 
 def _canonical(spec: str) -> str | None:
@@ -354,25 +314,6 @@ def _canonical(spec: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building a model from weights
-
-
-def _infer_arch(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Width, FC width, crop size and classes of a state dict in our layout (for files without our metadata)."""
-    out: dict[str, Any] = {}
-    convs = [k for k in sd if k.startswith("features.") and k.endswith(".weight") and sd[k].dim() == 4]
-    if convs and "classifier.0.weight" in sd:
-        first = min(convs, key=lambda k: int(k.split(".")[1]))
-        last = max(convs, key=lambda k: int(k.split(".")[1]))
-        out["width"] = sd[first].shape[0] / 64
-        ch = sd[last].shape[0]
-        fc1 = sd["classifier.0.weight"]
-        out["fc_width"] = fc1.shape[0]
-        p = round((fc1.shape[1] / ch) ** 0.5)
-        if p * p * ch == fc1.shape[1]:
-            out["crop_size"] = 32 * p
-    if "classifier.6.weight" in sd:
-        out["num_classes"] = sd["classifier.6.weight"].shape[0]
-    return out
 
 
 def load_pretrained(
@@ -433,7 +374,7 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         return read_state_dict(path)
     except (ValueError, RuntimeError) as e:
-        if path.resolve().is_relative_to(_hub_dir().resolve()):
+        if path.resolve().is_relative_to(hub_dir().resolve()):
             path.unlink(missing_ok=True)  # a cached file that does not read (truncated) must not stay
             raise WeightsError(
                 f"{path} was not a readable weights file (truncated download?) and was removed; "
@@ -473,7 +414,7 @@ def _arch_of(
         sd = from_caffe_names(sd, arch["config"], arch["batch_norm"])
     sd = convert_state_dict(sd, None)
     if ARCH_KEY not in meta:
-        arch.update(_infer_arch(sd))
+        arch.update(infer_arch(sd))
     arch.update({k: v for k, v in options.items() if v is not None})
     return sd, arch
 
@@ -507,29 +448,6 @@ _VGG_ARGS = (
     "in_chans",
     "inplace_relu",
 )
-
-
-def infer_config(sd: dict[str, torch.Tensor]) -> tuple[str, bool] | None:
-    """``(config, batch_norm)`` whose conv layers a state dict (ours, torchvision's, timm's or Caffe-named)
-    has, from its conv keys and kernel sizes; None if none fits. A-LRN has A's keys: A is returned."""
-    caffe = _is_caffe_named(sd)
-    for config in CONFIGS:
-        for bn in (False, True):
-            names = layer_names(config, bn)
-            convs = [(n, f"features.{i}.weight") for i, n in enumerate(names) if n.startswith("conv")]
-            kernels = [parse_token(t)[1] for t in CONFIGS[config] if parse_token(t)[0] == "conv"]
-            keys = [n + ".weight" for n, _ in convs] if caffe else [k for _, k in convs]
-            have = sorted(
-                k
-                for k, v in sd.items()
-                if v.dim() == 4 and (k.startswith("conv") if caffe else k.startswith("features."))
-            )
-            if sorted(keys) != have or any(sd[k].shape[-1] != kk for k, kk in zip(keys, kernels)):
-                continue
-            if not caffe and bn != any(k.endswith("running_mean") for k in sd):
-                continue
-            return config, bn
-    return None
 
 
 def convention(spec: str | os.PathLike) -> str | None:

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .architectures import CONFIGS, parse_token
 from .files import atomic_write
 from .model import HEAD_NAMES, VGG, layer_names, load_state, meta_model
 
@@ -303,3 +304,48 @@ def init_from_net_a(model: nn.Module, net_a: nn.Module | dict[str, torch.Tensor]
             dst.weight.copy_(src.weight)
             dst.bias.copy_(src.bias)
     return [name for name, _, _ in pairs]
+
+
+# ---- what net a state dict fits (files without our metadata: torchvision's, timm's, Caffe-named) ----------
+
+
+def infer_config(sd: dict[str, torch.Tensor]) -> tuple[str, bool] | None:
+    """``(config, batch_norm)`` whose conv layers a state dict (ours, torchvision's, timm's or Caffe-named)
+    has, from its conv keys and kernel sizes; None if none fits. A-LRN has A's keys: A is returned."""
+    caffe = _is_caffe_named(sd)
+    for config in CONFIGS:
+        for bn in (False, True):
+            names = layer_names(config, bn)
+            convs = [(n, f"features.{i}.weight") for i, n in enumerate(names) if n.startswith("conv")]
+            kernels = [parse_token(t)[1] for t in CONFIGS[config] if parse_token(t)[0] == "conv"]
+            keys = [n + ".weight" for n, _ in convs] if caffe else [k for _, k in convs]
+            have = sorted(
+                k
+                for k, v in sd.items()
+                if v.dim() == 4 and (k.startswith("conv") if caffe else k.startswith("features."))
+            )
+            if sorted(keys) != have or any(sd[k].shape[-1] != kk for k, kk in zip(keys, kernels)):
+                continue
+            if not caffe and bn != any(k.endswith("running_mean") for k in sd):
+                continue
+            return config, bn
+    return None
+
+
+def infer_arch(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Width, FC width, crop size and classes of a state dict in our layout (for files without our metadata)."""
+    out: dict[str, Any] = {}
+    convs = [k for k in sd if k.startswith("features.") and k.endswith(".weight") and sd[k].dim() == 4]
+    if convs and "classifier.0.weight" in sd:
+        first = min(convs, key=lambda k: int(k.split(".")[1]))
+        last = max(convs, key=lambda k: int(k.split(".")[1]))
+        out["width"] = sd[first].shape[0] / 64
+        ch = sd[last].shape[0]
+        fc1 = sd["classifier.0.weight"]
+        out["fc_width"] = fc1.shape[0]
+        p = round((fc1.shape[1] / ch) ** 0.5)
+        if p * p * ch == fc1.shape[1]:
+            out["crop_size"] = 32 * p
+    if "classifier.6.weight" in sd:
+        out["num_classes"] = sd["classifier.6.weight"].shape[0]
+    return out
