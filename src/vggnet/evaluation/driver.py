@@ -298,6 +298,14 @@ def _default_workers(items: Sequence[EvalSample], rt: Runtime) -> int:
     return 0 if rt.device.type != "cuda" or in_memory else max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+def _batch_size(batch_size: int | None) -> int:
+    """The views per forward pass asked for: ``DEFAULT_BATCH_SIZE`` when None; at least 1."""
+    bs = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    if bs < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {bs}")
+    return bs
+
+
 def evaluate(
     nets: Any,
     samples: Sequence[EvalSample] | str | os.PathLike | None = None,
@@ -348,9 +356,7 @@ def evaluate(
     rt = runtime(device, amp)
     net_list = as_nets(nets, mean=mean, std=std, classes=classes)
     protocol_list = parse_protocols(protocols)
-    bs = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    if bs < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {bs}")
+    bs = _batch_size(batch_size)
     first = net_list[0]
     items, data_name, present = eval_samples(samples, first, limit)
     # the data has fewer classes than the net (an ImageNet subset): also scored among its own classes only

@@ -12,6 +12,7 @@ import contextlib
 import os
 import resource
 import time
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -146,11 +147,7 @@ def train_one_epoch(
     ``stop()`` is asked after every optimizer step: True (Ctrl-C or SIGTERM arrived) ends the epoch there, at a
     step boundary, so a checkpoint holds exactly the state of an uninterrupted run after that step.
     """
-    if task is None:
-        model.train()
-    else:
-        task.train_mode(model, cfg)
-    loss_fn = cross_entropy_loss if task is None else task.loss
+    loss_fn = _enter_training(model, cfg, task)
     loss_sum = torch.zeros((), device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
     window = _Window(device)
@@ -179,12 +176,7 @@ def train_one_epoch(
             _log_window(window, finite, optimizer, plan, prog, log)  # the only host syncs of the loop
             redraw_at = window.t0 + PROGRESS_SECONDS
         elif readout is not None and time.perf_counter() >= redraw_at:
-            # a terminal's progress bar: the loss copied a redraw ago (no wait), then a new copy queued
-            redraw_at = time.perf_counter() + PROGRESS_SECONDS
-            shown = readout.poll()
-            readout.request(window.loss / window.steps)
-            ips, eta = window.rates(plan.world, total - prog.step_in_epoch)
-            log.progress(prog, total, shown, optimizer.param_groups[0]["lr"], ips, eta)
+            redraw_at = _redraw(readout, window, optimizer, plan, prog, log)
         if cfg.checkpoint_every and prog.global_step % cfg.checkpoint_every == 0 and prog.step_in_epoch < total:
             _check_finite(finite, prog)
             _bank(prog, loss_sum, steps_run - banked)
@@ -197,6 +189,25 @@ def train_one_epoch(
     _check_finite(finite, prog)
     _bank(prog, loss_sum, steps_run - banked)
     return (prog.epoch_loss_sum - start_sum) / max(steps_run, 1)
+
+
+def _enter_training(model, cfg: TrainConfig, task) -> Any:
+    """Put the net in train mode as its task wants (frozen batch norm stays in eval mode); return the task's loss."""
+    if task is None:
+        model.train()
+        return cross_entropy_loss
+    task.train_mode(model, cfg)
+    return task.loss
+
+
+def _redraw(readout: HostCopy, window: _Window, optimizer, plan: BatchPlan, prog: Progress, log: Logger) -> float:
+    """A terminal's progress bar: the loss copied a redraw ago (no wait), then a new copy queued; returns the
+    time of the next redraw."""
+    shown = readout.poll()
+    readout.request(window.loss / window.steps)
+    ips, eta = window.rates(plan.world, plan.steps_per_epoch - prog.step_in_epoch)
+    log.progress(prog, plan.steps_per_epoch, shown, optimizer.param_groups[0]["lr"], ips, eta)
+    return time.perf_counter() + PROGRESS_SECONDS
 
 
 def _bank(prog: Progress, loss_sum: torch.Tensor, steps: int) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -28,20 +27,17 @@ from torch import nn
 from .. import runs
 from ..config import (
     TrainConfig,
-    toml_text,
 )
 from ..data import Stats
-from ..files import RunInUse, RunLock, atomic_write_text
+from ..files import RunInUse, RunLock
 from ..plots import plot_run
 from ..runtime import Dist, cuda_path, is_main, pick_device, setup_distributed
 from ..weights import save_weights, unwrap
 from .checkpoints import (
     latest_checkpoint,
-    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    trim_metrics,
     write_bad_files,
 )
 from .finetune import param_groups
@@ -54,8 +50,12 @@ from .setup import (
     check_out_apart,
     claim_run_dir,
     epochs_logged,
+    folder_entries,
     input_for_released_weights,
+    named_folder,
+    open_folder,
     plan_run,
+    restore_folder,
     trained_without_checkpoint,
 )
 from .task import CLASSIFICATION, Classification
@@ -102,8 +102,8 @@ def train(
         NonFiniteLoss: the loss became NaN or infinite; the message names the checkpoint to continue from.
     """
     task = task or CLASSIFICATION
-    named = _named_folder(config, resume)
-    before = _entries(named)  # what a pre-existing folder held: a failed start leaves it so
+    named = named_folder(config, resume)
+    before = folder_entries(named)  # what a pre-existing folder held: a failed start leaves it so
     # one writer per run folder, taken before anything in it is read: a second `vgg train` is refused at once
     lock = RunLock(named, task.command) if is_main() and named is not None and named.is_dir() else None
     started: list[bool] = []
@@ -134,56 +134,18 @@ def train(
         if d.main:
             check_out_apart(cfg, run)
             lock = lock or RunLock(run, task.command)
-            _open_folder(run, cfg, ckpt)
+            open_folder(run, cfg, ckpt)
         if d.world > 1:
             dist.barrier()
         return _train(cfg, run, ckpt, explicit_lr, restart, d, device, started, task)
     except BaseException as e:
         if not started and is_main() and run is not None and not isinstance(e, RunInUse):
             # a failed start leaves no trace but the task's account of why (localisation's bad_boxes.txt)
-            _restore_folder(run, before if run == named else None, task.failure_files)
+            restore_folder(run, before if run == named else None, task.failure_files)
         raise
     finally:
         if lock is not None:
             lock.release()
-
-
-def _named_folder(config: TrainConfig | dict[str, Any] | None, resume) -> Path | None:
-    """The run folder a command names (--resume, or --out), before the config is resolved."""
-    if resume is not None:
-        return Path(resume)
-    out = config.out if isinstance(config, TrainConfig) else (config or {}).get("out")
-    return Path(out) if out else None
-
-
-def _entries(folder: Path | None) -> set[str] | None:
-    """The names in ``folder``; None when it is no folder (then a failed start removes what it made)."""
-    return set(os.listdir(folder)) if folder is not None and folder.is_dir() else None
-
-
-def _restore_folder(run: Path, before: set[str] | None, keep: tuple[str, ...] = ()) -> None:
-    """Undo a failed start: remove the folder it made, or the entries it added to a folder that was there; the
-    files named in ``keep`` stay."""
-    kept = {name for name in keep if (run / name).is_file()}
-    if before is None and not kept:
-        if run.is_dir():
-            shutil.rmtree(run, ignore_errors=True)
-        return
-    for name in set(os.listdir(run)) - (before or set()) - kept if run.is_dir() else ():
-        path = run / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def _open_folder(run: Path, cfg: TrainConfig, ckpt) -> None:
-    """Rank 0, lock held: clear what a kill left half-done, then write the resolved config."""
-    remove_stale_temporaries(run)
-    trim_metrics(run, ckpt["global_step"] if ckpt is not None else 0)
-    # the resolved config first: a run killed in its statistics pass restarts from it
-    atomic_write_text(run / runs.CONFIG_FILE, toml_text(cfg.to_dict()))
 
 
 @dataclass

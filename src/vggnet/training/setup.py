@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ from ..config import (
     read_run_config,
     read_toml,
     refuse_unsafe_changes,
+    toml_text,
 )
-from ..files import overlapping
+from ..files import atomic_write_text, overlapping
 from ..pretrained import convention, init_from_pretrained, resolve_weights
 from ..runtime import Dist, is_main
 from ..weights import ARCH_KEY, init_from_net_a, read_state_dict, unwrap
-from .checkpoints import newest_valid_checkpoint
+from .checkpoints import newest_valid_checkpoint, remove_stale_temporaries, trim_metrics
 from .finetune import resolve_config
 from .progress import Logger
 
@@ -214,14 +216,56 @@ def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathL
     return cfg, run, ckpt, "lr" in explicit, ckpt is None
 
 
+def named_folder(config: TrainConfig | dict[str, Any] | None, resume) -> Path | None:
+    """The run folder a command names (--resume, or --out), before the config is resolved."""
+    if resume is not None:
+        return Path(resume)
+    out = config.out if isinstance(config, TrainConfig) else (config or {}).get("out")
+    return Path(out) if out else None
+
+
+def folder_entries(folder: Path | None) -> set[str] | None:
+    """The names in ``folder``; None when it is no folder (then a failed start removes what it made)."""
+    return set(os.listdir(folder)) if folder is not None and folder.is_dir() else None
+
+
+def restore_folder(run: Path, before: set[str] | None, keep: tuple[str, ...] = ()) -> None:
+    """Undo a failed start: remove the folder it made, or the entries it added to a folder that was there; the
+    files named in ``keep`` stay."""
+    kept = {name for name in keep if (run / name).is_file()}
+    if before is None and not kept:
+        if run.is_dir():
+            shutil.rmtree(run, ignore_errors=True)
+        return
+    for name in set(os.listdir(run)) - (before or set()) - kept if run.is_dir() else ():
+        path = run / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def open_folder(run: Path, cfg: TrainConfig, ckpt) -> None:
+    """Rank 0, lock held: clear what a kill left half-done, then write the resolved config."""
+    remove_stale_temporaries(run)
+    trim_metrics(run, ckpt["global_step"] if ckpt is not None else 0)
+    # the resolved config first: a run killed in its statistics pass restarts from it
+    atomic_write_text(run / runs.CONFIG_FILE, toml_text(cfg.to_dict()))
+
+
 __all__ = [
     "broadcast_path",
     "check_out_apart",
     "claim_run_dir",
     "epochs_logged",
+    "folder_entries",
     "init_from",
     "input_for_released_weights",
+    "named_folder",
     "new_run_dir",
+    "open_folder",
     "plan_run",
+    "restore_folder",
     "trained_without_checkpoint",
 ]
