@@ -32,6 +32,10 @@ from vggnet.report import json_text
 CLASSES = [f"c{i}" for i in range(10)]
 
 
+# one centre crop at Q = 32, float32 on the CPU: the settings the command-line tests share
+CENTER_32_CPU = ["--protocol", "center", "--scales", "32", "--device", "cpu", "--no-amp"]
+
+
 def tiny(num_classes=10, seed=0):
     return vggnet.create_model(
         "A", num_classes=num_classes, width=1 / 16, fc_width=64, crop_size=32, init="kaiming", seed=seed
@@ -209,13 +213,7 @@ def test_imagenet_subset_of_wordnet_id_folders_against_a_1000_class_head(imagene
         str(weights),
         "--data",
         str(data),
-        "--protocol",
-        "center",
-        "--scales",
-        "32",
-        "--device",
-        "cpu",
-        "--no-amp",
+        *CENTER_32_CPU,
         "--json",
     ]
     assert run_eval_cli(parse(add_eval_arguments, argv)) == 0
@@ -261,13 +259,7 @@ def test_predict_prints_imagenet_names_and_wordnet_ids(imagenet_head, tmp_path, 
         str(img),
         "--top",
         "2",
-        "--protocol",
-        "center",
-        "--scales",
-        "32",
-        "--device",
-        "cpu",
-        "--no-amp",
+        *CENTER_32_CPU,
     ]
     assert run_predict_cli(parse(add_predict_arguments, argv)) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -185,32 +185,18 @@ def test_train_resume_and_evaluate_both_protocols(tmp_path):
     assert "## Table 8" in text and "## Table 9" in text and "| PCR" in text and "48,64" in text
 
 
+def _train_cli(source, out, *extra: str) -> list[str]:
+    """`vgg localize train --from SOURCE [extra] --epochs 1 --batch-size 4 --device cpu --out OUT`."""
+    tail = ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--out", str(out)]
+    return ["localize", "train", "--from", str(source), *extra, *tail]
+
+
 def test_cli_localize_train_and_eval(tmp_path, capsys):
     data = tmp_path / "data"
     make_data(data, per_class=2)
     cls = make_run(tmp_path / "cls", data)
     out = tmp_path / "scr"
-    assert (
-        main(
-            [
-                "localize",
-                "train",
-                "--from",
-                str(cls),
-                "--regression",
-                "scr",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--device",
-                "cpu",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(_train_cli(cls, out, "--regression", "scr")) == 0
     assert main(["localize", "eval", str(out), "--protocol", "center,dense", "--scales", "48", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "Table 8" in text and "SCR" in text
@@ -432,22 +418,7 @@ def test_localize_from_weights_without_a_convention_takes_normalize(loc_source, 
     weights = tmp_path / "tv.pth"
     torch.save(sd, weights)
     out = tmp_path / "loc"
-    args = [
-        "localize",
-        "train",
-        "--from",
-        str(weights),
-        "--data",
-        str(loc_source.parent / "data"),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-    ]
+    args = _train_cli(weights, out, "--data", str(loc_source.parent / "data"))
     assert main(args) == 2
     assert "no known input normalisation" in capsys.readouterr().err
     assert main(args + ["--normalize", "mean:51,51,51"]) == 0  # the run's mean pixel 0.2 on 0-255

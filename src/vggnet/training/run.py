@@ -137,7 +137,10 @@ def train(
             open_folder(run, cfg, ckpt)
         if d.world > 1:
             dist.barrier()
-        return _train(cfg, run, ckpt, explicit_lr, restart, d, device, started, task)
+        r = _build(cfg, task, run, ckpt, explicit_lr, restart, d, device)
+        _start(r)
+        started.append(True)
+        return _epochs(r)
     except BaseException as e:
         if not started and is_main() and run is not None and not isinstance(e, RunInUse):
             # a failed start leaves no trace but the task's account of why (localisation's bad_boxes.txt)
@@ -210,31 +213,6 @@ class _Run:
         return bool(flag)
 
 
-def _train(
-    cfg: TrainConfig,
-    run: Path,
-    ckpt,
-    explicit_lr: bool,
-    restart: bool,
-    d: Dist,
-    device,
-    started: list[bool],
-    task: Classification,
-) -> Path:
-    torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
-    np.random.seed((cfg.seed + d.rank) % 2**32)
-    random.seed(cfg.seed + d.rank)
-    log = Logger(run, d.main, cfg.tensorboard)
-    try:
-        r = _build(cfg, task, run, ckpt, explicit_lr, restart, d, device, log)
-    except BaseException:
-        log.close()
-        raise
-    _start(r)
-    started.append(True)
-    return _epochs(r)
-
-
 def _build(
     cfg: TrainConfig,
     task: Classification,
@@ -244,9 +222,22 @@ def _build(
     restart: bool,
     d: Dist,
     device,
-    log: Logger,
 ) -> _Run:
-    """The data, the net (initialised, or from the checkpoint), the optimizer and the schedule of a run."""
+    """The data, the net (initialised, or from the checkpoint), the optimizer and the schedule of a run, and its
+    log (closed again if the build fails)."""
+    torch.manual_seed(cfg.seed + d.rank)  # per-rank seed offset: dropout masks differ across processes
+    np.random.seed((cfg.seed + d.rank) % 2**32)
+    random.seed(cfg.seed + d.rank)
+    log = Logger(run, d.main, cfg.tensorboard)
+    try:
+        return _build_run(cfg, task, run, ckpt, explicit_lr, restart, d, device, log)
+    except BaseException:
+        log.close()
+        raise
+
+
+def _build_run(cfg, task, run, ckpt, explicit_lr, restart, d, device, log: Logger) -> _Run:
+    """_build's work once the log is open: the arguments are _build's."""
     stats = Stats.load(run / runs.STATS_FILE) if ckpt is not None else None
     if stats is not None and not all(math.isfinite(v) for v in (*stats.mean, *stats.std)):
         raise ValueError(
