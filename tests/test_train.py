@@ -95,6 +95,18 @@ def test_train_writes_a_complete_run(folder, tmp_path):
         train(small(folder, tmp_path, arch="B"))
 
 
+def test_the_logged_validation_error_is_what_vgg_eval_measures(folder, tmp_path):
+    """One net through two code paths: the last epoch's logged validation error (training's loader, its
+    statistics and convention) equals the centre-crop error that evaluation gives the run's kept weights on the
+    same images at the same Q (37 for a 32 crop: an odd spare range; the pixels themselves are compared in
+    test_data's test_one_centre_crop_for_validation_localisation_and_the_protocols)."""
+    run = train(small(folder, tmp_path, scale_min=32, scale_max=42, val_fraction=0.5, epochs=1))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if r["kind"] == "epoch"][-1]
+    res = vggnet.evaluate(run, protocols="center", scales=[37], device="cpu")
+    assert res.n == logged["val_images"] and res.get("center").top1_err == pytest.approx(logged["val_top1_err"])
+
+
 def test_accumulated_batch_equals_full_batch(folder, tmp_path):
     full = train(small(folder, tmp_path / "a", epochs=1))
     accum = train(small(folder, tmp_path / "b", epochs=1, accum_steps=4))
