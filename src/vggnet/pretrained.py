@@ -458,8 +458,9 @@ def convention(spec: str | os.PathLike) -> str | None:
 
 def init_from_pretrained(model: nn.Module, spec: str | os.PathLike) -> str:
     """Load released weights into ``model`` for fine-tuning (``vgg train --init-from torchvision:vgg16``): every
-    layer, except a last layer of another number of classes, which keeps its fresh init. Caffe weights are
-    folded (the model then takes RGB on [0, 1] minus the mean, like the paper's own runs). Returns a log line."""
+    layer, except a last layer of another number of classes, which is new: N(0, 0.01^2) weights and zero bias
+    (``VGG.reset_classifier``), whatever init the model was made with. Caffe weights are folded (the model then
+    takes RGB on [0, 1] minus the mean, like the paper's own runs). Returns a log line."""
     target = unwrap(model)
     path, source = resolve_weights(spec)
     sd, _ = read_state_dict(path)
@@ -475,4 +476,6 @@ def init_from_pretrained(model: nn.Module, spec: str | os.PathLike) -> str:
     target.load_state_dict(sd)
     if source and SOURCES[source]["convention"] == "caffe":
         fold_caffe(target)
+    if new_head:
+        target.reset_classifier(target.num_classes)
     return f"init from {source or path}: " + ("all layers but the last (new classes)" if new_head else "all layers")

@@ -150,10 +150,7 @@ def init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> N
         copied = init_from_net_a(ours, sd)
         log.line(f"init from net A ({weights}): copied {', '.join(copied)}")
     else:
-        line = init_from_pretrained(model, source)
-        if "but the last" in line:  # a new last layer (other classes): the fine-tuning head init, not --init's
-            ours.reset_classifier(ours.num_classes)
-        log.line(line)
+        log.line(init_from_pretrained(model, source))  # a new last layer gets the fine-tuning head init
 
 
 def plan_run(config: TrainConfig | dict[str, Any] | None, resume: str | os.PathLike | None, task=None):
