@@ -292,7 +292,7 @@ def resolve_weights(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
         return Path(spec).expanduser() / runs.MODEL_FILE, None
     if spec.startswith(("http://", "https://")):
         return download(spec, local_path(spec)), None
-    name = _canonical(spec)
+    name = canonical_source(spec)
     if name is None:
         if ":" in spec and os.path.sep not in spec.split(":", 1)[0]:
             known = ", ".join(SOURCES)
@@ -303,7 +303,8 @@ def resolve_weights(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
     return download(source_url(name), local_path(name)), name
 
 
-def _canonical(spec: str) -> str | None:
+def canonical_source(spec: str) -> str | None:
+    """The named source ``spec`` spells (``torchvision:vgg16``, ``caffe:vgg19``, ..., any case), or None."""
     s = spec.strip().lower()
     if s in SOURCES:
         return s
@@ -336,7 +337,7 @@ def load_pretrained(
     layers = options.pop("layers", None)
     path, source = resolve_weights(pretrained)
     sd, meta = _read_weights(path)
-    sd, arch = _arch_of(name, sd, meta, source, path, options)
+    sd, arch = arch_of_weights(name, sd, meta, source, path, options)
     file_classes = arch.get("num_classes", 1000)
     cfg, fold = _convention_of(normalize, source, pretrained, meta, arch)
     if cfg is not None and cfg.get("num_classes") is None:
@@ -383,7 +384,7 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise WeightsError(str(e).splitlines()[0]) from None
 
 
-def _arch_of(
+def arch_of_weights(
     name: str | None,
     sd: dict[str, torch.Tensor],
     meta: dict[str, str],
@@ -452,7 +453,7 @@ _VGG_ARGS = (
 
 def convention(spec: str | os.PathLike) -> str | None:
     """ "imagenet" or "caffe" for a named source (the convention its weights expect), None for files and URLs."""
-    name = _canonical(str(spec))
+    name = canonical_source(str(spec))
     return SOURCES[name]["convention"] if name else None
 
 

@@ -23,7 +23,7 @@ from ..architectures import parse_name
 from ..config import FINETUNE_PRESET, TrainConfig, explicit_values, from_dict, read_toml, resolve
 from ..convention import IMAGENET_MEAN, IMAGENET_STD
 from ..model import HEAD_NAMES, layer_names
-from ..pretrained import SOURCES, _arch_of, _canonical, imagenet_classes, resolve_weights
+from ..pretrained import SOURCES, arch_of_weights, canonical_source, imagenet_classes, resolve_weights
 from ..runtime import is_main
 from ..weights import PRETRAINED_CFG_KEY, read_state_dict, unwrap
 
@@ -68,7 +68,7 @@ def describe_source(spec: str) -> Source:
             (cfg.normalize, cfg.pixel_range),
             cfg.data,
         )
-    name = _canonical(spec)
+    name = canonical_source(spec)
     if name is not None:
         config, bn = parse_name(SOURCES[name]["arch"])
         return Source(
@@ -83,7 +83,7 @@ def describe_source(spec: str) -> Source:
         )
     path, _ = resolve_weights(spec)
     sd, meta = read_state_dict(path)
-    _, arch = _arch_of(None, sd, meta, None, path, {})
+    _, arch = arch_of_weights(None, sd, meta, None, path, {})
     cfg = json.loads(meta[PRETRAINED_CFG_KEY]) if PRETRAINED_CFG_KEY in meta else None
     crop = arch.get("crop_size", 224)
     resize = int(cfg.get("resize", 0)) if cfg else 0
