@@ -49,12 +49,12 @@ from .model import VGG, load_state, meta_model
 from .weights import (
     ARCH_KEY,
     PRETRAINED_CFG_KEY,
-    _is_caffe_named,
     check_state_dict,
     convert_state_dict,
     from_caffe_names,
     infer_arch,
     infer_config,
+    is_caffe_named,
     read_state_dict,
     unwrap,
 )
@@ -411,7 +411,7 @@ def arch_of_weights(
         arch.update(json.loads(meta[ARCH_KEY]))
     if options.get("batch_norm") is not None:
         arch["batch_norm"] = options["batch_norm"]
-    if _is_caffe_named(sd):
+    if is_caffe_named(sd):
         sd = from_caffe_names(sd, arch["config"], arch["batch_norm"])
     sd = convert_state_dict(sd, None)
     if ARCH_KEY not in meta:
@@ -465,7 +465,7 @@ def init_from_pretrained(model: nn.Module, spec: str | os.PathLike) -> str:
     target = unwrap(model)
     path, source = resolve_weights(spec)
     sd, _ = read_state_dict(path)
-    if _is_caffe_named(sd):
+    if is_caffe_named(sd):
         sd = from_caffe_names(sd, target.arch["config"], target.arch["batch_norm"])
     sd = convert_state_dict(sd, None)
     own = target.state_dict()

@@ -140,7 +140,8 @@ def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "tor
 _CAFFE_NAME = re.compile(r"^(conv\d+_\d+|fc[678])\.(weight|bias)$")
 
 
-def _is_caffe_named(sd: dict[str, torch.Tensor]) -> bool:
+def is_caffe_named(sd: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict names its layers as the authors' Caffe models do (conv1_1, ..., fc8)."""
     return "conv1_1.weight" in sd
 
 
@@ -192,7 +193,7 @@ def convert_state_dict(sd: dict[str, torch.Tensor], model: nn.Module | None) -> 
     if _is_old_head(sd):
         return from_old_head(sd)
     arch = getattr(unwrap(model), "arch", None) if model is not None else None
-    if _is_caffe_named(sd) and arch:
+    if is_caffe_named(sd) and arch:
         return from_caffe_names(sd, arch["config"], arch.get("batch_norm", False))
     return dict(sd)
 
@@ -312,7 +313,7 @@ def init_from_net_a(model: nn.Module, net_a: nn.Module | dict[str, torch.Tensor]
 def infer_config(sd: dict[str, torch.Tensor]) -> tuple[str, bool] | None:
     """``(config, batch_norm)`` whose conv layers a state dict (ours, torchvision's, timm's or Caffe-named)
     has, from its conv keys and kernel sizes; None if none fits. A-LRN has A's keys: A is returned."""
-    caffe = _is_caffe_named(sd)
+    caffe = is_caffe_named(sd)
     for config in CONFIGS:
         for bn in (False, True):
             names = layer_names(config, bn)
