@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _tiny_runs import options
 from PIL import Image
 
 from vggnet.config import TrainConfig, resolve
@@ -124,29 +125,7 @@ def test_make_train_loader_on_cpu(jpegs):
 
 def test_training_through_either_backend_gives_the_same_weights(jpegs, tmp_path, capsys):
     def run(loader):
-        cfg = resolve(
-            dict(
-                arch="A",
-                width=1 / 16,
-                fc_width=16,
-                crop_size=32,
-                scale_min=32,
-                scale_max=48,
-                data=str(jpegs),
-                val_fraction=0.2,
-                batch_size=8,
-                epochs=2,
-                workers=0,
-                device="cpu",
-                log_every=1,
-                tensorboard=False,
-                stats_images=16,
-                init="kaiming",
-                dropout=0.0,
-                out=str(tmp_path / loader),
-                loader=loader,
-            )
-        )
+        cfg = resolve(options(jpegs, tmp_path / loader, scale_max=48, dropout=0.0, loader=loader))
         out = train(cfg)
         return read_state_dict(out / "model.safetensors")[0], out
 

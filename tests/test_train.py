@@ -7,41 +7,15 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _tiny_runs import options, weights
 
 import vggnet
 from vggnet.config import resolve
 from vggnet.training import BatchPlan, NonFiniteLoss, Plateau, latest_checkpoint, load_checkpoint, train
-from vggnet.weights import read_state_dict
 
 
 def small(folder, tmp_path, **kw):
-    values = dict(
-        arch="A",
-        width=1 / 16,
-        fc_width=16,
-        crop_size=32,
-        scale_min=32,
-        scale_max=40,
-        data=str(folder),
-        val_fraction=0.2,
-        batch_size=8,
-        epochs=2,
-        workers=0,
-        device="cpu",
-        log_every=1,
-        tensorboard=False,
-        stats_images=16,
-        init="kaiming",
-        dropout=0.0,
-        out=str(tmp_path / "run"),
-        lr=0.01,
-    )
-    values.update(kw)
-    return resolve(values)
-
-
-def weights(run):
-    return read_state_dict(run / "model.safetensors")[0]
+    return resolve(options(folder, tmp_path / "run", **{"dropout": 0.0, **kw}))
 
 
 def test_batch_plan_shares_and_accumulation():
