@@ -111,6 +111,30 @@ def test_a_contradicting_arch_is_refused(sources, folder, tmp_path, capsys):
     assert rc == 2 and "leave --arch out" in err and len(err.strip().splitlines()) == 1
 
 
+def test_net_a_in_a_bare_file_into_a_deeper_net_is_the_staged_init(folder, tmp_path):
+    """A torchvision-layout file of net A (no metadata) into net B: the paper's staged init, as for a run folder
+    or a file of ours (finetune allows it; the loader once refused it as weights that do not fit). With another
+    number of classes, a one-line error naming the layer."""
+    from vggnet.training.setup import init_from
+
+    class Log:
+        def line(self, text):
+            self.text = text
+
+    a = vggnet.create_model("A", num_classes=2, init="kaiming", seed=3, **TINY)
+    torch.save(to_torchvision(a), tmp_path / "a.pth")
+    b = vggnet.create_model("B", num_classes=2, init="kaiming", seed=4, **TINY)
+    log = Log()
+    init_from(b, str(tmp_path / "a.pth"), log, TrainConfig(arch="B", **TINY))
+    assert log.text.startswith("init from net A") and "classifier.6" in log.text
+    for key in ("features.0.weight", "classifier.0.weight", "classifier.6.weight"):  # conv1_1, fc6, fc8 copied
+        assert torch.equal(b.state_dict()[key], a.state_dict()[key]), key
+    other = vggnet.create_model("A", num_classes=5, init="kaiming", seed=3, **TINY)
+    torch.save(to_torchvision(other), tmp_path / "a5.pth")
+    with pytest.raises(ValueError, match=r"layer classifier.6 has shape \(2, 16\) here but \(5, 16\) in net A"):
+        init_from(b, str(tmp_path / "a5.pth"), log, TrainConfig(arch="B", **TINY))
+
+
 def test_the_preset_applies_to_other_labels_only_and_flags_override_it(sources, folder, tmp_path):
     cfg = resolve_config(_opts(folder, tmp_path / "r", sources["run"], lr=0.005, epochs=None))
     assert cfg.finetune_preset == "on" and cfg.lr == 0.005  # a flag over the preset

@@ -278,7 +278,15 @@ def init_from_net_a(model: nn.Module, net_a: nn.Module | dict[str, torch.Tensor]
     if isinstance(net_a, dict):
         arch = dict(model.arch, config="A", batch_norm=False)
         source = VGG(**arch)
-        source.load_state_dict(convert_state_dict(net_a, source), strict=False)
+        sd, own = convert_state_dict(net_a, source), source.state_dict()
+        for key, value in sd.items():
+            if key in own and value.shape != own[key].shape:
+                raise ValueError(
+                    f"init from net A: layer {key.rsplit('.', 1)[0]} has shape {tuple(own[key].shape)} here but "
+                    f"{tuple(value.shape)} in net A; build both nets with the same width, fc_width, crop_size and "
+                    f"num_classes (the paper's staged init copies A's last layer too)"
+                )
+        source.load_state_dict(sd, strict=False)
     else:
         source = net_a
     src_convs = source.conv_layers()[:4]

@@ -29,7 +29,7 @@ from ..config import (
 from ..files import atomic_write_text, overlapping
 from ..pretrained import convention, init_from_pretrained, resolve_weights
 from ..runtime import Dist, is_main
-from ..weights import ARCH_KEY, init_from_net_a, read_state_dict, unwrap
+from ..weights import ARCH_KEY, infer_config, init_from_net_a, read_state_dict, unwrap
 from .checkpoints import newest_valid_checkpoint, remove_stale_temporaries, trim_metrics
 from .finetune import resolve_config
 from .progress import Logger
@@ -145,8 +145,10 @@ def init_from(model: nn.Module, source: str, log: Logger, cfg: TrainConfig) -> N
         _check_same_input(src, cfg)
     weights, _ = resolve_weights(source)
     sd, meta = read_state_dict(weights)
-    src_config = json.loads(meta[ARCH_KEY])["config"] if ARCH_KEY in meta else None
-    if src_config == "A" and ours.arch["config"] != "A":
+    # the net SOURCE holds: our files say it, others (a torchvision-layout .pth) show it in their layers, as
+    # finetune.describe_source reads them, so that both agree on what the paper's staged init applies to
+    held = (json.loads(meta[ARCH_KEY])["config"], False) if ARCH_KEY in meta else infer_config(sd)
+    if held == ("A", False) and ours.arch["config"] != "A":
         copied = init_from_net_a(ours, sd)
         log.line(f"init from net A ({weights}): copied {', '.join(copied)}")
     else:
